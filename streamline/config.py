@@ -1,0 +1,104 @@
+"""Validate config.yaml before any job runs: the JSON schema first, then checks that need context.
+
+Every problem becomes one line that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import StreamlineError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _fill_defaults(schema: dict, config: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if "default" in sub and key not in config:
+            config[key] = sub["default"]
+        if sub.get("type") == "object":
+            config.setdefault(key, {})
+            if isinstance(config[key], dict):
+                _fill_defaults(sub, config[key])
+
+
+def _schema_error(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "config"
+    if error.validator == "oneOf":  # say what each alternative wanted, not just "not valid under any"
+        return f"{key}: {error.instance!r} is not valid: expected " + " or ".join(
+            s.get("description", _describe(s)) for s in error.validator_value)
+    if error.validator == "additionalProperties":
+        return f"{key}: {error.message}"
+    return f"{key}: {error.message}"
+
+
+def _describe(schema: dict) -> str:
+    if "$ref" in schema:
+        return "an integer >= 1"
+    if schema.get("type") == "array":
+        return "a list of integers >= 1"
+    return str(schema)
+
+
+def check_source(key: str, value: str) -> str:
+    """Classify a model or data source, or fail with one line: 'pypi', 'local' or 'hub'."""
+    from .fetch import is_pypi_spec, parse_pypi_spec
+    if is_pypi_spec(value):
+        parse_pypi_spec(value)
+        return "pypi"
+    path = Path(value).expanduser()
+    if path.exists():
+        return "local"
+    if value.startswith((".", "/", "~")) or value.endswith((".gguf", ".jsonl", ".txt", ".gz")) or not HUB_ID.match(value):
+        raise StreamlineError(f"{key}: path {value} does not exist (and it is not a hub id or a pypi:// spec)")
+    return "hub"
+
+
+def n_values(config: dict) -> list[int]:
+    n = config["layer_intervals"]
+    return sorted(set(n)) if isinstance(n, list) else [n]
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise StreamlineError(_schema_error(errors[0]))
+    _fill_defaults(schema, config)
+    if config["min_lr"] > config["lr"]:
+        raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
+    check_source("data.source", config["data"]["source"])
+    if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
+        check_model(config, config["model_name"])
+    return config
+
+
+def check_model(config: dict, model_dir: str | Path) -> None:
+    """Checks that need the model's own config: an adapter exists, and n fits the layer count.
+
+    Skipped while the model is not on disk yet (a hub or pypi source before its download).
+    """
+    if not (Path(model_dir) / "config.json").exists():
+        return
+    from .adapters import get_adapter
+    # Plain JSON, not AutoConfig: this runs at every Snakefile parse and must stay fast.
+    model_config = json.loads((Path(model_dir) / "config.json").read_text())
+    get_adapter(model_config.get("model_type", "unknown"))
+    layers = model_config["num_hidden_layers"]
+    for n in n_values(config):
+        if n >= layers:
+            raise StreamlineError(f"layer_intervals: {n} is out of range for {Path(model_dir).name}, which has "
+                                  f"{layers} layers (allowed: 1..{layers - 1})")
+
+
+def load(path: str | Path, schema_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    return validate(config, schema_path)

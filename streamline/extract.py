@@ -1,0 +1,117 @@
+"""Run the model over token blocks and stream raw hidden states into a Zarr store.
+
+RAM stays bounded: one batch is computed while the previous one is written by a small
+thread pool, and nothing else is held. A killed run resumes: only samples with a missing
+chunk are recomputed, so the final store is identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import data
+from .errors import StreamlineError
+from .io import atomic_write_json
+from .models import load_config, load_model, model_fingerprint, resolve_device
+from .adapters import get_adapter, run_with_capture
+from .store import HiddenStore, to_storage
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, keep: list[int], dtype: str,
+                 codec: str, level: int) -> str:
+    meta = (Path(data_dir) / "meta.json").read_bytes()
+    text = f"{model_fingerprint(model_dir)}|{hashlib.sha256(meta).hexdigest()}|{split}|{num_samples}|{keep}|{dtype}|{codec}|{level}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_path: str | Path, *,
+                          split: str = "calib", num_samples: int | None = None, keep: list[int] | None = None,
+                          dtype: str = "float32", codec: str = "none", level: int = 3, batch_size: int = 4,
+                          device: str = "auto", writers: int = 2, manifest: str | Path | None = None) -> dict:
+    """Store hidden states h_k for k in `keep` (default: all, h_0..h_L) of `num_samples` blocks of `split`.
+
+    h_0 is the input of layer 0 and h_k the RAW output of layer k-1 (before the final norm).
+    Only layers 0..max(keep)-1 run.
+    """
+    model_dir, data_dir, store_path = Path(model_dir), Path(data_dir), Path(store_path)
+    config = load_config(model_dir)
+    adapter = get_adapter(config.model_type)
+    num_layers = config.num_hidden_layers
+    keep = list(range(num_layers + 1)) if keep is None else sorted(keep)
+    if keep[0] < 0 or keep[-1] > num_layers:
+        raise StreamlineError(f"hidden states {keep} out of range 0..{num_layers} for {model_dir.name}")
+    ids, mask = data.load_split(data_dir, split)
+    num_samples = len(ids) if num_samples is None else num_samples
+    if num_samples > len(ids):
+        raise StreamlineError(f"{split} split of {data_dir} has {len(ids)} blocks, {num_samples} requested")
+    seq_len, hidden = ids.shape[1], config.hidden_size
+    attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
+             "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
+             "split": split}
+    store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
+                                         codec=codec, level=level, attrs=attrs)
+    todo = store.missing_samples()
+    bytes_per_sample = len(keep) * seq_len * hidden * np.dtype(store.hidden.dtype).itemsize
+    log.info("extracting %d x %d hidden states of %d tokens x %d (%s) into %s: %.2f GB; %d of %d samples to do",
+             num_samples, len(keep), seq_len, hidden, dtype, store_path, num_samples * bytes_per_sample / 1e9,
+             len(todo), num_samples)
+    start = time.time()
+    if todo:
+        model, _ = load_model(model_dir, dtype=dtype, device=device)
+        _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample)
+    assert not store.missing_samples(), "extraction finished with missing chunks"
+    seconds = time.time() - start
+    summary = {"store": str(store_path), "shape": list(store.hidden.shape), "dtype": dtype, "codec": codec,
+               "layers": keep, "samples": num_samples, "computed_samples": len(todo), "seconds": round(seconds, 2),
+               "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
+    if manifest:
+        atomic_write_json(manifest, summary)
+    log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
+    return summary
+
+
+def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, todo: list[int], keep: list[int],
+         batch_size: int, writers: int, bytes_per_sample: int) -> None:
+    device = next(model.parameters()).device
+    slot = {k: i for i, k in enumerate(keep)}
+    pending: list[Future] = []
+    pending_masks: list[int] = []
+    bar = tqdm(total=len(todo), unit="sample", desc="extract", dynamic_ncols=True)
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        for b in range(0, len(todo), batch_size):
+            rows = todo[b:b + batch_size]
+            batch_ids = torch.from_numpy(ids[rows].astype(np.int64)).to(device)
+            batch_mask = torch.from_numpy(mask[rows].astype(np.int64)).to(device)
+            futures: list[Future] = []
+
+            def on_hidden(k: int, h: torch.Tensor) -> None:
+                if k in slot:
+                    arr = to_storage(h)
+                    futures.extend(pool.submit(store.write, slot[k], n, arr[j]) for j, n in enumerate(rows))
+
+            run_with_capture(adapter, model, batch_ids, batch_mask, on_hidden, last=keep[-1])
+            # Keep one batch in flight: bounded RAM, and the writes overlap the next forward.
+            _finish(store, pending, pending_masks, mask)
+            pending, pending_masks = futures, rows
+            bar.update(len(rows))
+            bar.set_postfix_str(f"{bar.n * bytes_per_sample / 1e6 / max(time.time() - start, 1e-9):.0f} MB/s")
+        _finish(store, pending, pending_masks, mask)
+    bar.close()
+
+
+def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np.ndarray) -> None:
+    for f in wait(futures).done:
+        f.result()  # re-raise a failed write
+    for n in rows:
+        store.write_mask(n, mask[n].astype(np.uint8))

@@ -1,0 +1,51 @@
+"""Loading models and picking devices, the same way in every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from .adapters import Adapter, get_adapter
+from .errors import StreamlineError
+from .store import TORCH_DTYPES
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_config(model_dir: str | Path) -> PretrainedConfig:
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise StreamlineError(f"model dir: {model_dir} has no config.json (not a Hugging Face model directory)")
+    return AutoConfig.from_pretrained(model_dir)
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "auto",
+               attn: str = "sdpa") -> tuple[PreTrainedModel, Adapter]:
+    config = load_config(model_dir)
+    adapter = get_adapter(config.model_type)
+    dev = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation=attn)
+    model.eval().to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s (%s, %d layers, %.1fM params, %s) on %s", Path(model_dir).name, config.model_type,
+             config.num_hidden_layers, n_params / 1e6, dtype, dev)
+    return model, adapter
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Cheap identity of a model dir: its config plus the names and sizes of its weight files."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]

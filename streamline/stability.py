@@ -1,0 +1,187 @@
+"""Stability (LLM-Streamline): how often the pruned model agrees with the original on being right.
+
+For each question i of a dataset, sigma_i is the standard deviation over the answer options of the
+ORIGINAL model's per-option score, w = softmax(sigma) over the dataset's questions, and
+
+    stability = sum_i w_i * [pruned correct on i == original correct on i].
+
+Questions the original model separates sharply (large sigma) weigh most. The reference script
+(`calculate_stability.py`) instead sums the first k weights, k = the number of agreeing questions,
+whatever questions those are. `legacy=True` reproduces that number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamline.errors import StreamlineError
+from streamline.evaluate import read_samples
+from streamline.io import atomic_write_json
+
+# OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
+OPENCOMPASS_DATASETS: dict[str, list[str]] = {
+    "piqa.json": ["0", "1"],
+    "BoolQ.json": ["0", "1"],
+    "C3.json": ["0", "1", "2", "3"],
+    "commonsense_qa.json": ["A", "B", "C", "D", "E"],
+    "hellaswag.json": ["0", "1", "2", "3"],
+    "race-middle.json": ["A", "B", "C", "D"],
+    "cmnli.json": ["contradiction", "entailment", "neutral"],
+    "WSC.json": ["A", "B"],
+    "chid-test.json": ["0", "1", "2", "3", "4", "5", "6"],
+    "race-high.json": ["A", "B", "C", "D"],
+}
+# Subject files averaged into one number each, all with options A-D.
+OPENCOMPASS_GROUPS: dict[str, str] = {"cmmlu_avg": "cmmlu-*.json", "mmlu_avg": "lukaemon_mmlu_*.json"}
+GROUP_LABELS = ["A", "B", "C", "D"]
+
+
+def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_correct: np.ndarray,
+                    legacy: bool = False) -> float:
+    """Softmax(sigma)-weighted agreement of correctness; all arrays in the same question order."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if sigma.size == 0:
+        raise StreamlineError("stability: no questions to score")
+    w = np.exp(sigma - sigma.max())  # shift for overflow safety; same softmax as exp(s)/sum
+    w /= w.sum()
+    agree = np.asarray(original_correct, dtype=bool) == np.asarray(pruned_correct, dtype=bool)
+    if legacy:
+        return float(w[: int(agree.sum())].sum())  # the reference bug: the first k weights
+    return float(w[agree].sum())
+
+
+# ---------------------------------------------------------------- lm-eval samples
+
+def stability_from_samples(before_samples: dict | Path, after_samples: dict | Path, *,
+                           legacy: bool = False, metric: str = "acc") -> dict[str, Any]:
+    """Stability per task and on average, from two samples files written by `evaluate()`.
+
+    The per-option score is the original model's negative log-likelihood of each option's
+    continuation, as lm-eval records it (sigma is the same for log-likelihoods, std is sign-blind).
+    OpenCompass's PPL scores, which the paper used, are a per-token normalised version of the same.
+    `metric` picks which correctness flag is compared: "acc" (our headline) or "acc_norm" (falls
+    back to acc on tasks without it, as for boolq, rte and winogrande).
+    """
+    if metric not in ("acc", "acc_norm"):
+        raise StreamlineError(f"metric: must be acc or acc_norm, got {metric!r}")
+    before = read_samples(before_samples) if not isinstance(before_samples, dict) else before_samples
+    after = read_samples(after_samples) if not isinstance(after_samples, dict) else after_samples
+    common = [t for t in before["tasks"] if t in after["tasks"]]
+    if not common:
+        raise StreamlineError("samples: the two samples files share no task")
+
+    def correct(rec: dict) -> bool:
+        return rec["acc_norm"] if metric == "acc_norm" and rec.get("acc_norm") is not None else rec["acc"]
+
+    per_task = {}
+    for task in common:
+        b, a = before["tasks"][task], after["tasks"][task]
+        if set(b) != set(a):
+            raise StreamlineError(f"samples: task {task} covers different questions before and after "
+                                  f"({len(b)} vs {len(a)}); evaluate both with the same limit")
+        ids = sorted(b, key=int)  # doc order, which is what "the first k" means in legacy mode
+        sigma = np.array([np.std(-np.asarray(b[i]["ll"], dtype=np.float64)) for i in ids])
+        orig = np.array([correct(b[i]) for i in ids])
+        pruned = np.array([correct(a[i]) for i in ids])
+        per_task[task] = {
+            "stability": stability_score(sigma, orig, pruned, legacy=legacy),
+            "agreement": float(np.mean(orig == pruned)),  # unweighted, for reference
+            "n": len(ids),
+        }
+    return {
+        "metric": metric,
+        "legacy": legacy,
+        "tasks": per_task,
+        "average": float(np.mean([r["stability"] for r in per_task.values()])),
+        "skipped_tasks": sorted(set(before["tasks"]) ^ set(after["tasks"])),
+    }
+
+
+# ---------------------------------------------------------------- OpenCompass predictions
+
+def _load_predictions(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise StreamlineError(f"{path}: cannot read OpenCompass predictions ({e.__class__.__name__})") from None
+
+
+def opencompass_file_stability(before_file: Path, after_file: Path, labels: list[str], legacy: bool = False) -> float:
+    """One OpenCompass prediction file pair: sigma from the ORIGINAL model's per-label PPL."""
+    before, after = _load_predictions(before_file), _load_predictions(after_file)
+    if set(before) != set(after):
+        raise StreamlineError(f"{after_file}: has {len(after)} questions, original has {len(before)}")
+    ids = [str(i) for i in range(len(before))]  # entries are keyed "0", "1", ...
+    try:
+        sigma = np.array([np.std([before[i][f"label: {lab}"]["PPL"] for lab in labels]) for i in ids])
+        orig = np.array([before[i]["prediction"] == before[i]["gold"] for i in ids])
+        pruned = np.array([after[i]["prediction"] == after[i]["gold"] for i in ids])
+    except KeyError as e:
+        raise StreamlineError(f"{before_file}: entry lacks {e} (expected 'label: X' -> PPL, prediction, gold)") from None
+    return stability_score(sigma, orig, pruned, legacy=legacy)
+
+
+def stability_from_opencompass(before_dir: Path, after_dir: Path, legacy: bool = False) -> dict[str, float]:
+    """Stability for every known OpenCompass dataset present in both dirs; MMLU/CMMLU averaged over subjects."""
+    before_dir, after_dir = Path(before_dir), Path(after_dir)
+    for d in (before_dir, after_dir):
+        if not d.is_dir():
+            raise StreamlineError(f"{d}: OpenCompass predictions dir not found")
+    out: dict[str, float] = {}
+    for name, labels in OPENCOMPASS_DATASETS.items():
+        if (before_dir / name).is_file() and (after_dir / name).is_file():
+            out[name] = opencompass_file_stability(before_dir / name, after_dir / name, labels, legacy)
+    for key, pattern in OPENCOMPASS_GROUPS.items():
+        files = sorted(before_dir.glob(pattern))
+        missing = [f.name for f in files if not (after_dir / f.name).is_file()]
+        if missing:
+            raise StreamlineError(f"{after_dir}: lacks {len(missing)} subject files of {key}, e.g. {missing[0]}")
+        if files:
+            out[key] = float(np.mean([opencompass_file_stability(f, after_dir / f.name, GROUP_LABELS, legacy)
+                                      for f in files]))
+    if not out:
+        raise StreamlineError(f"{before_dir}: no known OpenCompass prediction files shared with {after_dir}")
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--opencompass", nargs=2, metavar=("BEFORE_DIR", "AFTER_DIR"), type=Path,
+                     help="OpenCompass prediction dirs of the original and the pruned model")
+    src.add_argument("--before", type=Path, help="samples file of the original model (from evaluate)")
+    parser.add_argument("--after", type=Path, help="samples file of the pruned model")
+    parser.add_argument("--out", type=Path, help="write the result here as JSON (atomically)")
+    parser.add_argument("--metric", choices=["acc", "acc_norm"], default="acc",
+                        help="correctness flag compared for lm-eval samples (default: acc, the headline)")
+    parser.add_argument("--legacy", action="store_true",
+                        help="reproduce the reference script's bug (sum of the first k weights)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.opencompass:
+        result: dict = {"legacy": args.legacy, "datasets": stability_from_opencompass(*args.opencompass, legacy=args.legacy)}
+    else:
+        if args.after is None:
+            raise StreamlineError("--after: required with --before")
+        result = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric)
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="streamline stability", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

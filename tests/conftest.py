@@ -1,0 +1,106 @@
+"""Tiny random models and a tiny tokenizer, built in about a second, shared by every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedTokenizerFast
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog . " * 3,
+    "a stitch in time saves nine , and the early bird catches the worm .",
+    "to be or not to be , that is the question , whether tis nobler in the mind .",
+    "all that glitters is not gold ; often have you heard that told .",
+] * 20
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_config(family: str, vocab_size: int, layers: int = 6):
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3, dropout=0.0, attention_dropout=0.0)
+    raise ValueError(family)
+
+
+def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0) -> Path:
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tok), layers))
+    # Random init gives near-identical layers; scale weights up so blocks differ measurably.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_dir(tmp_path_factory) -> Path:
+    return build_tiny_model("opt", tmp_path_factory.mktemp("tiny") / "tiny-opt")
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """A local jsonl corpus large enough for calibration, train and validation blocks."""
+    import json
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    with open(path, "w") as f:
+        for i in range(400):
+            f.write(json.dumps({"text": f"document {i} : " + CORPUS[i % len(CORPUS)]}) + "\n")
+    return path
+
+
+def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int = 3, vocab: int = 300,
+                  seed: int = 0) -> Path:
+    """A prepared-data directory in the data stage's format, with some right-padded blocks."""
+    import json
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    for split in ("calib", "train", "val"):
+        ids = rng.integers(4, vocab, size=(num, seq_len)).astype(np.int32)
+        mask = np.ones_like(ids, dtype=np.uint8)
+        for i in range(0, num, pad_every):
+            cut = seq_len // 2 + i % (seq_len // 2)
+            mask[i, cut:] = 0
+            ids[i, cut:] = 3
+        np.save(path / f"{split}_input_ids.npy", ids)
+        np.save(path / f"{split}_attention_mask.npy", mask)
+    (path / "meta.json").write_text(json.dumps({"seq_len": seq_len, "counts": num, "seed": seed}))
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return make_data_dir(tmp_path / "data")

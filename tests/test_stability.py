@@ -1,0 +1,134 @@
+"""Stability on hand-made fixtures; expected values are worked out by hand in each test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from streamline.errors import StreamlineError
+from streamline.evaluate import SAMPLES_FORMAT, write_samples
+from streamline.stability import main, stability_from_opencompass, stability_from_samples
+
+E = math.e
+
+# Original per-option log-likelihoods chosen so that sigma = std(NLL) = [1, 0, 1, 2].
+LL = [[0.0, -2.0], [0.0, 0.0], [-1.0, -3.0], [0.0, -4.0]]
+Z = 2 * E + 1 + E**2  # sum of exp(sigma)
+
+
+def samples(correct: dict[str, list[bool]], ll=None, acc_norm=None) -> dict:
+    tasks = {}
+    for task, flags in correct.items():
+        lls = ll if ll is not None else [[0.0, -1.0]] * len(flags)
+        tasks[task] = {str(i): {"ll": lls[i], "gold": 0, "acc": c,
+                                "acc_norm": None if acc_norm is None else acc_norm[i]}
+                       for i, c in enumerate(flags)}
+    return {"format": SAMPLES_FORMAT, "tasks": tasks}
+
+
+def test_weights_go_to_the_matching_questions():
+    # Original right on q0, q1; pruned wrong everywhere: they agree on q2, q3 only.
+    before = samples({"t": [True, True, False, False]}, LL)
+    after = samples({"t": [False, False, False, False]}, LL)
+    res = stability_from_samples(before, after)
+    assert res["tasks"]["t"]["stability"] == pytest.approx((E + E**2) / Z)
+    assert res["tasks"]["t"]["agreement"] == 0.5
+    # The reference bug sums the first k=2 weights, those of q0 and q1.
+    legacy = stability_from_samples(before, after, legacy=True)
+    assert legacy["tasks"]["t"]["stability"] == pytest.approx((E + 1) / Z)
+
+
+def test_legacy_agrees_when_the_matches_come_first():
+    before = samples({"t": [True, True, False, False]}, LL)
+    after = samples({"t": [True, True, True, True]}, LL)
+    exact = stability_from_samples(before, after)["tasks"]["t"]["stability"]
+    legacy = stability_from_samples(before, after, legacy=True)["tasks"]["t"]["stability"]
+    assert exact == pytest.approx(legacy) == pytest.approx((E + 1) / Z)
+
+
+def test_identical_models_are_perfectly_stable_and_tasks_average():
+    before = samples({"a": [True, False, True, False]}, LL)
+    before["tasks"] |= samples({"b": [True, False]})["tasks"]  # equal option spreads
+    after = samples({"a": [True, False, True, False], "b": [False, False]})
+    res = stability_from_samples(before, after)
+    assert res["tasks"]["a"]["stability"] == pytest.approx(1.0)
+    # Task b: equal sigmas, so w = (0.5, 0.5), and only q1 agrees.
+    assert res["tasks"]["b"]["stability"] == pytest.approx(0.5)
+    assert res["average"] == pytest.approx(0.75)
+
+
+def test_acc_norm_metric_and_fallback():
+    before = samples({"t": [True, True, False, False]}, LL, acc_norm=[False, False, False, False])
+    after = samples({"t": [True, True, False, False]}, LL, acc_norm=[False, False, True, True])
+    # acc_norm agrees on q0, q1: weights e and 1.
+    assert stability_from_samples(before, after, metric="acc_norm")["tasks"]["t"]["stability"] == pytest.approx((E + 1) / Z)
+    # Without acc_norm records the acc flags are used.
+    plain = samples({"t": [True, True, False, False]}, LL)
+    assert stability_from_samples(plain, plain, metric="acc_norm")["tasks"]["t"]["stability"] == pytest.approx(1.0)
+
+
+def test_mismatched_questions_raise():
+    with pytest.raises(StreamlineError, match="different questions"):
+        stability_from_samples(samples({"t": [True] * 4}, LL), samples({"t": [True] * 3}, LL))
+
+
+def test_cli_on_samples_files(tmp_path):
+    b, a, out = tmp_path / "before.json.gz", tmp_path / "after.json", tmp_path / "stability.json"
+    write_samples(b, samples({"t": [True, True, False, False]}, LL))
+    write_samples(a, samples({"t": [False, False, False, False]}, LL))
+    main(["--before", str(b), "--after", str(a), "--out", str(out)])
+    assert json.loads(out.read_text())["average"] == pytest.approx((E + E**2) / Z)
+    main(["--before", str(b), "--after", str(a), "--out", str(out), "--legacy"])
+    assert json.loads(out.read_text())["average"] == pytest.approx((E + 1) / Z)
+
+
+# ---------------------------------------------------------------- OpenCompass
+
+
+def oc_file(path, ppls: list[list[float]], labels: list[str], preds: list[str], golds: list[str]) -> None:
+    data = {str(i): {**{f"label: {lab}": {"testing input": "q", "prompt": "q", "PPL": p}
+                        for lab, p in zip(labels, row)},
+                     "prediction": pred, "gold": gold}
+            for i, (row, pred, gold) in enumerate(zip(ppls, preds, golds))}
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def oc_dirs(tmp_path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after.mkdir()
+    # piqa: PPL stds [1, 0, 1, 2]; original right on q0, q1; pruned always answers "1", right on none.
+    ppl = [[1, 3], [2, 2], [5, 7], [0, 4]]
+    oc_file(before / "piqa.json", ppl, ["0", "1"], ["0", "0", "1", "1"], ["0", "0", "0", "0"])
+    oc_file(after / "piqa.json", ppl, ["0", "1"], ["1", "1", "1", "1"], ["0", "0", "0", "0"])
+    # MMLU subject a: both agree everywhere -> 1.
+    abcd = ["A", "B", "C", "D"]
+    for d in (before, after):
+        oc_file(d / "lukaemon_mmlu_a.json", [[1, 2, 3, 4], [1, 2, 3, 4]], abcd, ["A", "B"], ["A", "A"])
+    # MMLU subject b: stds [0, 1]; they agree on q1 only -> e/(1+e); legacy takes q0 -> 1/(1+e).
+    oc_file(before / "lukaemon_mmlu_b.json", [[1, 1, 1, 1], [0, 0, 2, 2]], abcd, ["A", "A"], ["A", "A"])
+    oc_file(after / "lukaemon_mmlu_b.json", [[1, 1, 1, 1], [0, 0, 2, 2]], abcd, ["B", "A"], ["A", "A"])
+    (before / "unknown.json").write_text("{}")  # not in the table: ignored
+    return before, after
+
+
+def test_opencompass(oc_dirs):
+    res = stability_from_opencompass(*oc_dirs)
+    assert set(res) == {"piqa.json", "mmlu_avg"}
+    assert res["piqa.json"] == pytest.approx((E + E**2) / Z)
+    assert res["mmlu_avg"] == pytest.approx((1 + E / (1 + E)) / 2)
+    legacy = stability_from_opencompass(*oc_dirs, legacy=True)
+    assert legacy["piqa.json"] == pytest.approx((E + 1) / Z)
+    assert legacy["mmlu_avg"] == pytest.approx((1 + 1 / (1 + E)) / 2)
+
+
+def test_opencompass_cli_and_errors(oc_dirs, tmp_path):
+    res = main(["--opencompass", str(oc_dirs[0]), str(oc_dirs[1]), "--legacy"])
+    assert res["datasets"]["piqa.json"] == pytest.approx((E + 1) / Z)
+    (oc_dirs[1] / "lukaemon_mmlu_b.json").unlink()
+    with pytest.raises(StreamlineError, match="lukaemon_mmlu_b.json"):
+        stability_from_opencompass(*oc_dirs)
+    with pytest.raises(StreamlineError, match="not found"):
+        stability_from_opencompass(tmp_path / "nope", oc_dirs[1])

@@ -1,0 +1,21 @@
+rule prepare_data:
+    input:
+        model=lambda w: model_dir(w.model),
+    output:
+        directory("resources/data/{model}/{corpus}"),
+    params:
+        source=config["data"]["source"],
+        text_fields=" ".join(f"'{f}'" for f in config["data"].get("text_fields", [])),
+        seq_len=config["data"]["seq_len"],
+        pack="--pack" if config["data"]["pack"] else "--no-pack",
+        calib=config["cosine_num_data"],
+        train=config["train_num_data"],
+        val=config["data"]["val_num_data"],
+        seed=config["seed"],
+    log:
+        "logs/{model}/data_{corpus}.log",
+    shell:
+        "streamline --log {log} prepare-data --source '{params.source}' --tokenizer {input.model} --out {output}"
+        " --seq-len {params.seq_len} --calib {params.calib} --train {params.train} --val {params.val}"
+        " --seed {params.seed} {params.pack} --cache resources/cache"
+        + (" --text-fields {params.text_fields}" if config["data"].get("text_fields") else "")

@@ -1,0 +1,9 @@
+rule download_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        model_name=config["model_name"],
+    log:
+        "logs/{model}/download.log",
+    shell:
+        "streamline --log {log} download --model-name '{params.model_name}' --out {output} --cache resources/cache"

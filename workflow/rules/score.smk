@@ -1,0 +1,14 @@
+rule score:
+    input:
+        calibration="results/{model}/calibration.json",
+    output:
+        scores="results/{model}/n{n}/scores.json",
+        plot="results/{model}/n{n}/scores.png",
+    params:
+        store="results/{model}/calibration.zarr",
+        metric=config["metric"],
+    log:
+        "logs/{model}/n{n}/score.log",
+    shell:
+        "streamline --log {log} score --store {params.store} --n {wildcards.n} --metric {params.metric}"
+        " --out {output.scores} --plot {output.plot}"
