@@ -1,7 +1,8 @@
 """Extraction speed and memory, as ratios measured in one run.
 
-1. throughput ratio: bare forward passes over the calibration batches vs. the same passes with
-   hooks streaming every layer's hidden states into Zarr (target >= 0.9);
+1. throughput ratio: bare forward passes of the base model (no LM head, which extraction never
+   runs either) over the calibration batches vs. the same passes with hooks streaming every
+   layer's hidden states into Zarr (target >= 0.9);
 2. peak RSS of a whole extraction at N samples vs. 4N samples, each in a fresh process (target <= 1.2).
 
 Run after `snakemake` (it uses the default model and data), or point --model/--data elsewhere:
@@ -41,7 +42,7 @@ def bare_forward_seconds(model, ids: np.ndarray, mask: np.ndarray, batch_size: i
     start = time.perf_counter()
     with torch.inference_mode():
         for b in range(0, len(ids), batch_size):
-            model(input_ids=torch.from_numpy(ids[b:b + batch_size].astype(np.int64)).to(device),
+            model.base_model(input_ids=torch.from_numpy(ids[b:b + batch_size].astype(np.int64)).to(device),
                   attention_mask=torch.from_numpy(mask[b:b + batch_size].astype(np.int64)).to(device),
                   use_cache=False)
     if device.type == "cuda":

@@ -40,6 +40,26 @@ def cmd_extract_calibration(a: argparse.Namespace) -> None:
                           writers=a.writers, manifest=a.manifest)
 
 
+def cmd_extract_pairs(a: argparse.Namespace) -> None:
+    from .extract import extract_pairs
+    extract_pairs(a.model, a.data, a.scores, a.out, train_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
+                  level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers, manifest=a.manifest)
+
+
+def cmd_replace(a: argparse.Namespace) -> None:
+    from .replace import replace
+    replace(a.model, a.scores, a.out, net=a.net, dtype=a.dtype, seed=a.seed)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train_mse import TrainSettings, train_mse
+    settings = TrainSettings(batch_size=a.batch_size, gradient_accumulation_step=a.gradient_accumulation_step,
+                             epochs=a.epochs, lr=a.lr, min_lr=a.min_lr, wd=a.wd, warmup_ratio=a.warmup_ratio,
+                             max_grad_norm=a.max_grad_norm, val_every=a.val_every,
+                             checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device)
+    train_mse(a.init, a.pairs, a.out, a.log_json, settings, checkpoint_dir=a.checkpoint_dir)
+
+
 def cmd_score(a: argparse.Namespace) -> None:
     from .score import score
     score(a.store, a.n, a.out, a.plot, metric=a.metric, span=a.span)
@@ -100,6 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract-calibration", help="store every layer's raw hidden states for the calib split")
     _extract_args(p)
     p.set_defaults(func=cmd_extract_calibration)
+
+    p = sub.add_parser("extract-pairs", help="store (h_b, h_b+n+1) of the best block for train and val")
+    _extract_args(p)
+    p.add_argument("--scores", required=True, help="scores.json naming the best block")
+    p.set_defaults(func=cmd_extract_pairs)
+
+    p = sub.add_parser("replace", help="replace the best block by a lightweight network (untrained)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--net", required=True, help="transformer | ffn | swiglu | none")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_replace)
+
+    p = sub.add_parser("train", help="train the lightweight network with MSE on stored hidden-state pairs")
+    p.add_argument("--init", required=True, help="the replaced, untrained model dir")
+    p.add_argument("--pairs", required=True, help="pairs.zarr dir with train/ and val/")
+    p.add_argument("--out", required=True, help="output model dir")
+    p.add_argument("--log-json", required=True)
+    p.add_argument("--checkpoint-dir", help="where checkpoints live while training (enables resume)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--gradient-accumulation-step", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--min-lr", type=float, default=5e-5)
+    p.add_argument("--wd", type=float, default=1e-3)
+    p.add_argument("--warmup-ratio", type=float, default=0.03)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--val-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="score every block of layers from a calibration store")
     p.add_argument("--store", required=True)

@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from .adapters import Adapter, get_adapter
 from .errors import StreamlineError
+from .pruned import count_params, load_pruned
 from .store import TORCH_DTYPES
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,9 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "aut
     config = load_config(model_dir)
     adapter = get_adapter(config.model_type)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation=attn)
+    model = load_pruned(model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation=attn)
     model.eval().to(dev)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     log.info("loaded %s (%s, %d layers, %.1fM params, %s) on %s", Path(model_dir).name, config.model_type,
              config.num_hidden_layers, n_params / 1e6, dtype, dev)
     return model, adapter

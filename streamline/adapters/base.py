@@ -23,10 +23,23 @@ class StopForward(Exception):
 
 class Adapter:
     model_types: tuple[str, ...] = ()
+    layers_path: str = ""  # attribute path of the decoder layer list, e.g. "model.layers"
+    mlp_net: str = ""      # the lightweight net whose shape equals this family's own MLP
+
+    def network_spec(self, config: PretrainedConfig, net: str) -> dict:
+        """Sizes, norm and activation of an `ffn` or `swiglu` replacement for this family."""
+        raise NotImplementedError
+
+    def copy_mlp(self, layer: nn.Module, network: nn.Module) -> None:
+        """Initialise a `mlp_net` network from a decoder layer's own MLP and its pre-MLP norm."""
+        raise NotImplementedError
 
     # --- layout -----------------------------------------------------------------------------
     def layers(self, model: PreTrainedModel) -> nn.ModuleList:
-        raise NotImplementedError
+        module = model
+        for name in self.layers_path.split("."):
+            module = getattr(module, name)
+        return module
 
     def rotary(self, model: PreTrainedModel) -> nn.Module | None:
         """The module a standalone layer call needs besides the layer itself (rotary embeddings)."""
@@ -81,7 +94,11 @@ class Adapter:
 
     # --- surgery ------------------------------------------------------------------------------
     def set_layers(self, model: PreTrainedModel, layers: nn.ModuleList) -> None:
-        raise NotImplementedError
+        parent, _, name = self.layers_path.rpartition(".")
+        module = model
+        for part in parent.split("."):
+            module = getattr(module, part)
+        setattr(module, name, layers)
 
     def remove_layers(self, model: PreTrainedModel, indices: list[int]) -> PreTrainedModel:
         """Delete decoder layers in place, renumber what remains, and fix the config."""
@@ -105,10 +122,13 @@ class Adapter:
 def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None, on_hidden: Callable[[int, torch.Tensor], None],
                      last: int | None = None) -> None:
-    """One forward pass that reports every raw hidden state up to h_last, then stops."""
+    """One forward pass that reports every raw hidden state up to h_last, then stops.
+
+    It runs the base model only: the LM head (a vocab-sized matmul per token) is never needed.
+    """
     import torch
     with adapter.capture(model, on_hidden, last=last), torch.inference_mode():
         try:
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except StopForward:
             pass

@@ -20,12 +20,18 @@ def _is_sliding(config: PretrainedConfig, layer_idx: int) -> bool:
 
 class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2")
+    layers_path = "model.layers"
+    mlp_net = "swiglu"
 
-    def layers(self, model: PreTrainedModel) -> nn.ModuleList:
-        return model.model.layers
+    def network_spec(self, config, net: str) -> dict:
+        return {"net": net, "hidden": config.hidden_size, "inner": config.intermediate_size, "act": "relu",
+                "norm": "rms", "eps": config.rms_norm_eps,
+                "bias": bool(getattr(config, "mlp_bias", False)) if net == "swiglu" else True}
 
-    def set_layers(self, model: PreTrainedModel, layers: nn.ModuleList) -> None:
-        model.model.layers = layers
+    def copy_mlp(self, layer, network) -> None:
+        network.norm.weight.data.copy_(layer.post_attention_layernorm.weight)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            getattr(network, name).load_state_dict(getattr(layer.mlp, name).state_dict())
 
     def rotary(self, model: PreTrainedModel) -> nn.Module:
         return model.model.rotary_emb

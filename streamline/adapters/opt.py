@@ -13,12 +13,18 @@ if TYPE_CHECKING:
 
 class OPTAdapter(Adapter):
     model_types = ("opt",)
+    layers_path = "model.decoder.layers"
+    mlp_net = "ffn"  # OPT's MLP is fc1 -> ReLU -> fc2 after final_layer_norm
 
-    def layers(self, model: PreTrainedModel) -> nn.ModuleList:
-        return model.model.decoder.layers
+    def network_spec(self, config, net: str) -> dict:
+        return {"net": net, "hidden": config.hidden_size, "inner": config.ffn_dim,
+                "act": config.activation_function, "norm": "layer", "eps": 1e-5,
+                "bias": bool(getattr(config, "enable_bias", True))}
 
-    def set_layers(self, model: PreTrainedModel, layers: nn.ModuleList) -> None:
-        model.model.decoder.layers = layers
+    def copy_mlp(self, layer, network) -> None:
+        network.norm.load_state_dict(layer.final_layer_norm.state_dict())
+        network.up.load_state_dict(layer.fc1.state_dict())
+        network.down.load_state_dict(layer.fc2.state_dict())
 
     def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
         import torch

@@ -1,0 +1,69 @@
+"""Lightweight networks that replace a pruned block (besides `transformer`, a decoder layer).
+
+Self-contained on purpose (torch only): this file is also copied into exported model
+directories as their remote code, so the networks load with trust_remote_code=True.
+Each network takes a decoder layer's call (hidden states plus keyword arguments it ignores)
+and returns the new hidden states, so it drops into the model's layer list.
+"""
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(kind: str, size: int, eps: float) -> nn.Module:
+    return RMSNorm(size, eps) if kind == "rms" else nn.LayerNorm(size, eps=eps)
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class ResidualFFN(nn.Module):
+    """`ffn`: x + down(act(up(norm(x)))), the reference's Linear-activation-Linear with a residual."""
+
+    def __init__(self, hidden: int, inner: int, act: str = "relu", norm: str = "rms", eps: float = 1e-6,
+                 bias: bool = True):
+        super().__init__()
+        self.norm = make_norm(norm, hidden, eps)
+        self.up = nn.Linear(hidden, inner, bias=bias)
+        self.act = ACTIVATIONS[act]()
+        self.down = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states + self.down(self.act(self.up(self.norm(hidden_states))))
+
+
+class ResidualSwiGLU(nn.Module):
+    """`swiglu`: x + down(silu(gate(norm(x))) * up(norm(x))), the Llama MLP shape with a residual."""
+
+    def __init__(self, hidden: int, inner: int, norm: str = "rms", eps: float = 1e-6, bias: bool = False):
+        super().__init__()
+        self.norm = make_norm(norm, hidden, eps)
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        x = self.norm(hidden_states)
+        return hidden_states + self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def build_network(spec: dict) -> nn.Module:
+    """A network from the `replacement` spec stored in an exported model's config."""
+    if spec["net"] == "ffn":
+        return ResidualFFN(spec["hidden"], spec["inner"], spec["act"], spec["norm"], spec["eps"], spec["bias"])
+    if spec["net"] == "swiglu":
+        return ResidualSwiGLU(spec["hidden"], spec["inner"], spec["norm"], spec["eps"], spec["bias"])
+    raise ValueError(f"no custom network '{spec['net']}'")

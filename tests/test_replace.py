@@ -1,0 +1,104 @@
+"""Replacement: equivalence with skipping layers, custom nets, export that reloads and generates."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from streamline.adapters import get_adapter, run_with_capture
+from streamline.errors import StreamlineError
+from streamline.pruned import load_pruned
+from streamline.replace import replace
+
+
+def write_scores(path, n, span, best, num_layers=6):
+    block = list(range(best, best + span))
+    path.write_text(json.dumps({"n": n, "span": span, "metric": "cosine", "block": block, "best_start": best,
+                                "num_layers": num_layers}))
+    return path
+
+
+def logits_skipping(model_dir, skip, ids):
+    """The original model run with the layers in `skip` left out, by hand, layer by layer."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    adapter = get_adapter(model.config.model_type)
+    hs = {}
+    run_with_capture(adapter, model, ids, None, lambda k, h: hs.__setitem__(k, h), last=0)
+    h = hs[0]
+    with torch.no_grad():
+        for k in range(model.config.num_hidden_layers):
+            if k not in skip:
+                h = adapter.run_layer(model, k, h)
+        final = model.model.norm(h) if model.config.model_type != "opt" else model.model.decoder.final_layer_norm(h)
+        return model.lm_head(final)
+
+
+@pytest.fixture(params=["llama", "opt"])
+def model_dir(request, tiny_llama_dir, tiny_opt_dir):
+    return tiny_llama_dir if request.param == "llama" else tiny_opt_dir
+
+
+IDS = torch.randint(4, 250, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+def test_none_equals_original_with_layers_skipped(model_dir, tmp_path):
+    scores = write_scores(tmp_path / "s.json", n=2, span=2, best=2)
+    replace(model_dir, scores, tmp_path / "out", net="none")
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert pruned.config.num_hidden_layers == 4
+    with torch.no_grad():
+        got = pruned(input_ids=IDS).logits
+    assert torch.allclose(got, logits_skipping(model_dir, {2, 3}, IDS), atol=1e-5)
+
+
+def test_untrained_transformer_equals_original_with_rest_of_block_skipped(model_dir, tmp_path):
+    scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
+    info = replace(model_dir, scores, tmp_path / "out", net="transformer")
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert pruned.config.num_hidden_layers == 4
+    with torch.no_grad():
+        got = pruned(input_ids=IDS).logits
+    assert torch.allclose(got, logits_skipping(model_dir, {2, 3}, IDS), atol=1e-5)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "layers 1..3 (n = 2)" in card and "6 → 4" in card
+    meta = json.loads((tmp_path / "out" / "streamline.json").read_text())
+    assert meta["params"] < meta["source_params"] and info["block"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("net", ["ffn", "swiglu"])
+def test_custom_nets_load_both_ways_and_generate(model_dir, net, tmp_path):
+    scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
+    replace(model_dir, scores, tmp_path / "out", net=net)
+    ours = load_pruned(tmp_path / "out").eval()
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
+    assert ours.config.num_hidden_layers == 4
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=IDS).logits, remote(input_ids=IDS).logits)
+    out = ours.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 9)
+
+
+def test_net_initialised_from_own_mlp_or_identity(tiny_llama_dir, tiny_opt_dir, tmp_path):
+    scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
+    # Llama's MLP is a SwiGLU: swiglu starts as layer 1's MLP; ffn starts as the identity.
+    replace(tiny_llama_dir, scores, tmp_path / "sw", net="swiglu")
+    original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    sw = load_pruned(tmp_path / "sw")
+    assert torch.equal(sw.model.layers[1].gate_proj.weight, original.model.layers[1].mlp.gate_proj.weight)
+    replace(tiny_llama_dir, scores, tmp_path / "ffn", net="ffn")
+    ffn = load_pruned(tmp_path / "ffn")
+    assert torch.count_nonzero(ffn.model.layers[1].down.weight) == 0
+    # OPT's MLP is fc1-ReLU-fc2: ffn starts as layer 1's MLP.
+    replace(tiny_opt_dir, scores, tmp_path / "opt", net="ffn")
+    opt = load_pruned(tmp_path / "opt")
+    orig_opt = AutoModelForCausalLM.from_pretrained(tiny_opt_dir)
+    assert torch.equal(opt.model.decoder.layers[1].up.weight, orig_opt.model.decoder.layers[1].fc1.weight)
+
+
+def test_wrong_scores_for_net(tiny_llama_dir, tmp_path):
+    scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
+    with pytest.raises(StreamlineError, match="network: 'none' needs block scores over 2 layers"):
+        replace(tiny_llama_dir, scores, tmp_path / "out", net="none")
+    with pytest.raises(StreamlineError, match="network: unknown network 'mlp'"):
+        replace(tiny_llama_dir, scores, tmp_path / "out", net="mlp")
