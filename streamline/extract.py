@@ -66,13 +66,17 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
              num_samples, len(keep), seq_len, hidden, dtype, store_path, num_samples * bytes_per_sample / 1e9,
              len(todo), num_samples)
     start = time.time()
+    compute_seconds = 0.0
     if todo:
         model, _ = load_model(model_dir, dtype=dtype, device=device)
+        t0 = time.perf_counter()
         _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample)
+        compute_seconds = time.perf_counter() - t0
     assert not store.missing_samples(), "extraction finished with missing chunks"
     seconds = time.time() - start
     summary = {"store": str(store_path), "shape": list(store.hidden.shape), "dtype": dtype, "codec": codec,
                "layers": keep, "samples": num_samples, "computed_samples": len(todo), "seconds": round(seconds, 2),
+               "compute_seconds": round(compute_seconds, 3),
                "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
     if manifest:
         atomic_write_json(manifest, summary)

@@ -46,6 +46,7 @@ class TrainSettings:
     checkpoint_every: int = 0   # optimizer steps between checkpoints; 0 = at every validation
     seed: int = 42
     prefetch: int = 4           # micro-batches read ahead
+    skip_first_tokens: int = 0  # leave the first k positions (the attention sink) out of the MSE
     device: str = "auto"
 
 
@@ -139,7 +140,11 @@ class Trainer:
 
     def loss(self, x, y, mask):
         pred, mask = self.forward(x, mask)
-        return masked_mse(pred, y.to(self.device), mask.float())
+        weight = mask.float()
+        # The first position of a block is an attention sink whose hidden state is ~100x larger than
+        # the others; its squared error can be >95% of the loss. Optionally leave it out.
+        weight[:, : self.s.skip_first_tokens] = 0
+        return masked_mse(pred, y.to(self.device), weight)
 
     @torch.no_grad()
     def validate(self, read, samples: list[int]) -> float:
@@ -155,7 +160,11 @@ class Trainer:
 
 def train_mse(init_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, log_json: str | Path,
               settings: TrainSettings, checkpoint_dir: str | Path | None = None, train_read: Callable | None = None,
-              export: bool = True) -> dict:
+              train_samples: int | None = None, export: bool = True) -> dict:
+    """Train slot b of `init_dir` on pairs_dir/{train,val}; export the best state to `out_dir`.
+
+    `train_read` (sample -> (x, y, mask)) and `train_samples` (use the first N) exist for benchmarks.
+    """
     init_dir, pairs_dir, out_dir = Path(init_dir), Path(pairs_dir), Path(out_dir)
     s = settings
     info = read_json(init_dir / "streamline.json")
@@ -167,7 +176,7 @@ def train_mse(init_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, 
     from .models import resolve_device
     trainer = Trainer(network, rotary, config, adapter, index, s, resolve_device(s.device))
 
-    n_train = train_store.num_samples
+    n_train = min(train_samples or train_store.num_samples, train_store.num_samples)
     micro_per_epoch = math.ceil(n_train / s.batch_size)
     total_micro = max(1, math.ceil(s.epochs * micro_per_epoch))
     total_steps = math.ceil(total_micro / s.gradient_accumulation_step)

@@ -1,0 +1,32 @@
+# The checkpoint dir is not an output: it must survive a killed job so training resumes.
+rule train_mse:
+    input:
+        init="results/{model}/n{n}/{net}/init",
+        pairs="results/{model}/n{n}/pairs.json",
+    output:
+        model=directory("results/{model}/n{n}/{net}-mse/model"),
+        log="results/{model}/n{n}/{net}-mse/train_log.json",
+    params:
+        pairs="results/{model}/n{n}/pairs.zarr",
+        checkpoint="results/{model}/n{n}/{net}-mse/checkpoint",
+        batch_size=config["batch_size"],
+        accumulation=config["gradient_accumulation_step"],
+        epochs=config["epochs"],
+        lr=config["lr"],
+        min_lr=config["min_lr"],
+        wd=config["wd"],
+        seed=config["seed"],
+        warmup_ratio=config["train"]["warmup_ratio"],
+        max_grad_norm=config["train"]["max_grad_norm"],
+        val_every=config["train"]["val_every"],
+    resources:
+        gpu=1,
+    log:
+        "logs/{model}/n{n}/train_{net}-mse.log",
+    shell:
+        "streamline --log {log} train --init {input.init} --pairs {params.pairs} --out {output.model}"
+        " --log-json {output.log} --checkpoint-dir {params.checkpoint} --batch-size {params.batch_size}"
+        " --gradient-accumulation-step {params.accumulation} --epochs {params.epochs} --lr {params.lr}"
+        " --min-lr {params.min_lr} --wd {params.wd} --seed {params.seed} --warmup-ratio {params.warmup_ratio}"
+        " --max-grad-norm {params.max_grad_norm} --val-every {params.val_every}"
+        " --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
