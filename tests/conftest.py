@@ -104,3 +104,16 @@ def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int =
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     return make_data_dir(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory, tiny_llama_dir, text_corpus):
+    """The whole DAG run once on the tiny Llama (variants: plain removal and an ffn net), shared by the
+    workflow tests; tests that change config.yaml must restore it (see workflow_utils)."""
+    from workflow_utils import make_eval_data, snakemake, tiny_config, write_config
+    eval_data = make_eval_data(tmp_path_factory.mktemp("eval_data"))
+    config = tiny_config(tiny_llama_dir, text_corpus, eval_data=eval_data, network=["none", "ffn"])
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_config(workdir, config)
+    snakemake(workdir)
+    return workdir, config

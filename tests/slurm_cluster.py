@@ -101,7 +101,7 @@ class SlurmCluster:
 
     def __init__(self, workdir: Path | None = None, node: str = "streamline1", partition: str = "debug",
                  cpus: int | None = None, memory_mb: int | None = None, gpus: int = 1,
-                 min_job_age: int = 300, start_timeout: float = 60):
+                 min_job_age: int = 3600, start_timeout: float = 60):
         self._own_workdir = workdir is None
         self.root = Path(workdir or tempfile.mkdtemp(prefix="slurm-")).resolve()
         self.node, self.partition = node, partition
@@ -142,15 +142,15 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
-SwitchType=switch/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
-AccountingStorageTRES=gres/gpu
+MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
-# squeue-based job status needs finished jobs to stay visible; the plugin wants >= 3 x its poll interval.
+# squeue-based job status needs finished jobs to stay visible (the plugin wants >= 3 x its first poll
+# interval); an hour also keeps every job record for `scontrol show job` after a long test run.
 MinJobAge={self.min_job_age}
 StateSaveLocation={self.root / "state"}
 SlurmdSpoolDir={self.root / "spool"}
@@ -262,6 +262,9 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                 except ProcessLookupError:
                     pass
         self._procs.clear()
+        if self._sudo and self.root.exists():  # hand root-owned state, key and logs back to the test user
+            subprocess.run([*self._sudo, "chown", "-R", f"{os.getuid()}:{os.getgid()}", str(self.root)],
+                           capture_output=True, timeout=30)
         if self._own_workdir:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -284,7 +287,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     def show_job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as a dict (slurmctld keeps finished jobs for MinJobAge seconds)."""
-        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+        proc = subprocess.run(["scontrol", "show", "job", "-d", "-o", str(job_id)], capture_output=True, text=True,
                               env=self.env, timeout=10)
         return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout)) if proc.returncode == 0 else {}
 

@@ -1,71 +1,83 @@
-"""The whole DAG on a tiny model in a temp dir: outputs, reruns, and config errors before any job."""
+"""The whole DAG on a tiny model in a temp dir: outputs, what a change reruns, config errors before any job."""
 
+import copy
 import json
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from workflow_utils import ROOT, SNAKEFILE, planned_rules, snakemake, tiny_config, write_config
+from workflow_utils import planned_rules, snakemake, tiny_config, write_config
+
+UPSTREAM_OF_SCORING = {"download_model", "prepare_data", "extract_calibration", "fetch_eval_data",
+                       "evaluate_baseline"}
 
 
 @pytest.fixture(scope="module")
-def done_workdir(tmp_path_factory, tiny_llama_dir, text_corpus):
-    workdir = tmp_path_factory.mktemp("wf")
-    write_config(workdir, tiny_config(tiny_llama_dir, text_corpus))
-    snakemake(workdir)
-    return workdir
+def done(tiny_workflow):
+    return tiny_workflow[0]
 
 
-def test_workflow_produces_scores(done_workdir):
-    scores = json.loads((done_workdir / "results/tiny/n2/scores.json").read_text())
+def test_workflow_produces_every_stage(done):
+    scores = json.loads((done / "results/tiny/n2/scores.json").read_text())
     assert scores["n"] == 2 and scores["num_layers"] == 6 and len(scores["scores"]) == 4
-    assert (done_workdir / "results/tiny/n2/scores.png").exists()
-    assert (done_workdir / "resources/models/tiny/config.json").exists()
-    calib = json.loads((done_workdir / "results/tiny/calibration.json").read_text())
+    assert (done / "results/tiny/n2/scores.png").exists()
+    assert (done / "resources/models/tiny/config.json").exists()
+    calib = json.loads((done / "results/tiny/calibration.json").read_text())
     assert calib["shape"] == [7, 8, 16, 32]
+    pairs = json.loads((done / "results/tiny/n2/pairs.json").read_text())
+    assert pairs["layers"] == [scores["best_start"], scores["best_start"] + 3]
+    assert pairs["train"]["shape"] == [2, 16, 16, 32] and pairs["val"]["shape"] == [2, 4, 16, 32]
+    assert json.loads((done / "results/tiny/n2/ffn-mse/model/config.json").read_text())["num_hidden_layers"] == 4
+    assert json.loads((done / "results/tiny/n2/none/init/config.json").read_text())["num_hidden_layers"] == 4
+    log = json.loads((done / "results/tiny/n2/ffn-mse/train_log.json").read_text())
+    assert log["net"] == "ffn" and log["val"][0]["step"] == 0
+    assert not (done / "results/tiny/n2/ffn-mse/checkpoint/checkpoint.pt").exists()
 
 
-def test_nothing_changed_nothing_runs(done_workdir):
-    assert planned_rules(done_workdir) == {}
+def test_nothing_changed_nothing_runs(done):
+    assert planned_rules(done) == {}
 
 
-def test_changing_n_reruns_scoring_only(done_workdir, tiny_llama_dir, text_corpus):
-    write_config(done_workdir, tiny_config(tiny_llama_dir, text_corpus, layer_intervals=3))
-    assert planned_rules(done_workdir) == {"score": 1}
-    write_config(done_workdir, tiny_config(tiny_llama_dir, text_corpus, layer_intervals=[2, 3, 4]))
-    assert planned_rules(done_workdir) == {"score": 2}
-    write_config(done_workdir, tiny_config(tiny_llama_dir, text_corpus))
+@pytest.mark.parametrize("n", ["3", "[2,3,4]"])
+def test_changing_n_reruns_scoring_onward_and_never_extraction(done, n):
+    plan = planned_rules(done, "--config", f"layer_intervals={n}")
+    new = 1 if n == "3" else 2
+    assert plan["score"] == new and plan["score_removal"] == new and plan["extract_pairs"] == new
+    assert plan["replace"] == 2 * new and plan["train_mse"] == new
+    assert not UPSTREAM_OF_SCORING & plan.keys()
 
 
-def test_command_line_config_overrides(done_workdir):
-    assert planned_rules(done_workdir, "--config", "layer_intervals=4", "lr=1e-4") == {"score": 1}
+def test_lr_reruns_training_onward_only(done):
+    plan = planned_rules(done, "--config", "lr=5e-4")
+    assert plan == {"train_mse": 1, "evaluate_variant": 1, "stability": 1, "report": 1}
 
 
-def test_extraction_batch_size_does_not_rerun_anything(done_workdir, tiny_llama_dir, text_corpus):
-    cfg = tiny_config(tiny_llama_dir, text_corpus)
-    cfg["extract"]["batch_size"] = 2
-    write_config(done_workdir, cfg)
-    assert planned_rules(done_workdir) == {}
-    write_config(done_workdir, tiny_config(tiny_llama_dir, text_corpus))
+def test_extraction_batch_size_does_not_rerun_anything(done, tiny_workflow):
+    config = copy.deepcopy(tiny_workflow[1])
+    config["extract"]["batch_size"] = 2
+    write_config(done, config)
+    try:
+        assert planned_rules(done) == {}
+    finally:
+        write_config(done, tiny_workflow[1])
 
 
-def test_metric_change_reruns_scoring(done_workdir):
-    assert planned_rules(done_workdir, "--config", "metric=angular") == {"score": 1}
+def test_metric_change_reruns_scoring_onward(done):
+    plan = planned_rules(done, "--config", "metric=angular")
+    assert plan["score"] == 1 and plan["score_removal"] == 1 and not UPSTREAM_OF_SCORING & plan.keys()
 
 
 @pytest.mark.parametrize("override, message", [
     ("layer_intervals=0", "layer_intervals: 0 is not valid: expected an integer >= 1 or a list of integers >= 1"),
     ("layer_intervals=6", "layer_intervals: 6 is out of range for tiny-llama, which has 6 layers (allowed: 1..5)"),
     ("metric=l2", "metric: 'l2' is not one of ['cosine', 'angular']"),
+    ("network=mlp", "network: 'mlp' is not valid"),
     ("model_name=/no/such/model", "model_name: path /no/such/model does not exist"),
     ("lr=-1", "lr: -1 is less than or equal to the minimum of 0"),
     ("min_lr=0.5", "min_lr: 0.5 is above lr"),
     ("typo_key=1", "config: Additional properties are not allowed ('typo_key' was unexpected)"),
 ])
-def test_bad_config_is_one_line_before_any_job(done_workdir, override, message):
-    proc = snakemake(done_workdir, "-n", "--config", override, check=False)
+def test_bad_config_is_one_line_before_any_job(done, override, message):
+    proc = snakemake(done, "-n", "--config", override, check=False)
     assert proc.returncode != 0
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("Using workflow specific profile")]
     assert len(err) == 1 and err[0].startswith("config error: ") and message in err[0], proc.stderr
@@ -78,4 +90,4 @@ def test_unknown_architecture(tmp_path, text_corpus):
     write_config(tmp_path, tiny_config(tmp_path / "gpt2", text_corpus, layer_intervals=1))
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.stderr.strip().splitlines()[-1] == ("config error: model_name: architecture 'gpt2' has no adapter "
-                                   "(supported: llama, mistral, opt, qwen2)")
+                                                    "(supported: llama, mistral, opt, qwen2)")

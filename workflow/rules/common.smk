@@ -23,10 +23,57 @@ def layer_intervals():
     return sorted(set(n)) if isinstance(n, list) else [n]
 
 
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def variants():
+    """Variant names per n: 'none' (plain removal, untrained) or '{net}-{loss}'."""
+    names = []
+    for net in as_list(config["network"]):
+        names += ["none"] if net == "none" else [f"{net}-{loss}" for loss in as_list(config["loss"])]
+    return names
+
+
+def variant_model(n, variant, m=None):
+    base = f"results/{m or model()}/n{n}"
+    return f"{base}/none/init" if variant == "none" else f"{base}/{variant}/model"
+
+
+def scores_for(net, m, n):
+    """Replacement scores blocks of n+1 layers; plain removal scores windows of n."""
+    return f"results/{m}/n{n}/{'removal_scores' if net == 'none' else 'scores'}.json"
+
+
+def eval_data_dir():
+    """Offline eval data: eval.data if set, else the folder the fetch_eval_data rule writes; None online."""
+    ev = config["eval"]
+    if not ev["offline"]:
+        return None
+    return ev.get("data") or "resources/eval_data/hf_datasets"
+
+
+def baseline_eval(m=None):
+    return f"results/{m or model()}/baseline/eval.json"
+
+
+def variant_dir(n, variant, m=None):
+    return f"results/{m or model()}/n{n}/{variant}"
+
+
+def summary_targets():
+    return ["results/summary.json", "results/summary.md", "results/summary.html",
+            "results/plots/block_scores.png", "results/plots/training_loss.png", "results/plots/task_accuracy.png"]
+
+
 def all_targets():
-    return expand("results/{model}/n{n}/scores.json", model=model(), n=layer_intervals())
+    targets = expand("results/{model}/n{n}/scores.json", model=model(), n=layer_intervals())
+    for n in layer_intervals():
+        targets += [variant_model(n, v) for v in variants()]
+    return targets + summary_targets()
 
 
 wildcard_constraints:
     model=r"[A-Za-z0-9._-]+",
     n=r"\d+",
+    net=r"transformer|ffn|swiglu|none",

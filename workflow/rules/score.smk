@@ -12,3 +12,19 @@ rule score:
     shell:
         "streamline --log {log} score --store {params.store} --n {wildcards.n} --metric {params.metric}"
         " --out {output.scores} --plot {output.plot}"
+
+
+rule score_removal:
+    input:
+        calibration="results/{model}/calibration.json",
+    output:
+        scores="results/{model}/n{n}/removal_scores.json",
+        plot="results/{model}/n{n}/removal_scores.png",
+    params:
+        store="results/{model}/calibration.zarr",
+        metric=config["metric"],
+    log:
+        "logs/{model}/n{n}/score_removal.log",
+    shell:
+        "streamline --log {log} score --store {params.store} --n {wildcards.n} --span {wildcards.n}"
+        " --metric {params.metric} --out {output.scores} --plot {output.plot}"

@@ -19,6 +19,7 @@ rule train_mse:
         warmup_ratio=config["train"]["warmup_ratio"],
         max_grad_norm=config["train"]["max_grad_norm"],
         val_every=config["train"]["val_every"],
+        skip_first_tokens=config["train"]["skip_first_tokens"],
     resources:
         gpu=1,
     log:
@@ -29,4 +30,43 @@ rule train_mse:
         " --gradient-accumulation-step {params.accumulation} --epochs {params.epochs} --lr {params.lr}"
         " --min-lr {params.min_lr} --wd {params.wd} --seed {params.seed} --warmup-ratio {params.warmup_ratio}"
         " --max-grad-norm {params.max_grad_norm} --val-every {params.val_every}"
+        " --skip-first-tokens {params.skip_first_tokens}"
         " --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
+
+
+# LLM loss: the replaced model end to end, only the lightweight network trainable, under
+# `accelerate launch` with the config in llm.accelerate_config. One process per GPU from the
+# `gpu` resource (set it in the config or the profile); with no GPU, CPU processes over gloo.
+rule train_llm:
+    input:
+        init="results/{model}/n{n}/{net}/init",
+        data=lambda w: data_dir(w.model),
+    output:
+        model=directory("results/{model}/n{n}/{net}-llm/model"),
+        log="results/{model}/n{n}/{net}-llm/train_log.json",
+    params:
+        accelerate_config=config["llm"]["accelerate_config"],
+        checkpoint="results/{model}/n{n}/{net}-llm/checkpoint",
+        train_samples=config["train_num_data"],
+        batch_size=config["batch_size"],
+        accumulation=config["gradient_accumulation_step"],
+        epochs=config["epochs"],
+        lr=config["lr"],
+        min_lr=config["min_lr"],
+        wd=config["wd"],
+        seed=config["seed"],
+        warmup_ratio=config["train"]["warmup_ratio"],
+        max_grad_norm=config["train"]["max_grad_norm"],
+        val_every=config["train"]["val_every"],
+    resources:
+        gpu=config["llm"]["num_processes"],
+    log:
+        "logs/{model}/n{n}/train_{net}-llm.log",
+    shell:
+        "python -m streamline.launch --config {params.accelerate_config} --num-processes {resources.gpu} --"
+        " --log {log} --init {input.init} --data {input.data} --out {output.model} --log-json {output.log}"
+        " --checkpoint-dir {params.checkpoint} --train-samples {params.train_samples}"
+        " --batch-size {params.batch_size} --gradient-accumulation-step {params.accumulation}"
+        " --epochs {params.epochs} --lr {params.lr} --min-lr {params.min_lr} --wd {params.wd} --seed {params.seed}"
+        " --warmup-ratio {params.warmup_ratio} --max-grad-norm {params.max_grad_norm}"
+        " --val-every {params.val_every} --checkpoint-every {config[train][checkpoint_every]}"

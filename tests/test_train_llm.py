@@ -1,0 +1,196 @@
+"""LLM-loss training under accelerate: exact freezing, DeepSpeed ZeRO-2 and DDP on CPU processes, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import build_tiny_model, make_data_dir, tiny_config
+from streamline.launch import launch_command
+from streamline.replace import replace
+from streamline.train_llm import epoch_plan, freeze_all_but, trainable_parameter_names
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"deepspeed": ROOT / "configs/accelerate/deepspeed_zero2.yaml", "ddp": ROOT / "configs/accelerate/ddp.yaml"}
+SLOT = 1
+# 32 blocks / (2 per micro-batch x 2 processes) = 8 micro-batches per epoch, 4 optimizer steps, x 5 epochs
+ARGS = ["--batch-size", "2", "--gradient-accumulation-step", "2", "--epochs", "5", "--lr", "1e-2", "--min-lr",
+        "1e-3", "--val-every", "5", "--checkpoint-every", "1", "--seed", "3"]
+TOTAL_STEPS = 20
+
+
+# --- exact freezing -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, prefix", [("llama", "model.layers."), ("opt", "model.decoder.layers.")])
+def test_trainable_names_are_exactly_the_slot(family, prefix):
+    model = AutoModelForCausalLM.from_config(tiny_config(family, 64, layers=12))
+    names = trainable_parameter_names(model, SLOT)
+    slot_params = dict(model.named_parameters())
+    assert names and all(n.startswith(f"{prefix}{SLOT}.") for n in names)
+    assert len(names) == len(list(model.get_submodule(prefix + str(SLOT)).parameters()))
+    # the reference's substring test would also have unfrozen layers 10 and 11
+    substring = {n for n in slot_params if f"layers.{SLOT}" in n}
+    assert {n.split(".")[len(prefix.split(".")) - 1] for n in substring} == {"1", "10", "11"}
+    assert not any(n.startswith((f"{prefix}10.", f"{prefix}11.")) for n in names)
+    freeze_all_but(model, names)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+    assert sorted(trainable_parameter_names(model, 10)) == sorted(n for n in slot_params if n.startswith(f"{prefix}10."))
+
+
+def test_epoch_plan_rounds_partial_epochs_to_whole_accumulation_groups():
+    assert epoch_plan(8, 2, 3) == [8, 8]
+    assert epoch_plan(8, 1.5, 3) == [8, 6]
+    assert epoch_plan(8, 0.1, 4) == [4]
+    assert epoch_plan(5, 0.9, 4) == [5]
+
+
+def test_launch_command_cpu_and_gpu():
+    ds = launch_command(CONFIGS["deepspeed"], 2, ["--init", "x"], gpus=0, port=1234, cpus=8)
+    assert ds[0] != "env"  # ACCELERATE_USE_CPU would make accelerate drop DeepSpeed
+    assert ds[ds.index("--num_processes") + 1] == "2" and ds[ds.index("--num_cpu_threads_per_process") + 1] == "4"
+    assert ds[-4:] == ["-m", "streamline.train_llm", "--init", "x"]
+    ddp = launch_command(CONFIGS["ddp"], 2, [], gpus=0, port=1234, cpus=2)
+    assert ddp[:2] == ["env", "ACCELERATE_USE_CPU=1"]
+    gpu = launch_command(CONFIGS["deepspeed"], 4, [], gpus=4, port=1234)
+    assert gpu[0] != "env" and "--num_cpu_threads_per_process" not in gpu
+    assert gpu[gpu.index("--num_processes") + 1] == "4"
+    with pytest.raises(Exception, match="4 processes"):
+        launch_command(CONFIGS["ddp"], 4, [], gpus=2)
+
+
+# --- two processes on CPU -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm")
+    model_dir = build_tiny_model("llama", root / "tiny", layers=6)
+    data = make_data_dir(root / "data", num=32, seq_len=16, vocab=12)  # learnable: 8 token ids
+    (root / "scores.json").write_text(json.dumps({"n": 2, "span": 3, "block": [SLOT, SLOT + 1, SLOT + 2],
+                                                  "metric": "cosine"}))
+    replace(model_dir, root / "scores.json", root / "init", net="transformer")
+    return root
+
+
+def _env(root: Path) -> dict:
+    ext = root / "torch_extensions"  # empty: anything DeepSpeed JIT-compiles would land here
+    ext.mkdir(exist_ok=True)
+    return {**os.environ, "TORCH_EXTENSIONS_DIR": str(ext), "PYTHONPATH": str(ROOT)}
+
+
+def _command(root: Path, backend: str, name: str, checkpoint: bool = True) -> list[str]:
+    args = ["--init", str(root / "init"), "--data", str(root / "data"), "--out", str(root / name / "model"),
+            "--log-json", str(root / name / "train_log.json")] + ARGS
+    if checkpoint:
+        args += ["--checkpoint-dir", str(root / name / "checkpoints")]
+    return launch_command(CONFIGS[backend], 2, args)
+
+
+def _run(root: Path, backend: str, name: str) -> tuple[dict, str, float]:
+    start = time.time()
+    out = subprocess.run(_command(root, backend, name), env=_env(root), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-5000:]
+    return json.loads((root / name / "train_log.json").read_text()), out.stderr, time.time() - start
+
+
+@pytest.fixture(scope="module")
+def trained(llm_setup):
+    """One uninterrupted run per backend, shared by the tests below (each takes ~40 s, mostly start-up)."""
+    cache = {}
+
+    def get(backend):
+        if backend not in cache:
+            cache[backend] = _run(llm_setup, backend, backend)
+        return cache[backend]
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
+def test_two_process_training(backend, llm_setup, trained):
+    root = llm_setup
+    result, stderr, seconds = trained(backend)
+    print(f"{backend}: {seconds:.1f} s")
+    assert result["distributed_type"] == ("DEEPSPEED" if backend == "deepspeed" else "MULTI_CPU")
+    assert result["num_processes"] == 2 and result["total_steps"] == TOTAL_STEPS == len(result["steps"])
+    assert result["loss"] == "llm" and result["kept"] == "best"
+    assert result["best_val_loss"] < 0.8 * result["initial_val_loss"], result["val"]
+    assert [v["step"] for v in result["val"]] == [0, 5, 10, 15, 20]
+    assert result["steps"][-1]["lr"] == pytest.approx(1e-3)  # the schedule decays over optimizer steps
+    assert "built successfully" not in stderr and not any((root / "torch_extensions").iterdir())
+    assert not (root / backend / "checkpoints").exists()
+    # only the lightweight network changed, every other tensor is bit for bit the init's
+    before = load_file(root / "init" / "model.safetensors")
+    after = load_file(root / backend / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(f"model.layers.{SLOT}.") for k in changed)
+    assert all(before[k].dtype == after[k].dtype for k in before)
+    # plain transformers loads it and generates
+    model = AutoModelForCausalLM.from_pretrained(root / backend / "model")
+    assert model.config.num_hidden_layers == 4
+    assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
+    card = (root / backend / "model" / "README.md").read_text()
+    assert "`llm`" in card and "validation loss" in card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
+def test_sigkill_then_resume(backend, llm_setup, trained):
+    root, name = llm_setup, f"{backend}-resumed"
+    ckpt = root / name / "checkpoints"
+    start = time.time()
+    proc = subprocess.Popen(_command(root, backend, name), env=_env(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    progress, step = ckpt / "progress.json", 0
+    deadline = time.time() + 300
+    while time.time() < deadline and step < 6 and proc.poll() is None:  # 6: mid-way through epoch 2
+        if progress.exists():
+            step = json.loads(progress.read_text())["state"]["step"]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait()
+    assert 6 <= step < TOTAL_STEPS, "the run ended before it could be killed mid-way"
+    assert not (root / name / "model").exists()
+
+    result, stderr, _ = _run(root, backend, name)
+    print(f"{backend}: killed at step >= {step}; kill + resume took {time.time() - start:.1f} s")
+    assert "resumed from" in stderr
+    assert result["resumed_at_step"] >= step and result["total_steps"] == TOTAL_STEPS
+    assert [s["step"] for s in result["steps"]] == list(range(1, TOTAL_STEPS + 1))
+    assert not ckpt.exists() and (root / name / "model" / "model.safetensors").exists()
+    # it continued exactly where the killed run stopped: same batches (skipping those consumed mid-epoch),
+    # same optimizer state and schedule: on CPU the result is bit for bit the uninterrupted run's
+    reference, _, _ = trained(backend)
+    assert result["steps"] == reference["steps"] and result["val"] == reference["val"]
+    a = load_file(root / backend / "model" / "model.safetensors")
+    b = load_file(root / name / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_path, caplog):
+    """In-process, without a launcher (`streamline train-llm`): one plain process."""
+    from streamline.train_llm import train_llm
+    from streamline.train_mse import TrainSettings
+    root = llm_setup
+    settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=50.0, min_lr=50.0,
+                             max_grad_norm=1e9, val_every=2)
+    try:
+        result = train_llm(root / "init", root / "data", tmp_path / "model", tmp_path / "log.json", settings,
+                           checkpoint_dir=tmp_path / "ck")
+    finally:  # accelerate's state is process-global: leave none behind for other tests
+        from accelerate.state import AcceleratorState, GradientState
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert result["num_processes"] == 1 and result["total_steps"] == 8
+    assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
+    assert "never improved" in caplog.text and not (tmp_path / "ck").exists()
+    before, after = load_file(root / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
