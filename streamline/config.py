@@ -46,6 +46,26 @@ def _describe(schema: dict) -> str:
     return str(schema)
 
 
+NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+TEXT_KEYS = {"model_name", "model_alias", "name", "source", "data", "accelerate_config", "text_fields", "tasks"}
+
+
+def _coerce_numbers(node: dict) -> None:
+    """`snakemake --config 'layer_intervals=[4,8]' 'llm={num_processes: 2}'` passes nested values as
+    strings; turn number-shaped strings back into numbers (never in the keys that hold text)."""
+    def convert(v):
+        if isinstance(v, str) and NUMBER.match(v.strip()):
+            return int(v) if re.fullmatch(r"-?\d+", v.strip()) else float(v)
+        if isinstance(v, list):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            _coerce_numbers(v)
+        return v
+    for key, value in node.items():
+        if key not in TEXT_KEYS or isinstance(value, dict):
+            node[key] = convert(value)
+
+
 def check_source(key: str, value: str) -> str:
     """Classify a model or data source, or fail with one line: 'pypi', 'local' or 'hub'."""
     from .fetch import is_pypi_spec, parse_pypi_spec
@@ -68,9 +88,7 @@ def n_values(config: dict) -> list[int]:
 def validate(config: dict, schema_path: str | Path) -> dict:
     """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    n = config.get("layer_intervals")
-    if isinstance(n, list):  # `--config layer_intervals=[4,8]` arrives as strings
-        config["layer_intervals"] = [int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in n]
+    _coerce_numbers(config)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise StreamlineError(_schema_error(errors[0]))

@@ -102,7 +102,9 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
             def on_hidden(k: int, h: torch.Tensor) -> None:
                 if k in slot:
                     arr = to_storage(h)
-                    futures.extend(pool.submit(store.write, slot[k], n, arr[j]) for j, n in enumerate(rows))
+                    # One write per contiguous run of samples: zarr then stores those chunks concurrently.
+                    for j0, j1 in _runs(rows):
+                        futures.append(pool.submit(store.write_range, slot[k], rows[j0], arr[j0:j1]))
 
             run_with_capture(adapter, model, batch_ids, batch_mask, on_hidden, last=keep[-1])
             # Keep one batch in flight: bounded RAM, and the writes overlap the next forward.
@@ -112,6 +114,16 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
             bar.set_postfix_str(f"{bar.n * bytes_per_sample / 1e6 / max(time.time() - start, 1e-9):.0f} MB/s")
         _finish(store, pending, pending_masks, mask)
     bar.close()
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """[j0, j1) index ranges of `rows` whose values are consecutive integers."""
+    runs, start = [], 0
+    for j in range(1, len(rows) + 1):
+        if j == len(rows) or rows[j] != rows[j - 1] + 1:
+            runs.append((start, j))
+            start = j
+    return runs
 
 
 def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np.ndarray) -> None:

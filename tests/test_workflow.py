@@ -91,3 +91,21 @@ def test_unknown_architecture(tmp_path, text_corpus):
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.stderr.strip().splitlines()[-1] == ("config error: model_name: architecture 'gpt2' has no adapter "
                                                     "(supported: llama, mistral, opt, qwen2)")
+
+
+def test_code_edit_reruns_that_stage_onward(done):
+    import os
+    from pathlib import Path
+
+    import streamline
+    path = Path(streamline.__file__).parent / "score.py"
+    text, before = path.read_text(), path.stat()
+    # Snakemake compares checksums of small inputs, so a real edit, not just a newer mtime.
+    path.write_text(text + "\n# edited\n")
+    try:
+        plan = planned_rules(done)
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert plan["score"] == 1 and plan["score_removal"] == 1 and plan["report"] == 1
+    assert not UPSTREAM_OF_SCORING & plan.keys()

@@ -42,7 +42,14 @@ def tiny_config(model_dir: Path, corpus: Path, eval_data: Path | None = None, **
     if eval_data is not None:
         config["eval"] = {"tasks": ["arc_easy"], "limit": 4, "batch_size": 4, "offline": True,
                           "data": str(eval_data), "device": "cpu"}
-    for key, value in overrides.items():
+    return with_changes(config, overrides)
+
+
+def with_changes(config: dict, changes: dict) -> dict:
+    """A deep copy of `config` with dotted keys ("eval.limit") set."""
+    import copy
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
         node = config
         *parents, last = key.split(".")
         for p in parents:

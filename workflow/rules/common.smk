@@ -1,5 +1,15 @@
 # Paths and input helpers shared by the rules. Every path of the artifact contract is here.
+from pathlib import Path
+
+import streamline
 from streamline.download import model_slug
+
+PACKAGE = Path(streamline.__file__).parent
+
+
+def code(*modules):
+    """A stage's own modules as inputs: editing one reruns that stage and what follows (mtime)."""
+    return [str(PACKAGE / m) for m in modules]
 
 
 def model():

@@ -1,6 +1,7 @@
 rule prepare_data:
     input:
         model=lambda w: model_dir(w.model),
+        code=code("data.py"),
     output:
         directory("resources/data/{model}/{corpus}"),
     params:

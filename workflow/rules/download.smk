@@ -1,4 +1,6 @@
 rule download_model:
+    input:
+        code=code("download.py", "fetch.py"),
     output:
         directory("resources/models/{model}"),
     params:

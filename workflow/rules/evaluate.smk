@@ -16,7 +16,7 @@ rule fetch_eval_data:
 
 
 def eval_inputs(model_path, m):
-    inputs = {"model": model_path, "data": data_dir(m)}
+    inputs = {"model": model_path, "data": data_dir(m), "code": code("evaluate.py")}
     if eval_data_dir():
         inputs["eval_data"] = eval_data_dir()
     return inputs

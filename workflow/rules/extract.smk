@@ -5,6 +5,7 @@ rule extract_calibration:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
+        code=code("extract.py", "store.py"),
     output:
         manifest="results/{model}/calibration.json",
     params:

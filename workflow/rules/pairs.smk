@@ -5,6 +5,7 @@ rule extract_pairs:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
         scores="results/{model}/n{n}/scores.json",
+        code=code("extract.py", "store.py"),
     output:
         manifest="results/{model}/n{n}/pairs.json",
     params:

@@ -2,6 +2,7 @@ rule replace:
     input:
         model=lambda w: model_dir(w.model),
         scores=lambda w: scores_for(w.net, w.model, w.n),
+        code=code("replace.py", "networks.py", "pruned.py"),
     output:
         directory("results/{model}/n{n}/{net}/init"),
     params:

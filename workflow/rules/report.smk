@@ -5,7 +5,7 @@ report: "../report/workflow.rst"
 
 def report_inputs(wildcards):
     m = model()
-    inputs = {"baseline": baseline_eval(m)}
+    inputs = {"baseline": baseline_eval(m), "code": code("report.py")}
     for n in layer_intervals():
         inputs[f"scores_n{n}"] = f"results/{m}/n{n}/scores.json"
         if "none" in variants():

@@ -1,6 +1,7 @@
 rule score:
     input:
         calibration="results/{model}/calibration.json",
+        code=code("score.py"),
     output:
         scores="results/{model}/n{n}/scores.json",
         plot="results/{model}/n{n}/scores.png",
@@ -17,6 +18,7 @@ rule score:
 rule score_removal:
     input:
         calibration="results/{model}/calibration.json",
+        code=code("score.py"),
     output:
         scores="results/{model}/n{n}/removal_scores.json",
         plot="results/{model}/n{n}/removal_scores.png",

@@ -3,6 +3,7 @@ rule stability:
     input:
         before="results/{model}/baseline/samples.json.gz",
         after="results/{model}/n{n}/{variant}/samples.json.gz",
+        code=code("stability.py"),
     output:
         "results/{model}/n{n}/{variant}/stability.json",
     params:

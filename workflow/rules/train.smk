@@ -3,6 +3,7 @@ rule train_mse:
     input:
         init="results/{model}/n{n}/{net}/init",
         pairs="results/{model}/n{n}/pairs.json",
+        code=code("train_mse.py"),
     output:
         model=directory("results/{model}/n{n}/{net}-mse/model"),
         log="results/{model}/n{n}/{net}-mse/train_log.json",
@@ -41,13 +42,15 @@ rule train_llm:
     input:
         init="results/{model}/n{n}/{net}/init",
         data=lambda w: data_dir(w.model),
+        code=code("train_llm.py"),
     output:
         model=directory("results/{model}/n{n}/{net}-llm/model"),
         log="results/{model}/n{n}/{net}-llm/train_log.json",
     params:
         accelerate_config=config["llm"]["accelerate_config"],
+        mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config["dtype"]],
         checkpoint="results/{model}/n{n}/{net}-llm/checkpoint",
-        train_samples=config["train_num_data"],
+        train_samples=config["llm"]["max_train_samples"] or config["train_num_data"],
         batch_size=config["batch_size"],
         accumulation=config["gradient_accumulation_step"],
         epochs=config["epochs"],
@@ -63,7 +66,8 @@ rule train_llm:
     log:
         "logs/{model}/n{n}/train_{net}-llm.log",
     shell:
-        "python -m streamline.launch --config {params.accelerate_config} --num-processes {resources.gpu} --"
+        "python -m streamline.launch --config {params.accelerate_config} --num-processes {resources.gpu}"
+        " --mixed-precision {params.mixed_precision} --"
         " --log {log} --init {input.init} --data {input.data} --out {output.model} --log-json {output.log}"
         " --checkpoint-dir {params.checkpoint} --train-samples {params.train_samples}"
         " --batch-size {params.batch_size} --gradient-accumulation-step {params.accumulation}"
