@@ -109,3 +109,18 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_llama_dir, tmp_path):
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "res" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert not (ckdir / "checkpoint.pt").exists()
+
+
+def test_bfloat16_model_trains_with_fp32_master_weights_and_exports_bf16(tiny_llama_dir, tmp_path):
+    data = make_data_dir(tmp_path / "data", num=12, seq_len=16)
+    extract_hidden_states(tiny_llama_dir, data, tmp_path / "calib.zarr", device="cpu", dtype="bfloat16")
+    score(tmp_path / "calib.zarr", 2, tmp_path / "scores.json")
+    replace(tiny_llama_dir, tmp_path / "scores.json", tmp_path / "init", net="transformer", dtype="bfloat16")
+    extract_pairs(tiny_llama_dir, data, tmp_path / "scores.json", tmp_path / "pairs", device="cpu",
+                  dtype="bfloat16")
+    result = train_mse(tmp_path / "init", tmp_path / "pairs", tmp_path / "model", tmp_path / "log.json",
+                       TrainSettings(**FAST))
+    assert result["best_val_loss"] < result["initial_val_loss"]
+    trained = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in trained.values())
+    assert json.loads((tmp_path / "model" / "streamline.json").read_text())["dtype"] == "bfloat16"
