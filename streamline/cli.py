@@ -13,12 +13,13 @@ from .train_args import add_train_arguments, settings_from
 log = logging.getLogger("streamline")
 
 
-def _setup_logging(log_file: str | None) -> None:
+def setup_logging(log_file: str | None, level: int = logging.INFO, mode: str = "w") -> None:
+    """Log lines to stderr and, if given, to a file (mode "a" for multi-process writers resuming)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        handlers.append(logging.FileHandler(log_file, mode=mode))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=handlers, force=True)
 
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log)
+    setup_logging(args.log)
     try:
         args.func(args)
     except StreamlineError as e:

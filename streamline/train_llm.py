@@ -505,13 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", help="also write log lines to this file (main process)")
     add_train_arguments(parser, "--data", "prepared data dir (train/val token blocks)")
     args = parser.parse_args(argv)
+    from .cli import setup_logging
     is_main = int(os.environ.get("RANK", "0")) == 0
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log and is_main:
-        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(args.log, mode="a"))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(name)s: %(message)s", handlers=handlers, force=True)
+    setup_logging(args.log if is_main else None, logging.INFO if is_main else logging.WARNING, mode="a")
     try:
         run(args)
     except StreamlineError as e:
