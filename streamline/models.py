@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from .adapters import Adapter, get_adapter
 from .errors import StreamlineError
-from .pruned import count_params, load_pruned
+from .pruned import count_params, load_pruned, read_config
 from .store import TORCH_DTYPES
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def load_config(model_dir: str | Path) -> PretrainedConfig:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise StreamlineError(f"model dir: {model_dir} has no config.json (not a Hugging Face model directory)")
-    return AutoConfig.from_pretrained(model_dir)
+    return read_config(model_dir)
 
 
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "auto",

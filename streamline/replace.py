@@ -50,7 +50,8 @@ def make_network(adapter, model, net: str, index: int, seed: int) -> nn.Module:
         nn.init.zeros_(last.weight)
         if last.bias is not None:
             nn.init.zeros_(last.bias)
-    model.config.streamline = {"replacement": {**spec, "index": index}, "base_architecture": type(model).__name__}
+    model.config.streamline = {"replacement": {**spec, "index": index}, "base_architecture": type(model).__name__,
+                               "base_model_type": model.config.model_type}
     return network
 
 

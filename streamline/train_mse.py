@@ -22,11 +22,11 @@ from typing import Callable, Iterator
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from .adapters import get_adapter
 from .io import atomic_write_json, read_json
-from .pruned import has_custom_net, load_pruned, save_pruned, streamline_class
+from .pruned import custom_net_class, has_custom_net, load_pruned, read_config, save_pruned
 from .store import TORCH_DTYPES, HiddenStore
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,11 @@ def _prefixed_state(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
 def load_network(init_dir: str | Path, index: int):
     """Layer slot `index` of a model dir, plus its rotary embeddings, without loading the model."""
     init_dir = Path(init_dir)
-    config = AutoConfig.from_pretrained(init_dir)
+    config = read_config(init_dir)
     adapter = get_adapter(config.model_type)
     with torch.device("meta"):  # a skeleton costs no memory; only slot `index` is materialised
         if has_custom_net(config):
-            import transformers
-            base = getattr(transformers, config.streamline["base_architecture"])
-            skeleton = streamline_class(base, adapter.layers_path)(config)
+            skeleton = custom_net_class(config)(config)
         else:
             skeleton = AutoModelForCausalLM.from_config(config)
     network = adapter.layers(skeleton)[index].to_empty(device="cpu")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.errors import StreamlineError
@@ -73,6 +73,11 @@ def test_custom_nets_load_both_ways_and_generate(model_dir, net, tmp_path):
     ours = load_pruned(tmp_path / "out").eval()
     remote = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
     assert ours.config.num_hidden_layers == 4
+    family = AutoConfig.from_pretrained(model_dir).model_type
+    assert remote.config.model_type == f"streamline_{family}" and ours.config.model_type == family
+    # Without remote code, transformers must refuse, not build the base family with that layer slot random.
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     with torch.no_grad():
         assert torch.equal(ours(input_ids=IDS).logits, remote(input_ids=IDS).logits)
     out = ours.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False)
