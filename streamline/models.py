@@ -38,8 +38,9 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "aut
     model = load_pruned(model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation=attn)
     model.eval().to(dev)
     n_params = count_params(model)
+    where = f"{dev} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else str(dev)
     log.info("loaded %s (%s, %d layers, %.1fM params, %s) on %s", Path(model_dir).name, config.model_type,
-             config.num_hidden_layers, n_params / 1e6, dtype, dev)
+             config.num_hidden_layers, n_params / 1e6, dtype, where)
     return model, adapter
 
 

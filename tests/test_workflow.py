@@ -33,6 +33,13 @@ def test_workflow_produces_every_stage(done):
     assert not (done / "results/tiny/n2/ffn-mse/checkpoint/checkpoint.pt").exists()
 
 
+def test_torch_stages_use_every_core_given(done):
+    # Without a threads directive Snakemake exports OMP_NUM_THREADS=1 and torch runs on one core.
+    # The workflow runs with --cores 2 (workflow_utils.snakemake).
+    for log in ("logs/tiny/extract_calibration.log", "logs/tiny/n2/extract_pairs.log"):
+        assert "on cpu (2 threads)" in (done / log).read_text(), log
+
+
 def test_nothing_changed_nothing_runs(done):
     assert planned_rules(done) == {}
 

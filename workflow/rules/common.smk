@@ -12,6 +12,13 @@ def code(*modules):
     return [str(PACKAGE / m) for m in modules]
 
 
+def torch_threads():
+    """Threads for a stage that runs torch: every core Snakemake may use (it scales a rule's threads
+    down to --cores). Without a threads directive Snakemake exports OMP_NUM_THREADS=1 to the job and
+    torch computes on one core. On Slurm, the profile's set-threads sizes each job instead."""
+    return workflow.cores
+
+
 def model():
     return config.get("model_alias") or model_slug(config["model_name"])
 

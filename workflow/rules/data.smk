@@ -13,6 +13,7 @@ rule prepare_data:
         train=config["train_num_data"],
         val=config["data"]["val_num_data"],
         seed=config["seed"],
+    threads: torch_threads()
     log:
         "logs/{model}/data_{corpus}.log",
     shell:

@@ -5,6 +5,7 @@ rule download_model:
         directory("resources/models/{model}"),
     params:
         model_name=config["model_name"],
+    threads: torch_threads()
     log:
         "logs/{model}/download.log",
     shell:

@@ -46,6 +46,7 @@ rule evaluate_baseline:
         **EVAL_PARAMS,
     resources:
         gpu=1,
+    threads: torch_threads()
     log:
         "logs/{model}/evaluate_baseline.log",
     shell:
@@ -64,6 +65,7 @@ rule evaluate_variant:
         variant=r"none|(transformer|ffn|swiglu)-[a-z]+",
     resources:
         gpu=1,
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/evaluate_{variant}.log",
     shell:

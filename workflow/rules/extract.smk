@@ -16,6 +16,7 @@ rule extract_calibration:
         level=config["zarr"]["level"],
     resources:
         gpu=1,
+    threads: torch_threads()
     log:
         "logs/{model}/extract_calibration.log",
     shell:

@@ -16,6 +16,7 @@ rule extract_pairs:
         level=config["zarr"]["level"],
     resources:
         gpu=1,
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/extract_pairs.log",
     shell:

@@ -8,6 +8,7 @@ rule replace:
     params:
         dtype=config["dtype"],
         seed=config["seed"],
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/replace_{net}.log",
     shell:

@@ -8,6 +8,7 @@ rule score:
     params:
         store="results/{model}/calibration.zarr",
         metric=config["metric"],
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/score.log",
     shell:
@@ -25,6 +26,7 @@ rule score_removal:
     params:
         store="results/{model}/calibration.zarr",
         metric=config["metric"],
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/score_removal.log",
     shell:

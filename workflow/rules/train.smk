@@ -23,6 +23,7 @@ rule train_mse:
         skip_first_tokens=config["train"]["skip_first_tokens"],
     resources:
         gpu=1,
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/train_{net}-mse.log",
     shell:
@@ -63,6 +64,7 @@ rule train_llm:
         val_every=config["train"]["val_every"],
     resources:
         gpu=config["llm"]["num_processes"],
+    threads: torch_threads()
     log:
         "logs/{model}/n{n}/train_{net}-llm.log",
     shell:
