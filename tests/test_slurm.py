@@ -41,7 +41,7 @@ def profile_peak() -> dict[str, int]:
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     requests = [profile.get("default-resources", {}), *profile.get("set-resources", {}).values()]
     return {
-        "cpus": max([int(t) for t in profile.get("set-threads", {}).values()] + [1]),
+        "cpus": max(int(r.get("cpus_per_task", 1)) for r in requests),
         "memory_mb": max(int(r.get("mem_mb", 0)) for r in requests),
         "gpus": max([int(r.get("gpu", 0)) for r in requests] + [1]),
     }
@@ -154,7 +154,6 @@ def test_tiny_workflow_on_slurm(slurm, tmp_path, tiny_llama_dir, text_corpus, re
     extract_ids = [p.stem for p in slurm_logs.values() if "rule_extract_calibration" in p.parts]
     assert len(extract_ids) == 1, extract_ids
     extract = jobs[extract_ids[0]]
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    wanted, cpus = profile["set-resources"]["extract_calibration"], profile["set-threads"]["extract_calibration"]
+    wanted = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["extract_calibration"]
     assert extract.get("JOB_GRES") == "gpu:1" and extract.get("TresPerJob") == "gres:gpu:1", extract
-    assert extract["CPUs/Task"] == str(cpus) and extract["Mem"] == str(wanted["mem_mb"]), extract
+    assert extract["CPUs/Task"] == str(wanted["cpus_per_task"]) and extract["Mem"] == str(wanted["mem_mb"]), extract

@@ -1,4 +1,5 @@
 # Paths and input helpers shared by the rules. Every path of the artifact contract is here.
+import os
 from pathlib import Path
 
 import streamline
@@ -13,10 +14,10 @@ def code(*modules):
 
 
 def torch_threads():
-    """Threads for a stage that runs torch: every core Snakemake may use (it scales a rule's threads
-    down to --cores). Without a threads directive Snakemake exports OMP_NUM_THREADS=1 to the job and
-    torch computes on one core. On Slurm, the profile's set-threads sizes each job instead."""
-    return workflow.cores
+    """Threads for a stage that runs torch (Snakemake exports them as OMP_NUM_THREADS; with no threads
+    directive that is 1, and torch would compute on one core). Inside a Slurm job: the CPUs sbatch gave
+    it (cpus_per_task in the profile). Elsewhere: every core Snakemake may use."""
+    return int(os.environ.get("SLURM_CPUS_PER_TASK") or workflow.cores)
 
 
 def model():
