@@ -33,8 +33,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
 
 
-def streamline_class(base: type[PreTrainedModel], layers_path: str) -> type[PreTrainedModel]:
+def custom_net_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The family's CausalLM class with slot `index` of its layer list holding the custom network."""
+    base = getattr(transformers, config.streamline["base_architecture"])
+    layers_path = get_adapter(config.model_type).layers_path
 
     class StreamlineForCausalLM(base):
         def __init__(self, config):
@@ -83,11 +85,6 @@ def read_config(model_dir: str | Path) -> PretrainedConfig:
     base_type = raw["streamline"]["base_model_type"]
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
     return CONFIG_MAPPING[base_type].from_dict(fields)
-
-
-def custom_net_class(config: PretrainedConfig) -> type[PreTrainedModel]:
-    base = getattr(transformers, config.streamline["base_architecture"])
-    return streamline_class(base, get_adapter(config.model_type).layers_path)
 
 
 def load_pruned(model_dir: str | Path, dtype: torch.dtype | None = None, **kwargs) -> PreTrainedModel:
