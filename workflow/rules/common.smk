@@ -68,11 +68,15 @@ def eval_data_dir():
     ev = config["eval"]
     if not ev["offline"]:
         return None
-    return ev.get("data") or "resources/eval_data/hf_datasets"
+    return ev.get("data") or "resources/eval_data/offline"
 
 
 def baseline_eval(m=None):
     return f"results/{m or model()}/baseline/eval.json"
+
+
+def baseline_samples(m=None):
+    return f"results/{m or model()}/baseline/samples.json.gz"
 
 
 def variant_dir(n, variant, m=None):

