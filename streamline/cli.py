@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from .errors import StreamlineError
-from .train_args import add_train_arguments, settings_from
+from .training.settings import LOSSES
+from .training.settings import add_arguments as add_train_arguments
 
 log = logging.getLogger("streamline")
 
@@ -50,19 +52,14 @@ def cmd_extract_pairs(a: argparse.Namespace) -> None:
 
 def cmd_replace(a: argparse.Namespace) -> None:
     from .replace import replace
-    replace(a.model, a.scores, a.out, net=a.net, dtype=a.dtype, seed=a.seed)
+    replace(a.model, a.scores, a.out, net=a.net, layers=a.layers, dtype=a.dtype, seed=a.seed)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .train_mse import train_mse
-    train_mse(a.init, a.pairs, a.out, a.log_json, settings_from(a), checkpoint_dir=a.checkpoint_dir,
-              train_samples=a.train_samples)
-
-
-def cmd_train_llm(a: argparse.Namespace) -> None:
-    from .train_llm import train_llm
-    train_llm(a.init, a.data, a.out, a.log_json, settings_from(a), checkpoint_dir=a.checkpoint_dir,
-              train_samples=a.train_samples)
+    from .training import train
+    from .training.settings import settings_from
+    train(a.loss, a.init, a.out, a.log_json, settings_from(a), data_dir=a.data, pairs_dir=a.pairs,
+          teacher_dir=a.teacher, checkpoint_dir=a.checkpoint_dir)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -186,18 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--scores", required=True)
     p.add_argument("--net", required=True, help="transformer | ffn | swiglu | none")
+    p.add_argument("--layers", type=int, default=1, help="k: transformer layers kept (the scores must span n+k)")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_replace)
 
-    p = sub.add_parser("train", help="train the lightweight network with MSE on stored hidden-state pairs")
-    add_train_arguments(p, "--pairs", "pairs.zarr dir with train/ and val/")
+    p = sub.add_parser("train", help="train the replacement network (mse, llm or kd loss); multi-process under "
+                                     "accelerate launch -m streamline.cli train ...")
+    p.add_argument("--loss", choices=LOSSES, default="mse", help="mse: hidden-state pairs; llm: next-token loss; "
+                                                                  "kd: distillation from the original model")
+    p.add_argument("--init", required=True, help="the replaced model dir (untrained, or trained by an earlier stage)")
+    p.add_argument("--data", required=True, help="prepared data dir: validation blocks, and training blocks for "
+                                                 "llm, kd and online mse")
+    p.add_argument("--pairs", help="mse: pair store dir with train/ and val/; omit to compute the pairs online")
+    p.add_argument("--teacher", help="the original model dir (kd, online mse); default: the init dir's source_model")
+    p.add_argument("--out", required=True, help="output model dir")
+    p.add_argument("--log-json", required=True, help="the train log")
+    p.add_argument("--checkpoint-dir", help="where checkpoints live while training (enables resume)")
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("train-llm", help="train the lightweight network with the LLM loss (under accelerate)")
-    add_train_arguments(p, "--data", "prepared data dir (train/val token blocks)")
-    p.set_defaults(func=cmd_train_llm)
 
     p = sub.add_parser("score", help="score every block of layers from a calibration store")
     p.add_argument("--store", required=True)
@@ -267,9 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def die_with_parent() -> None:
+    """End this process when the process that started it dies (Linux: prctl PR_SET_PDEATHSIG).
+
+    Snakemake runs each stage as a child; killing Snakemake (SIGKILL, a lost node) would otherwise leave
+    the stage running, and a rerun would share its checkpoint dir or store with the orphan. Under
+    accelerate launch the parent is the launcher, which starts each worker in a session of its own.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    die_with_parent()
+    rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log
+    launched = "LOCAL_RANK" in os.environ
+    setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING,
+                  mode="a" if launched else "w")
     try:
         args.func(args)
     except StreamlineError as e:

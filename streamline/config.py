@@ -32,18 +32,21 @@ def _schema_error(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "config"
     if error.validator == "oneOf":  # say what each alternative wanted, not just "not valid under any"
         return f"{key}: {error.instance!r} is not valid: expected " + " or ".join(
-            s.get("description", _describe(s)) for s in error.validator_value)
+            _describe(s) for s in error.validator_value)
     if error.validator == "additionalProperties":
         return f"{key}: {error.message}"
     return f"{key}: {error.message}"
 
 
-def _describe(schema: dict) -> str:
-    if "$ref" in schema:
-        return "an integer >= 1"
+def _describe(schema: dict, plural: bool = False) -> str:
+    """What a schema alternative allows, in words (for oneOf errors)."""
+    if "$ref" in schema:  # the only definition is posint
+        return "integers >= 1" if plural else "an integer >= 1"
+    if "enum" in schema:
+        return ("values from " if plural else "one of ") + ", ".join(map(str, schema["enum"]))
     if schema.get("type") == "array":
-        return "a list of integers >= 1"
-    return str(schema)
+        return "a list of " + _describe(schema.get("items", {}), plural=True)
+    return schema.get("description") or str(schema)
 
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -80,9 +83,24 @@ def check_source(key: str, value: str) -> str:
     return "hub"
 
 
+def _values(value) -> list:
+    return sorted(set(value)) if isinstance(value, list) else [value]
+
+
 def n_values(config: dict) -> list[int]:
-    n = config["layer_intervals"]
-    return sorted(set(n)) if isinstance(n, list) else [n]
+    return _values(config["layer_intervals"])
+
+
+def k_values(config: dict) -> list[int]:
+    """Layers kept by a transformer replacement; other nets keep one network (k applies to transformer only)."""
+    return _values(config["replacement_layers"]) if "transformer" in _values(config["network"]) else [1]
+
+
+def check_replacement_layers(config: dict) -> None:
+    ks, nets = _values(config["replacement_layers"]), _values(config["network"])
+    if max(ks) > 1 and "transformer" not in nets:
+        raise StreamlineError(f"replacement_layers: {max(ks)} applies to network: transformer only; "
+                              f"{', '.join(nets)} keep one network (allowed with {', '.join(nets)}: 1)")
 
 
 def check_eval(config: dict) -> None:
@@ -105,6 +123,7 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     _fill_defaults(schema, config)
     if config["min_lr"] > config["lr"]:
         raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
+    check_replacement_layers(config)
     check_eval(config)
     check_source("data.source", config["data"]["source"])
     if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
@@ -128,6 +147,10 @@ def check_model(config: dict, model_dir: str | Path) -> None:
         if n >= layers:
             raise StreamlineError(f"layer_intervals: {n} is out of range for {Path(model_dir).name}, which has "
                                   f"{layers} layers (allowed: 1..{layers - 1})")
+    k, n = max(k_values(config)), max(n_values(config))
+    if n + k > layers:
+        raise StreamlineError(f"replacement_layers: {k} with layer_intervals {n} needs a block of {n + k} layers; "
+                              f"{Path(model_dir).name} has {layers} (allowed: n + k <= {layers})")
 
 
 def load(path: str | Path, schema_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:

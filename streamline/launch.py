@@ -58,7 +58,7 @@ def distributed_type(config_file: str | Path) -> str:
 
 
 def launch_command(config_file: str | Path, num_processes: int | None, module_args: list[str], *,
-                   module: str = "streamline.train_llm", gpus: int | None = None, port: int | None = None,
+                   module: str = "streamline.cli", gpus: int | None = None, port: int | None = None,
                    cpus: int | None = None, mixed_precision: str | None = None) -> list[str]:
     """argv that runs `python -m module module_args` under accelerate on this machine.
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamline.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
     parser.add_argument("--num-processes", type=int, help="default: one per visible GPU, else the config's")
-    parser.add_argument("--module", default="streamline.train_llm")
+    parser.add_argument("--module", default="streamline.cli")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
     parser.add_argument("module_args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -42,6 +43,34 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "aut
     log.info("loaded %s (%s, %d layers, %.1fM params, %s) on %s", Path(model_dir).name, config.model_type,
              config.num_hidden_layers, n_params / 1e6, dtype, where)
     return model, adapter
+
+
+def _weights_with_prefix(model_dir: Path, prefixes: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors whose names start with one of `prefixes`, read from the safetensors files alone."""
+    from safetensors import safe_open
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state = {}
+    for name in files:
+        with safe_open(model_dir / name, framework="pt") as f:
+            state.update({key: f.get_tensor(key) for key in f.keys() if key.startswith(tuple(prefixes))})
+    return state
+
+
+def load_layers(model_dir: str | Path, indices: list[int], dtype: str = "float32") -> torch.nn.ModuleList:
+    """Decoder layers `indices` of a model dir, without loading (or allocating) the rest of the model."""
+    from transformers import AutoModelForCausalLM
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    adapter = get_adapter(config.model_type)
+    with torch.device("meta"):  # a skeleton costs no memory; only the layers asked for are materialised
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
+    layers = torch.nn.ModuleList([adapter.layers(skeleton)[i] for i in indices]).to_empty(device="cpu")
+    prefixes = [f"{adapter.layers_path}.{i}." for i in indices]
+    state = _weights_with_prefix(model_dir, prefixes)
+    for j, (i, prefix) in enumerate(zip(indices, prefixes)):
+        layers[j].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    return layers.to(TORCH_DTYPES[dtype])
 
 
 def model_fingerprint(model_dir: str | Path) -> str:

@@ -134,6 +134,16 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
         (tmp / "README.md").write_text(model_card(info))
 
 
+def _replacement(info: dict) -> str:
+    k, first = info.get("replacement_layers", 0 if info["net"] == "none" else 1), info["block"][0]
+    if info["net"] == "none":
+        return "`none` (plain removal)"
+    if info["net"] != "transformer":
+        return f"`{info['net']}` at layer slot {first}"
+    return f"`transformer`: layer{'s' if k > 1 else ''} {first}..{first + k - 1} kept" if k > 1 else \
+        f"`transformer` at layer slot {first}"
+
+
 def model_card(info: dict) -> str:
     lines = [
         "---", "library_name: transformers", "tags: [pruned, llm-streamline, streamline]", "---", "",
@@ -144,7 +154,7 @@ def model_card(info: dict) -> str:
         f"| source model | `{info['source_model']}` |",
         f"| layers | {info['source_layers']} → {info['num_hidden_layers']} |",
         f"| removed block | layers {info['block'][0]}..{info['block'][-1]} (n = {info['n']}) |",
-        f"| replacement | `{info['net']}`" + (f" at layer slot {info['block'][0]}" if info['net'] != "none" else "") + " |",
+        f"| replacement | {_replacement(info)} |",
         f"| training loss | `{info.get('loss') or 'none (untrained)'}` |",
         f"| parameters | {info['source_params'] / 1e6:.1f}M → {info['params'] / 1e6:.1f}M "
         f"({100 * (1 - info['params'] / info['source_params']):.1f}% removed) |",

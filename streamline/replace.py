@@ -1,9 +1,10 @@
-"""Replace the most redundant block by one lightweight network (or just drop it), untrained.
+"""Replace the most redundant block by a lightweight network (or just drop it), untrained.
 
-For a block of layers b..b+n (from scores.json), slot b receives the network and layers
-b+1..b+n are deleted, so the model keeps L-n layers:
-- transformer: layer b itself, i.e. a decoder layer of the model's own type initialised from
-  the first layer of the block (also for OPT, whose weights the reference code never copied);
+For a block of layers b..b+n+k-1 (from the scores of spans n+k), the network takes slots b..b+k-1
+and the other n layers are deleted, so the model keeps L-n layers:
+- transformer (k layers, default 1): layers b..b+k-1 themselves, i.e. decoder layers of the model's
+  own type initialised from the first k layers of the block (also for OPT, whose weights the
+  reference code never copied); the released Llama-3.1-5.4B keeps k = 2;
 - ffn / swiglu: a residual MLP, initialised from layer b's own MLP when the family's MLP has
   that shape (Llama: swiglu, OPT: ffn), otherwise with a zero output projection (identity);
 - none: plain removal of the n layers b..b+n-1 whose input and output are most alike
@@ -29,12 +30,12 @@ log = logging.getLogger(__name__)
 NETS = ("transformer", "ffn", "swiglu", "none")
 
 
-def removed_block(scores: dict, net: str) -> list[int]:
+def removed_block(scores: dict, net: str, layers: int = 1) -> list[int]:
     """The layers that disappear or are replaced, checked against the kind of scores given."""
-    expected_span = scores["n"] if net == "none" else scores["n"] + 1
+    expected_span = scores["n"] if net == "none" else scores["n"] + layers
     if scores["span"] != expected_span:
-        raise StreamlineError(f"network: '{net}' needs block scores over {expected_span} layers, "
-                              f"got scores over {scores['span']}")
+        raise StreamlineError(f"network: '{net}' with {layers} replacement layer(s) needs block scores over "
+                              f"{expected_span} layers, got scores over {scores['span']}")
     return scores["block"]
 
 
@@ -55,12 +56,16 @@ def make_network(adapter, model, net: str, index: int, seed: int) -> nn.Module:
     return network
 
 
-def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *, net: str,
+def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *, net: str, layers: int = 1,
             dtype: str = "float32", seed: int = 42) -> dict:
+    """`layers` (k) transformer layers kept; ffn, swiglu and none take k = 1 (one network, or nothing)."""
     if net not in NETS:
         raise StreamlineError(f"network: unknown network '{net}' (allowed: {', '.join(NETS)})")
+    if layers < 1 or (layers > 1 and net != "transformer"):
+        raise StreamlineError(f"replacement_layers: {layers} is not allowed with network '{net}' "
+                              f"(transformer: k >= 1; ffn, swiglu, none: 1)")
     scores = read_json(scores_json)
-    block = removed_block(scores, net)
+    block = removed_block(scores, net, layers)
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     if net == "none":
@@ -68,13 +73,17 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     else:
         if net != "transformer":
             adapter.layers(model)[block[0]] = make_network(adapter, model, net, block[0], seed)
-        adapter.remove_layers(model, block[1:])
-    info = {"name": f"{Path(model_dir).name} minus {scores['n']} layers ({net})", "source_model": str(model_dir),
+        adapter.remove_layers(model, block[layers:])
+    kept = 0 if net == "none" else layers
+    label = net if layers == 1 else f"{net} x{layers}"
+    info = {"name": f"{Path(model_dir).name} minus {scores['n']} layers ({label})", "source_model": str(model_dir),
             "source_layers": source_layers, "source_params": source_params, "n": scores["n"], "block": block,
-            "net": net, "metric": scores["metric"], "loss": None, "seed": seed, "dtype": dtype}
+            "net": net, "replacement_layers": kept, "metric": scores["metric"], "loss": None, "seed": seed,
+            "dtype": dtype}
     save_pruned(model, adapter, out_dir, model_dir, info)
     params = count_params(model)
     log.info("%s: layers %d..%d -> %s; %d -> %d layers, %.1fM -> %.1fM params; saved to %s", net, block[0],
-             block[-1], "removed" if net == "none" else f"one {net}", source_layers,
+             block[-1], "removed" if net == "none" else f"layers {block[0]}..{block[0] + kept - 1} kept as the "
+             f"{label} network" if net == "transformer" else f"one {net}", source_layers,
              model.config.num_hidden_layers, source_params / 1e6, params / 1e6, out_dir)
     return info

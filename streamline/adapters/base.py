@@ -45,7 +45,15 @@ class Adapter:
         """The module a standalone layer call needs besides the layer itself (rotary embeddings)."""
         return None
 
+    def head(self, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the RAW output of the last layer: the final norm (and projection), then the LM head."""
+        raise NotImplementedError
+
     # --- one layer, standalone ----------------------------------------------------------------
+    def layer_kind(self, config: PretrainedConfig, layer_idx: int) -> str:
+        """Layers of the same kind take the same keyword arguments (e.g. full vs sliding-window attention)."""
+        return "full"
+
     def layer_kwargs(self, config: PretrainedConfig, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
                      layer_idx: int, rotary: nn.Module | None = None) -> dict:
         """Keyword arguments that make `layer(hidden, **kwargs)` equal the layer's call inside the model."""
@@ -121,13 +129,15 @@ class Adapter:
 
 def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None, on_hidden: Callable[[int, torch.Tensor], None],
-                     last: int | None = None) -> None:
+                     last: int | None = None, inference: bool = True) -> None:
     """One forward pass that reports every raw hidden state up to h_last, then stops.
 
     It runs the base model only: the LM head (a vocab-sized matmul per token) is never needed.
+    `inference=False` runs under no_grad instead of inference_mode, so that the states can feed a
+    computation that is differentiated later (training on top of a frozen prefix).
     """
     import torch
-    with adapter.capture(model, on_hidden, last=last), torch.inference_mode():
+    with adapter.capture(model, on_hidden, last=last), (torch.inference_mode() if inference else torch.no_grad()):
         try:
             model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except StopForward:

@@ -36,6 +36,12 @@ class LlamaAdapter(Adapter):
     def rotary(self, model: PreTrainedModel) -> nn.Module:
         return model.model.rotary_emb
 
+    def head(self, model, hidden):
+        return model.lm_head(model.model.norm(hidden))
+
+    def layer_kind(self, config, layer_idx: int) -> str:
+        return "sliding" if _is_sliding(config, layer_idx) else "full"
+
     def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
         import torch
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask

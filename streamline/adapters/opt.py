@@ -26,6 +26,14 @@ class OPTAdapter(Adapter):
         network.up.load_state_dict(layer.fc1.state_dict())
         network.down.load_state_dict(layer.fc2.state_dict())
 
+    def head(self, model, hidden):
+        decoder = model.model.decoder
+        if decoder.final_layer_norm is not None:  # None for post-norm OPT-350m
+            hidden = decoder.final_layer_norm(hidden)
+        if decoder.project_out is not None:
+            hidden = decoder.project_out(hidden)
+        return model.lm_head(hidden)
+
     def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
         import torch
         from transformers.masking_utils import create_causal_mask

@@ -45,22 +45,89 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-def variants():
-    """Variant names per n: 'none' (plain removal, untrained) or '{net}-{loss}'."""
+UNTRAINED = ("none",)  # networks with nothing to train: the init dir is the model
+
+
+def net_names():
+    """The replacement's directory names: transformer (k = 1), transformerx{k}, ffn, swiglu, none."""
     names = []
     for net in as_list(config["network"]):
-        names += ["none"] if net == "none" else [f"{net}-{loss}" for loss in as_list(config["loss"])]
+        if net == "transformer":
+            names += [net if k == 1 else f"{net}x{k}" for k in as_list(config["replacement_layers"])]
+        else:
+            names.append(net)
     return names
+
+
+def kept_layers(net_name):
+    """k of a net name (transformerx2 -> 2); 1 for the other trainable nets, 0 for none."""
+    if net_name in UNTRAINED:
+        return 0
+    return int(net_name.rpartition("x")[2]) if net_name.startswith("transformerx") else 1
+
+
+def base_net(net_name):
+    return "transformer" if net_name.startswith("transformerx") else net_name
+
+
+def variants():
+    """Variant names per n: the untrained nets as they are ('none'), else '{net}-{loss}', and with
+    train.init_from: mse the staged '{net}-mse+{loss}' (llm or kd started from the MSE-trained network)."""
+    names = []
+    for net in net_names():
+        if net in UNTRAINED:
+            names.append(net)
+            continue
+        for loss in as_list(config["loss"]):
+            for start in as_list(config["train"]["init_from"]):
+                if start == "inherit":
+                    names.append(f"{net}-{loss}")
+                elif loss != "mse":
+                    names.append(f"{net}-mse+{loss}")
+    return list(dict.fromkeys(names))
 
 
 def variant_model(n, variant, m=None):
     base = f"results/{m or model()}/n{n}"
-    return f"{base}/none/init" if variant == "none" else f"{base}/{variant}/model"
+    return f"{base}/{variant}/init" if variant in UNTRAINED else f"{base}/{variant}/model"
+
+
+def scores_name(k):
+    """Block scores by span: n+1 layers (k = 1) in scores.json, n+k in scores_k{k}.json, n (plain removal)
+    in removal_scores.json."""
+    return "removal_scores" if k == 0 else "scores" if k == 1 else f"scores_k{k}"
+
+
+def span_of(name, n):
+    return n if name == "removal_scores" else n + 1 if name == "scores" else n + int(name.rpartition("_k")[2])
 
 
 def scores_for(net, m, n):
-    """Replacement scores blocks of n+1 layers; plain removal scores windows of n."""
-    return f"results/{m}/n{n}/{'removal_scores' if net == 'none' else 'scores'}.json"
+    return f"results/{m}/n{n}/{scores_name(kept_layers(net))}.json"
+
+
+def pairs_name(net):
+    """Pair stores by k: pairs.zarr (k = 1), pairs_k{k}.zarr."""
+    k = kept_layers(net)
+    return "pairs" if k == 1 else f"pairs_k{k}"
+
+
+def train_flags(loss):
+    """`streamline train` flags from the config: every key that changes the trained weights (so a change
+    reruns training), under the reference's names where it has them."""
+    t = config["train"]
+    flags = {"batch-size": config["batch_size"], "gradient-accumulation-step": config["gradient_accumulation_step"],
+             "epochs": config["epochs"], "lr": config["lr"], "min-lr": config["min_lr"], "wd": config["wd"],
+             "adam-beta1": config["adam_beta1"], "adam-beta2": config["adam_beta2"], "seed": config["seed"],
+             "warmup-ratio": t["warmup_ratio"], "max-grad-norm": t["max_grad_norm"], "val-every": t["val_every"]}
+    if loss == "mse":
+        flags["skip-first-tokens"] = t["skip_first_tokens"]
+    else:
+        flags["train-samples"] = config["llm"]["max_train_samples"] or config["train_num_data"]
+    if loss == "kd":
+        kd = config["kd"]
+        flags.update({"kd-temperature": kd["temperature"], "kd-alpha": kd["alpha"], "kd-top-k": kd["top_k"]})
+    return [x for key, value in flags.items() for x in (f"--{key}", str(value))]
 
 
 def eval_data_dir():
@@ -89,7 +156,7 @@ def summary_targets():
 
 
 def all_targets():
-    targets = expand("results/{model}/n{n}/scores.json", model=model(), n=layer_intervals())
+    targets = []
     for n in layer_intervals():
         targets += [variant_model(n, v) for v in variants()]
     return targets + summary_targets()
@@ -98,4 +165,5 @@ def all_targets():
 wildcard_constraints:
     model=r"[A-Za-z0-9._-]+",
     n=r"\d+",
-    net=r"transformer|ffn|swiglu|none",
+    net=r"transformer(x[1-9]\d*)?|ffn|swiglu|none",
+    variant=r"none|(transformer(x[1-9]\d*)?|ffn|swiglu)-(mse|llm|kd|mse\+llm|mse\+kd)",

@@ -1,3 +1,5 @@
+# The untrained replaced model: the best block of n+k layers keeps its first k (transformer, or
+# transformerx{k}), or holds one ffn/swiglu network; none drops the best window of n layers.
 rule replace:
     input:
         model=lambda w: model_dir(w.model),
@@ -6,11 +8,13 @@ rule replace:
     output:
         directory("results/{model}/n{n}/{net}/init"),
     params:
+        net=lambda w: base_net(w.net),
+        layers=lambda w: max(1, kept_layers(w.net)),
         dtype=config["dtype"],
         seed=config["seed"],
     threads: torch_threads()
     log:
         "logs/{model}/n{n}/replace_{net}.log",
     shell:
-        "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {wildcards.net}"
-        " --out {output} --dtype {params.dtype} --seed {params.seed}"
+        "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {params.net}"
+        " --layers {params.layers} --out {output} --dtype {params.dtype} --seed {params.seed}"

@@ -1,78 +1,72 @@
-# The checkpoint dir is not an output: it must survive a killed job so training resumes.
+# Training the replacement network (streamline train). The checkpoint dir is not an output: it must
+# survive a killed job so that training resumes.
+TRAIN_CODE = code("training/__init__.py", "training/core.py", "training/losses.py", "training/model.py",
+                  "training/sources.py", "training/settings.py", "training/distributed.py", "training/export.py",
+                  "training/replacement.py")
+
+
+def mse_inputs(w):
+    inputs = {"init": f"results/{w.model}/n{w.n}/{w.net}/init", "data": data_dir(w.model),
+              "model": model_dir(w.model), "code": TRAIN_CODE}
+    if config["pairs"]["mode"] == "store":
+        inputs["pairs"] = f"results/{w.model}/n{w.n}/{pairs_name(w.net)}.json"
+    return inputs
+
+
+# MSE: the network alone, on (h_b, h_b+n+k) pairs from the pair store, or computed online by the frozen
+# prefix and the original block (pairs.mode: online; nothing is written to disk).
 rule train_mse:
     input:
-        init="results/{model}/n{n}/{net}/init",
-        pairs="results/{model}/n{n}/pairs.json",
-        code=code("train_mse.py"),
+        unpack(mse_inputs),
     output:
         model=directory("results/{model}/n{n}/{net}-mse/model"),
         log="results/{model}/n{n}/{net}-mse/train_log.json",
     params:
-        pairs="results/{model}/n{n}/pairs.zarr",
+        pairs=lambda w, input: ["--pairs", input.pairs.replace(".json", ".zarr")] if "pairs" in input.keys() else [],
         checkpoint="results/{model}/n{n}/{net}-mse/checkpoint",
-        batch_size=config["batch_size"],
-        accumulation=config["gradient_accumulation_step"],
-        epochs=config["epochs"],
-        lr=config["lr"],
-        min_lr=config["min_lr"],
-        wd=config["wd"],
-        seed=config["seed"],
-        warmup_ratio=config["train"]["warmup_ratio"],
-        max_grad_norm=config["train"]["max_grad_norm"],
-        val_every=config["train"]["val_every"],
-        skip_first_tokens=config["train"]["skip_first_tokens"],
+        flags=train_flags("mse"),
     resources:
         gpu=1,
     threads: torch_threads()
     log:
         "logs/{model}/n{n}/train_{net}-mse.log",
     shell:
-        "streamline --log {log} train --init {input.init} --pairs {params.pairs} --out {output.model}"
-        " --log-json {output.log} --checkpoint-dir {params.checkpoint} --batch-size {params.batch_size}"
-        " --gradient-accumulation-step {params.accumulation} --epochs {params.epochs} --lr {params.lr}"
-        " --min-lr {params.min_lr} --wd {params.wd} --seed {params.seed} --warmup-ratio {params.warmup_ratio}"
-        " --max-grad-norm {params.max_grad_norm} --val-every {params.val_every}"
-        " --skip-first-tokens {params.skip_first_tokens}"
-        " --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
+        "streamline --log {log} train --loss mse --init {input.init} --data {input.data} --teacher {input.model}"
+        " {params.pairs:q} --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint}"
+        " {params.flags:q} --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
 
 
-# LLM loss: the replaced model end to end, only the lightweight network trainable, under
-# `accelerate launch` with the config in llm.accelerate_config. One process per GPU from the
-# `gpu` resource (set it in the config or the profile); with no GPU, CPU processes over gloo.
-rule train_llm:
+def end_to_end_inputs(w):
+    staged = w.loss.startswith("mse+")  # train.init_from: mse starts from the MSE-trained network
+    init = f"results/{w.model}/n{w.n}/{w.net}-mse/model" if staged else f"results/{w.model}/n{w.n}/{w.net}/init"
+    return {"init": init, "data": data_dir(w.model), "model": model_dir(w.model), "code": TRAIN_CODE}
+
+
+# The whole replaced model, only the network trainable: next-token loss (llm) or distillation from the
+# original model (kd), under `accelerate launch` with llm.accelerate_config (DeepSpeed ZeRO-2 or DDP).
+# One process per GPU from the `gpu` resource; with no GPU, CPU processes over gloo.
+rule train_end_to_end:
     input:
-        init="results/{model}/n{n}/{net}/init",
-        data=lambda w: data_dir(w.model),
-        code=code("train_llm.py"),
+        unpack(end_to_end_inputs),
     output:
-        model=directory("results/{model}/n{n}/{net}-llm/model"),
-        log="results/{model}/n{n}/{net}-llm/train_log.json",
+        model=directory("results/{model}/n{n}/{net}-{loss}/model"),
+        log="results/{model}/n{n}/{net}-{loss}/train_log.json",
     params:
         accelerate_config=config["llm"]["accelerate_config"],
         mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config["dtype"]],
-        checkpoint="results/{model}/n{n}/{net}-llm/checkpoint",
-        train_samples=config["llm"]["max_train_samples"] or config["train_num_data"],
-        batch_size=config["batch_size"],
-        accumulation=config["gradient_accumulation_step"],
-        epochs=config["epochs"],
-        lr=config["lr"],
-        min_lr=config["min_lr"],
-        wd=config["wd"],
-        seed=config["seed"],
-        warmup_ratio=config["train"]["warmup_ratio"],
-        max_grad_norm=config["train"]["max_grad_norm"],
-        val_every=config["train"]["val_every"],
+        checkpoint="results/{model}/n{n}/{net}-{loss}/checkpoint",
+        loss=lambda w: w.loss.rpartition("+")[2],
+        flags=lambda w: train_flags(w.loss.rpartition("+")[2]),
+    wildcard_constraints:
+        loss=r"(mse\+)?(llm|kd)",
     resources:
         gpu=config["llm"]["num_processes"],
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/train_{net}-llm.log",
+        "logs/{model}/n{n}/train_{net}-{loss}.log",
     shell:
-        "python -m streamline.launch --config {params.accelerate_config} --num-processes {resources.gpu}"
+        "python -m streamline.launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
         " --mixed-precision {params.mixed_precision} --"
-        " --log {log} --init {input.init} --data {input.data} --out {output.model} --log-json {output.log}"
-        " --checkpoint-dir {params.checkpoint} --train-samples {params.train_samples}"
-        " --batch-size {params.batch_size} --gradient-accumulation-step {params.accumulation}"
-        " --epochs {params.epochs} --lr {params.lr} --min-lr {params.min_lr} --wd {params.wd} --seed {params.seed}"
-        " --warmup-ratio {params.warmup_ratio} --max-grad-norm {params.max_grad_norm}"
-        " --val-every {params.val_every} --checkpoint-every {config[train][checkpoint_every]}"
+        " --log {log} train --loss {params.loss} --init {input.init} --data {input.data} --teacher {input.model}"
+        " --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint} {params.flags:q}"
+        " --checkpoint-every {config[train][checkpoint_every]}"

@@ -1,0 +1,353 @@
+"""The training loop every loss shares: plan, optimizer, schedule, accumulation, validation, keep-best,
+checkpoints, resume, the train log and the export of the pruned model.
+
+A loss brings a Recipe: the ReplacedModel (network trainable, everything else frozen), its training
+samples, the objective (a function of the model and a batch, see losses.py) and the validation
+metrics, one of which picks the state that is kept.
+
+- The plan is counted in OPTIMIZER steps: ceil(epochs x micro-batches per epoch) micro-batches, in groups
+  of gradient_accumulation_step; a short last group is scaled by its real size.
+- AdamW (decay on matrices only), linear warm-up then cosine decay to min_lr from transformers
+  (the reference's schedule; its length is counted in optimizer steps, which the reference got wrong).
+- Validation at step 0, every val_every steps and at the end; the best state is copied (fp32). If
+  validation never improves, the initial weights are kept and the log says so.
+- Checkpoints (accelerate's save_state, trainable weights only, plus progress.json naming the last
+  complete one) every checkpoint_every steps; a killed run resumes from the last one and reads exactly
+  the micro-batches it had not consumed. A checkpoint that cannot be read is set aside, and the run
+  starts afresh. The checkpoint dir is locked while a run uses it, and deleted when the run completes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from ..errors import StreamlineError
+from ..io import atomic_write_json, read_json
+from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed
+from .model import ReplacedModel
+from .settings import TrainSettings
+from .sources import micro_batch_plan, read_ahead
+
+log = logging.getLogger(__name__)
+
+PROGRESS = "progress.json"  # names the last complete checkpoint; written last, atomically
+
+
+@dataclass
+class Recipe:
+    loss: str                                    # mse | llm | kd: the name the log and the model card carry
+    module: ReplacedModel
+    train: Any                                   # PairSamples or TokenSamples
+    objective: Callable[[ReplacedModel, dict], dict]
+    validation: dict[str, tuple[Callable, Any]]  # metric -> (objective, samples)
+    select: str                                  # the validation metric that picks the kept state
+    inputs: dict = field(default_factory=dict)   # identity of the inputs: a checkpoint made from others is not resumed
+
+
+@dataclass
+class Plan:
+    micro: list[list[int]]   # this process's micro-batches (sample indices), in order
+    gas: int                 # micro-batches per optimizer step
+    steps: int
+    warmup: int
+    val_every: int
+    checkpoint_every: int
+
+    def group(self, step: int) -> int:
+        """Micro-batches in optimizer step `step` (0-based): gas, or fewer for a short last group."""
+        return min(self.gas, len(self.micro) - step * self.gas)
+
+
+def make_plan(n: int, s: TrainSettings, world: int = 1, rank: int = 0) -> Plan:
+    if n == 0:
+        raise StreamlineError("train_num_data: there are no training blocks")
+    micro = micro_batch_plan(n, s.batch_size, s.epochs, s.seed, world, rank)
+    steps = math.ceil(len(micro) / s.gradient_accumulation_step)
+    val_every = s.val_every or max(1, steps // 10)
+    return Plan(micro, s.gradient_accumulation_step, steps, round(s.warmup_ratio * steps), val_every,
+                s.checkpoint_every or val_every)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.optim.AdamW:
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": s.wd}] + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2))
+
+
+def make_schedule(optimizer, plan: Plan, s: TrainSettings):
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, plan.warmup, plan.steps, min_lr=s.min_lr)
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str, float]:
+    """Each validation metric, token-weighted over all its samples; each process takes every world-th."""
+    net = accelerator.unwrap_model(module)  # no DDP/engine collectives in forward: shards may differ in size
+    net.eval()
+    out = {}
+    for name, (objective, samples) in recipe.validation.items():
+        mine = list(range(accelerator.process_index, len(samples), accelerator.num_processes))
+        groups = [mine[i:i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
+        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for batch in read_ahead(samples, groups, s.prefetch):
+            with accelerator.autocast():
+                r = objective(net, _to(batch, accelerator.device))
+            total += torch.stack([r["loss"].double() * r["count"], r["count"].double()])
+        total = accelerator.reduce(total, reduction="sum")
+        out[name] = float(total[0] / total[1].clamp(min=1))
+        if not math.isfinite(out[name]):
+            raise StreamlineError(f"train: validation {name} is {out[name]} (NaN/Inf): the model overflows in "
+                                  f"this dtype or the lr is too high; try dtype: float32 or a lower lr")
+    net.train()
+    return out
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+class Checkpoints:
+    """accelerate checkpoints of the trainable state, plus the best state and the log so far."""
+
+    def __init__(self, directory: str | Path | None, accelerator, fingerprint: dict):
+        self.dir = Path(directory) if directory else None
+        self.accelerator, self.fingerprint = accelerator, fingerprint
+        self.save_kwargs, self.load_kwargs = checkpoint_kwargs(accelerator)
+        self._lock = None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Refuse to share the checkpoint dir with a live run (an orphaned job, a second snakemake)."""
+        if self.dir is None or not self.accelerator.is_main_process:
+            yield
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir.parent / f".{self.dir.name}.lock", "w") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise StreamlineError(f"checkpoint dir {self.dir} is in use by another training run; "
+                                      f"wait for it or kill it") from None
+            yield
+
+    def resume(self, main: bool) -> tuple[dict, dict | None] | None:
+        """(state, best_state) of the last complete checkpoint made with the same inputs, else None."""
+        found, keep = None, set()
+        try:
+            if self.dir is not None and (self.dir / PROGRESS).exists():
+                saved = read_json(self.dir / PROGRESS)
+                if saved["fingerprint"] == self.fingerprint:
+                    from safetensors.torch import load_file
+                    self.accelerator.load_state(str(self.dir / saved["state_dir"]), **self.load_kwargs)
+                    found = (saved["state"], load_file(self.dir / saved["best_file"]) if main else None)
+                    keep = {saved["state_dir"], saved["best_file"]}
+                else:
+                    log.info("checkpoint %s was made with other inputs or settings; starting afresh", self.dir)
+        except Exception as e:  # a torn or corrupt checkpoint must not block every rerun
+            log.warning("checkpoint %s cannot be read (%s: %s); setting it aside and starting afresh", self.dir,
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            found = None
+            if main:
+                aside = self.dir.with_name(f"{self.dir.name}.unreadable-{int(time.time())}")
+                self.dir.rename(aside)
+                log.warning("moved it to %s", aside)
+        self.accelerator.wait_for_everyone()
+        if self.dir and main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if found is None:
+                (self.dir / PROGRESS).unlink(missing_ok=True)
+            self._clean(keep)  # leftovers of a checkpoint that was being written when the run died
+        self.accelerator.wait_for_everyone()
+        return found
+
+    def save(self, step: int, state: dict, best_state: dict | None) -> None:
+        from safetensors.torch import save_file
+        name = f"state-{step:07d}"
+        self.accelerator.save_state(str(self.dir / name), **self.save_kwargs)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            best_file = f"best-{state['best_step']:07d}.safetensors"
+            if not (self.dir / best_file).exists():
+                save_file(best_state, self.dir / (best_file + ".partial"))
+                (self.dir / (best_file + ".partial")).replace(self.dir / best_file)
+            atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, "state_dir": name,
+                                                    "best_file": best_file, "state": state})
+            self._clean({name, best_file})
+        self.accelerator.wait_for_everyone()
+
+    def _clean(self, keep: set[str]) -> None:
+        for path in self.dir.iterdir():
+            if path.name != PROGRESS and path.name not in keep and path.name.startswith(("state-", "best-")):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def remove(self) -> None:
+        if self.dir and self.dir.exists():
+            shutil.rmtree(self.dir)  # done: the exported model and log replace it
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[dict, dict], None], *,
+        checkpoint_dir: str | Path | None = None, mixed_precision: str | None = "no") -> dict:
+    """Train `recipe` and return the train log.
+
+    The main process calls finish(result, kept_state) (export the model, write the log) before the
+    checkpoints are deleted; kept_state holds the network's kept weights by their pruned-model names.
+    """
+    with accelerator_for(s, mixed_precision) as accelerator:
+        return _fit(accelerator, recipe, s, finish, checkpoint_dir)
+
+
+def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkpoint_dir) -> dict:
+    main = accelerator.is_main_process
+    torch.manual_seed(s.seed)
+    plan = make_plan(len(recipe.train), s, accelerator.num_processes, accelerator.process_index)
+    names = recipe.module.trainable
+    initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
+    optimizer = make_optimizer([p for p in recipe.module.parameters() if p.requires_grad], s)
+    scheduler = make_schedule(optimizer, plan, s)
+    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs,
+                   "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
+                   "mixed_precision": accelerator.mixed_precision}
+    ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint)
+    module, optimizer, scheduler = accelerator.prepare(recipe.module.to(accelerator.device), optimizer, scheduler)
+    params = [p for p in module.parameters() if p.requires_grad]
+    with ckpt.locked():
+        found = ckpt.resume(main)
+        state, best_state = found if found else ({"step": 0, "steps": [], "val": [], "best": None, "best_step": 0,
+                                                  "tokens": 0}, initial_state)
+        resumed_at = state["step"] if found else None
+        if found:
+            log.info("resumed from %s at optimizer step %d of %d", ckpt.dir, state["step"], plan.steps)
+        _describe(recipe, s, plan, accelerator)
+        start, val_seconds = time.time(), 0.0
+        if not state["val"]:
+            t0 = time.time()
+            metrics = validate(accelerator, module, recipe, s)
+            val_seconds += time.time() - t0
+            state["val"].append({"step": 0, "loss": metrics[recipe.select], **metrics})
+            state["best"] = metrics[recipe.select]
+            log.info("initial validation: %s", _fmt(metrics))
+        bar = tqdm(total=plan.steps, initial=state["step"], desc=f"train {recipe.module.replacement.net}-{recipe.loss}",
+                   unit="step", dynamic_ncols=True, disable=not main)
+        micro_done = state["step"] * plan.gas
+        batches = read_ahead(recipe.train, plan.micro[micro_done:], s.prefetch)
+        while state["step"] < plan.steps:
+            group = plan.group(state["step"])
+            losses, lr = [], optimizer.param_groups[0]["lr"]  # the rate this step uses
+            tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+            for i in range(group):
+                batch = _to(next(batches), accelerator.device)
+                boundary = i == group - 1
+                accelerator.sync_gradients = boundary
+                with nullcontext() if boundary else accelerator.no_sync(module):
+                    with accelerator.autocast():
+                        out = module(**batch)
+                    # accelerate (or DeepSpeed) divides by gas: a short group is scaled by its real size
+                    accelerator.backward(out["loss"] * (plan.gas / group))
+                losses.append(out["loss"].detach().float())
+                tokens += batch["attention_mask"].sum()
+            state["tokens"] += int(tokens)
+            grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state["step"] += 1
+            step = state["step"]
+            train_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+            if not math.isfinite(train_loss):
+                raise StreamlineError(f"train: the training loss is {train_loss} at step {step}: the model overflows "
+                                      f"in this dtype or the lr is too high; try dtype: float32 or a lower lr")
+            state["steps"].append({"step": step, "loss": train_loss, "lr": lr,
+                                   "grad_norm": None if grad_norm is None else float(grad_norm)})
+            if step % plan.val_every == 0 or step == plan.steps:
+                t0 = time.time()
+                metrics = validate(accelerator, module, recipe, s)
+                val_seconds += time.time() - t0
+                value = metrics[recipe.select]
+                state["val"].append({"step": step, "loss": value, **metrics})
+                improved = value < state["best"]
+                current = gather_trainable(accelerator, module, names) if improved else None  # collective
+                if improved:
+                    state["best"], state["best_step"], best_state = value, step, current
+                bar.set_postfix_str(f"loss {train_loss:.4g} val {recipe.select} {value:.4g} best {state['best']:.4g}")
+                log.info("step %d/%d: train loss %.5g, validation %s%s", step, plan.steps, train_loss, _fmt(metrics),
+                         " (best)" if improved else "")
+            else:
+                bar.set_postfix_str(f"loss {train_loss:.4g} lr {lr:.2e}")
+            bar.update(1)
+            if ckpt.dir and step % plan.checkpoint_every == 0 and step < plan.steps:
+                ckpt.save(step, state, best_state)
+        bar.close()
+        seconds = time.time() - start
+        tokens = int(accelerator.reduce(torch.tensor(state["tokens"], device=accelerator.device), reduction="sum"))
+        result = _result(recipe, s, plan, state, accelerator, seconds, val_seconds, tokens, resumed_at)
+        del module, optimizer, scheduler
+        accelerator.free_memory()
+        if main:
+            finish(result, initial_state if result["kept"] == "initial" else best_state)
+            ckpt.remove()
+        accelerator.wait_for_everyone()
+    return result
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.5g}" + (f" (perplexity {math.exp(min(v, 700)):.2f})" if k == "ce" else "")
+                     for k, v in metrics.items())
+
+
+def _describe(recipe: Recipe, s: TrainSettings, plan: Plan, accelerator) -> None:
+    r = recipe.module.replacement
+    n_train = sum(p.numel() for p in recipe.module.parameters() if p.requires_grad)
+    log.info("%s training of %s (k=%d layer slots %s; block %d..%d of the original): %.2fM trainable params; "
+             "%d train blocks, validation on %s; %d process(es) (%s, mixed precision %s); %d optimizer steps of "
+             "%d micro-batches x %d blocks x %d processes (%g epochs); lr %g -> %g, warm-up %d; validation every "
+             "%d, checkpoint every %d steps", recipe.loss, r.net, r.kept, r.slots, r.block[0], r.block[-1],
+             n_train / 1e6, len(recipe.train), {k: len(v[1]) for k, v in recipe.validation.items()},
+             accelerator.num_processes, accelerator.distributed_type, accelerator.mixed_precision, plan.steps,
+             plan.gas, s.batch_size, accelerator.num_processes, s.epochs, s.lr, s.min_lr, plan.warmup,
+             plan.val_every, plan.checkpoint_every)
+
+
+def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerator, seconds: float,
+            val_seconds: float, tokens: int, resumed_at: int | None) -> dict:
+    r = recipe.module.replacement
+    initial = state["val"][0]
+    kept = "best" if state["best"] < initial["loss"] else "initial"
+    if kept == "initial":
+        log.warning("validation %s never improved on the initial %.6g: keeping the initial weights", recipe.select,
+                    initial["loss"])
+    best = min(state["val"], key=lambda v: v["loss"])
+    log.info("trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)", seconds, recipe.select,
+             initial["loss"], state["best"], best["step"], kept)
+    micro_run = len(plan.micro) - (resumed_at or 0) * plan.gas
+    return {"net": r.net, "loss": recipe.loss, "replacement_layers": r.kept, "slots": r.slots, "block": r.block,
+            "settings": s.as_dict(), "select": recipe.select, "total_steps": plan.steps, "warmup_steps": plan.warmup,
+            "train_samples": len(recipe.train), "train_tokens": tokens,
+            "val_samples": {k: len(v[1]) for k, v in recipe.validation.items()},
+            "steps": state["steps"], "val": state["val"], "initial_val_loss": initial["loss"],
+            "best_val_loss": state["best"], "initial_val": {k: v for k, v in initial.items() if k != "step"},
+            "best_val": {k: v for k, v in best.items() if k != "step"}, "best_step": state["best_step"], "kept": kept,
+            "num_processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+            "mixed_precision": accelerator.mixed_precision, "deepspeed": is_deepspeed(accelerator),
+            "resumed_at_step": resumed_at, "seconds": round(seconds, 2), "validation_seconds": round(val_seconds, 2),
+            "samples_per_second": round(micro_run * s.batch_size * accelerator.num_processes
+                                        / max(seconds - val_seconds, 1e-9), 2),
+            "warnings": []}

@@ -1,0 +1,109 @@
+"""Losses: each one is a function of the ReplacedModel and a batch, returning {"loss", "count"}.
+
+`loss` is the mean over the `count` terms it averages (tokens), so validation can weight batches by
+their token counts. A batch holds either stored hidden-state pairs (x, y, attention_mask) or token
+blocks (input_ids, attention_mask); the MSE loss takes pairs from either (online: the frozen prefix
+and the original block compute them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import ReplacedModel
+
+
+def _mean(values: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    count = weight.sum()
+    return {"loss": (values * weight).sum() / count.clamp(min=1), "count": count}
+
+
+# --- hidden-state MSE ---------------------------------------------------------------------------------
+
+def pairs(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h_b, h_{b+n+k}, mask): stored in the batch, or computed online by the frozen prefix and the original block."""
+    if "x" in batch:
+        return batch["x"], batch["y"], batch["attention_mask"]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    h = m.prefix(ids, mask)
+    return h, m.target(h, mask), mask
+
+
+def mse(m: ReplacedModel, batch: dict, skip_first_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """Mean squared error of the network's output against h_{b+n+k}, over real tokens.
+
+    The first position of a block is an attention sink whose hidden state is ~100x larger than the
+    others; its squared error can be >95% of the loss. `skip_first_tokens` leaves it out.
+    """
+    x, y, mask = pairs(m, batch)
+    pred = m.network(x.float(), mask.long())
+    weight = mask.float()
+    weight[:, :skip_first_tokens] = 0
+    per_token = (pred.float() - y.float()).pow(2).mean(-1)
+    return _mean(per_token, weight)
+
+
+# --- next-token losses ----------------------------------------------------------------------------------
+
+def _student_logits(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    h = m.prefix(ids, mask)
+    return m.logits(m.network(h, mask), mask), h, mask
+
+
+def _next_token_ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean next-token cross-entropy over positions whose target token is real (not padding)."""
+    keep = mask[:, 1:].bool()
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:].long(), reduction="none")
+    return _mean(nll, keep.float())
+
+
+def ce(m: ReplacedModel, batch: dict) -> dict[str, torch.Tensor]:
+    """The LLM loss: next-token cross-entropy of the pruned model."""
+    logits, _, mask = _student_logits(m, batch)
+    return _next_token_ce(logits, batch["input_ids"], mask)
+
+
+def _teacher_logits(m: ReplacedModel, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return m.logits(m.target(h, mask), mask)
+
+
+def kl_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                 top_k: int = 0) -> torch.Tensor:
+    """KL(p_teacher^T || p_student^T) at each position ([..., V] logits -> [...]).
+
+    top_k > 0: the teacher's top-k probabilities, renormalised, against the student's full-vocabulary
+    log-probabilities at those tokens (sparse KD as DistillKit does it); its minimum is not 0 but
+    -log of the student's mass on those tokens, and it pulls that mass onto them.
+    """
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    t = teacher.float() / temperature
+    if top_k:
+        t, idx = t.topk(top_k, dim=-1)
+        s = s.gather(-1, idx)
+    log_t = F.log_softmax(t, dim=-1)
+    return (log_t.exp() * (log_t - s)).sum(-1)
+
+
+def kd(m: ReplacedModel, batch: dict, temperature: float = 1.0, alpha: float = 1.0,
+       top_k: int = 0) -> dict[str, torch.Tensor]:
+    """alpha * T^2 * KL(teacher^T || student^T) + (1 - alpha) * CE, over real tokens.
+
+    The teacher is the original model; it shares the prefix and the suffix with the student, which
+    are run once for both (prefix) or with the frozen weights held once (suffix).
+    """
+    student, h, mask = _student_logits(m, batch)
+    teacher = _teacher_logits(m, h, mask)
+    out = _mean(kl_per_token(student, teacher, temperature, top_k), mask.float())
+    out["loss"] = alpha * temperature ** 2 * out["loss"]
+    if alpha < 1:
+        out["loss"] = out["loss"] + (1 - alpha) * _next_token_ce(student, batch["input_ids"], mask)["loss"]
+    return out
+
+
+def kl(m: ReplacedModel, batch: dict) -> dict[str, torch.Tensor]:
+    """Validation: mean per-token KL(original || pruned) at temperature 1, full vocabulary."""
+    student, h, mask = _student_logits(m, batch)
+    return _mean(kl_per_token(student, _teacher_logits(m, h, mask)), mask.float())

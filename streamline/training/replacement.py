@@ -1,0 +1,64 @@
+"""The Replacement record: what replace.py did to the model, read once from the init dir's streamline.json.
+
+In the ORIGINAL model's numbering, a replacement spans the layers `block` = first..first+span-1. Of
+those, the first `kept` layers stay (they are the trainable network: k transformer layers, or one
+custom net in slot `first`), and the other span - kept layers are gone. In the PRUNED model the
+network sits in slots first..first+kept-1 of the layer list. Training maps h_first to h_{first+span}
+(the hidden state after the block, in the original numbering).
+
+    transformer, k layers    span = n + k, kept = k
+    ffn / swiglu             span = n + 1, kept = 1 (one custom network)
+    none / linear            span = n,     kept = 0 (nothing to train)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import StreamlineError
+from ..io import read_json
+
+TRAINABLE_NETS = ("transformer", "ffn", "swiglu")
+
+
+@dataclass(frozen=True)
+class Replacement:
+    first: int              # b: first layer of the block, original numbering
+    span: int               # layers of the original model the block covers
+    kept: int               # network slots in the pruned model (0: nothing to train)
+    n: int                  # layers removed net (layer_intervals)
+    net: str
+    source_model: str       # the original model dir
+    source_layers: int
+    dtype: str
+
+    @property
+    def block(self) -> list[int]:
+        return list(range(self.first, self.first + self.span))
+
+    @property
+    def slots(self) -> list[int]:
+        """Layer indices of the network in the pruned model."""
+        return list(range(self.first, self.first + self.kept))
+
+    @property
+    def target(self) -> int:
+        """Index of the hidden state the network must reproduce: h_{first+span} of the original model."""
+        return self.first + self.span
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> "Replacement":
+        path = Path(model_dir) / "streamline.json"
+        if not path.is_file():
+            raise StreamlineError(f"{model_dir}: no streamline.json (not a model dir written by `streamline replace`)")
+        info = read_json(path)
+        block, net = info["block"], info["net"]
+        kept = info.get("replacement_layers", 0 if net in ("none", "linear") else 1)  # older dirs: one layer
+        return cls(first=block[0], span=len(block), kept=kept, n=info["n"], net=net,
+                   source_model=info["source_model"], source_layers=info["source_layers"],
+                   dtype=info.get("dtype", "float32"))
+
+    def require_trainable(self, loss: str) -> None:
+        if self.kept == 0:
+            raise StreamlineError(f"loss: '{loss}' needs a network to train; network '{self.net}' has none")
