@@ -21,8 +21,8 @@ from streamline import data
 from streamline.extract import extract_hidden_states
 from streamline.models import load_model
 from streamline.store import HiddenStore
-from streamline.train_llm import train_llm
-from streamline.train_mse import TrainSettings
+from streamline.training import train
+from streamline.training.settings import TrainSettings
 
 
 def main() -> None:
@@ -62,9 +62,9 @@ def main() -> None:
               f"{summary['gb']:.2f} GB, blosc): {tokens / extract:,.0f} tokens/s; ratio {bare / extract:.3f}")
 
         settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=2e-4, min_lr=5e-5,
-                                 val_every=10**6, checkpoint_every=10**6)
+                                 val_every=10**6, checkpoint_every=10**6, train_samples=32)
         start = time.perf_counter()
-        result = train_llm(args.init, args.data, tmp / "llm", tmp / "llm.json", settings, train_samples=32)
+        result = train("llm", args.init, tmp / "llm", tmp / "llm.json", settings, data_dir=args.data)
         total = time.perf_counter() - start
         print(f"loss: llm, 1 process on {args.device}: {result['total_steps']} optimizer steps of 4 x "
               f"{ids.shape[1]} tokens in {total:.1f} s including loading and validation "

@@ -26,27 +26,47 @@ from streamline import data
 from streamline.extract import extract_pairs
 from streamline.io import read_json
 from streamline.models import load_model
-from streamline.store import HiddenStore
-from streamline.train_mse import TrainSettings, store_reader, train_mse
+from streamline.training import build_recipe
+from streamline.training.core import fit
+from streamline.training.settings import TrainSettings
 
 CHILD = """
 import json, resource, sys
-from streamline.train_mse import TrainSettings, train_mse
+from streamline.training import build_recipe
+from streamline.training.core import fit
+from streamline.training.settings import TrainSettings
 a = json.loads(sys.argv[1])
-train_mse(a["init"], a["pairs"], a["out"], a["log"], TrainSettings(**a["settings"]), train_samples=a["n"], export=False)
+s = TrainSettings(**a["settings"])
+fit(build_recipe("mse", a["init"], s, data_dir=a["data"], pairs_dir=a["pairs"]), s, lambda result, state: None)
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def settings(args) -> TrainSettings:
+class InRam:
+    """The same pair samples, read once into memory."""
+
+    def __init__(self, samples, n: int):
+        self.items = [samples[i] for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def settings(args, n: int) -> TrainSettings:
     return TrainSettings(batch_size=args.batch_size, gradient_accumulation_step=1, epochs=1, val_every=10**9,
-                         device=args.device)
+                         device=args.device, train_samples=n)
 
 
-def timed_train(args, tmp: Path, read=None) -> float:
-    result = train_mse(args.init, args.pairs, tmp / "m", tmp / "log.json", settings(args), train_read=read,
-                       train_samples=args.samples, export=False)
-    return result["samples_per_second"]
+def timed_train(args, in_ram: bool = False) -> float:
+    """Training samples/s (validation excluded), from pairs.zarr or from RAM."""
+    s = settings(args, args.samples)
+    recipe = build_recipe("mse", args.init, s, data_dir=args.data, pairs_dir=args.pairs)
+    if in_ram:
+        recipe.train = InRam(recipe.train, len(recipe.train))
+    return fit(recipe, s, lambda result, state: None)["samples_per_second"]
 
 
 def main() -> None:
@@ -65,11 +85,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
         # 1. streaming vs in-RAM: same samples, same order, same network.
-        store = HiddenStore(Path(args.pairs) / "train")
-        read = store_reader(store)
-        cached = {n: read(n) for n in range(args.samples)}
         # Alternate and keep the best of two, so warm-up (allocator, caches) favours neither side.
-        runs = [(timed_train(args, tmp, read=cached.__getitem__), timed_train(args, tmp)) for _ in range(2)]
+        runs = [(timed_train(args, in_ram=True), timed_train(args)) for _ in range(2)]
         ram, zarr_ = max(r for r, _ in runs), max(z for _, z in runs)
         print(f"training throughput: {zarr_:.2f} samples/s from pairs.zarr, {ram:.2f} samples/s from RAM; "
               f"ratio {zarr_ / ram:.3f}  (target >= 0.85)")
@@ -77,8 +94,7 @@ def main() -> None:
         # 2. RSS flat in train_num_data.
         rss = []
         for n in (args.rss_samples, 8 * args.rss_samples):
-            payload = {"init": args.init, "pairs": args.pairs, "out": str(tmp / "r"), "log": str(tmp / "r.json"),
-                       "n": n, "settings": settings(args).__dict__}
+            payload = {"init": args.init, "pairs": args.pairs, "data": args.data, "settings": settings(args, n).as_dict()}
             out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], check=True,
                                  capture_output=True, text=True).stdout
             rss.append(json.loads(out.strip().splitlines()[-1])["peak_rss_mb"])

@@ -22,7 +22,7 @@ from .errors import StreamlineError
 from .io import atomic_write_json
 from .models import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
-from .store import HiddenStore, to_storage
+from .store import STORAGE_DTYPES, HiddenStore, to_storage
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
     attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
              "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
              "split": split}
+    check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
+               codec, pairs=split != "calib")
     store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
                                          codec=codec, level=level, attrs=attrs)
     todo = store.missing_samples()
@@ -82,6 +84,20 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
         atomic_write_json(manifest, summary)
     log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
     return summary
+
+
+def check_disk(store_path: Path, total_bytes: int, codec: str, pairs: bool) -> None:
+    """Refuse to start a store the disk cannot hold (uncompressed size; codecs only make it smaller)."""
+    import shutil
+    have = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file()) if store_path.exists() else 0
+    needed = max(0, total_bytes - have)
+    existing = next(p for p in [store_path, *store_path.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        way_out = "pairs.mode: online (no pair store at all)" if pairs else "a smaller cosine_num_data"
+        up_to = f" (uncompressed; {codec} makes it smaller)" if codec != "none" else ""
+        raise StreamlineError(f"disk: {store_path} needs {needed / 1e9:.3f} GB{up_to} and {existing} has "
+                              f"{free / 1e9:.3f} GB free; free space, or use {way_out}")
 
 
 def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, todo: list[int], keep: list[int],

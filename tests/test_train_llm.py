@@ -102,17 +102,18 @@ def _env(root: Path) -> dict:
     return {**os.environ, "TORCH_EXTENSIONS_DIR": str(ext), "PYTHONPATH": str(ROOT)}
 
 
-def _command(root: Path, backend: str, name: str, checkpoint: bool = True) -> list[str]:
-    args = ["train", "--loss", "llm", "--init", str(root / "init"), "--data", str(root / "data"),
+def _command(root: Path, backend: str, name: str, loss: str = "llm", checkpoint: bool = True) -> list[str]:
+    args = ["train", "--loss", loss, "--init", str(root / "init"), "--data", str(root / "data"),
             "--out", str(root / name / "model"), "--log-json", str(root / name / "train_log.json")] + ARGS
     if checkpoint:
         args += ["--checkpoint-dir", str(root / name / "checkpoints")]
     return launch_command(CONFIGS[backend], 2, args)
 
 
-def _run(root: Path, backend: str, name: str) -> tuple[dict, str, float]:
+def _run(root: Path, backend: str, name: str, loss: str = "llm") -> tuple[dict, str, float]:
     start = time.time()
-    out = subprocess.run(_command(root, backend, name), env=_env(root), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(_command(root, backend, name, loss), env=_env(root), capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-5000:]
     return json.loads((root / name / "train_log.json").read_text()), out.stderr, time.time() - start
 
@@ -122,50 +123,50 @@ def trained(llm_setup):
     """One uninterrupted run per backend, shared by the tests below (each takes ~40 s, mostly start-up)."""
     cache = {}
 
-    def get(backend):
-        if backend not in cache:
-            cache[backend] = _run(llm_setup, backend, backend)
-        return cache[backend]
+    def get(backend, loss="llm"):
+        if (backend, loss) not in cache:
+            cache[backend, loss] = _run(llm_setup, backend, f"{backend}-{loss}", loss)
+        return cache[backend, loss]
     return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
-def test_two_process_training(backend, llm_setup, trained):
-    root = llm_setup
-    result, stderr, seconds = trained(backend)
-    print(f"{backend}: {seconds:.1f} s")
+@pytest.mark.parametrize("backend, loss", [("deepspeed", "llm"), ("ddp", "llm"), ("deepspeed", "kd"), ("ddp", "kd")])
+def test_two_process_training(backend, loss, llm_setup, trained):
+    root, name = llm_setup, f"{backend}-{loss}"
+    result, stderr, seconds = trained(backend, loss)
+    print(f"{backend} {loss}: {seconds:.1f} s")
     assert result["distributed_type"] == ("DEEPSPEED" if backend == "deepspeed" else "MULTI_CPU")
     assert result["num_processes"] == 2 and result["total_steps"] == TOTAL_STEPS == len(result["steps"])
-    assert result["loss"] == "llm" and result["kept"] == "best"
+    assert result["loss"] == loss and result["kept"] == "best" and result["select"] == ("ce" if loss == "llm" else "kl")
     assert result["best_val_loss"] < 0.8 * result["initial_val_loss"], result["val"]
     assert [v["step"] for v in result["val"]] == [0, 5, 10, 15, 20]
     # the schedule decays over optimizer steps, and each step logs the rate it used
     assert [st["lr"] for st in result["steps"]] == pytest.approx(schedule(TOTAL_STEPS, 1, 1e-2, 1e-3))
     assert "built successfully" not in stderr and not any((root / "torch_extensions").iterdir())
-    assert not (root / backend / "checkpoints").exists()
+    assert not (root / name / "checkpoints").exists()
     # only the lightweight network changed, every other tensor is bit for bit the init's
     before = load_file(root / "init" / "model.safetensors")
-    after = load_file(root / backend / "model" / "model.safetensors")
+    after = load_file(root / name / "model" / "model.safetensors")
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(f"model.layers.{SLOT}.") for k in changed)
     assert all(before[k].dtype == after[k].dtype for k in before)
     # plain transformers loads it and generates
-    model = AutoModelForCausalLM.from_pretrained(root / backend / "model")
+    model = AutoModelForCausalLM.from_pretrained(root / name / "model")
     assert model.config.num_hidden_layers == 4
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
-    card = (root / backend / "model" / "README.md").read_text()
-    assert "`llm`" in card and "chosen by ce" in card
+    card = (root / name / "model" / "README.md").read_text()
+    assert f"`{loss}`" in card and f"chosen by {result['select']}" in card
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
-def test_sigkill_then_resume(backend, llm_setup, trained):
-    root, name = llm_setup, f"{backend}-resumed"
+@pytest.mark.parametrize("backend, loss", [("deepspeed", "llm"), ("ddp", "llm"), ("deepspeed", "kd")])
+def test_sigkill_then_resume(backend, loss, llm_setup, trained):
+    root, name = llm_setup, f"{backend}-{loss}-resumed"
     ckpt = root / name / "checkpoints"
     start = time.time()
-    proc = subprocess.Popen(_command(root, backend, name), env=_env(root), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(root, backend, name, loss), env=_env(root), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     progress, step = ckpt / "progress.json", 0
     deadline = time.time() + 300
@@ -178,7 +179,7 @@ def test_sigkill_then_resume(backend, llm_setup, trained):
     assert 6 <= step < TOTAL_STEPS, "the run ended before it could be killed mid-way"
     assert not (root / name / "model").exists()
 
-    result, stderr, _ = _run(root, backend, name)
+    result, stderr, _ = _run(root, backend, name, loss)
     print(f"{backend}: killed at step >= {step}; kill + resume took {time.time() - start:.1f} s")
     assert "resumed from" in stderr
     assert result["resumed_at_step"] >= step and result["total_steps"] == TOTAL_STEPS
@@ -186,9 +187,9 @@ def test_sigkill_then_resume(backend, llm_setup, trained):
     assert not ckpt.exists() and (root / name / "model" / "model.safetensors").exists()
     # it continued exactly where the killed run stopped: same batches (skipping those consumed mid-epoch),
     # same optimizer state and schedule: on CPU the result is bit for bit the uninterrupted run's
-    reference, _, _ = trained(backend)
+    reference, _, _ = trained(backend, loss)
     assert result["steps"] == reference["steps"] and result["val"] == reference["val"]
-    a = load_file(root / backend / "model" / "model.safetensors")
+    a = load_file(root / f"{backend}-{loss}" / "model" / "model.safetensors")
     b = load_file(root / name / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -42,7 +42,8 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
     val_blocks = TokenSamples(data_dir, "val")
     inputs = {"init": str(Path(init_dir).resolve()), "data": val_blocks.fingerprint}
     if loss == "mse":
-        objective = partial(losses.mse, skip_first_tokens=s.skip_first_tokens)
+        objective = partial(losses.mse, kind=s.mse_loss, skip_first_tokens=s.skip_first_tokens,
+                            outlier_ratio=s.mse_outlier_ratio)
         if online:
             train, val_pairs = TokenSamples(data_dir, "train", s.train_samples), val_blocks
         else:

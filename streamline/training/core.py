@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import resource
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
@@ -350,4 +351,6 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
             "resumed_at_step": resumed_at, "seconds": round(seconds, 2), "validation_seconds": round(val_seconds, 2),
             "samples_per_second": round(micro_run * s.batch_size * accelerator.num_processes
                                         / max(seconds - val_seconds, 1e-9), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
             "warnings": []}

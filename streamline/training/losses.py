@@ -30,17 +30,55 @@ def pairs(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, to
     return h, m.target(h, mask), mask
 
 
-def mse(m: ReplacedModel, batch: dict, skip_first_tokens: int = 0) -> dict[str, torch.Tensor]:
-    """Mean squared error of the network's output against h_{b+n+k}, over real tokens.
+def outlier_positions(target: torch.Tensor, weight: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Positions whose target norm exceeds `ratio` x the median norm of the batch's real tokens.
+
+    These are the massive activations of attention sinks (Sun et al. 2024): the first token of a block,
+    but also a BOS or a delimiter anywhere in unpacked data, so they are found by norm, not by index.
+    """
+    norms = target.float().norm(dim=-1)
+    real = norms[weight > 0]
+    if real.numel() == 0:
+        return torch.zeros_like(norms, dtype=torch.bool)
+    return norms > ratio * real.median()
+
+
+def mse_per_token(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "plain",
+                  outlier_ratio: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token error [B, T], weight [B, T]) of one of the MSE options (train.mse_loss):
+
+    plain       mean squared error (the paper): a few massive positions can be nearly all of it
+    robust      plain, with outlier positions (target norm > outlier_ratio x median) left out
+    normalized  ||pred - y||^2 / ||y||^2: every position counts by its relative error
+    cosine      (1 - cos(pred, y)) + log(||pred|| / ||y||)^2: direction and magnitude, scale-free
+    """
+    pred, target = pred.float(), target.float()
+    if kind == "plain":
+        return (pred - target).pow(2).mean(-1), weight
+    if kind == "robust":
+        return (pred - target).pow(2).mean(-1), weight * ~outlier_positions(target, weight, outlier_ratio)
+    if kind == "normalized":
+        return (pred - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp(min=1e-12), weight
+    if kind == "cosine":
+        cos = F.cosine_similarity(pred, target, dim=-1)
+        log_ratio = torch.log(pred.norm(dim=-1).clamp(min=1e-12) / target.norm(dim=-1).clamp(min=1e-12))
+        return (1 - cos) + log_ratio.pow(2), weight
+    raise ValueError(f"unknown mse loss {kind!r}")
+
+
+def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: int = 0,
+        outlier_ratio: float = 10.0) -> dict[str, torch.Tensor]:
+    """The network's output against h_{b+n+k}, over real tokens, by one of the MSE options.
 
     The first position of a block is an attention sink whose hidden state is ~100x larger than the
-    others; its squared error can be >95% of the loss. `skip_first_tokens` leaves it out.
+    others; under plain MSE its squared error can be >95% of the loss. `skip_first_tokens` leaves the
+    first k positions out by index; kind "robust" leaves out every such position by its norm.
     """
     x, y, mask = pairs(m, batch)
     pred = m.network(x.float(), mask.long())
     weight = mask.float()
     weight[:, :skip_first_tokens] = 0
-    per_token = (pred.float() - y.float()).pow(2).mean(-1)
+    per_token, weight = mse_per_token(pred, y, weight, kind, outlier_ratio)
     return _mean(per_token, weight)
 
 

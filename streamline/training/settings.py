@@ -47,6 +47,10 @@ class TrainSettings:
     device: str = _opt("auto", "single-process device (auto, cpu, cuda, mps); launched runs take it from accelerate")
     prefetch: int = _opt(4, "micro-batches read ahead", check=_positive)
     # mse
+    mse_loss: str = _opt("plain", "mse: plain (the paper), robust (outlier positions left out), normalized "
+                                  "(relative error per token) or cosine (direction + log magnitude)", choices=MSE_LOSSES)
+    mse_outlier_ratio: float = _opt(10.0, "mse robust: positions whose target norm exceeds this x the median are "
+                                          "left out", check=lambda x: x > 1)
     skip_first_tokens: int = _opt(0, "mse: leave the first k positions (the attention sink) out of the loss",
                                   check=_non_negative)
     # kd

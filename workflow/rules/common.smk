@@ -112,6 +112,13 @@ def pairs_name(net):
     return "pairs" if k == 1 else f"pairs_k{k}"
 
 
+def accelerate_config():
+    """llm.accelerate_config as given if it exists (absolute, or relative to the working dir), else relative
+    to the repository (configs/accelerate/... works from any working dir)."""
+    path = Path(config["llm"]["accelerate_config"]).expanduser()
+    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir).parent / path)
+
+
 def train_flags(loss):
     """`streamline train` flags from the config: every key that changes the trained weights (so a change
     reruns training), under the reference's names where it has them."""
@@ -121,7 +128,8 @@ def train_flags(loss):
              "adam-beta1": config["adam_beta1"], "adam-beta2": config["adam_beta2"], "seed": config["seed"],
              "warmup-ratio": t["warmup_ratio"], "max-grad-norm": t["max_grad_norm"], "val-every": t["val_every"]}
     if loss == "mse":
-        flags["skip-first-tokens"] = t["skip_first_tokens"]
+        flags.update({"mse-loss": t["mse_loss"], "mse-outlier-ratio": t["mse_outlier_ratio"],
+                      "skip-first-tokens": t["skip_first_tokens"]})
     else:
         flags["train-samples"] = config["llm"]["max_train_samples"] or config["train_num_data"]
     if loss == "kd":

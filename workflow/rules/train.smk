@@ -52,7 +52,7 @@ rule train_end_to_end:
         model=directory("results/{model}/n{n}/{net}-{loss}/model"),
         log="results/{model}/n{n}/{net}-{loss}/train_log.json",
     params:
-        accelerate_config=config["llm"]["accelerate_config"],
+        accelerate_config=accelerate_config(),
         mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config["dtype"]],
         checkpoint="results/{model}/n{n}/{net}-{loss}/checkpoint",
         loss=lambda w: w.loss.rpartition("+")[2],
