@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -131,18 +133,28 @@ def cmd_check_config(a: argparse.Namespace) -> None:
     print(f"{a.config}: ok")
 
 
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF model directory")
     p.add_argument("--data", required=True, help="prepared data directory (resources/data/...)")
     p.add_argument("--out", required=True, help="output .zarr store")
     p.add_argument("--manifest", help="JSON summary written last, when the store is complete")
-    p.add_argument("--num-samples", type=int)
+    p.add_argument("--num-samples", type=positive_int)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--codec", default="none", choices=["none", "zstd", "blosc"])
-    p.add_argument("--level", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--level", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--writers", type=int, default=2)
+    p.add_argument("--writers", type=positive_int, default=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except StreamlineError as e:
         print(f"streamline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = Path(e.filename or ".").parent
+        free = shutil.disk_usage(next(p for p in [where, *where.parents] if p.exists())).free
+        print(f"streamline {args.command}: error: disk full writing {e.filename or 'a file'} ({free / 1e9:.2f} GB "
+              f"free); free space and run again (completed work is kept)", file=sys.stderr)
         return 2
     return 0
 

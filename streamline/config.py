@@ -124,6 +124,10 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     if config["min_lr"] > config["lr"]:
         raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
     check_replacement_layers(config)
+    seq_len, skip = config["data"]["seq_len"], config["train"]["skip_first_tokens"]
+    if skip >= seq_len:
+        raise StreamlineError(f"train.skip_first_tokens: {skip} leaves no position of a {seq_len}-token block in the "
+                              f"loss (allowed: 0..{seq_len - 1})")
     check_eval(config)
     check_source("data.source", config["data"]["source"])
     if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
@@ -140,9 +144,17 @@ def check_model(config: dict, model_dir: str | Path) -> None:
         return
     from .adapters import get_adapter
     # Plain JSON, not AutoConfig: this runs at every Snakefile parse and must stay fast.
-    model_config = json.loads((Path(model_dir) / "config.json").read_text())
+    try:
+        model_config = json.loads((Path(model_dir) / "config.json").read_text())
+        layers = int(model_config["num_hidden_layers"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise StreamlineError(f"model_name: {Path(model_dir) / 'config.json'} is not a valid model config "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     get_adapter(model_config.get("model_type", "unknown"))
-    layers = model_config["num_hidden_layers"]
+    positions = model_config.get("max_position_embeddings")
+    if positions and config["data"]["seq_len"] > positions:
+        raise StreamlineError(f"data.seq_len: {config['data']['seq_len']} is longer than {Path(model_dir).name}'s "
+                              f"{positions} positions (allowed: up to {positions})")
     for n in n_values(config):
         if n >= layers:
             raise StreamlineError(f"layer_intervals: {n} is out of range for {Path(model_dir).name}, which has "

@@ -82,7 +82,12 @@ def _read_jsonl(path: Path, text_fields: list[str]) -> Iterator[str]:
 
 def _read_txt(path: Path) -> list[str]:
     """One document per blank-line-separated paragraph (a file without blank lines is one document)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if b"\0" in raw or bad > max(10, len(raw) // 100):  # a stray bad byte is replaced; a binary file is refused
+        what = "NUL bytes" if b"\0" in raw else f"{bad} invalid UTF-8 sequences"
+        raise StreamlineError(f"data.source: {path} is not text ({what}); give .txt files of UTF-8 text")
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n")]
     return [p for p in paragraphs if p]
 

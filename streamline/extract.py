@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import data
 from .errors import StreamlineError
-from .io import atomic_write_json
+from .io import atomic_write_json, exclusive
 from .models import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
 from .store import STORAGE_DTYPES, HiddenStore, to_storage
@@ -44,6 +44,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
     Only layers 0..max(keep)-1 run.
     """
     model_dir, data_dir, store_path = Path(model_dir), Path(data_dir), Path(store_path)
+    resolve_device(device)  # one line now, not after the store is created, if the device is not here
     config = load_config(model_dir)
     adapter = get_adapter(config.model_type)
     num_layers = config.num_hidden_layers
@@ -58,32 +59,34 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
     attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
              "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
              "split": split}
-    check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
-               codec, pairs=split != "calib")
-    store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
-                                         codec=codec, level=level, attrs=attrs)
-    todo = store.missing_samples()
-    bytes_per_sample = len(keep) * seq_len * hidden * np.dtype(store.hidden.dtype).itemsize
-    log.info("extracting %d x %d hidden states of %d tokens x %d (%s) into %s: %.2f GB; %d of %d samples to do",
-             num_samples, len(keep), seq_len, hidden, dtype, store_path, num_samples * bytes_per_sample / 1e9,
-             len(todo), num_samples)
-    start = time.time()
-    compute_seconds = 0.0
-    if todo:
-        model, _ = load_model(model_dir, dtype=dtype, device=device)
-        t0 = time.perf_counter()
-        _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample)
-        compute_seconds = time.perf_counter() - t0
-    assert not store.missing_samples(), "extraction finished with missing chunks"
-    seconds = time.time() - start
-    summary = {"store": str(store_path), "shape": list(store.hidden.shape), "dtype": dtype, "codec": codec,
-               "layers": keep, "samples": num_samples, "computed_samples": len(todo), "seconds": round(seconds, 2),
-               "compute_seconds": round(compute_seconds, 3),
-               "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
-    if manifest:
-        atomic_write_json(manifest, summary)
-    log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
-    return summary
+    with exclusive(store_path):  # one writer per store
+        check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
+                   codec, pairs=split != "calib")
+        store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
+                                             codec=codec, level=level, attrs=attrs)
+        todo = store.missing_samples(verify=True)  # resuming: every done sample is checked against its checksums
+        bytes_per_sample = len(keep) * seq_len * hidden * np.dtype(store.hidden.dtype).itemsize
+        log.info("extracting %d x %d hidden states of %d tokens x %d (%s) into %s: %.2f GB; %d of %d samples to do",
+                 num_samples, len(keep), seq_len, hidden, dtype, store_path, num_samples * bytes_per_sample / 1e9,
+                 len(todo), num_samples)
+        start = time.time()
+        compute_seconds = 0.0
+        if todo:
+            model, _ = load_model(model_dir, dtype=dtype, device=device)
+            t0 = time.perf_counter()
+            _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample)
+            compute_seconds = time.perf_counter() - t0
+        if store.missing_samples(verify=False):
+            raise RuntimeError(f"{store_path}: extraction finished with samples missing")
+        seconds = time.time() - start
+        summary = {"store": str(store_path), "shape": list(store.hidden.shape), "dtype": dtype, "codec": codec,
+                   "layers": keep, "samples": num_samples, "computed_samples": len(todo), "seconds": round(seconds, 2),
+                   "compute_seconds": round(compute_seconds, 3),
+                   "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
+        if manifest:
+            atomic_write_json(manifest, summary)
+        log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
+        return summary
 
 
 def check_disk(store_path: Path, total_bytes: int, codec: str, pairs: bool) -> None:
@@ -146,7 +149,7 @@ def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np
     for f in wait(futures).done:
         f.result()  # re-raise a failed write
     for n in rows:
-        store.write_mask(n, mask[n].astype(np.uint8))
+        store.finish_sample(n, mask[n].astype(np.uint8))  # mask, then the checksum row: sample n is done
 
 
 def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *,

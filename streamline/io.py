@@ -34,11 +34,37 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a NaN or Inf is refused (one line naming the file), never written as `NaN`."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        from .errors import StreamlineError
+        raise StreamlineError(f"{path}: the stage computed a NaN or Inf; refusing to write it") from None
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def exclusive(target: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `target` (a store or checkpoint dir) while writing it.
+
+    A second writer (an orphaned job, a second workflow in the same dir) stops with one line instead of
+    writing the same files. The lock is the kernel's (fcntl), so it dies with the process that held it.
+    """
+    import fcntl
+    from .errors import StreamlineError
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StreamlineError(f"{target} is being written by another running process; wait for it or stop "
+                                  f"it") from None
+        yield
 
 
 @contextmanager

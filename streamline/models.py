@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,9 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """auto: the GPU if there is one, else the CPU; a device asked for must exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise StreamlineError(f"device: unknown device {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+                 "mps": torch.backends.mps.is_available()}.get(dev.type, False)
+    if not available:
+        raise StreamlineError(f"device: {device} is not available on this machine (use auto or cpu)")
+    return dev
 
 
 def load_config(model_dir: str | Path) -> PretrainedConfig:
@@ -60,8 +68,10 @@ def _weights_with_prefix(model_dir: Path, prefixes: list[str]) -> dict[str, torc
 def load_layers(model_dir: str | Path, indices: list[int], dtype: str = "float32") -> torch.nn.ModuleList:
     """Decoder layers `indices` of a model dir, without loading (or allocating) the rest of the model."""
     from transformers import AutoModelForCausalLM
+    from .weights import verify
     model_dir = Path(model_dir)
     config = load_config(model_dir)
+    verify(model_dir)
     adapter = get_adapter(config.model_type)
     with torch.device("meta"):  # a skeleton costs no memory; only the layers asked for are materialised
         skeleton = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
@@ -74,9 +84,6 @@ def load_layers(model_dir: str | Path, indices: list[int], dtype: str = "float32
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """Cheap identity of a model dir: its config plus the names and sizes of its weight files."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+    """Identity of a model dir by its content (config and weights); see weights.py."""
+    from .weights import fingerprint
+    return fingerprint(model_dir)

@@ -26,6 +26,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from . import networks
 from .adapters import Adapter, get_adapter
 from .io import atomic_dir, atomic_write_json
+from .weights import record
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ def read_config(model_dir: str | Path) -> PretrainedConfig:
 
 
 def load_pruned(model_dir: str | Path, dtype: torch.dtype | None = None, **kwargs) -> PreTrainedModel:
-    """Load any model dir streamline writes (or an ordinary one) without trust_remote_code."""
+    """Load any model dir streamline writes (or an ordinary one) without trust_remote_code.
+
+    A dir streamline wrote is first checked against the record of what was written (weights.py).
+    """
+    from .weights import verify
+    verify(model_dir)
     config = read_config(model_dir)
     if not has_custom_net(config):
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kwargs)
@@ -132,6 +138,7 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
         info = {**info, "params": count_params(model), "num_hidden_layers": model.config.num_hidden_layers}
         atomic_write_json(tmp / "streamline.json", info)
         (tmp / "README.md").write_text(model_card(info))
+        record(tmp)
 
 
 def _replacement(info: dict) -> str:

@@ -51,7 +51,7 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
 def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | Path | None = None, *,
           metric: str = "cosine", span: int | None = None) -> dict:
     """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one."""
-    store = HiddenStore(store_path)
+    store = HiddenStore(store_path).require_complete()
     num_layers = store.attrs["num_layers"]
     if store.attrs["layers"] != list(range(num_layers + 1)):
         raise StreamlineError(f"{store_path}: scoring needs every layer's hidden state (a calibration store)")
@@ -60,6 +60,10 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
         raise StreamlineError(f"layer_intervals: {n} is out of range for a {num_layers}-layer model "
                               f"(allowed: 1..{num_layers - 1})")
     values, tokens = block_scores(store, span, metric)
+    if not np.isfinite(values).all():  # np.argmax would pick the first NaN
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise StreamlineError(f"score: the {metric} of block {i}..{i + span - 1} is {values[i]} (the hidden states "
+                              f"overflow in {store.dtype}); extract in dtype: float32 or bfloat16")
     higher_better = METRICS[metric][1]
     best = int(np.argmax(values) if higher_better else np.argmin(values))
     block = list(range(best, best + span))

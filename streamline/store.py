@@ -1,8 +1,13 @@
-"""Hidden-state stores in Zarr v3: preallocated, one chunk per (layer, sample), bit-exact dtype.
+"""Hidden-state stores in Zarr v3: preallocated, one chunk per (layer, sample), bit-exact dtype, checksummed.
 
 zarr has no bfloat16, so bf16 is kept as its uint16 bits with the logical dtype in the attributes.
-A chunk that exists is complete (LocalStore writes a temp file and renames it), which is what
-makes resuming safe: skip the chunks that exist, delete leftover `*.partial` temp files.
+
+A sample is done only when its checksum row exists: the CRC32 of each of its K hidden-state chunks
+and of its mask, as written, stored after all of them. Zarr's LocalStore writes each chunk to a temp
+file and renames it (zarr >= 3.1.3), so a chunk is never torn by a kill; the checksums catch the rest
+(a deleted chunk, which zarr would read back as zeros, a truncated or overwritten one). Resuming
+verifies every done sample and recomputes those that fail; readers verify every chunk they read and
+refuse an incomplete store, so a bad chunk stops the run with one line instead of feeding it zeros.
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+FORMAT = 2  # 2: with the checksum array (stores of format 1 are started afresh)
 
 
 def compressors(codec: str, level: int = 3):
@@ -48,16 +57,28 @@ def from_storage(a: np.ndarray, logical_dtype: str) -> torch.Tensor:
     return t.view(torch.bfloat16) if logical_dtype == "bfloat16" else t
 
 
+def crc(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
 class HiddenStore:
-    """A group with `hidden` [K, N, T, H] (K hidden states per sample) and `attention_mask` [N, T]."""
+    """A group with `hidden` [K, N, T, H], `attention_mask` [N, T] and `checksum` [N, K+1] (-1: not done)."""
 
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StreamlineError(f"{self.path}: no hidden-state store here (run the extraction that writes it)")
         self.group = zarr.open_group(str(self.path), mode=mode)
+        self.attrs = dict(self.group.attrs)
+        if self.attrs.get("format") != FORMAT:
+            raise StreamlineError(f"{self.path}: a store of an older format; run the extraction again to rebuild it")
         self.hidden = self.group["hidden"]
         self.mask = self.group["attention_mask"]
-        self.attrs = dict(self.group.attrs)
+        self.checksum = self.group["checksum"]
         self.dtype = self.attrs["dtype"]
+        self._sums: np.ndarray | None = None  # the checksum table, read once by readers
+        self._pending: dict[tuple[int, int], int] = {}  # writers: (k, n) -> crc of chunks written, not yet recorded
+        self._lock = threading.Lock()
 
     @classmethod
     def create_or_resume(cls, path: str | Path, *, shape: tuple[int, int, int, int], dtype: str, codec: str,
@@ -66,7 +87,8 @@ class HiddenStore:
         path = Path(path)
         if path.exists():
             try:
-                same = json.loads((path / "zarr.json").read_text())["attributes"].get("fingerprint") == attrs["fingerprint"]
+                saved = json.loads((path / "zarr.json").read_text())["attributes"]
+                same = saved.get("fingerprint") == attrs["fingerprint"] and saved.get("format") == FORMAT
             except (OSError, KeyError, ValueError):
                 same = False
             if same:
@@ -78,44 +100,106 @@ class HiddenStore:
             shutil.rmtree(path)
         k, n, t, h = shape
         group = zarr.open_group(str(path), mode="w")
-        common = {"compressors": compressors(codec, level), "config": {"write_empty_chunks": True}, "fill_value": 0}
-        group.create_array("hidden", shape=shape, chunks=(1, 1, t, h), dtype=STORAGE_DTYPES[dtype], **common)
-        group.create_array("attention_mask", shape=(n, t), chunks=(1, t), dtype="uint8", **common)
-        group.attrs.update({**attrs, "dtype": dtype, "codec": codec})
+        common = {"compressors": compressors(codec, level), "config": {"write_empty_chunks": True}}
+        group.create_array("hidden", shape=shape, chunks=(1, 1, t, h), dtype=STORAGE_DTYPES[dtype], fill_value=0,
+                           **common)
+        group.create_array("attention_mask", shape=(n, t), chunks=(1, t), dtype="uint8", fill_value=0, **common)
+        group.create_array("checksum", shape=(n, k + 1), chunks=(1, k + 1), dtype="int64", fill_value=-1,
+                           config={"write_empty_chunks": True})
+        group.attrs.update({**attrs, "dtype": dtype, "codec": codec, "format": FORMAT})
         return cls(path, mode="r+")
 
     @property
     def num_samples(self) -> int:
         return self.hidden.shape[1]
 
-    def _chunk_file(self, array: zarr.Array, coords: tuple[int, ...]) -> Path:
-        return self.path / array.path / array.metadata.encode_chunk_key(coords)
+    @property
+    def num_states(self) -> int:
+        return self.hidden.shape[0]
 
-    def sample_complete(self, n: int) -> bool:
-        if not self._chunk_file(self.mask, (n, 0)).exists():
-            return False
-        return all(self._chunk_file(self.hidden, (k, n, 0, 0)).exists() for k in range(self.hidden.shape[0]))
-
-    def missing_samples(self) -> list[int]:
-        return [n for n in range(self.num_samples) if not self.sample_complete(n)]
-
-    def write(self, k: int, n: int, value: np.ndarray) -> None:
-        self.hidden[k, n] = value
-
+    # --- writing ------------------------------------------------------------------------------------
     def write_range(self, k: int, first: int, values: np.ndarray) -> None:
-        """Hidden state k of samples first..first+len(values)-1, one chunk each."""
+        """Hidden state k of samples first..first+len(values)-1, one chunk each (thread-safe)."""
         self.hidden[k, first:first + len(values)] = values
+        with self._lock:
+            for j in range(len(values)):
+                self._pending[k, first + j] = crc(values[j])
 
-    def write_mask(self, n: int, value: np.ndarray) -> None:
-        # Written last for a sample, so a present mask chunk means every layer chunk was queued before it.
-        self.mask[n] = value
+    def finish_sample(self, n: int, mask: np.ndarray) -> None:
+        """Write the mask, then the checksum row that marks sample n done. Call after its K chunks are written."""
+        self.mask[n] = mask
+        with self._lock:
+            sums = [self._pending.pop((k, n)) for k in range(self.num_states)]
+        self.checksum[n] = np.array(sums + [crc(mask)], dtype=np.int64)
+
+    # --- which samples are done -------------------------------------------------------------------------
+    def _sample_ok(self, n: int, sums: np.ndarray) -> bool:
+        if sums[-1] < 0:
+            return False
+        try:
+            if crc(self.mask[n]) != sums[-1]:
+                return False
+            return all(crc(self.hidden[k, n]) == sums[k] for k in range(self.num_states))
+        except Exception:  # an unreadable chunk (truncated, garbage that does not decode)
+            return False
+
+    def missing_samples(self, verify: bool = True, threads: int = 4) -> list[int]:
+        """Samples to (re)compute: not done, or (verify) done but failing their checksums."""
+        sums = self.checksum[:]
+        if not verify:
+            return [n for n in range(self.num_samples) if sums[n, -1] < 0]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            ok = list(pool.map(lambda n: self._sample_ok(n, sums[n]), range(self.num_samples)))
+        bad = [n for n in range(self.num_samples) if sums[n, -1] >= 0 and not ok[n]]
+        if bad:
+            log.warning("%s: %d done sample(s) fail their checksums (e.g. sample %d); recomputing them", self.path,
+                        len(bad), bad[0])
+        return [n for n in range(self.num_samples) if not ok[n]]
+
+    # --- reading (verified) -----------------------------------------------------------------------------
+    def require_complete(self) -> "HiddenStore":
+        missing = int((self._table()[:, -1] < 0).sum())
+        if missing:
+            raise StreamlineError(f"{self.path}: incomplete store ({missing} of {self.num_samples} samples missing); "
+                                  f"run the extraction again to finish it")
+        return self
+
+    def _table(self) -> np.ndarray:
+        if self._sums is None:
+            self._sums = self.checksum[:]
+        return self._sums
+
+    def _damaged(self, n: int, k: int, what: str) -> StreamlineError:
+        part = "mask" if k == self.num_states else f"hidden state {k}"
+        return StreamlineError(f"{self.path}: sample {n}, {part} {what}; run the extraction again to repair the store")
+
+    def _read(self, array, index: tuple, n: int, k: int) -> np.ndarray:
+        try:
+            return array[index]
+        except Exception as e:  # a truncated or garbage chunk that does not decode
+            raise self._damaged(n, k, f"cannot be read ({type(e).__name__})") from None
+
+    def _verified(self, a: np.ndarray, n: int, k: int) -> np.ndarray:
+        expected = self._table()[n, k]
+        if expected < 0:
+            raise self._damaged(n, k, "was never written")
+        if crc(a) != expected:
+            raise self._damaged(n, k, "does not match its checksum")
+        return a
 
     def read(self, k: int, n: int) -> torch.Tensor:
-        return from_storage(self.hidden[k, n], self.dtype)
+        return from_storage(self._verified(self._read(self.hidden, (k, n), n, k), n, k), self.dtype)
 
     def read_sample(self, n: int) -> torch.Tensor:
         """All K hidden states of one sample, [K, T, H], in the logical dtype."""
-        return from_storage(self.hidden[:, n], self.dtype)
+        try:
+            a = self.hidden[:, n]  # one call: zarr reads the K chunks concurrently
+        except Exception:  # find the chunk that does not decode, and name it
+            a = np.stack([self._read(self.hidden, (k, n), n, k) for k in range(self.num_states)])
+        for k in range(self.num_states):
+            self._verified(a[k], n, k)
+        return from_storage(a, self.dtype)
 
     def read_mask(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(self.mask[n]).bool()
+        k = self.num_states
+        return torch.from_numpy(self._verified(self._read(self.mask, (n,), n, k), n, k)).bool()

@@ -55,7 +55,8 @@ def test_padding_is_excluded(calib_store, tmp_path):
     for k in range(store.hidden.shape[0]):
         h = store.read(k, 0).clone()
         h[~valid] = torch.randn_like(h[~valid]) * 100
-        store.write(k, 0, h.numpy())
+        store.write_range(k, 0, h.numpy()[None])
+    store.finish_sample(0, store.mask[0])  # a legitimate rewrite records new checksums
     after = score(calib_store, 1, tmp_path / "b.json")["scores"]
     assert [s["score"] for s in after] == pytest.approx([s["score"] for s in before], abs=1e-6)
 

@@ -19,13 +19,13 @@ metrics, one of which picks the state that is kept.
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import logging
 import math
 import resource
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import StreamlineError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, exclusive, read_json
 from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed
 from .model import ReplacedModel
 from .settings import TrainSettings
@@ -132,20 +132,9 @@ class Checkpoints:
         self.save_kwargs, self.load_kwargs = checkpoint_kwargs(accelerator)
         self._lock = None
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self):
         """Refuse to share the checkpoint dir with a live run (an orphaned job, a second snakemake)."""
-        if self.dir is None or not self.accelerator.is_main_process:
-            yield
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir.parent / f".{self.dir.name}.lock", "w") as f:
-            try:
-                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise StreamlineError(f"checkpoint dir {self.dir} is in use by another training run; "
-                                      f"wait for it or kill it") from None
-            yield
+        return exclusive(self.dir) if self.dir is not None and self.accelerator.is_main_process else nullcontext()
 
     def resume(self, main: bool) -> tuple[dict, dict | None] | None:
         """(state, best_state) of the last complete checkpoint made with the same inputs, else None."""
@@ -178,6 +167,19 @@ class Checkpoints:
         return found
 
     def save(self, step: int, state: dict, best_state: dict | None) -> None:
+        try:
+            self._save(step, state, best_state)
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as "basic_ios::clear: iostream error"
+            free = shutil.disk_usage(self.dir).free
+            if free > self.bytes_needed and getattr(e, "errno", None) != errno.ENOSPC:
+                raise
+            raise StreamlineError(f"disk full writing checkpoint {self.dir}: a checkpoint needs about "
+                                  f"{self.bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; free space, or set "
+                                  f"train.checkpoint_every higher") from None
+
+    bytes_needed = 0  # set by the loop: the trainable weights, their Adam moments and the best copy, in fp32
+
+    def _save(self, step: int, state: dict, best_state: dict | None) -> None:
         from safetensors.torch import save_file
         name = f"state-{step:07d}"
         self.accelerator.save_state(str(self.dir / name), **self.save_kwargs)
@@ -227,6 +229,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
                    "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
                    "mixed_precision": accelerator.mixed_precision}
     ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint)
+    ckpt.bytes_needed = 4 * 4 * sum(p.numel() for p in recipe.module.parameters() if p.requires_grad)
     module, optimizer, scheduler = accelerator.prepare(recipe.module.to(accelerator.device), optimizer, scheduler)
     params = [p for p in module.parameters() if p.requires_grad]
     with ckpt.locked():

@@ -26,7 +26,7 @@ class PairSamples:
     """Pairs (x = h_b, y = h_{b+n+k}) with their attention mask, from a pair store split."""
 
     def __init__(self, store_dir: str | Path, limit: int = 0):
-        self.store = HiddenStore(store_dir)
+        self.store = HiddenStore(store_dir).require_complete()
         if self.store.hidden.shape[0] != 2:
             raise StreamlineError(f"{store_dir}: a pair store holds 2 hidden states per sample, "
                                   f"this one {self.store.hidden.shape[0]}")

