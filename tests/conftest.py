@@ -82,14 +82,20 @@ def text_corpus(tmp_path_factory) -> Path:
 
 
 def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int = 3, vocab: int = 300,
-                  seed: int = 0) -> Path:
-    """A prepared-data directory in the data stage's format, with some right-padded blocks."""
+                  seed: int = 0, pattern: str = "random") -> Path:
+    """A prepared-data directory in the data stage's format, with some right-padded blocks.
+
+    pattern "random": uniform token ids; "arithmetic": each block counts up from a random start by a
+    random step of 1..3 (mod vocab), which a tiny model learns (see `trained_llama_dir`).
+    """
     import json
     import numpy as np
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
+    meta = {"source": f"synthetic:{pattern}", "seq_len": seq_len, "pack": False, "seed": seed,
+            "counts": {}, "tokens": {}, "documents": {}}
     for split in ("calib", "train", "val"):
-        ids = rng.integers(4, vocab, size=(num, seq_len)).astype(np.int32)
+        ids = sequences(rng, num, seq_len, vocab, pattern)
         mask = np.ones_like(ids, dtype=np.uint8)
         for i in range(0, num, pad_every):
             cut = seq_len // 2 + i % (seq_len // 2)
@@ -97,8 +103,36 @@ def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int =
             ids[i, cut:] = 3
         np.save(path / f"{split}_input_ids.npy", ids)
         np.save(path / f"{split}_attention_mask.npy", mask)
-    (path / "meta.json").write_text(json.dumps({"seq_len": seq_len, "counts": num, "seed": seed}))
+        meta["counts"][split], meta["tokens"][split], meta["documents"][split] = num, int(mask.sum()), num
+    (path / "meta.json").write_text(json.dumps(meta))
     return path
+
+
+def sequences(rng, num: int, seq_len: int, vocab: int, pattern: str):
+    import numpy as np
+    if pattern == "random":
+        return rng.integers(4, vocab, size=(num, seq_len)).astype(np.int32)
+    start, step = rng.integers(0, vocab - 4, num), rng.integers(1, 4, num)
+    return (4 + (start[:, None] + step[:, None] * np.arange(seq_len)) % (vocab - 4)).astype(np.int32)
+
+
+@pytest.fixture(scope="session")
+def trained_llama_dir(tmp_path_factory) -> Path:
+    """The tiny Llama after 120 steps on arithmetic sequences (next-token loss 6.4 -> ~0.6): a model that
+    knows something, so that removing layers hurts it and healing can measurably help."""
+    import numpy as np
+    out = build_tiny_model("llama", tmp_path_factory.mktemp("trained") / "trained-llama")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(0)
+    x = torch.from_numpy(sequences(np.random.default_rng(123), 2000, 16, 300, "arithmetic").astype(np.int64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(120):
+        batch = x[torch.randint(0, len(x), (32,))]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def family_dir(request, tiny_llama_dir, tiny_opt_dir):
 
 
 def prepare(model_dir, tmp_path, k=1, samples=12, pairs=True):
-    data = make_data_dir(tmp_path / "data", num=samples, seq_len=16)
+    data = make_data_dir(tmp_path / "data", num=samples, seq_len=16, pattern="arithmetic")
     extract_hidden_states(model_dir, data, tmp_path / "calib.zarr", device="cpu")
     score(tmp_path / "calib.zarr", 2, tmp_path / "scores.json", span=2 + k)
     replace(model_dir, tmp_path / "scores.json", tmp_path / "init", net="transformer", layers=k)
@@ -102,13 +102,14 @@ def test_kd_training_lowers_validation_kl_and_only_trains_the_network(tiny_llama
     assert "`kd`" in (tmp_path / "model" / "README.md").read_text()
 
 
-def test_staged_training_starts_from_the_mse_network(tiny_llama_dir, tmp_path):
+def test_staged_training_starts_from_the_mse_network(trained_llama_dir, tmp_path):
+    tiny_llama_dir = trained_llama_dir
     init, data = prepare(tiny_llama_dir, tmp_path)
     mse = train("mse", init, tmp_path / "mse", tmp_path / "mse.json", TrainSettings(**FAST), data_dir=data,
                 pairs_dir=tmp_path / "pairs")
     staged = train("kd", tmp_path / "mse", tmp_path / "staged", tmp_path / "staged.json", TrainSettings(**FAST),
                    data_dir=data, teacher_dir=tiny_llama_dir)
-    assert mse["loss"] == "mse" and staged["loss"] == "mse+kd"
+    assert mse["loss"] == "mse" and mse["kept"] == "best" and staged["loss"] == "mse+kd"
     info = json.loads((tmp_path / "staged" / "streamline.json").read_text())
     assert info["loss"] == "mse+kd" and info["block"] == json.loads((init / "streamline.json").read_text())["block"]
     # its starting point is the MSE network: the KL it starts from is the MSE model's, not the untrained one's

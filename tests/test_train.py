@@ -23,7 +23,7 @@ from streamline.training.settings import TrainSettings
 
 
 def prepare(model_dir, tmp_path, net="transformer", n=2, samples=12, k=1, dtype="float32"):
-    data = make_data_dir(tmp_path / "data", num=samples, seq_len=16)
+    data = make_data_dir(tmp_path / "data", num=samples, seq_len=16, pattern="arithmetic")
     extract_hidden_states(model_dir, data, tmp_path / "calib.zarr", device="cpu", dtype=dtype)
     score(tmp_path / "calib.zarr", n, tmp_path / "scores.json", span=n + k)
     replace(model_dir, tmp_path / "scores.json", tmp_path / "init", net=net, layers=k, dtype=dtype)
@@ -58,17 +58,17 @@ def test_training_lowers_validation_mse_and_exports(family, net, tiny_llama_dir,
     model_dir = tiny_llama_dir if family == "llama" else tiny_opt_dir
     init, pairs, data = prepare(model_dir, tmp_path, net=net)
     result = run_mse(tmp_path, init, pairs, data)
-    assert result["best_val_loss"] < 0.97 * result["initial_val_loss"]
-    assert result["kept"] == "best" and result["total_steps"] == 12  # ceil(12/2)*4 micro / 2 accumulation
+    assert min(v["mse"] for v in result["val"]) < 0.97 * result["initial_val"]["mse"]  # the objective is learned
+    assert result["total_steps"] == 12  # ceil(12/2)*4 micro / 2 accumulation
     log = json.loads((tmp_path / "model.json").read_text())
-    assert log["val"][0]["step"] == 0 and {"mse", "ce"} <= log["val"][0].keys()
+    assert log["val"][0]["step"] == 0 and {"mse", "ce"} <= log["val"][0].keys() and log["select"] == "ce"
     assert log["train_tokens"] == 4 * int(load_file_mask(pairs).sum()) and log["replacement_layers"] == 1
     model = load_pruned(tmp_path / "model") if net != "transformer" else \
         AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert model.config.num_hidden_layers == 4
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
     card = (tmp_path / "model" / "README.md").read_text()
-    assert "`mse`" in card and "chosen by mse" in card
+    assert "`mse`" in card and "chosen by ce" in card
 
 
 def load_file_mask(pairs):
@@ -78,21 +78,28 @@ def load_file_mask(pairs):
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_only_the_kept_layers_change(tiny_llama_dir, tmp_path, k):
-    init, pairs, data = prepare(tiny_llama_dir, tmp_path, k=k)
+def test_mse_heals_the_held_out_loss_and_only_the_kept_layers_change(trained_llama_dir, tmp_path, k):
+    """On a model that learned something, removing layers hurts its next-token loss and MSE training heals it."""
+    init, pairs, data = prepare(trained_llama_dir, tmp_path, k=k)
     result = run_mse(tmp_path, init, pairs, data)
-    assert result["best_val_loss"] < 0.97 * result["initial_val_loss"] and result["replacement_layers"] == k
+    assert result["kept"] == "best" and result["replacement_layers"] == k and not result["warnings"]
+    assert result["best_val"]["ce"] < result["initial_val"]["ce"] - 0.02 and \
+        result["best_val"]["mse"] < 0.95 * result["initial_val"]["mse"]
     slots = slot_keys(init)
     assert len(slots) == 9 * k  # 4 attention + 3 MLP projections + 2 norms per Llama layer
     assert changed_tensors(init, tmp_path / "model") == slots  # every slot tensor trains, nothing else does
 
 
-def test_never_improving_keeps_initial_weights(tiny_llama_dir, tmp_path, caplog):
-    init, pairs, data = prepare(tiny_llama_dir, tmp_path)
+def test_training_that_hurts_keeps_the_initial_weights_and_says_so(trained_llama_dir, tmp_path, caplog):
+    """The guard: a run that makes held-out perplexity worse exports the untrained network, loudly."""
+    init, pairs, data = prepare(trained_llama_dir, tmp_path)
     result = run_mse(tmp_path, init, pairs, data, lr=1.0, min_lr=1.0, max_grad_norm=1e9, epochs=1,
                      warmup_ratio=0)
     assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
-    assert "never improved" in caplog.text
+    assert all(v["ce"] > result["initial_val"]["ce"] for v in result["val"][1:])  # training really hurt
+    assert len(result["warnings"]) == 1 and "keeps the INITIAL weights" in result["warnings"][0]
+    assert "WARNING: training never improved validation ce" in caplog.text
+    assert json.loads((tmp_path / "model.json").read_text())["warnings"] == result["warnings"]
     assert not changed_tensors(init, tmp_path / "model")
 
 
@@ -205,10 +212,10 @@ def test_unreadable_checkpoint_is_set_aside(tiny_llama_dir, tmp_path, caplog):
     assert result["total_steps"] == 12 and len(list(tmp_path.glob("ck.unreadable-*"))) == 1
 
 
-def test_bfloat16_model_trains_with_fp32_master_weights_and_exports_bf16(tiny_llama_dir, tmp_path):
-    init, pairs, data = prepare(tiny_llama_dir, tmp_path, dtype="bfloat16")
+def test_bfloat16_model_trains_with_fp32_master_weights_and_exports_bf16(trained_llama_dir, tmp_path):
+    init, pairs, data = prepare(trained_llama_dir, tmp_path, dtype="bfloat16")
     result = run_mse(tmp_path, init, pairs, data)
-    assert result["best_val_loss"] < result["initial_val_loss"]
+    assert result["best_val_loss"] < result["initial_val_loss"] and result["kept"] == "best"
     trained = load_file(tmp_path / "model" / "model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in trained.values())
     assert json.loads((tmp_path / "model" / "streamline.json").read_text())["dtype"] == "bfloat16"

@@ -3,7 +3,7 @@
 A recipe is a data source and a loss on the ReplacedModel:
 
     loss   trains on                                   validates on (the first one picks the kept state)
-    mse    pairs (h_b, h_b+n+k) from a pair store,     mse on val pairs, ce (next-token loss) on val blocks
+    mse    pairs (h_b, h_b+n+k) from a pair store,     ce (next-token loss) on val blocks, mse on val pairs
            or computed online from token blocks
     llm    token blocks                                ce
     kd     token blocks, teacher = the original model  kl (to the original), ce
@@ -50,7 +50,8 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
             train = PairSamples(Path(pairs_dir) / "train", s.train_samples)
             val_pairs = PairSamples(Path(pairs_dir) / "val")
             inputs["pairs"] = [train.fingerprint, val_pairs.fingerprint]
-        validation, select = {"mse": (objective, val_pairs), "ce": (losses.ce, val_blocks)}, "mse"
+        # held-out next-token loss picks the kept state: the MSE can fall while the model gets worse
+        validation, select = {"ce": (losses.ce, val_blocks), "mse": (objective, val_pairs)}, "ce"
     elif loss == "llm":
         objective, train = losses.ce, TokenSamples(data_dir, "train", s.train_samples)
         validation, select = {"ce": (losses.ce, val_blocks)}, "ce"

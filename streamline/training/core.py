@@ -334,10 +334,17 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
     r = recipe.module.replacement
     initial = state["val"][0]
     kept = "best" if state["best"] < initial["loss"] else "initial"
-    if kept == "initial":
-        log.warning("validation %s never improved on the initial %.6g: keeping the initial weights", recipe.select,
-                    initial["loss"])
     best = min(state["val"], key=lambda v: v["loss"])
+    warnings = []
+    if kept == "initial":
+        warnings.append(f"training never improved validation {recipe.select} on the untrained network's "
+                        f"{initial['loss']:.5g} (best {state['best']:.5g}): the exported model keeps the INITIAL "
+                        f"weights")
+    elif "ce" in initial and best["ce"] > initial["ce"]:
+        warnings.append(f"training made held-out perplexity worse: {math.exp(initial['ce']):.4g} -> "
+                        f"{math.exp(best['ce']):.4g} for the kept state")
+    for w in warnings:
+        log.warning("WARNING: %s", w)
     log.info("trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)", seconds, recipe.select,
              initial["loss"], state["best"], best["step"], kept)
     micro_run = len(plan.micro) - (resumed_at or 0) * plan.gas
@@ -356,4 +363,4 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
                                         / max(seconds - val_seconds, 1e-9), 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-            "warnings": []}
+            "warnings": warnings}
