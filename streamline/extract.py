@@ -27,7 +27,7 @@ from .store import STORAGE_DTYPES, HiddenStore, to_storage
 log = logging.getLogger(__name__)
 
 
-def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, keep: list[int], dtype: str,
+def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, keep: list, dtype: str,
                  codec: str, level: int) -> str:
     meta = (Path(data_dir) / "meta.json").read_bytes()
     text = f"{model_fingerprint(model_dir)}|{hashlib.sha256(meta).hexdigest()}|{split}|{num_samples}|{keep}|{dtype}|{codec}|{level}"
@@ -35,21 +35,24 @@ def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, 
 
 
 def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_path: str | Path, *,
-                          split: str = "calib", num_samples: int | None = None, keep: list[int] | None = None,
+                          split: str = "calib", num_samples: int | None = None, keep: list[int | str] | None = None,
                           dtype: str = "float32", codec: str = "none", level: int = 3, batch_size: int = 4,
                           device: str = "auto", writers: int = 2, manifest: str | Path | None = None) -> dict:
     """Store hidden states h_k for k in `keep` (default: all, h_0..h_L) of `num_samples` blocks of `split`.
 
-    h_0 is the input of layer 0 and h_k the RAW output of layer k-1 (before the final norm).
-    Only layers 0..max(keep)-1 run.
+    h_0 is the input of layer 0 and h_k the RAW output of layer k-1 (before the final norm); "y{l}" and
+    "m{l}" are the residual entering layer l's MLP and the MLP's output (h_{l+1} = y + m).
+    Only layers 0..max(k)-1 run.
     """
     model_dir, data_dir, store_path = Path(model_dir), Path(data_dir), Path(store_path)
     resolve_device(device)  # one line now, not after the store is created, if the device is not here
     config = load_config(model_dir)
     adapter = get_adapter(config.model_type)
     num_layers = config.num_hidden_layers
-    keep = list(range(num_layers + 1)) if keep is None else sorted(keep)
-    if keep[0] < 0 or keep[-1] > num_layers:
+    keep = list(range(num_layers + 1)) if keep is None else list(keep)
+    states = [k for k in keep if isinstance(k, int)]
+    sublayers = sorted({int(k[1:]) for k in keep if isinstance(k, str)})
+    if not states or min(states) < 0 or max(states) > num_layers or any(l >= max(states) for l in sublayers):
         raise StreamlineError(f"hidden states {keep} out of range 0..{num_layers} for {model_dir.name}")
     ids, mask = data.load_split(data_dir, split)
     num_samples = len(ids) if num_samples is None else num_samples
@@ -74,7 +77,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
         if todo:
             model, _ = load_model(model_dir, dtype=dtype, device=device)
             t0 = time.perf_counter()
-            _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample)
+            _run(model, adapter, store, ids, mask, todo, keep, batch_size, writers, bytes_per_sample, sublayers)
             compute_seconds = time.perf_counter() - t0
         if store.missing_samples(verify=False):
             raise RuntimeError(f"{store_path}: extraction finished with samples missing")
@@ -103,8 +106,8 @@ def check_disk(store_path: Path, total_bytes: int, codec: str, pairs: bool) -> N
                               f"{free / 1e9:.3f} GB free; free space, or use {way_out}")
 
 
-def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, todo: list[int], keep: list[int],
-         batch_size: int, writers: int, bytes_per_sample: int) -> None:
+def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, todo: list[int], keep: list,
+         batch_size: int, writers: int, bytes_per_sample: int, sublayers: list[int]) -> None:
     device = next(model.parameters()).device
     slot = {k: i for i, k in enumerate(keep)}
     pending: list[Future] = []
@@ -125,7 +128,8 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
                     for j0, j1 in _runs(rows):
                         futures.append(pool.submit(store.write_range, slot[k], rows[j0], arr[j0:j1]))
 
-            run_with_capture(adapter, model, batch_ids, batch_mask, on_hidden, last=keep[-1])
+            run_with_capture(adapter, model, batch_ids, batch_mask, on_hidden,
+                             last=max(k for k in keep if isinstance(k, int)), sublayers=tuple(sublayers))
             # Keep one batch in flight: bounded RAM, and the writes overlap the next forward.
             _finish(store, pending, pending_masks, mask)
             pending, pending_masks = futures, rows

@@ -69,6 +69,13 @@ def test_staged_and_distillation_variants_are_planned(done):
             "results/tiny/n2/transformer-mse+kd/model"} <= names
 
 
+def test_linear_reads_its_own_small_store_and_never_the_calibration_again(done):
+    plan = planned_rules(done, "--config", "network=[none,ffn,linear]")
+    assert plan == {"extract_linear": 1, "linear": 1, "evaluate_variant": 1, "stability": 1, "report": 1}
+    assert {"results/tiny/n2/linear/init", "results/tiny/n2/linear/estimate_log.json"} <= planned_outputs(
+        done, "--config", "network=[none,ffn,linear]")
+
+
 def test_online_pairs_need_no_pair_store(done):
     plan = planned_rules(done, "--config", "network=[transformer]", "pairs={mode: online}")
     assert "extract_pairs" not in plan and plan["train_mse"] == 1

@@ -67,16 +67,38 @@ class Adapter:
         return out[0] if isinstance(out, tuple) else out
 
     # --- capture raw hidden states ------------------------------------------------------------
+    def mlp_sublayer(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(module whose INPUT is the residual entering the MLP, module whose OUTPUT is the MLP's
+        contribution to the residual): a layer's output is Y + M with Y, M what they see."""
+        raise NotImplementedError
+
+    def mlp_out_proj(self, layer: nn.Module) -> nn.Linear:
+        """The MLP's last linear map, whose output is M (the one a linear map on M folds into)."""
+        raise NotImplementedError
+
     @contextmanager
-    def capture(self, model: PreTrainedModel, on_hidden: Callable[[int, torch.Tensor], None],
-                last: int | None = None) -> Iterator[None]:
+    def capture(self, model: PreTrainedModel, on_hidden: Callable[[int | str, torch.Tensor], None],
+                last: int | None = None, sublayers: tuple[int, ...] = ()) -> Iterator[None]:
         """Call on_hidden(k, h_k) for h_0 (input of layer 0) and h_k = RAW output of layer k-1.
 
         HF's hidden_states[-1] has the final norm applied; hooks see the layer outputs before it.
         With `last`, the forward stops (StopForward) after h_last, so later layers never run.
+        For each layer l in `sublayers`, also on_hidden(f"y{l}", Y) and on_hidden(f"m{l}", M): the residual
+        entering its MLP and the MLP's output (h_{l+1} = Y + M).
         """
         layers = self.layers(model)
         stop_at = len(layers) if last is None else last
+        sub_handles, shapes = [], {}
+        for l in sublayers:  # some families (OPT) flatten tokens inside the layer: report [B, T, H] like h_k
+            before, mlp = self.mlp_sublayer(layers[l])
+            sub_handles.append(layers[l].register_forward_pre_hook(
+                lambda module, args, kwargs, l=l: shapes.__setitem__(l, (args[0] if args else kwargs["hidden_states"])
+                                                                     .shape), with_kwargs=True))
+            sub_handles.append(before.register_forward_pre_hook(
+                lambda module, args, l=l: on_hidden(f"y{l}", args[0].reshape(shapes[l]))))
+            sub_handles.append(mlp.register_forward_hook(
+                lambda module, args, out, l=l: on_hidden(f"m{l}", (out[0] if isinstance(out, tuple) else out)
+                                                         .reshape(shapes[l]))))
 
         def pre_hook(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
@@ -91,7 +113,7 @@ class Adapter:
                     raise StopForward
             return post_hook
 
-        handles = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles = sub_handles + [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
         handles += [layer.register_forward_hook(make_post_hook(i + 1)) for i, layer in enumerate(layers)
                     if i + 1 <= stop_at]
         try:
@@ -128,8 +150,8 @@ class Adapter:
 
 
 def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor | None, on_hidden: Callable[[int, torch.Tensor], None],
-                     last: int | None = None, inference: bool = True) -> None:
+                     attention_mask: torch.Tensor | None, on_hidden: Callable[[int | str, torch.Tensor], None],
+                     last: int | None = None, inference: bool = True, sublayers: tuple[int, ...] = ()) -> None:
     """One forward pass that reports every raw hidden state up to h_last, then stops.
 
     It runs the base model only: the LM head (a vocab-sized matmul per token) is never needed.
@@ -137,7 +159,8 @@ def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.
     computation that is differentiated later (training on top of a frozen prefix).
     """
     import torch
-    with adapter.capture(model, on_hidden, last=last), (torch.inference_mode() if inference else torch.no_grad()):
+    with adapter.capture(model, on_hidden, last=last, sublayers=sublayers), \
+            (torch.inference_mode() if inference else torch.no_grad()):
         try:
             model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except StopForward:

@@ -36,6 +36,12 @@ class LlamaAdapter(Adapter):
     def rotary(self, model: PreTrainedModel) -> nn.Module:
         return model.model.rotary_emb
 
+    def mlp_sublayer(self, layer):
+        return layer.post_attention_layernorm, layer.mlp
+
+    def mlp_out_proj(self, layer):
+        return layer.mlp.down_proj
+
     def head(self, model, hidden):
         return model.lm_head(model.model.norm(hidden))
 

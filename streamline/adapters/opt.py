@@ -26,6 +26,15 @@ class OPTAdapter(Adapter):
         network.up.load_state_dict(layer.fc1.state_dict())
         network.down.load_state_dict(layer.fc2.state_dict())
 
+    def mlp_sublayer(self, layer):
+        from ..errors import StreamlineError
+        if not layer.do_layer_norm_before:  # OPT-350m: the norm comes after the residual sum
+            raise StreamlineError("network: 'linear' needs a pre-norm layer; this OPT model normalises after the MLP")
+        return layer.final_layer_norm, layer.fc2
+
+    def mlp_out_proj(self, layer):
+        return layer.fc2
+
     def head(self, model, hidden):
         decoder = model.model.decoder
         if decoder.final_layer_norm is not None:  # None for post-norm OPT-350m

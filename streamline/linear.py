@@ -1,0 +1,157 @@
+"""`network: linear`: a training-free linear map in place of n layers, folded into the weights (ReplaceMe).
+
+For the block of layers i..i+n-1, let Y be the residual entering layer i-1's MLP and M that MLP's output
+(so h_i = Y + M). A linear map T (H x H) is estimated by least squares so that
+
+    Y + M T  ~  h_{i+n}         over the real tokens of the calibration blocks,
+
+i.e. T = argmin ||M T - R||^2 (+ ridge ||T||^2) with R = h_{i+n} - Y. T is then folded into layer i-1's
+MLP output projection (W -> T^T W, b -> b T) and layers i..i+n-1 are removed: the result is a plain model
+of the base family with L-n layers and no extra parameter (Shopkhoev et al. 2025, arXiv 2505.02819).
+
+- The block is the best window of n layers by the removal scores (as `none`), among windows that start at
+  layer 1 or later: a block at layer 0 has no MLP before it to fold into.
+- Y, M and h_{i+n} are extracted to a Zarr store (one chunk per state and sample, checksummed, resumable),
+  then the normal equations are accumulated sample by sample in float64: memory is O(H^2) whatever the
+  number of tokens. A killed estimate restarts cleanly: nothing is written before the model, atomically.
+- The system is solved by Cholesky; a singular one stops with one line suggesting `linear.ridge`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import StreamlineError
+from .io import atomic_write_json, read_json
+from .store import HiddenStore
+
+log = logging.getLogger(__name__)
+
+
+def linear_block(removal_scores: dict) -> list[int]:
+    """The best window of n layers that starts at layer 1 or later (layer 0 has no MLP before it)."""
+    if removal_scores["span"] != removal_scores["n"]:
+        raise StreamlineError(f"network: 'linear' needs the removal scores (windows of n = {removal_scores['n']} "
+                              f"layers), got scores over {removal_scores['span']}")
+    windows = [s for s in removal_scores["scores"] if s["start"] >= 1]
+    if not windows:
+        raise StreamlineError(f"layer_intervals: {removal_scores['n']} leaves no window after layer 0 for 'linear'")
+    sign = 1 if removal_scores.get("higher_is_more_redundant", True) else -1
+    best = max(windows, key=lambda s: sign * s["score"])
+    return list(range(best["start"], best["end"] + 1))
+
+
+def store_states(block: list[int]) -> list[int | str]:
+    """What the estimate reads, in store order: Y and M of layer i-1, and h_{i+n}."""
+    i = block[0]
+    return [f"y{i - 1}", f"m{i - 1}", block[-1] + 1]
+
+
+def normal_equations(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """(M^T M, M^T R, ||R||^2, tokens) over the real tokens of every sample, in float64, one sample at a time."""
+    store.require_complete()
+    h = store.hidden.shape[-1]
+    mtm = torch.zeros(h, h, dtype=torch.float64)
+    mtr = torch.zeros(h, h, dtype=torch.float64)
+    rr, tokens = 0.0, 0
+    for n in tqdm(range(store.num_samples), desc="linear: normal equations", unit="sample", dynamic_ncols=True):
+        valid = store.read_mask(n)
+        y, m, target = (store.read(k, n)[valid].double() for k in range(3))
+        r = target - y
+        mtm += m.T @ m
+        mtr += m.T @ r
+        rr += float((r * r).sum())
+        tokens += int(valid.sum())
+    return mtm, mtr, rr, tokens
+
+
+def solve(mtm: torch.Tensor, mtr: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """T = (M^T M + ridge I)^-1 M^T R by Cholesky; one line if the system is singular."""
+    a = mtm + ridge * torch.eye(mtm.shape[0], dtype=mtm.dtype)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if info.item() != 0 or not torch.isfinite(chol).all():
+        rank = int(torch.linalg.matrix_rank(mtm))
+        hint = float(mtm.diagonal().mean()) * 1e-4
+        raise StreamlineError(f"linear: the least-squares system is singular (M^T M has rank {rank} of "
+                              f"{mtm.shape[0]}, ridge {ridge:g}); set linear.ridge > 0, e.g. {hint:.3g}")
+    return torch.cholesky_solve(mtr, chol)
+
+
+def relative_residual(mtm: torch.Tensor, mtr: torch.Tensor, rr: float, t: torch.Tensor) -> float:
+    """||R - M T||^2 / ||R||^2 from the accumulated terms (no second pass over the data)."""
+    err = rr - 2 * float((t * mtr).sum()) + float((t * (mtm @ t)).sum())
+    return max(err, 0.0) / max(rr, 1e-300)
+
+
+def fold(model, adapter, block: list[int], t: torch.Tensor) -> None:
+    """Fold T into layer i-1's MLP output projection (W -> T^T W, b -> b T) and drop the block's layers."""
+    proj = adapter.mlp_out_proj(adapter.layers(model)[block[0] - 1])
+    with torch.no_grad():
+        w = proj.weight.double()  # [H, I]: M = x W^T + b
+        proj.weight.copy_((t.T @ w).to(proj.weight.dtype))
+        if proj.bias is not None:
+            proj.bias.copy_((proj.bias.double() @ t).to(proj.bias.dtype))
+    adapter.remove_layers(model, block)
+
+
+def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path,
+                          store_path: str | Path, **kwargs) -> dict:
+    """The store the estimate reads: Y, M of layer i-1 and h_{i+n}, for the calibration blocks."""
+    from .extract import extract_hidden_states
+    block = linear_block(read_json(scores_json))
+    return extract_hidden_states(model_dir, data_dir, store_path, split="calib", keep=store_states(block), **kwargs)
+
+
+def estimate_linear(model_dir: str | Path, store_path: str | Path, scores_json: str | Path, out_dir: str | Path, *,
+                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32",
+                    extraction_manifest: str | Path | None = None) -> dict:
+    """Estimate T from the store, fold it, save the pruned model to out_dir and the estimate's log.
+
+    The log's `seconds` is the whole training-free recipe: the store's extraction (from its manifest) plus
+    the estimate and the fold.
+    """
+    from .models import load_model
+    from .pruned import count_params, save_pruned
+
+    start = time.time()
+    scores = read_json(scores_json)
+    block = linear_block(scores)
+    store = HiddenStore(store_path)
+    if store.attrs.get("layers") != store_states(block):
+        raise StreamlineError(f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
+                              f"{block[0]}..{block[-1]} needs {store_states(block)}; run its extraction again")
+    mtm, mtr, rr, tokens = normal_equations(store)
+    t = solve(mtm, mtr, ridge)
+    residual = relative_residual(mtm, mtr, rr, t)
+    if not math.isfinite(residual):
+        raise StreamlineError("linear: the estimate is not finite; extract in dtype: float32 or set linear.ridge")
+    identity = relative_residual(mtm, mtr, rr, torch.eye(t.shape[0], dtype=t.dtype))
+    model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
+    source_params, source_layers = count_params(model), model.config.num_hidden_layers
+    fold(model, adapter, block, t)
+    extract_seconds = read_json(extraction_manifest)["seconds"] if extraction_manifest else 0.0
+    estimate_seconds = round(time.time() - start, 2)
+    seconds = round(estimate_seconds + extract_seconds, 2)
+    stats = {"block": block, "ridge": ridge, "tokens": tokens, "relative_residual": residual,
+             "relative_residual_of_identity": identity, "extract_seconds": extract_seconds,
+             "estimate_seconds": estimate_seconds, "seconds": seconds}
+    info = {"name": f"{Path(model_dir).name} minus {scores['n']} layers (linear)", "source_model": str(model_dir),
+            "source_layers": source_layers, "source_params": source_params, "n": scores["n"], "block": block,
+            "net": "linear", "replacement_layers": 0, "metric": scores["metric"], "loss": None, "dtype": dtype,
+            "training": {"linear map": f"least squares over {tokens:,} tokens, ridge {ridge:g}, relative residual "
+                                       f"{residual:.4g} (1.0 = no better than zero; identity T: {identity:.4g}), "
+                                       f"folded into layer {block[0] - 1}'s MLP output projection"}}
+    save_pruned(model, adapter, out_dir, model_dir, info)
+    atomic_write_json(log_json, stats)
+    log.info("linear: layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
+             "%.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s", block[0], block[-1], block[0] - 1, tokens,
+             ridge, residual, identity, source_layers, model.config.num_hidden_layers, count_params(model) / 1e6,
+             seconds)
+    return stats

@@ -1,0 +1,125 @@
+"""network: linear (ReplaceMe): exact least squares from a store, folded into the weights, a plain model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import make_data_dir
+from streamline.adapters import get_adapter, run_with_capture
+from streamline.errors import StreamlineError
+from streamline.extract import extract_hidden_states
+from streamline.linear import (estimate_linear, extract_linear_states, linear_block, normal_equations,
+                               relative_residual, solve, store_states)
+from streamline.pruned import count_params
+from streamline.replace import replace
+from streamline.store import HiddenStore
+
+
+def removal_scores(path, n=2, best=2, num_layers=6):
+    """Removal scores (windows of n) whose best window starts at `best`."""
+    scores = [{"start": i, "end": i + n - 1, "score": 0.9 if i == best else 0.5} for i in range(num_layers - n + 1)]
+    path.write_text(json.dumps({"n": n, "span": n, "metric": "cosine", "higher_is_more_redundant": True,
+                                "scores": scores, "block": list(range(best, best + n)), "best_start": best,
+                                "num_layers": num_layers}))
+    return path
+
+
+@pytest.fixture(params=["llama", "opt"])
+def family_dir(request, tiny_llama_dir, tiny_opt_dir):
+    return tiny_llama_dir if request.param == "llama" else tiny_opt_dir
+
+
+def test_the_estimate_recovers_a_known_map(tmp_path):
+    """Targets made by a known map (h = Y + M T0): least squares in float64 finds T0."""
+    rng = np.random.default_rng(0)
+    k, n, t, h = 3, 6, 40, 16
+    t0 = rng.normal(size=(h, h))
+    store = HiddenStore.create_or_resume(tmp_path / "s.zarr", shape=(k, n, t, h), dtype="float32", codec="none",
+                                         level=3, attrs={"fingerprint": "x", "layers": ["y1", "m1", 4]})
+    for i in range(n):
+        y, m = rng.normal(size=(t, h)).astype(np.float32), rng.normal(size=(t, h)).astype(np.float32)
+        target = (y.astype(np.float64) + m.astype(np.float64) @ t0).astype(np.float32)
+        for state, value in enumerate((y, m, target)):
+            store.write_range(state, i, value[None])
+        mask = np.ones(t, dtype=np.uint8)
+        mask[-5:] = 0  # padded positions hold no real token...
+        if i == 0:
+            garbage = target + 1000.0 * (mask[:, None] == 0)
+            store.write_range(2, 0, garbage.astype(np.float32)[None])  # ...and are skipped
+        store.finish_sample(i, mask)
+    mtm, mtr, rr, tokens = normal_equations(HiddenStore(tmp_path / "s.zarr"))
+    found = solve(mtm, mtr)
+    assert tokens == n * (t - 5)
+    assert float(torch.linalg.norm(found - torch.from_numpy(t0)) / np.linalg.norm(t0)) < 1e-4
+    assert relative_residual(mtm, mtr, rr, found) < 1e-8
+
+
+def test_a_singular_system_is_one_line_that_suggests_the_ridge():
+    mtm = torch.zeros(4, 4, dtype=torch.float64)
+    mtm[0, 0] = 1.0
+    with pytest.raises(StreamlineError, match=r"singular \(M\^T M has rank 1 of 4, ridge 0\); set linear.ridge > 0"):
+        solve(mtm, torch.ones(4, 4, dtype=torch.float64))
+    assert torch.isfinite(solve(mtm, torch.ones(4, 4, dtype=torch.float64), ridge=0.1)).all()
+
+
+def test_block_zero_is_never_chosen(tmp_path):
+    scores = json.loads(removal_scores(tmp_path / "s.json", best=0).read_text())
+    assert linear_block(scores) != [0, 1] and linear_block(scores)[0] >= 1
+
+
+def test_folded_model_equals_remove_block_and_apply_t(family_dir, tmp_path):
+    data = make_data_dir(tmp_path / "data", num=12, seq_len=16)
+    scores = removal_scores(tmp_path / "s.json")
+    block = linear_block(json.loads(scores.read_text()))
+    extract_linear_states(family_dir, data, scores, tmp_path / "states.zarr", device="cpu")
+    stats = estimate_linear(family_dir, tmp_path / "states.zarr", scores, tmp_path / "linear", log_json=tmp_path / "l.json")
+    assert 0 < stats["relative_residual"] < stats["relative_residual_of_identity"] <= 1.5
+    folded = AutoModelForCausalLM.from_pretrained(tmp_path / "linear").eval()  # plain transformers, no remote code
+    assert folded.config.num_hidden_layers == 4
+    # by hand: the original model, layer i-1's MLP output multiplied by T, layers i..i+n-1 skipped
+    original = AutoModelForCausalLM.from_pretrained(family_dir).eval()
+    adapter = get_adapter(original.config.model_type)
+    mtm, mtr, _, _ = normal_equations(HiddenStore(tmp_path / "states.zarr"))
+    t = solve(mtm, mtr).float()
+    _, mlp = adapter.mlp_sublayer(adapter.layers(original)[block[0] - 1])
+    mlp.register_forward_hook(lambda module, args, out: out @ t)
+    ids = torch.randint(4, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    states = {}
+    run_with_capture(adapter, original, ids, None, states.__setitem__, last=block[0])
+    h = states[block[0]]
+    with torch.no_grad():
+        for k in range(block[-1] + 1, original.config.num_hidden_layers):
+            h = adapter.run_layer(original, k, h)
+        expected = adapter.head(original, h)
+        got = folded(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_only_the_folded_projection_differs_from_none(family_dir, tmp_path):
+    data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
+    scores = removal_scores(tmp_path / "s.json")
+    extract_linear_states(family_dir, data, scores, tmp_path / "states.zarr", device="cpu")
+    estimate_linear(family_dir, tmp_path / "states.zarr", scores, tmp_path / "linear", log_json=tmp_path / "l.json")
+    replace(family_dir, scores, tmp_path / "none", net="none")
+    linear, none = load_file(tmp_path / "linear/model.safetensors"), load_file(tmp_path / "none/model.safetensors")
+    assert linear.keys() == none.keys()
+    differ = {k for k in linear if not torch.equal(linear[k], none[k])}
+    proj = "mlp.down_proj" if "model.layers.1.mlp.down_proj.weight" in linear else "fc2"
+    assert differ and all(k.startswith(("model.layers.1.", "model.decoder.layers.1.")) and proj in k for k in differ)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "linear")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "none")
+    assert count_params(a) == count_params(b)
+    info = json.loads((tmp_path / "linear/streamline.json").read_text())
+    assert info["net"] == "linear" and info["replacement_layers"] == 0 and info["block"] == [2, 3]
+
+
+def test_the_store_must_match_the_block(tiny_llama_dir, tmp_path):
+    data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
+    extract_hidden_states(tiny_llama_dir, data, tmp_path / "states.zarr", keep=store_states([3, 4]), device="cpu")
+    with pytest.raises(StreamlineError, match=r"estimate for block 2..3 needs \['y1', 'm1', 4\]"):
+        estimate_linear(tiny_llama_dir, tmp_path / "states.zarr", removal_scores(tmp_path / "s.json"),
+                        tmp_path / "out", log_json=tmp_path / "l.json")
