@@ -1,19 +1,32 @@
-"""Held-out perplexity of the original model and its pruned variants, on the validation blocks.
+"""Held-out quality of pruned variants next to the original: perplexity and mean per-token KL(original || pruned)
+on the validation blocks, with what each variant cost (training tokens, wall time, peak RSS of its training).
 
-Run after `snakemake --config 'network=[transformer,none]'` (the default run trains transformer only):
-    python benchmarks/quality.py [--n 8]
+Run after the workflow, from its working dir; variants are model dirs relative to results/{model}/n{n}/:
+    python benchmarks/quality.py --variants none/init transformer-mse/model transformerx2-mse/model ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 from streamline import data
-from streamline.evaluate import perplexity
-from streamline.io import read_json
+from streamline.evaluate import load_for_eval, score_blocks
+from streamline.pruned import count_params
+
+
+def cost(model_dir: Path) -> dict:
+    """What the variant's training (or estimate) recorded: tokens, seconds, peak RSS."""
+    for name in ("train_log.json", "estimate_log.json"):
+        log = model_dir.parent / name
+        if log.is_file():
+            r = json.loads(log.read_text())
+            return {"tokens": r.get("train_tokens", r.get("tokens")), "seconds": r.get("seconds"),
+                    "rss": r.get("peak_rss_mb"), "kept": r.get("kept", "-")}
+    return {"tokens": None, "seconds": None, "rss": None, "kept": "-"}
 
 
 def main() -> None:
@@ -21,25 +34,29 @@ def main() -> None:
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--data", default="lambada")
     p.add_argument("--n", type=int, default=8)
+    p.add_argument("--variants", nargs="+", default=["none/init", "transformer/init", "transformer-mse/model"])
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()
-    ids, mask = data.load_split(f"resources/data/{args.model}/{args.data}", "val")
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    base = f"results/{args.model}/n{args.n}"
-    rows = [("original", f"resources/models/{args.model}"), ("none (plain removal)", f"{base}/none/init"),
-            ("transformer, untrained", f"{base}/transformer/init"),
-            ("transformer, trained (MSE)", f"{base}/transformer-mse/model")]
-    print(f"| model | layers | params | val perplexity ({len(ids)} blocks of {ids.shape[1]} tokens) |")
-    print("|---|---|---|---|")
-    for name, path in rows:
-        if not Path(path).exists():
-            print(f"| {name} | (missing: {path}) | | |")
+    ids, mask = (np.asarray(a) for a in data.load_split(f"resources/data/{args.model}/{args.data}", "val"))
+    original = load_for_eval(Path(f"resources/models/{args.model}"), "cpu")
+    base = score_blocks(original, ids, mask, args.batch_size)
+    print(f"held-out: {len(ids)} blocks of {ids.shape[1]} tokens ({base['tokens']} predicted tokens)\n")
+    print("| variant | layers | params | val perplexity | KL to original | train tokens | wall time | peak RSS | kept |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| original | {original.config.num_hidden_layers} | {count_params(original) / 1e6:.1f}M | "
+          f"{base['perplexity']:.2f} | 0 | – | – | – | – |")
+    for variant in args.variants:
+        path = Path(f"results/{args.model}/n{args.n}/{variant}")
+        if not path.exists():
+            print(f"| {variant} | (missing) | | | | | | | |")
             continue
-        meta = read_json(f"{path}/streamline.json") if Path(f"{path}/streamline.json").exists() else None
-        ppl = perplexity(path, ids, mask, args.batch_size)
-        layers = meta["num_hidden_layers"] if meta else read_json(f"{path}/config.json")["num_hidden_layers"]
-        params = f"{meta['params'] / 1e6:.1f}M" if meta else ""
-        print(f"| {name} | {layers} | {params} | {ppl:.2f} |", flush=True)
+        model = load_for_eval(path, "cpu")
+        r = score_blocks(model, ids, mask, args.batch_size, original=original)
+        c = cost(path)
+        fmt = lambda v, f: "–" if v is None else f.format(v)  # noqa: E731
+        print(f"| {variant.split('/')[0]} | {model.config.num_hidden_layers} | {count_params(model) / 1e6:.1f}M | "
+              f"{r['perplexity']:.2f} | {r['kl']:.3f} | {fmt(c['tokens'], '{:,}')} | {fmt(c['seconds'], '{:.0f} s')} | "
+              f"{fmt(c['rss'], '{:.0f} MB')} | {c['kept']} |")
 
 
 if __name__ == "__main__":
