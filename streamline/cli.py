@@ -52,19 +52,6 @@ def cmd_extract_pairs(a: argparse.Namespace) -> None:
                   level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers, manifest=a.manifest)
 
 
-def cmd_extract_linear(a: argparse.Namespace) -> None:
-    from .linear import extract_linear_states
-    extract_linear_states(a.model, a.data, a.scores, a.out, num_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
-                          level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers,
-                          manifest=a.manifest)
-
-
-def cmd_linear(a: argparse.Namespace) -> None:
-    from .linear import estimate_linear
-    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
-                    extraction_manifest=a.extraction_manifest)
-
-
 def cmd_replace(a: argparse.Namespace) -> None:
     from .replace import replace
     replace(a.model, a.scores, a.out, net=a.net, layers=a.layers, dtype=a.dtype, seed=a.seed)
@@ -127,10 +114,21 @@ def cmd_stability(a: argparse.Namespace) -> None:
     run(a)
 
 
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StreamlineError(f"{option}: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     from .report import report
-    report(Path(a.results), models=a.model, ns=a.n, variants=a.variants, out_json=Path(a.json),
-           out_md=Path(a.md), out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
+    report(_key_values(a.baseline, "--baseline"), [_key_values(v, "--variant") for v in a.variant or []],
+           scores=[Path(s) for s in a.scores or []], out_json=Path(a.json), out_md=Path(a.md),
+           out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
 
 
 def cmd_check_config(a: argparse.Namespace) -> None:
@@ -203,23 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     _extract_args(p)
     p.add_argument("--scores", required=True, help="scores.json naming the best block")
     p.set_defaults(func=cmd_extract_pairs)
-
-    p = sub.add_parser("extract-linear", help="store the states the linear estimate needs (Y, M of layer i-1, "
-                                              "h_i+n) for the calibration blocks")
-    _extract_args(p)
-    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
-    p.set_defaults(func=cmd_extract_linear)
-
-    p = sub.add_parser("linear", help="estimate the linear map of `network: linear`, fold it, write the model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--store", required=True, help="the store extract-linear wrote")
-    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--log-json", required=True)
-    p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--extraction-manifest", help="the store's manifest: its seconds count in the recipe's time")
-    p.set_defaults(func=cmd_linear)
 
     p = sub.add_parser("replace", help="replace the best block by a lightweight network (untrained)")
     p.add_argument("--model", required=True)
@@ -295,10 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stability)
 
     p = sub.add_parser("report", help="summary table (json, markdown, html) and plots over every variant")
-    p.add_argument("--results", default="results", help="the results dir")
-    p.add_argument("--model", nargs="+", required=True, help="model names under results/")
-    p.add_argument("--n", nargs="+", type=int, required=True, help="layer_intervals values")
-    p.add_argument("--variants", nargs="+", required=True, help="variant names: none or NET-LOSS")
+    p.add_argument("--baseline", nargs="+", required=True, metavar="KEY=PATH",
+                   help="the original model's eval=eval.json samples=samples.json.gz")
+    p.add_argument("--variant", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="one row: name=LABEL eval=... samples=... stability=... [train_log=...] [estimate_log=...]; "
+                        "repeat per variant (logs that do not exist are skipped)")
+    p.add_argument("--scores", nargs="*", help="block-score files to plot (scores.json, removal_scores.json)")
     p.add_argument("--json", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--html")

@@ -33,6 +33,7 @@ from .io import atomic_write_bytes, atomic_write_json, read_json
 
 HEADLINE_METRIC = "acc"
 SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
+SPEED_BATCH = 4  # blocks per timed prefill (and sequences per decode step); both models get the same
 
 
 def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "auto"):
@@ -224,7 +225,7 @@ def _held_out(model, original, blocks: list[np.ndarray], batch_size: int, data_d
         from .speed import measure_speedup
         out["kl_to_original"] = {"value": r["kl"], "original": str(original_dir), "kl_per_block": r["kl_per_block"],
                                  "unit": "nats per token"}
-        out["speed"] = measure_speedup(model, original, ids, batch_size)
+        out["speed"] = measure_speedup(model, original, ids, min(batch_size, SPEED_BATCH))
     return out
 
 

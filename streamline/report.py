@@ -1,17 +1,16 @@
-"""Report stage: one table over the baseline and every pruned variant, plus plots.
+"""Report stage: one table over the baseline and every pruned variant, with intervals, plus plots.
 
-Reads the artifacts the other stages wrote, by the workflow's path contract under `results/`:
+Its inputs come from the rule (report.smk), file by file: the baseline's eval.json and per-question
+samples; for each variant its eval.json, samples and stability.json, and its train_log.json or
+estimate_log.json where one exists; and the block-score files to plot. Every fact about a row (n,
+net, loss, replacement layers k, block, layers, params, training tokens and time) is read from
+those artifacts (eval.json carries the model dir's streamline.json); only the row's display name
+comes from the rule.
 
-    {model}/baseline/eval.json                    the original model (params, layers, accuracy, perplexity)
-    {model}/n{n}/scores.json                      block scores (removal_scores.json for plain removal)
-    {model}/n{n}/{variant}/eval.json              each variant: 'none' or '{net}-{loss}'
-    {model}/n{n}/{variant}/stability.json         baseline vs variant
-    {model}/n{n}/{net}-{loss}/train_log.json      training curves (trained variants only)
-
-and writes summary.json (every number, unrounded), summary.md and summary.html (the table, rounded)
-and three plots: block scores vs block start, training loss curves, per-task accuracy.
-Accuracy is each task's headline metric (plain `acc`, see evaluate.py); stability is the
-softmax(sigma)-weighted agreement of correctness (stability.py), averaged over tasks.
+Writes summary.json (every number, unrounded), summary.md and summary.html (the tables, rounded,
+any training warnings, and which differences are within noise, in words), and four plots: block
+scores, training curves, per-task accuracy, and the Pareto plot (retention and perplexity against
+parameters). Accuracy is lm-eval `acc` (evaluate.py); the intervals are described in stats.py.
 """
 
 from __future__ import annotations
@@ -22,8 +21,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from . import stats
 from .errors import StreamlineError
+from .evaluate import read_samples
 from .io import atomic_write_json, atomic_write_text, read_json
+from .plots import figure
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +35,33 @@ PLOTS = {
     "block_scores": "block_scores.png",
     "training_loss": "training_loss.png",
     "task_accuracy": "task_accuracy.png",
+    "pareto": "pareto.png",
 }
 
 TASK_NAMES = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "boolq": "BoolQ", "hellaswag": "HellaSwag",
               "openbookqa": "OBQA", "rte": "RTE", "winogrande": "WinoG"}
 
 
-def _load(path: Path, what: str) -> dict:
+def _load(path: str | Path, what: str) -> dict:
+    path = Path(path)
     if not path.is_file():
         raise StreamlineError(f"{path}: {what} not found (run the workflow stage that writes it)")
     return read_json(path)
 
 
-def _headline(eval_json: dict) -> dict[str, float | None]:
-    return {t: r.get("headline", r.get("acc")) for t, r in eval_json["results"].items()}
+def _need(spec: dict, key: str, what: str) -> str:
+    if not spec.get(key):
+        raise StreamlineError(f"{what}: no {key}= given")
+    return spec[key]
 
 
-def _ppl(eval_json: dict) -> float | None:
-    p = eval_json.get("perplexity")
+def _correct(samples: dict, tasks: list[str]) -> dict[str, dict[str, bool]]:
+    """Per task, per question id: was the headline metric (acc) right?"""
+    return {t: {q: bool(r["acc"]) for q, r in samples["tasks"][t].items()} for t in tasks}
+
+
+def _ppl(ev: dict) -> float | None:
+    p = ev.get("perplexity")
     return p.get("value") if isinstance(p, dict) else p
 
 
@@ -57,73 +70,153 @@ def _mean(xs: list[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def collect(results: Path, models: list[str], ns: list[int], variants: list[str]) -> dict[str, Any]:
-    """Every row of the table, plus what the plots need, from the artifacts on disk."""
-    results = Path(results)
-    rows: list[dict[str, Any]] = []
-    scores: dict[str, dict[int, dict]] = {}
-    removal_scores: dict[str, dict[int, dict]] = {}
-    train_logs: list[dict[str, Any]] = []
-    tasks: list[str] = []
-    for m in models:
-        base = _load(results / m / "baseline" / "eval.json", "baseline evaluation")
-        tasks += [t for t in base["tasks"] if t not in tasks]
-        base_params = base.get("params")
-        acc = _headline(base)
-        rows.append({
-            "model": m, "n": None, "variant": "baseline", "label": f"{m} (baseline)",
-            "tasks": acc, "average": _mean([acc.get(t) for t in base["tasks"]]),
-            "layers": base.get("num_hidden_layers"), "params": base_params,
-            "params_removed_pct": 0.0, "compression_ratio": 1.0,
-            "stability": None, "stability_tasks": {}, "perplexity": _ppl(base),
-            "limit": base.get("limit"),
-        })
-        scores[m], removal_scores[m] = {}, {}
-        for n in ns:
-            ndir = results / m / f"n{n}"
-            if any(v != "none" for v in variants):
-                scores[m][n] = _load(ndir / "scores.json", "block scores")
-            if "none" in variants and (ndir / "removal_scores.json").is_file():
-                removal_scores[m][n] = read_json(ndir / "removal_scores.json")
-            for v in variants:
-                vdir = ndir / v
-                ev = _load(vdir / "eval.json", f"evaluation of {m} n={n} {v}")
-                st = _load(vdir / "stability.json", f"stability of {m} n={n} {v}")
-                info = ev.get("streamline") or {}
-                params = ev.get("params") or info.get("params")
-                src_params = base_params or info.get("source_params")
-                acc = _headline(ev)
-                if set(ev["tasks"]) != set(base["tasks"]) or ev.get("limit") != base.get("limit"):
-                    log.warning("%s n=%d %s: evaluated on %s (limit %s), baseline on %s (limit %s)", m, n, v,
-                                ev["tasks"], ev.get("limit"), base["tasks"], base.get("limit"))
-                row = {
-                    "model": m, "n": n, "variant": v, "label": f"{m} n={n} {v}",
-                    "net": info.get("net", "none" if v == "none" else v.split("-")[0]),
-                    "loss": info.get("loss") or (None if v == "none" else v.split("-", 1)[-1]),
-                    "block": info.get("block"),
-                    "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),
-                    "layers": ev.get("num_hidden_layers") or info.get("num_hidden_layers"),
-                    "params": params,
-                    "params_removed_pct": (100.0 * (1 - params / src_params)) if params and src_params else None,
-                    "compression_ratio": (src_params / params) if params and src_params else None,
-                    "stability": st.get("average"),
-                    "stability_tasks": {t: r["stability"] for t, r in st.get("tasks", {}).items()},
-                    "stability_legacy": st.get("legacy", False),
-                    "perplexity": _ppl(ev),
-                    "limit": ev.get("limit"),
-                }
-                if v != "none" and (vdir / "train_log.json").is_file():
-                    tl = read_json(vdir / "train_log.json")
-                    row["train"] = {k: tl.get(k) for k in ("initial_val_loss", "best_val_loss", "best_step", "kept",
-                                                           "total_steps", "seconds")}
-                    train_logs.append({"label": row["label"], "steps": tl.get("steps", []), "val": tl.get("val", []),
-                                       "loss": tl.get("loss", row["loss"])})
-                rows.append(row)
-    return {"tasks": tasks, "rows": rows, "scores": scores, "removal_scores": removal_scores,
-            "train_logs": train_logs}
+def _training(spec: dict) -> tuple[dict | None, dict | None]:
+    """(the row's training facts, its curve) from train_log.json or estimate_log.json, whichever exists."""
+    for key, kind in (("train_log", "trained"), ("estimate_log", "estimated")):
+        if spec.get(key) and Path(spec[key]).is_file():
+            tl = read_json(spec[key])
+            facts = {"kind": kind, "tokens": tl.get("train_tokens"), "seconds": tl.get("seconds"),
+                     **{k: tl.get(k) for k in ("total_steps", "initial_val_loss", "best_val_loss", "best_step", "kept")},
+                     "warnings": [str(w) for w in tl.get("warnings") or []]}
+            curve = {"steps": tl.get("steps") or [], "val": tl.get("val") or [], "loss": tl.get("loss")}
+            return facts, (curve if curve["steps"] or curve["val"] else None)
+    return None, None
 
 
-# ---------------------------------------------------------------- formatting
+def _base_row(name: str, ev: dict, correct: dict) -> dict[str, Any]:
+    acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
+    p = ev.get("perplexity") or {}
+    return {
+        "model": name, "n": None, "variant": "baseline", "label": f"{name} (baseline)",
+        "net": None, "loss": None, "replacement_layers": None, "block": None,
+        "layers": ev.get("num_hidden_layers"), "params": ev.get("params"),
+        "params_removed_pct": 0.0, "compression_ratio": 1.0,
+        "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),
+        "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct),
+        "delta": None, "delta_average": None, "delta_ci95": None, "retention": 1.0, "retention_ci95": None,
+        "flips": 0.0, "flips_tasks": {},
+        "stability": None, "stability_tasks": {}, "stability_effective_questions": {},
+        "perplexity": _ppl(ev), "perplexity_ci95": stats.block_ratio_interval(
+            p.get("nll_per_block") or [], p.get("tokens_per_block") or [], transform=np.exp),
+        "perplexity_ratio": 1.0, "perplexity_ratio_ci95": None,
+        "kl_to_original": 0.0, "kl_to_original_ci95": None,
+        "speedup": {"prefill": 1.0, "decode": 1.0}, "speedup_ideal": {"prefill": 1.0, "decode": 1.0},
+        "train": None, "warnings": [], "limit": ev.get("limit"),
+    }
+
+
+def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base_ev: dict,
+                 base_correct: dict) -> dict[str, Any]:
+    info = ev.get("streamline") or {}
+    net = info.get("net")
+    params = ev.get("params") or info.get("params")
+    src_params = base["params"] or info.get("source_params")
+    acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
+    p, bp = ev.get("perplexity") or {}, base_ev.get("perplexity") or {}
+    kl, speed = ev.get("kl_to_original") or {}, ev.get("speed") or {}
+    train, _ = _training(spec)
+    row = {
+        "model": base["model"], "n": info.get("n"), "variant": spec["name"], "label": f"n={info.get('n')} {spec['name']}",
+        "net": net, "loss": info.get("loss"),
+        # k: replacement layers kept (plain removal keeps none); older model dirs lack the key: 1.
+        "replacement_layers": info.get("replacement_layers", 0 if net == "none" else 1),
+        "block": info.get("block"),
+        "layers": ev.get("num_hidden_layers") or info.get("num_hidden_layers"), "params": params,
+        "params_removed_pct": (100.0 * (1 - params / src_params)) if params and src_params else None,
+        "compression_ratio": (src_params / params) if params and src_params else None,
+        "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),
+        "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct),
+        **stats.paired_comparison(base_correct, correct),
+        "stability": st.get("average"),
+        "stability_tasks": {t: r["stability"] for t, r in st.get("tasks", {}).items()},
+        "stability_effective_questions": {t: r.get("effective_questions") for t, r in st.get("tasks", {}).items()},
+        "stability_legacy": st.get("legacy", False), "stability_scale": st.get("scale"),
+        "perplexity": _ppl(ev),
+        "perplexity_ci95": stats.block_ratio_interval(p.get("nll_per_block") or [], p.get("tokens_per_block") or [],
+                                                      transform=np.exp),
+        "perplexity_ratio": _ppl(ev) / base["perplexity"] if _ppl(ev) and base["perplexity"] else None,
+        "perplexity_ratio_ci95": _paired_ppl_ratio(p, bp),
+        "kl_to_original": kl.get("value"),
+        "kl_to_original_ci95": stats.block_ratio_interval(kl.get("kl_per_block") or [], p.get("tokens_per_block") or []),
+        "speedup": speed.get("speedup"), "speedup_ideal": speed.get("ideal"),
+        "speed": {k: speed.get(k) for k in ("device", "threads", "batch", "prefill_tokens", "decode_steps",
+                                             "prefill_tokens_per_s", "decode_tokens_per_s")} if speed else None,
+        "train": train, "warnings": train["warnings"] if train else [], "limit": ev.get("limit"),
+    }
+    return row
+
+
+def _paired_ppl_ratio(p: dict, bp: dict) -> list[float] | None:
+    """Perplexity ratio pruned / original with a paired bootstrap over the same held-out blocks."""
+    a, b = p.get("nll_per_block") or [], bp.get("nll_per_block") or []
+    if not a or len(a) != len(b) or p.get("tokens_per_block") != bp.get("tokens_per_block"):
+        return None
+    return stats.block_ratio_interval([x - y for x, y in zip(a, b)], p["tokens_per_block"], transform=np.exp)
+
+
+def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: list[Path]) -> dict[str, Any]:
+    """Every row of the table, plus what the plots need, from the files the rule names."""
+    base_ev = _load(_need(baseline, "eval", "--baseline"), "baseline evaluation")
+    tasks = list(base_ev["tasks"])
+    base_correct = _correct(read_samples(_need(baseline, "samples", "--baseline")), tasks)
+    name = baseline.get("name") or Path(base_ev.get("model_dir", "model")).name
+    base = _base_row(name, base_ev, base_correct)
+    rows, train_logs = [base], []
+    for spec in variants:
+        what = f"variant {spec.get('name')}"
+        _need(spec, "name", "--variant")
+        ev = _load(_need(spec, "eval", what), f"evaluation of {what}")
+        st = _load(_need(spec, "stability", what), f"stability of {what}")
+        if set(ev["tasks"]) != set(tasks) or ev.get("limit") != base_ev.get("limit"):
+            raise StreamlineError(f"{spec['eval']}: evaluated on {ev['tasks']} (limit {ev.get('limit')}), the baseline "
+                                  f"on {tasks} (limit {base_ev.get('limit')}); evaluate both the same way")
+        correct = _correct(read_samples(_need(spec, "samples", what)), tasks)
+        row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct)
+        rows.append(row)
+        _, curve = _training(spec)
+        if curve:
+            train_logs.append({"label": row["label"], **curve})
+    block_scores = [_load(s, "block scores") for s in scores]
+    return {"tasks": tasks, "rows": rows, "scores": block_scores, "train_logs": train_logs}
+
+
+# ---------------------------------------------------------------- words
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _ci_pts(ci: list[float] | None) -> str:
+    return "–" if ci is None else f"[{_pts(ci[0])}, {_pts(ci[1])}]"
+
+
+def noise_words(row: dict, tasks: list[str]) -> str:
+    """One sentence per signal: which differences to the original are within noise."""
+    beyond = [t for t in tasks if stats.excludes_zero(row["delta_ci95"].get(t))]
+    n_q = sorted(set(row["questions"].values()))
+    per = f"{n_q[0]} questions per task" if len(n_q) == 1 else "the questions evaluated"
+    if beyond:
+        acc = ("beyond noise (the 95% interval excludes 0): " + ", ".join(
+            f"{TASK_NAMES.get(t, t)} {_pts(row['delta'][t])} {_ci_pts(row['delta_ci95'][t])}" for t in beyond)
+            + (f"; the other {len(tasks) - len(beyond)} tasks are within noise" if len(tasks) - len(beyond) > 1 else
+               "; the other task is within noise" if len(tasks) > len(beyond) else ""))
+    else:
+        acc = f"no task's accuracy difference is distinguishable from noise at {per} (every 95% interval contains 0)"
+    avg_ci = row["delta_ci95"]["average"]
+    avg = (f"the average changes by {_pts(row['delta_average'])} points {_ci_pts(avg_ci)}, "
+           + ("beyond noise" if stats.excludes_zero(avg_ci) else "within noise"))
+    words = [f"**{row['label']}**: {acc}; {avg}"]
+    ratio = row.get("perplexity_ratio_ci95")
+    if row.get("perplexity_ratio") is not None and ratio:
+        words.append(f"held-out perplexity is {row['perplexity_ratio']:.2f}x [{ratio[0]:.2f}, {ratio[1]:.2f}] the original's, "
+                     + ("beyond noise" if not ratio[0] <= 1 <= ratio[1] else "within noise"))
+    kl = row.get("kl_to_original_ci95")
+    if row.get("kl_to_original") is not None and kl:
+        words.append(f"KL to the original {row['kl_to_original']:.3f} [{kl[0]:.3f}, {kl[1]:.3f}] nats/token")
+    return "; ".join(words) + "."
+
+
+# ---------------------------------------------------------------- tables
 
 def fmt_params(p: int | None) -> str:
     if p is None:
@@ -138,33 +231,113 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
-def table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the main table: one row per model, one column per task."""
-    tasks = summary["tasks"]
-    header = ["model", "n", "variant"] + [TASK_NAMES.get(t, t) for t in tasks] + [
-        "Avg", "layers", "params", "removed %", "ratio", "stability", "ppl"]
-    cells = []
-    for r in summary["rows"]:
-        cells.append([
-            r["model"], "–" if r["n"] is None else str(r["n"]), r["variant"],
-            *[_pct(r["tasks"].get(t)) for t in tasks],
-            _pct(r["average"]),
-            "–" if r["layers"] is None else str(r["layers"]),
-            fmt_params(r["params"]),
-            "–" if r["params_removed_pct"] is None else f"{r['params_removed_pct']:.1f}",
-            "–" if r["compression_ratio"] is None else f"{r['compression_ratio']:.2f}x",
-            _pct(r["stability"]),
-            "–" if r["perplexity"] is None else f"{r['perplexity']:.2f}",
-        ])
-    return header, cells
+def _ci(ci: list[float] | None) -> str:
+    return "" if ci is None else f" [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-def _stability_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    tasks = summary["tasks"]
-    header = ["model", "n", "variant"] + [TASK_NAMES.get(t, t) for t in tasks] + ["Avg"]
-    cells = [[r["model"], str(r["n"]), r["variant"], *[_pct(r["stability_tasks"].get(t)) for t in tasks],
-              _pct(r["stability"])] for r in summary["rows"] if r["n"] is not None]
-    return header, cells
+def _num(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
+
+
+def _speed(row: dict, kind: str) -> str:
+    s, ideal = row.get("speedup") or {}, row.get("speedup_ideal") or {}
+    if s.get(kind) is None:
+        return "–"
+    return f"{s[kind]:.2f}x ({ideal[kind]:.2f}x)" if ideal.get(kind) is not None else f"{s[kind]:.2f}x"
+
+
+def _head(r: dict) -> list[str]:
+    return [r["model"], "–" if r["n"] is None else str(r["n"]), r["variant"]]
+
+
+def _delta_cell(r: dict, key: str) -> str:
+    if r["delta_ci95"] is None:
+        return "–"
+    d = r["delta_average"] if key == "average" else r["delta"][key]
+    ci = r["delta_ci95"][key]
+    return f"{_pts(d)}{'*' if stats.excludes_zero(ci) else ''} {_ci_pts(ci)}"
+
+
+def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(title, header, cells, note) of every table, for markdown and html alike."""
+    tasks, rows = summary["tasks"], summary["rows"]
+    names = [TASK_NAMES.get(t, t) for t in tasks]
+    key = ["model", "n", "variant"]
+    main = (
+        "Summary",
+        key + ["layers", "params", "ratio", "Avg acc [95% CI]", "Δ Avg, points [95% CI]", "retention", "flips",
+               "stability", "val ppl", "KL", "prefill (ideal)", "decode (ideal)"],
+        [_head(r) + [
+            "–" if r["layers"] is None else str(r["layers"]), fmt_params(r["params"]),
+            _num(r["compression_ratio"], ".2f") + ("x" if r["compression_ratio"] else ""),
+            _pct(r["average"]) + _ci(r["average_ci95"]), _delta_cell(r, "average"),
+            _pct(r["retention"]) + _ci(r.get("retention_ci95")), _pct(r["flips"]), _pct(r["stability"]),
+            _num(r["perplexity"], ".2f"), _num(r["kl_to_original"], ".3f"),
+            _speed(r, "prefill"), _speed(r, "decode")] for r in rows],
+        "Accuracy: lm-eval `acc` (%), zero-shot{limit}; Avg: mean over the tasks. Δ: pruned − original, "
+        "paired bootstrap over questions; * = the 95% interval excludes 0. retention: pruned Avg / original Avg (%). "
+        "flips: questions whose correctness changed (%). stability: softmax(σ)-weighted agreement of correctness with "
+        "the original (%), σ from per-token option NLLs. val ppl: perplexity on the held-out validation blocks; "
+        "KL: mean per-token KL(original ‖ pruned) on the same blocks, nats. prefill/decode: measured speedup over the "
+        "original (same batch and device, one run), the ideal (FLOPs ratio, weight-bytes ratio) in brackets.",
+    )
+    acc = ("Accuracy per task (%), 95% interval", key + names + ["Avg"],
+           [_head(r) + [_pct(r["tasks"].get(t)) + _ci(r["accuracy_ci95"].get(t)) for t in tasks]
+            + [_pct(r["average"]) + _ci(r["average_ci95"])] for r in rows],
+           "Wilson interval per task; bootstrap over questions for the average.")
+    pruned = [r for r in rows if r["delta_ci95"] is not None]
+    delta = ("Difference to the original (points), 95% paired-bootstrap interval", key + names + ["Avg"],
+             [_head(r) + [_delta_cell(r, t) for t in tasks] + [_delta_cell(r, "average")] for r in pruned],
+             "* = the interval excludes 0: a difference beyond noise.")
+    cost = ("Variants", key + ["net", "loss", "k", "block", "layers", "params", "removed %", "train tokens",
+                               "train time"],
+            [_head(r) + [r["net"] or "–", r["loss"] or "–", _num(r["replacement_layers"], "d"),
+                         "–" if not r["block"] else f"{r['block'][0]}..{r['block'][-1]}",
+                         "–" if r["layers"] is None else str(r["layers"]), fmt_params(r["params"]),
+                         _num(r["params_removed_pct"], ".1f"),
+                         fmt_params((r["train"] or {}).get("tokens")), _seconds((r["train"] or {}).get("seconds"))]
+             for r in pruned],
+            "k: replacement layers kept in the block's place (0: plain removal). block: the original layers the "
+            "replacement spans. train time: wall time of training (or of the estimate, for training-free variants).")
+    stab = ("Stability per task (%), and the effective number of questions its weights count (1/Σw²)",
+            key + names + ["Avg"],
+            [_head(r) + [_pct(r["stability_tasks"].get(t)) + _eff(r, t) for t in tasks] + [_pct(r["stability"])]
+             for r in pruned], "")
+    out = [main, acc, delta, cost, stab]
+    trained = [r for r in pruned if r["train"] and r["train"].get("kind") == "trained"]
+    if trained:
+        out.append(("Training", key + ["initial val loss", "best val loss", "best step", "steps", "kept"],
+                    [_head(r) + [_num(r["train"]["initial_val_loss"], ".4g"), _num(r["train"]["best_val_loss"], ".4g"),
+                                 str(r["train"].get("best_step")), str(r["train"].get("total_steps")),
+                                 str(r["train"].get("kept"))] for r in trained], ""))
+    return [s for s in out if s[2]]
+
+
+def _eff(r: dict, task: str) -> str:
+    e = r["stability_effective_questions"].get(task)
+    return "" if e is None else f" ({e:.1f} of {r['questions'][task]})"
+
+
+def _limit_words(summary: dict[str, Any]) -> str:
+    limits = {r.get("limit") for r in summary["rows"]}
+    limit = next(iter(limits)) if len(limits) == 1 else None
+    if limit is None:
+        return ""
+    return f", first {limit} questions per task" if isinstance(limit, int) else f", {limit:g} of each task"
+
+
+def _warnings(summary: dict[str, Any]) -> list[str]:
+    return [f"{r['label']}: {w}" for r in summary["rows"] for w in r["warnings"]]
+
+
+def _noise(summary: dict[str, Any]) -> list[str]:
+    return [noise_words(r, summary["tasks"]) for r in summary["rows"] if r["delta_ci95"] is not None]
 
 
 def _markdown_table(header: list[str], cells: list[list[str]]) -> str:
@@ -174,163 +347,186 @@ def _markdown_table(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    parts = ["# streamline summary", ""]
+    for w in _warnings(summary):
+        parts += [f"> **⚠ WARNING** {w}", ">"]
+    if parts[-1] == ">":
+        parts[-1] = ""
+    for title, header, cells, note in sections(summary):
+        parts += [f"## {title}", "", _markdown_table(header, cells), ""]
+        if note:
+            parts += [note.format(limit=_limit_words(summary)), ""]
+    noise = _noise(summary)
+    if noise:
+        parts += ["## What is within noise", ""] + [f"- {line}" for line in noise] + [""]
+    return "\n".join(parts)
+
+
 def _html_table(header: list[str], cells: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-NOTES = ("Accuracy: lm-eval `acc` (%) per task, zero-shot{limit}. Avg: mean over the tasks. "
-         "removed %: parameters removed relative to the original model; ratio: original / pruned parameters. "
-         "Stability (%): softmax(σ)-weighted agreement of the pruned and original model's correctness, "
-         "averaged over tasks. ppl: token perplexity on the held-out validation blocks.")
-
-
-def _notes(summary: dict[str, Any]) -> str:
-    limits = {r.get("limit") for r in summary["rows"]}
-    limit = next(iter(limits)) if len(limits) == 1 else None
-    return NOTES.format(limit="" if limit is None else f", first {limit} questions per task" if isinstance(limit, int)
-                        else f", {limit:g} of each task")
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    parts = ["# streamline summary", "", _markdown_table(*table(summary)), "", _notes(summary), ""]
-    st = _stability_table(summary)
-    if st[1]:
-        parts += ["## Stability per task (%)", "", _markdown_table(*st), ""]
-    trained = [r for r in summary["rows"] if r.get("train")]
-    if trained:
-        parts += ["## Training", "", _markdown_table(
-            ["model", "n", "variant", "initial val loss", "best val loss", "best step", "steps", "kept"],
-            [[r["model"], str(r["n"]), r["variant"], f"{r['train']['initial_val_loss']:.4g}",
-              f"{r['train']['best_val_loss']:.4g}", str(r["train"].get("best_step")),
-              str(r["train"].get("total_steps")), str(r["train"].get("kept"))] for r in trained]), ""]
-    return "\n".join(parts)
-
-
 def html_page(summary: dict[str, Any]) -> str:
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin:1em 0}"
              "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "th:nth-child(-n+3),td:nth-child(-n+3){text-align:left}th{background:#eee}")
+             "th:nth-child(-n+3),td:nth-child(-n+3){text-align:left}th{background:#eee}"
+             ".warn{background:#fdd;border:2px solid #c00;padding:.5em;font-weight:bold}")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>streamline summary</title>"
-             f"<style>{style}</style></head><body>", "<h2>streamline summary</h2>", _html_table(*table(summary)),
-             f"<p>{html.escape(_notes(summary))}</p>"]
-    st = _stability_table(summary)
-    if st[1]:
-        parts += ["<h3>Stability per task (%)</h3>", _html_table(*st)]
+             f"<style>{style}</style></head><body>", "<h2>streamline summary</h2>"]
+    parts += [f"<p class='warn'>⚠ WARNING {html.escape(w)}</p>" for w in _warnings(summary)]
+    for title, header, cells, note in sections(summary):
+        parts += [f"<h3>{html.escape(title)}</h3>", _html_table(header, cells)]
+        if note:
+            parts.append(f"<p>{html.escape(note.format(limit=_limit_words(summary)))}</p>")
+    noise = _noise(summary)
+    if noise:
+        parts += ["<h3>What is within noise</h3><ul>"] + [
+            f"<li>{html.escape(line.replace('**', ''))}</li>" for line in noise] + ["</ul>"]
     return "\n".join(parts + ["</body></html>"]) + "\n"
 
 
 # ---------------------------------------------------------------- plots
 
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-
-
 def plot_block_scores(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    metric = None
-    for m, by_n in summary["scores"].items():
-        for n, s in sorted(by_n.items()):
+    from matplotlib.ticker import MaxNLocator
+    with figure(path, figsize=(7, 4)) as (fig, ax):
+        metric = None
+        for s in sorted(summary["scores"], key=lambda s: (s["n"], s["span"])):
             metric = s.get("metric", metric)
             xs = [b["start"] for b in s["scores"]]
-            line, = ax.plot(xs, [b["score"] for b in s["scores"]], marker=".", label=f"{m} n={n} (span {s['span']})")
+            removal = s["span"] == s["n"]  # plain removal scores windows of n; replacements span n + k
+            line, = ax.plot(xs, [b["score"] for b in s["scores"]], marker="." if not removal else None,
+                            ls="--" if removal else "-", alpha=0.7 if removal else 1.0,
+                            label=f"n={s['n']} {'removal ' if removal else ''}(span {s['span']})")
             best = s["best_start"]
             ax.plot([best], [s["scores"][xs.index(best)]["score"]], "*", ms=12, color=line.get_color())
-        for n, s in sorted(summary["removal_scores"].get(m, {}).items()):
-            xs = [b["start"] for b in s["scores"]]
-            line, = ax.plot(xs, [b["score"] for b in s["scores"]], ls="--", alpha=0.7,
-                            label=f"{m} n={n} removal (span {s['span']})")
-            best = s["best_start"]
-            ax.plot([best], [s["scores"][xs.index(best)]["score"]], "*", ms=10, color=line.get_color(), alpha=0.7)
-    if not ax.lines:
-        ax.text(0.5, 0.5, "no block scores", ha="center", va="center", transform=ax.transAxes)
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("block start layer")
-    ax.set_ylabel(f"block score ({metric or 'cosine'})")
-    ax.set_title("Block redundancy (★ = block replaced)")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-    plt.close(fig)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no block scores", ha="center", va="center", transform=ax.transAxes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("block start layer")
+        ax.set_ylabel(f"block score ({metric or 'cosine'})")
+        ax.set_title("Block redundancy (★ = block replaced)")
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
 
 
 def plot_training(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     logs = summary["train_logs"]
     k = max(1, len(logs))
     cols = min(k, 3)
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(logs):]:
-        ax.axis("off")
-    if not logs:
-        axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
-    for ax, tl in zip(axes.flat, logs):
-        if tl["steps"]:
-            ax.plot([s["step"] for s in tl["steps"]], [s["loss"] for s in tl["steps"]], label="train", alpha=0.8)
-        if tl["val"]:
-            ax.plot([v["step"] for v in tl["val"]], [v["loss"] for v in tl["val"]], "o--", label="val")
-        ax.set_title(tl["label"], fontsize=9)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(f"{tl.get('loss') or ''} loss".strip())
-        losses = [s["loss"] for s in tl["steps"] + tl["val"] if s["loss"] is not None]
-        if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Training loss of the replacement network")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    with figure(path, rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False) as (fig, axes):
+        for ax in axes.flat[len(logs):]:
+            ax.axis("off")
+        if not logs:
+            axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
+        for ax, tl in zip(axes.flat, logs):
+            if tl["steps"]:
+                ax.plot([s["step"] for s in tl["steps"]], [s["loss"] for s in tl["steps"]], label="train", alpha=0.8)
+            if tl["val"]:
+                ax.plot([v["step"] for v in tl["val"]], [v["loss"] for v in tl["val"]], "o--", label="val")
+            ax.set_title(tl["label"], fontsize=9)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(f"{tl.get('loss') or ''} loss".strip())
+            losses = [s["loss"] for s in tl["steps"] + tl["val"] if s.get("loss") is not None]
+            if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Training loss of the replacement network")
+        fig.tight_layout()
+
+
+def _errorbar(ax, x: float, y: float, ci: list[float] | None, scale: float = 1.0, **kw) -> None:
+    yerr = None if ci is None else [[max(0.0, y - ci[0] * scale)], [max(0.0, ci[1] * scale - y)]]
+    ax.errorbar([x], [y], yerr=yerr, fmt="o", capsize=3, **kw)
 
 
 def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     tasks = summary["tasks"]
     groups = [TASK_NAMES.get(t, t) for t in tasks] + ["Avg"]
     rows = summary["rows"]
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(groups))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) + 0.25 * len(rows) * len(groups)), 4))
-    for i, r in enumerate(rows):
-        vals = [r["tasks"].get(t) for t in tasks] + [r["average"]]
-        vals = [np.nan if v is None else 100 * v for v in vals]
-        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=r["label"],
-               color="black" if r["variant"] == "baseline" else None, alpha=0.85)
-    ax.set_xticks(x, groups)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Zero-shot accuracy: baseline vs pruned variants")
-    ax.legend(fontsize=8, ncol=min(4, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
-    plt.close(fig)
+    size = (max(6, 1.1 * len(groups) + 0.25 * len(rows) * len(groups)), 4)
+    with figure(path, figsize=size) as (fig, ax):
+        for i, r in enumerate(rows):
+            vals = [r["tasks"].get(t) for t in tasks] + [r["average"]]
+            cis = [r["accuracy_ci95"].get(t) for t in tasks] + [r["average_ci95"]]
+            vals = np.array([np.nan if v is None else 100 * v for v in vals])
+            err = np.array([[v - 100 * c[0], 100 * c[1] - v] if c else [0, 0] for v, c in zip(vals, cis)]).T
+            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, yerr=np.clip(err, 0, None), capsize=2,
+                   label=r["label"], color="black" if r["variant"] == "baseline" else None, alpha=0.85,
+                   error_kw={"elinewidth": 0.8, "alpha": 0.6})
+        ax.set_xticks(x, groups)
+        ax.set_ylabel("accuracy (%), 95% interval")
+        ax.set_title("Zero-shot accuracy: baseline vs pruned variants")
+        ax.legend(fontsize=8, ncol=min(4, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+        ax.grid(axis="y", alpha=0.3)
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats: at most as many parameters and a better y."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        better = (lambda a, b: a >= b) if higher_is_better else (lambda a, b: a <= b)
+        if not any(j != i and xo <= x and better(yo, y) and (xo, yo) != (x, y) for j, (xo, yo) in enumerate(points)):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(summary: dict[str, Any], path: Path) -> None:
+    """Retention and perplexity against parameters, every row with its 95% interval; Pareto front joined."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    rows = [r for r in summary["rows"] if r["params"]]
+    panels = (("retention", "retention_ci95", "accuracy retention (%)", 100.0, True),
+              ("perplexity", "perplexity_ci95", "held-out perplexity", 1.0, False))
+    with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
+        for ax, (key, ci_key, ylabel, scale, higher) in zip(axes, panels):
+            pts = [(r["params"], r[key] * scale) for r in rows if r.get(key) is not None]
+            shown = [r for r in rows if r.get(key) is not None]
+            for (x, y), r in zip(pts, shown):
+                _errorbar(ax, x, y, r.get(ci_key), scale, color="black" if r["variant"] == "baseline" else None)
+                s = (r.get("speedup") or {}).get("prefill")
+                ax.annotate(r["variant"] + (f"\n{s:.2f}x prefill" if s and r["variant"] != "baseline" else ""),
+                            (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            front = pareto_front(pts, higher)
+            if len(front) > 1:
+                ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="grey",
+                        ls=":", lw=1, label="Pareto front")
+                ax.legend(fontsize=8)
+            ys = [y for _, y in pts]
+            if key == "perplexity" and ys and min(ys) > 0 and max(ys) / min(ys) > 20:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_params(int(v)) if v > 0 else "0"))
+            ax.set_xlabel("parameters")
+            ax.set_ylabel(ylabel + ", 95% interval")
+            ax.grid(alpha=0.3)
+        fig.suptitle("Size against quality: every variant (intervals: paired bootstrap over questions or blocks)")
+        fig.tight_layout()
 
 
 # ---------------------------------------------------------------- entry point
 
-def report(results: Path, *, models: list[str], ns: list[int], variants: list[str], out_json: Path, out_md: Path,
-           plots_dir: Path, out_html: Path | None = None) -> dict[str, Any]:
-    summary = collect(Path(results), models, ns, variants)
+def report(baseline: dict[str, str], variants: list[dict[str, str]], *, scores: list[Path], out_json: Path,
+           out_md: Path, plots_dir: Path, out_html: Path | None = None) -> dict[str, Any]:
+    summary = collect(baseline, variants, scores)
     plots_dir = Path(plots_dir)
     plot_block_scores(summary, plots_dir / PLOTS["block_scores"])
     plot_training(summary, plots_dir / PLOTS["training_loss"])
     plot_accuracy(summary, plots_dir / PLOTS["task_accuracy"])
-    out = {"tasks": summary["tasks"], "rows": summary["rows"],
-           "plots": {k: str(plots_dir / v) for k, v in PLOTS.items()}}
+    plot_pareto(summary, plots_dir / PLOTS["pareto"])
+    out = {"tasks": summary["tasks"], "rows": summary["rows"], "within_noise": _noise(summary),
+           "warnings": _warnings(summary), "plots": {k: str(plots_dir / v) for k, v in PLOTS.items()}}
     atomic_write_text(out_md, markdown(summary))
     if out_html is not None:
         atomic_write_text(out_html, html_page(summary))

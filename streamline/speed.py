@@ -93,6 +93,7 @@ def decode_weight_bytes(model) -> int:
 def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *, decode_steps: int = 32,
                     prompt_tokens: int = 32, repeats: int = 3) -> dict:
     """Prefill and decode tokens/s of both models and their ratios, measured and ideal."""
+    t_start = time.perf_counter()
     device = pruned.device
     batch = torch.from_numpy(np.array(input_ids[:batch_size], dtype=np.int64)).to(device)
     b, t = batch.shape
@@ -113,4 +114,5 @@ def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *,
         "speedup": {"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
         "ideal": {"prefill": flops["original"] / flops["pruned"],
                   "decode": weight_bytes["original"] / weight_bytes["pruned"]},
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
     }

@@ -1,4 +1,4 @@
-"""The report stage on hand-made artifacts: table values, ratios, markdown/html, plots; and the CLI wiring."""
+"""The report stage on hand-made artifacts: row facts, statistics, markdown/html, plots; and the CLI wiring."""
 
 from __future__ import annotations
 
@@ -9,28 +9,59 @@ import pytest
 
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
-from streamline.report import report
+from streamline.evaluate import SAMPLES_FORMAT, write_samples
+from streamline.report import pareto_front, report
 
 TASKS = ["arc_easy", "boolq"]
+Q = 20
 BASE_PARAMS = 1000
-# (n, variant) -> (params, layers, acc per task, ppl, stability per task)
+BASE_RIGHT = {"arc_easy": range(0, 12), "boolq": range(0, 14)}  # 60% and 70%
+# name -> streamline.json, questions answered right per task, params, layers, ppl, log (kind, content)
 VARIANTS = {
-    (1, "none"): (900, 5, {"arc_easy": 0.50, "boolq": 0.60}, 20.0, {"arc_easy": 0.9, "boolq": 0.8}),
-    (1, "ffn-mse"): (850, 5, {"arc_easy": 0.55, "boolq": 0.65}, 15.0, {"arc_easy": 0.95, "boolq": 0.85}),
-    (2, "none"): (800, 4, {"arc_easy": 0.40, "boolq": 0.50}, 40.0, {"arc_easy": 0.7, "boolq": 0.6}),
-    (2, "ffn-mse"): (750, 4, {"arc_easy": 0.45, "boolq": 0.55}, 30.0, {"arc_easy": 0.75, "boolq": 0.65}),
+    "none": ({"net": "none", "n": 1, "loss": None, "block": [3]},
+             {"arc_easy": range(0, 10), "boolq": range(0, 12)}, 900, 5, 20.0, None),
+    "ffn-mse": ({"net": "ffn", "n": 1, "loss": "mse", "block": [2, 3]}, BASE_RIGHT, 850, 5, 15.0,
+                ("train_log", {"loss": "mse", "total_steps": 5, "seconds": 42.0, "initial_val_loss": 1.0,
+                               "best_val_loss": 0.3, "best_step": 5, "kept": "best",
+                               "steps": [{"step": i, "loss": 1.0 / i} for i in range(1, 6)],
+                               "val": [{"step": 0, "loss": 1.0}, {"step": 5, "loss": 0.3}]})),
+    "transformerx2-mse+kd": ({"net": "transformer", "n": 2, "loss": "kd", "replacement_layers": 2,
+                              "block": [2, 3, 4, 5]},
+                             {"arc_easy": range(2, 14), "boolq": range(0, 20)}, 800, 4, 12.0,
+                             ("train_log", {"loss": "kd", "total_steps": 4, "seconds": 100.0, "train_tokens": 32768,
+                                            "initial_val_loss": 2.0, "best_val_loss": 1.5, "best_step": 4,
+                                            "kept": "best", "steps": [{"step": 4, "loss": 1.6}],
+                                            "val": [{"step": 4, "loss": 1.5}],
+                                            "warnings": ["training made held-out perplexity worse (11.0 -> 12.0)"]})),
+    "linear": ({"net": "linear", "n": 2, "loss": None, "block": [2, 3, 4]},
+               {"arc_easy": range(0), "boolq": range(0, 14)}, 800, 4, 30.0, ("estimate_log", {"seconds": 3.5})),
 }
 
 
-def _write(path: Path, obj: dict) -> None:
+def _write(path: Path, obj: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
+    return path
 
 
-def _eval(acc: dict, params: int, layers: int, ppl: float, info: dict | None = None) -> dict:
-    return {"tasks": TASKS, "limit": 10, "params": params, "num_hidden_layers": layers, "streamline": info,
-            "results": {t: {"n": 10, "acc": a, "headline_metric": "acc", "headline": a} for t, a in acc.items()},
-            "average": sum(acc.values()) / len(acc), "perplexity": {"value": ppl, "split": "val"}}
+def _eval(right: dict, params: int, layers: int, ppl: float, info: dict | None = None, pruned: bool = True) -> dict:
+    import math
+    blocks = 4
+    nll = [math.log(ppl) * 10 * (0.925 + 0.05 * i) for i in range(blocks)]  # varies by block, mean 1
+    return {"tasks": TASKS, "limit": Q, "params": params, "num_hidden_layers": layers, "streamline": info,
+            "model_dir": "resources/models/m" if not pruned else "x/model",
+            "results": {t: {"n": Q, "acc": len(r) / Q, "headline_metric": "acc", "headline": len(r) / Q}
+                        for t, r in right.items()},
+            "perplexity": {"value": math.exp(sum(nll) / 40), "nll_per_block": nll, "tokens_per_block": [10] * blocks},
+            "kl_to_original": {"value": 0.5, "kl_per_block": [4.0, 5.0, 6.0, 5.0]} if pruned else None,
+            "speed": {"speedup": {"prefill": 1.2, "decode": 1.3}, "ideal": {"prefill": 1.25, "decode": 1.25},
+                      "prefill_tokens_per_s": {"pruned": 120.0, "original": 100.0}} if pruned else None}
+
+
+def _samples(right: dict) -> dict:
+    return {"format": SAMPLES_FORMAT, "tasks": {t: {str(i): {"ll": [0.0, -1.0], "ntok": [1, 1], "gold": 0,
+                                                              "acc": i in r, "acc_norm": None} for i in range(Q)}
+                                                 for t, r in right.items()}}
 
 
 def _scores(n: int, span: int, layers: int = 6) -> dict:
@@ -41,92 +72,146 @@ def _scores(n: int, span: int, layers: int = 6) -> dict:
 
 
 @pytest.fixture
-def results(tmp_path) -> Path:
-    root = tmp_path / "results"
-    _write(root / "m/baseline/eval.json", _eval({"arc_easy": 0.6, "boolq": 0.7}, BASE_PARAMS, 6, 10.0))
-    for n in (1, 2):
-        _write(root / f"m/n{n}/scores.json", _scores(n, n + 1))
-        _write(root / f"m/n{n}/removal_scores.json", _scores(n, n))
-    for (n, v), (params, layers, acc, ppl, stab) in VARIANTS.items():
-        net = v.split("-")[0]
-        info = {"net": net, "loss": None if v == "none" else "mse", "params": params, "source_params": BASE_PARAMS,
-                "num_hidden_layers": layers, "block": [3, 4]}
-        d = root / f"m/n{n}/{v}"
-        _write(d / "eval.json", _eval(acc, params, layers, ppl, info))
-        _write(d / "stability.json", {"metric": "acc", "legacy": False, "average": sum(stab.values()) / 2,
-                                      "tasks": {t: {"stability": s, "agreement": s, "n": 10} for t, s in stab.items()}})
-        if v != "none":
-            _write(d / "train_log.json", {
-                "loss": "mse", "steps": [{"step": i, "loss": 1.0 / i, "lr": 1e-4, "grad_norm": 1.0} for i in range(1, 6)],
-                "val": [{"step": 0, "loss": 1.0}, {"step": 5, "loss": 0.3}], "initial_val_loss": 1.0,
-                "best_val_loss": 0.3, "best_step": 5, "kept": "best", "total_steps": 5})
-    return root
+def artifacts(tmp_path) -> dict:
+    """The files report.smk would name, in made-up places (the report may not assume a layout)."""
+    root = tmp_path / "anywhere"
+    base = {"name": "m", "eval": str(_write(root / "b/e.json", _eval(BASE_RIGHT, BASE_PARAMS, 6, 10.0, pruned=False)))}
+    write_samples(root / "b/s.json.gz", _samples(BASE_RIGHT))
+    base["samples"] = str(root / "b/s.json.gz")
+    rows = []
+    for i, (name, (info, right, params, layers, ppl, logf)) in enumerate(VARIANTS.items()):
+        d = root / f"v{i}"
+        info = {**info, "params": params, "source_params": BASE_PARAMS, "num_hidden_layers": layers}
+        stab = {"arc_easy": 0.9, "boolq": 0.8}
+        spec = {"name": name, "eval": str(_write(d / "eval.json", _eval(right, params, layers, ppl, info))),
+                "stability": str(_write(d / "stability.json", {
+                    "metric": "acc", "legacy": False, "scale": "per_token", "average": 0.85,
+                    "tasks": {t: {"stability": s, "agreement": s, "n": Q, "effective_questions": 12.5}
+                              for t, s in stab.items()}})),
+                "samples": str(d / "samples.json"),
+                "train_log": str(d / "train_log.json"), "estimate_log": str(d / "estimate_log.json")}
+        write_samples(d / "samples.json", _samples(right))
+        if logf:
+            _write(d / f"{logf[0]}.json", logf[1])
+        rows.append(spec)
+    scores = [_write(root / f"sc{n}{span}.json", _scores(n, span)) for n, span in ((1, 2), (2, 3), (1, 1))]
+    return {"baseline": base, "variants": rows, "scores": scores, "out": tmp_path / "out"}
 
 
-def _run(results: Path, **kw) -> dict:
-    out = results.parent
-    return report(results, models=["m"], ns=kw.get("ns", [1, 2]), variants=kw.get("variants", ["none", "ffn-mse"]),
-                  out_json=out / "summary.json", out_md=out / "summary.md", out_html=out / "summary.html",
-                  plots_dir=out / "plots")
+def _run(a: dict) -> dict:
+    out = a["out"]
+    return report(a["baseline"], a["variants"], scores=a["scores"], out_json=out / "summary.json",
+                  out_md=out / "summary.md", out_html=out / "summary.html", plots_dir=out / "plots")
 
 
-def test_table_values_and_ratios(results):
-    summary = _run(results)
-    saved = json.loads((results.parent / "summary.json").read_text())
+def test_rows_take_their_facts_from_the_artifacts(artifacts):
+    summary = _run(artifacts)
+    saved = json.loads((artifacts["out"] / "summary.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(summary["rows"]))
-    rows = saved["rows"]
-    assert [(r["n"], r["variant"]) for r in rows] == [(None, "baseline"), (1, "none"), (1, "ffn-mse"), (2, "none"),
-                                                      (2, "ffn-mse")]
-    assert saved["tasks"] == TASKS
-    base = rows[0]
-    assert base["average"] == pytest.approx(0.65) and base["params_removed_pct"] == 0 and base["stability"] is None
-    assert base["layers"] == 6 and base["perplexity"] == 10.0
-    for r in rows[1:]:
-        params, layers, acc, ppl, stab = VARIANTS[(r["n"], r["variant"])]
-        assert r["tasks"] == acc and r["average"] == pytest.approx(sum(acc.values()) / 2)
-        assert r["params"] == params and r["layers"] == layers and r["perplexity"] == ppl
-        assert r["params_removed_pct"] == pytest.approx(100 * (1 - params / BASE_PARAMS))
-        assert r["compression_ratio"] == pytest.approx(BASE_PARAMS / params)
-        assert r["stability"] == pytest.approx(sum(stab.values()) / 2) and r["stability_tasks"] == stab
-        assert ("train" in r) == (r["variant"] != "none")
-    assert rows[4]["params_removed_pct"] == pytest.approx(25.0)
+    rows = {r["variant"]: r for r in saved["rows"]}
+    assert list(rows) == ["baseline", *VARIANTS] and saved["tasks"] == TASKS
+    for r in saved["rows"]:
+        assert {"net", "loss", "replacement_layers", "block", "layers"} <= set(r)
+    assert (rows["none"]["net"], rows["none"]["replacement_layers"], rows["none"]["n"]) == ("none", 0, 1)
+    assert (rows["ffn-mse"]["replacement_layers"], rows["ffn-mse"]["loss"]) == (1, "mse")  # key missing: 1
+    kd = rows["transformerx2-mse+kd"]
+    assert (kd["net"], kd["loss"], kd["replacement_layers"], kd["block"], kd["layers"], kd["n"]) == (
+        "transformer", "kd", 2, [2, 3, 4, 5], 4, 2)
+    assert rows["linear"]["net"] == "linear" and rows["linear"]["replacement_layers"] == 1
+    assert rows["baseline"]["layers"] == 6 and rows["baseline"]["params_removed_pct"] == 0
+    assert kd["params_removed_pct"] == pytest.approx(20.0) and kd["compression_ratio"] == pytest.approx(1.25)
+    # Training facts: tokens and time where the log has them; older logs without tokens; estimates.
+    assert (kd["train"]["tokens"], kd["train"]["seconds"], kd["train"]["kind"]) == (32768, 100.0, "trained")
+    assert rows["ffn-mse"]["train"]["tokens"] is None and rows["ffn-mse"]["train"]["seconds"] == 42.0
+    assert rows["linear"]["train"]["kind"] == "estimated" and rows["linear"]["train"]["seconds"] == 3.5
+    assert rows["none"]["train"] is None and kd["warnings"] == [VARIANTS[kd["variant"]][5][1]["warnings"][0]]
 
 
-def test_markdown_html_and_plots(results):
-    _run(results)
-    out = results.parent
+def test_statistics_fields(artifacts):
+    rows = {r["variant"]: r for r in _run(artifacts)["rows"]}
+    base = rows["baseline"]
+    assert base["accuracy_ci95"].keys() == set(TASKS) and len(base["average_ci95"]) == 2
+    assert (base["retention"], base["flips"], base["kl_to_original"]) == (1.0, 0.0, 0.0)
+    assert base["speedup"] == {"prefill": 1.0, "decode": 1.0} and base["delta_ci95"] is None
+    none, same, kd, lin = rows["none"], rows["ffn-mse"], rows["transformerx2-mse+kd"], rows["linear"]
+    assert none["delta"] == pytest.approx({"arc_easy": -0.1, "boolq": -0.1}) and none["flips"] == pytest.approx(0.1)
+    assert none["retention"] == pytest.approx(0.55 / 0.65) and none["delta_average"] == pytest.approx(-0.1)
+    assert same["delta_ci95"] == {"arc_easy": [0.0, 0.0], "boolq": [0.0, 0.0], "average": [0.0, 0.0]}
+    assert same["flips"] == 0 and same["retention"] == pytest.approx(1.0)
+    # arc_easy: 2 lost, 2 gained (0 net, 20% flipped); boolq: 6 gained, none lost.
+    assert kd["delta"] == pytest.approx({"arc_easy": 0.0, "boolq": 0.3}) and kd["flips_tasks"]["arc_easy"] == 0.2
+    assert kd["delta_ci95"]["boolq"][0] > 0 and kd["delta_ci95"]["arc_easy"][0] < 0 < kd["delta_ci95"]["arc_easy"][1]
+    assert lin["delta_ci95"]["arc_easy"][1] < 0 and lin["delta_ci95"]["average"][1] < 0
+    assert kd["kl_to_original"] == 0.5 and kd["kl_to_original_ci95"][0] <= 0.5 <= kd["kl_to_original_ci95"][1]
+    assert kd["speedup"] == {"prefill": 1.2, "decode": 1.3} and kd["speedup_ideal"]["prefill"] == 1.25
+    assert kd["stability_effective_questions"] == {"arc_easy": 12.5, "boolq": 12.5}
+    assert kd["perplexity_ratio"] == pytest.approx(12.0 / 10.0, rel=1e-6) and kd["perplexity_ratio_ci95"][0] > 1
+
+
+def test_markdown_html_and_plots(artifacts):
+    _run(artifacts)
+    out = artifacts["out"]
     md = (out / "summary.md").read_text()
-    assert "| model | n | variant | ARC-e | BoolQ | Avg | layers | params | removed % | ratio | stability | ppl |" in md
-    assert "| m | – | baseline | 60.0 | 70.0 | 65.0 | 6 | 1.00k | 0.0 | 1.00x | – | 10.00 |" in md
-    assert "| m | 2 | ffn-mse | 45.0 | 55.0 | 50.0 | 4 | 750 | 25.0 | 1.33x | 70.0 | 30.00 |" in md
-    assert "## Stability per task" in md and "## Training" in md
+    first_table = md.index("## Summary")
+    warning = "> **⚠ WARNING** n=2 transformerx2-mse+kd: training made held-out perplexity worse (11.0 -> 12.0)"
+    assert warning in md and md.index(warning) < first_table  # loud: before any table
+    assert "| model | n | variant | layers | params | ratio | Avg acc [95% CI] | Δ Avg, points [95% CI] |" in md
+    assert "| m | 2 | transformerx2-mse+kd | transformer | kd | 2 | 2..5 | 4 | 800 | 20.0 | 32.8k | 1 min 40 s |" in md
+    assert "| m | 1 | ffn-mse | ffn | mse | 1 | 2..3 | 5 | 850 | 15.0 | – | 42 s |" in md
+    assert "| m | 2 | linear | linear | – | 1 | 2..4 | 4 | 800 | 20.0 | – | 4 s |" in md
+    assert "+30.0* [" in md and "12.5 of 20" in md
+    noise = md[md.index("## What is within noise"):]
+    assert ("**n=1 ffn-mse**: no task's accuracy difference is distinguishable from noise at 20 questions per task"
+            in noise)
+    assert "beyond noise (the 95% interval excludes 0): BoolQ +30.0" in noise
+    assert "held-out perplexity is 1.20x" in noise and "KL to the original 0.500" in noise
     page = (out / "summary.html").read_text()
-    assert page.count("<tr>") == 1 + 5 + 1 + 4 and "<td>ffn-mse</td>" in page
-    for name in ("block_scores", "training_loss", "task_accuracy"):
+    assert "<td>transformerx2-mse+kd</td>" in page and "class='warn'" in page
+    for name in ("block_scores", "training_loss", "task_accuracy", "pareto"):
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not list(out.rglob("*.partial*"))
 
 
-def test_only_plain_removal_has_no_training_curves(results):
-    summary = _run(results, ns=[1], variants=["none"])
+def test_pareto_front():
+    # (params, retention): the 900 point is beaten by 800 (fewer params, higher retention).
+    pts = [(1000, 100.0), (900, 80.0), (800, 85.0), (700, 60.0)]
+    assert pareto_front(pts, higher_is_better=True) == [3, 2, 0]
+    assert pareto_front([(1000, 10.0), (900, 30.0), (800, 20.0)], higher_is_better=False) == [2, 0]
+
+
+def test_only_plain_removal_has_no_training_section(artifacts):
+    artifacts["variants"] = artifacts["variants"][:1]
+    summary = _run(artifacts)
     assert [r["variant"] for r in summary["rows"]] == ["baseline", "none"]
-    assert (results.parent / "plots/training_loss.png").is_file()
-    assert "## Training" not in (results.parent / "summary.md").read_text()
+    md = (artifacts["out"] / "summary.md").read_text()
+    assert "## Training" not in md and "WARNING" not in md
+    assert (artifacts["out"] / "plots/training_loss.png").is_file()
 
 
-def test_missing_artifact_is_a_clear_error(results):
-    (results / "m/n2/ffn-mse/stability.json").unlink()
-    with pytest.raises(StreamlineError, match=r"n2/ffn-mse/stability.json: stability of m n=2 ffn-mse not found"):
-        _run(results)
-    assert not (results.parent / "summary.json").exists()
+def test_missing_artifact_is_a_clear_error(artifacts):
+    Path(artifacts["variants"][1]["stability"]).unlink()
+    with pytest.raises(StreamlineError, match=r"v1/stability.json: stability of variant ffn-mse not found"):
+        _run(artifacts)
+    assert not (artifacts["out"] / "summary.json").exists()
 
 
-def test_report_cli(results):
-    out = results.parent / "cli"
-    rc = cli(["report", "--results", str(results), "--model", "m", "--n", "1", "2", "--variants", "none", "ffn-mse",
-              "--json", str(out / "s.json"), "--md", str(out / "s.md"), "--plots-dir", str(out / "plots")])
-    assert rc == 0 and len(json.loads((out / "s.json").read_text())["rows"]) == 5
-    rc = cli(["report", "--results", str(results), "--model", "nope", "--n", "1", "--variants", "none",
-              "--json", str(out / "x.json"), "--md", str(out / "x.md"), "--plots-dir", str(out / "plots")])
-    assert rc == 2
+def test_mismatched_limit_is_refused(artifacts):
+    ev = json.loads(Path(artifacts["variants"][0]["eval"]).read_text())
+    _write(Path(artifacts["variants"][0]["eval"]), {**ev, "limit": 5})
+    with pytest.raises(StreamlineError, match="evaluate both the same way"):
+        _run(artifacts)
+
+
+def test_report_cli(artifacts):
+    out = artifacts["out"] / "cli"
+    b = artifacts["baseline"]
+    args = ["report", "--baseline", *(f"{k}={v}" for k, v in b.items())]
+    for v in artifacts["variants"]:
+        args += ["--variant", *(f"{k}={val}" for k, val in v.items())]
+    args += ["--scores", *map(str, artifacts["scores"]), "--json", str(out / "s.json"), "--md", str(out / "s.md"),
+             "--plots-dir", str(out / "plots")]
+    assert cli(args) == 0 and len(json.loads((out / "s.json").read_text())["rows"]) == 5
+    assert cli(["report", "--baseline", "eval=nope.json", "samples=x", "--json", str(out / "x.json"), "--md",
+                str(out / "x.md"), "--plots-dir", str(out / "plots")]) == 2
+    assert cli(["report", "--baseline", "oops", "--json", "x", "--md", "y", "--plots-dir", "z"]) == 2
