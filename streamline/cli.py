@@ -52,6 +52,19 @@ def cmd_extract_pairs(a: argparse.Namespace) -> None:
                   level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers, manifest=a.manifest)
 
 
+def cmd_extract_linear(a: argparse.Namespace) -> None:
+    from .linear import extract_linear_states
+    extract_linear_states(a.model, a.data, a.scores, a.out, num_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
+                          level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers,
+                          manifest=a.manifest)
+
+
+def cmd_linear(a: argparse.Namespace) -> None:
+    from .linear import estimate_linear
+    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
+                    extraction_manifest=a.extraction_manifest)
+
+
 def cmd_replace(a: argparse.Namespace) -> None:
     from .replace import replace
     replace(a.model, a.scores, a.out, net=a.net, layers=a.layers, dtype=a.dtype, seed=a.seed)
@@ -201,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     _extract_args(p)
     p.add_argument("--scores", required=True, help="scores.json naming the best block")
     p.set_defaults(func=cmd_extract_pairs)
+
+    p = sub.add_parser("extract-linear", help="store the states the linear estimate needs (Y, M of layer i-1, "
+                                              "h_i+n) for the calibration blocks")
+    _extract_args(p)
+    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
+    p.set_defaults(func=cmd_extract_linear)
+
+    p = sub.add_parser("linear", help="estimate the linear map of `network: linear`, fold it, write the model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--store", required=True, help="the store extract-linear wrote")
+    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--log-json", required=True)
+    p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--extraction-manifest", help="the store's manifest: its seconds count in the recipe's time")
+    p.set_defaults(func=cmd_linear)
 
     p = sub.add_parser("replace", help="replace the best block by a lightweight network (untrained)")
     p.add_argument("--model", required=True)

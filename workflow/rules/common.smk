@@ -54,7 +54,7 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-UNTRAINED = ("none",)  # networks with nothing to train: the init dir is the model
+UNTRAINED = ("none", "linear")  # training-free: the init dir is the model
 
 
 def net_names():
@@ -69,7 +69,7 @@ def net_names():
 
 
 def kept_layers(net_name):
-    """k of a net name (transformerx2 -> 2); 1 for the other trainable nets, 0 for none."""
+    """k of a net name (transformerx2 -> 2); 1 for the other trainable nets, 0 for none and linear."""
     if net_name in UNTRAINED:
         return 0
     return int(net_name.rpartition("x")[2]) if net_name.startswith("transformerx") else 1
@@ -184,4 +184,4 @@ wildcard_constraints:
     model=r"[A-Za-z0-9._-]+",
     n=r"\d+",
     net=r"transformer(x[1-9]\d*)?|ffn|swiglu|none",
-    variant=r"none|(transformer(x[1-9]\d*)?|ffn|swiglu)-(mse|llm|kd|mse\+llm|mse\+kd)",
+    variant=r"none|linear|(transformer(x[1-9]\d*)?|ffn|swiglu)-(mse|llm|kd|mse\+llm|mse\+kd)",
