@@ -17,7 +17,7 @@ import sys
 
 SHARED = """
 import json, resource, sys
-from streamline.training import build_recipe
+from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings
 a = json.loads(sys.argv[1])
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"KD peak RSS, batch {args.batch_size}, {args.steps} steps: weight-sharing teacher {shared:.0f} MB, separate "
           f"full teacher {separate:.0f} MB; ratio {shared / separate:.3f}  (target <= 0.75)")
 
-    from streamline.training import build_recipe
+    from streamline.training.recipes import build_recipe
     from streamline.training.core import fit
     from streamline.training.settings import TrainSettings
     s = TrainSettings(batch_size=args.batch_size, gradient_accumulation_step=1, epochs=1, val_every=10**9,

@@ -21,7 +21,7 @@ from streamline import data
 from streamline.extract import extract_hidden_states
 from streamline.models import load_model
 from streamline.store import HiddenStore
-from streamline.training import train
+from streamline.training.recipes import train
 from streamline.training.settings import TrainSettings
 
 

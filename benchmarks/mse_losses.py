@@ -21,7 +21,7 @@ import numpy as np
 
 from streamline import data
 from streamline.evaluate import load_for_eval, score_blocks
-from streamline.training import train
+from streamline.training.recipes import train
 from streamline.training.settings import MSE_LOSSES, TrainSettings
 
 

@@ -26,13 +26,13 @@ from streamline import data
 from streamline.extract import extract_pairs
 from streamline.io import read_json
 from streamline.models import load_model
-from streamline.training import build_recipe
+from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings
 
 CHILD = """
 import json, resource, sys
-from streamline.training import build_recipe
+from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings
 a = json.loads(sys.argv[1])

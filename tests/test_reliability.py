@@ -91,7 +91,7 @@ def test_json_artifacts_are_strict(tmp_path):
 def test_training_refuses_a_pair_store_with_a_missing_chunk(tiny_llama_dir, tmp_path):
     from streamline.extract import extract_pairs
     from streamline.replace import replace
-    from streamline.training import train
+    from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
     extract_hidden_states(tiny_llama_dir, data, tmp_path / "c.zarr", device="cpu")

@@ -17,7 +17,7 @@ from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.pruned import load_pruned
 from streamline.replace import replace
 from streamline.score import score
-from streamline.training import build_recipe, train
+from streamline.training.recipes import build_recipe, train
 from streamline.training.core import make_optimizer, make_plan
 from streamline.training.settings import TrainSettings
 

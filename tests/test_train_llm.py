@@ -196,7 +196,7 @@ def test_sigkill_then_resume(backend, loss, llm_setup, trained):
 
 def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_path, caplog):
     """In-process, without a launcher (`streamline train --loss llm`): one plain process."""
-    from streamline.training import train
+    from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
     root = llm_setup
     # lr 1e-30: every update is below fp32 resolution, so validation stays exactly where it started
@@ -214,7 +214,7 @@ def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_pat
 @pytest.mark.parametrize("k", [1, 2])
 def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path, k):
     """k = 2: the block spans n + 2 layers and both kept layers train; nothing else changes."""
-    from streamline.training import train
+    from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
     root = llm_setup
     (tmp_path / "scores.json").write_text(json.dumps({"n": 2, "span": 2 + k, "block": list(range(1, 3 + k)),
