@@ -8,7 +8,7 @@ each keeps its best of `repeats` timings, so a shared or throttled machine hurts
   tokens/s = batch x steps / time.
 
 The ideal speedup is what the arithmetic allows: for prefill, the ratio of FLOPs per token (counted
-by torch's FlopCounterMode on the same forward, attention included); for decode, which streams every
+by torch's FlopCounterMode on a forward of the same length, attention included); for decode, which streams every
 weight once per step, the ratio of the weight bytes a step reads (every parameter, except an input
 embedding table that is not also the output head: a lookup reads one row of it).
 """
@@ -68,11 +68,20 @@ def _best_alternating(fn, models: dict, repeats: int) -> dict[str, float]:
 
 @torch.inference_mode()
 def flops_per_token(model, seq_len: int) -> float:
-    """Forward FLOPs per token of a (1, seq_len) prefill, as torch's FlopCounterMode counts them."""
+    """Forward FLOPs per token of a (1, seq_len) prefill, as torch's FlopCounterMode counts them.
+
+    Counted with eager attention, whose score and value products are plain matmuls the counter sees
+    (it has no formula for the fused CPU attention kernel, which would leave attention out).
+    """
     from torch.utils.flop_counter import FlopCounterMode
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=model.device)
-    with FlopCounterMode(display=False) as counter:
-        model(input_ids=ids, use_cache=False)
+    attn = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        model.set_attn_implementation(attn)
     return counter.get_total_flops() / seq_len
 
 

@@ -161,6 +161,9 @@ def test_speed_ideal_counts_what_pruning_removes(tiny_models):
         emb.numel() * emb.element_size()
     f6, f5, f4 = (flops_per_token(m, 16) for m in (original, one_less, pruned))
     assert f6 - f4 == pytest.approx(2 * (f6 - f5)) and f4 > 0
+    matmul = 2 * sum(p.numel() for name, p in original.named_parameters() if p.dim() == 2 and "embed" not in name)
+    attention = 6 * 2 * 2 * 16 * 32  # layers x (scores + values) x 2 FLOPs x 16 positions x hidden 32, per token
+    assert f6 == pytest.approx(matmul + attention)
     ids = np.random.default_rng(0).integers(4, 250, size=(2, 16))
     s = measure_speedup(pruned, original, ids, batch_size=2, decode_steps=4, prompt_tokens=8, repeats=1)
     assert s["batch"] == 2 and s["prefill_tokens"] == 16 and s["decode_steps"] == 4
