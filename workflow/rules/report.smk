@@ -22,7 +22,7 @@ def report_rows():
 def report_scores():
     """The block-score files behind the variants (one per n and span), to plot."""
     m = model()
-    return sorted({scores_for(net, m, n) for n in layer_intervals() for net in as_list(config["network"])})
+    return sorted({scores_for(net, m, n) for n in layer_intervals() for net in net_names()})
 
 
 def report_inputs(wildcards):
