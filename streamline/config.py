@@ -146,11 +146,11 @@ def check_model(config: dict, model_dir: str | Path) -> None:
     # Plain JSON, not AutoConfig: this runs at every Snakefile parse and must stay fast.
     try:
         model_config = json.loads((Path(model_dir) / "config.json").read_text())
+        get_adapter(model_config.get("model_type", "unknown"))
         layers = int(model_config["num_hidden_layers"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise StreamlineError(f"model_name: {Path(model_dir) / 'config.json'} is not a valid model config "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    get_adapter(model_config.get("model_type", "unknown"))
     positions = model_config.get("max_position_embeddings")
     if positions and config["data"]["seq_len"] > positions:
         raise StreamlineError(f"data.seq_len: {config['data']['seq_len']} is longer than {Path(model_dir).name}'s "

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from workflow_utils import SNAKEFILE, snakemake, tiny_config, write_config
+from workflow_utils import workflow_env, SNAKEFILE, snakemake, tiny_config, write_config
 
 
 def start(workdir: Path, *targets: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
            str(workdir / "config.yaml"), "--cores", "2", *targets]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=workflow_env(), cwd=workdir)
 
 
 def kill_tree_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:

@@ -133,12 +133,18 @@ def test_unknown_architecture(tmp_path, text_corpus):
                                                     "(supported: llama, mistral, opt, qwen2)")
 
 
-def test_code_edit_reruns_that_stage_onward(done):
+@pytest.mark.parametrize("module, expected, untouched", [
+    ("score.py", {"score": 2, "report": 1}, UPSTREAM_OF_SCORING),
+    ("adapters/llama.py", {"extract_calibration": 1, "score": 2, "extract_pairs": 1, "evaluate_baseline": 1},
+     {"download_model", "prepare_data"}),
+    ("report.py", {"report": 1}, set()),
+])
+def test_a_code_edit_reruns_the_stages_that_run_it_and_nothing_else(done, module, expected, untouched):
+    """Rules take every package file their stage runs as input (the package's import graph). The edit lands in
+    the copy of the package that the workflow tests run (workflow_utils.package_copy), never in the checkout."""
     import os
-    from pathlib import Path
-
-    import streamline
-    path = Path(streamline.__file__).parent / "score.py"
+    from workflow_utils import package_copy
+    path = package_copy() / module
     text, before = path.read_text(), path.stat()
     # Snakemake compares checksums of small inputs, so a real edit, not just a newer mtime.
     path.write_text(text + "\n# edited\n")
@@ -147,5 +153,26 @@ def test_code_edit_reruns_that_stage_onward(done):
     finally:
         path.write_text(text)
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert plan["score"] == 2 and plan["report"] == 1
-    assert not UPSTREAM_OF_SCORING & plan.keys()
+    assert {rule: plan.get(rule) for rule in expected} == expected, plan
+    assert not untouched & plan.keys(), plan
+    if module == "report.py":
+        assert plan == expected
+
+
+def test_the_package_has_no_import_cycle():
+    from streamline.imports import PACKAGE, imports_of, module_name
+    graph = {module_name(p): imports_of(module_name(p)) for p in PACKAGE.rglob("*.py")}
+    state: dict[str, int] = {}
+
+    def visit(module, path):
+        if state.get(module) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(path + [module]))
+        if state.get(module) == 2:
+            return
+        state[module] = 1
+        for dep in graph[module]:
+            visit(dep, path + [module])
+        state[module] = 2
+
+    for module in graph:
+        visit(module, [])

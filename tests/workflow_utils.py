@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -66,11 +69,30 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
+_COPY: Path | None = None
+
+
+def package_copy() -> Path:
+    """A copy of the streamline package that the workflow tests run, and edit (code-rerun tests), so that no
+    test ever writes into the checkout. It comes first on PYTHONPATH for Snakemake and every job."""
+    global _COPY
+    if _COPY is None:
+        _COPY = Path(tempfile.mkdtemp(prefix="streamline-package-"))
+        shutil.copytree(ROOT / "streamline", _COPY / "streamline", ignore=shutil.ignore_patterns("__pycache__"))
+    return _COPY / "streamline"
+
+
+def workflow_env() -> dict:
+    copy = str(package_copy().parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [copy, os.environ.get("PYTHONPATH")]))}
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     # --configfile takes several values: keep an option after it so a target in `args` is not swallowed.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    # cwd: the workdir, not the checkout, whose streamline/ would shadow the copy (python -m puts cwd first)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=workflow_env(), cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

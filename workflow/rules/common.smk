@@ -4,13 +4,15 @@ from pathlib import Path
 
 import streamline
 from streamline.download import model_slug
+from streamline.imports import stage_files
 
 PACKAGE = Path(streamline.__file__).parent
 
 
 def code(*modules):
-    """A stage's own modules as inputs: editing one reruns that stage and what follows (mtime)."""
-    return [str(PACKAGE / m) for m in modules]
+    """Every package file a stage runs (the import closure of its modules, and the CLI) as inputs: editing
+    any of them reruns that stage onward, and nothing else (Snakemake compares their checksums)."""
+    return stage_files(*(m.removesuffix(".py").replace("/", ".") for m in modules))
 
 
 def torch_threads():

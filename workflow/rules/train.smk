@@ -1,8 +1,6 @@
 # Training the replacement network (streamline train). The checkpoint dir is not an output: it must
 # survive a killed job so that training resumes.
-TRAIN_CODE = code("training/__init__.py", "training/core.py", "training/losses.py", "training/model.py",
-                  "training/sources.py", "training/settings.py", "training/distributed.py", "training/export.py",
-                  "training/replacement.py")
+TRAIN_CODE = code("training/recipes.py")
 
 
 def mse_inputs(w):
