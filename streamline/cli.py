@@ -71,7 +71,7 @@ def cmd_replace(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .training import train
+    from .training.recipes import train
     from .training.settings import settings_from
     train(a.loss, a.init, a.out, a.log_json, settings_from(a), data_dir=a.data, pairs_dir=a.pairs,
           teacher_dir=a.teacher, checkpoint_dir=a.checkpoint_dir)
