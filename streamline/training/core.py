@@ -240,57 +240,34 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         if found:
             log.info("resumed from %s at optimizer step %d of %d", ckpt.dir, state["step"], plan.steps)
         _describe(recipe, s, plan, accelerator)
-        start, val_seconds = time.time(), 0.0
+        start = time.time()
         if not state["val"]:
-            t0 = time.time()
-            metrics = validate(accelerator, module, recipe, s)
-            val_seconds += time.time() - t0
-            state["val"].append({"step": 0, "loss": metrics[recipe.select], **metrics})
-            state["best"] = metrics[recipe.select]
-            log.info("initial validation: %s", _fmt(metrics))
+            log.info("initial validation: %s", _fmt(_validation(accelerator, module, recipe, s, state)[0]))
         bar = tqdm(total=plan.steps, initial=state["step"], desc=f"train {recipe.module.replacement.net}-{recipe.loss}",
                    unit="step", dynamic_ncols=True, disable=not main)
-        micro_done = state["step"] * plan.gas
-        batches = read_ahead(recipe.train, plan.micro[micro_done:], s.prefetch)
+        batches = read_ahead(recipe.train, plan.micro[state["step"] * plan.gas:], s.prefetch)
         while state["step"] < plan.steps:
-            group = plan.group(state["step"])
-            losses, lr = [], optimizer.param_groups[0]["lr"]  # the rate this step uses
-            tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-            for i in range(group):
-                batch = _to(next(batches), accelerator.device)
-                boundary = i == group - 1
-                accelerator.sync_gradients = boundary
-                with nullcontext() if boundary else accelerator.no_sync(module):
-                    with accelerator.autocast():
-                        out = module(**batch)
-                    # accelerate (or DeepSpeed) divides by gas: a short group is scaled by its real size
-                    accelerator.backward(out["loss"] * (plan.gas / group))
-                losses.append(out["loss"].detach().float())
-                tokens += batch["attention_mask"].sum()
-            state["tokens"] += int(tokens)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            train_loss, tokens = _accumulate(accelerator, module, batches, plan, plan.group(state["step"]))
             grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
+            state["tokens"] += tokens
             step = state["step"]
-            train_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
             if not math.isfinite(train_loss):
                 raise StreamlineError(f"train: the training loss is {train_loss} at step {step}: the model overflows "
                                       f"in this dtype or the lr is too high; try dtype: float32 or a lower lr")
             state["steps"].append({"step": step, "loss": train_loss, "lr": lr,
                                    "grad_norm": None if grad_norm is None else float(grad_norm)})
             if step % plan.val_every == 0 or step == plan.steps:
-                t0 = time.time()
-                metrics = validate(accelerator, module, recipe, s)
-                val_seconds += time.time() - t0
-                value = metrics[recipe.select]
-                state["val"].append({"step": step, "loss": value, **metrics})
-                improved = value < state["best"]
+                metrics, improved = _validation(accelerator, module, recipe, s, state)
                 current = gather_trainable(accelerator, module, names) if improved else None  # collective
                 if improved:
-                    state["best"], state["best_step"], best_state = value, step, current
-                bar.set_postfix_str(f"loss {train_loss:.4g} val {recipe.select} {value:.4g} best {state['best']:.4g}")
+                    best_state = current
+                bar.set_postfix_str(f"loss {train_loss:.4g} val {recipe.select} {metrics[recipe.select]:.4g} "
+                                    f"best {state['best']:.4g}")
                 log.info("step %d/%d: train loss %.5g, validation %s%s", step, plan.steps, train_loss, _fmt(metrics),
                          " (best)" if improved else "")
             else:
@@ -301,7 +278,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         bar.close()
         seconds = time.time() - start
         tokens = int(accelerator.reduce(torch.tensor(state["tokens"], device=accelerator.device), reduction="sum"))
-        result = _result(recipe, s, plan, state, accelerator, seconds, val_seconds, tokens, resumed_at)
+        result = _result(recipe, s, plan, state, accelerator, seconds, tokens, resumed_at)
         del module, optimizer, scheduler
         accelerator.free_memory()
         if main:
@@ -309,6 +286,36 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
             ckpt.remove()
         accelerator.wait_for_everyone()
     return result
+
+
+def _accumulate(accelerator, module, batches: Iterator[dict], plan: Plan, group: int) -> tuple[float, int]:
+    """Forward and backward over one optimizer step's `group` micro-batches: (mean loss over processes, tokens)."""
+    losses, tokens = [], torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for i in range(group):
+        batch = _to(next(batches), accelerator.device)
+        boundary = i == group - 1
+        accelerator.sync_gradients = boundary
+        with nullcontext() if boundary else accelerator.no_sync(module):
+            with accelerator.autocast():
+                out = module(**batch)
+            # accelerate (or DeepSpeed) divides by gas: a short group is scaled by its real size
+            accelerator.backward(out["loss"] * (plan.gas / group))
+        losses.append(out["loss"].detach().float())
+        tokens += batch["attention_mask"].sum()
+    return float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean")), int(tokens)
+
+
+def _validation(accelerator, module, recipe: Recipe, s: TrainSettings, state: dict) -> tuple[dict, bool]:
+    """Validate, log it in `state`, and say whether the selected metric improved on the best so far."""
+    t0 = time.time()
+    metrics = validate(accelerator, module, recipe, s)
+    state["validation_seconds"] = state.get("validation_seconds", 0.0) + time.time() - t0
+    value = metrics[recipe.select]
+    state["val"].append({"step": state["step"], "loss": value, **metrics})
+    improved = state["best"] is not None and value < state["best"]
+    if state["best"] is None or improved:
+        state["best"], state["best_step"] = value, state["step"]
+    return metrics, improved
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -329,8 +336,9 @@ def _describe(recipe: Recipe, s: TrainSettings, plan: Plan, accelerator) -> None
              plan.val_every, plan.checkpoint_every)
 
 
-def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerator, seconds: float,
-            val_seconds: float, tokens: int, resumed_at: int | None) -> dict:
+def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerator, seconds: float, tokens: int,
+            resumed_at: int | None) -> dict:
+    val_seconds = state.get("validation_seconds", 0.0)
     r = recipe.module.replacement
     initial = state["val"][0]
     kept = "best" if state["best"] < initial["loss"] else "initial"
