@@ -15,7 +15,6 @@ import yaml
 
 from .errors import StreamlineError
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _fill_defaults(schema: dict, config: dict) -> None:
@@ -70,17 +69,14 @@ def _coerce_numbers(node: dict) -> None:
 
 
 def check_source(key: str, value: str) -> str:
-    """Classify a model or data source, or fail with one line: 'pypi', 'local' or 'hub'."""
-    from .fetch import is_pypi_spec, parse_pypi_spec
-    if is_pypi_spec(value):
+    """Classify a model or data source (fetch.source_kind), or fail with one line: 'pypi', 'local' or 'hub'."""
+    from .fetch import parse_pypi_spec, source_kind
+    kind = source_kind(value)
+    if kind == "pypi":
         parse_pypi_spec(value)
-        return "pypi"
-    path = Path(value).expanduser()
-    if path.exists():
-        return "local"
-    if value.startswith((".", "/", "~")) or value.endswith((".gguf", ".jsonl", ".txt", ".gz")) or not HUB_ID.match(value):
+    elif kind == "local" and not Path(value).expanduser().exists():
         raise StreamlineError(f"{key}: path {value} does not exist (and it is not a hub id or a pypi:// spec)")
-    return "hub"
+    return kind
 
 
 def _values(value) -> list:

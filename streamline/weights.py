@@ -43,11 +43,14 @@ def _entry(path: Path, known: dict | None = None) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
 
 
-def record(model_dir: str | Path) -> dict:
-    """Write the record of what a stage wrote (call it last, inside the dir's atomic write)."""
+def record(model_dir: str | Path, origin: str | None = None) -> dict:
+    """Write the record of what a stage wrote (call it last, inside the dir's atomic write).
+
+    `origin`: the model_name it all came from (a hub id, a pypi:// spec or a path), for the model card's lineage.
+    """
     model_dir = Path(model_dir)
     entries = {f.name: _entry(f) for f in _files(model_dir)}
-    atomic_write_json(model_dir / RECORD, entries)
+    atomic_write_json(model_dir / RECORD, {"origin": origin, "files": entries})
     return entries
 
 
@@ -56,9 +59,17 @@ def _read_record(model_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError:
+        return json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
         return {}  # a torn record: nothing verifies against it
+
+
+def origin_of(model_dir: str | Path) -> str | None:
+    """The model_name a dir written by streamline came from, if recorded."""
+    try:
+        return json.loads((Path(model_dir) / RECORD).read_text()).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def verify(model_dir: str | Path) -> dict | None:

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from streamline import fetch
-from streamline.download import download_model, model_kind, model_slug
+from streamline.download import download_model, model_slug
+from streamline.fetch import source_kind as model_kind
 from streamline.errors import StreamlineError
 from streamline.fetch import fetch_pypi_file, parse_pypi_spec
 

@@ -141,3 +141,17 @@ def test_wrong_scores_for_net(tiny_llama_dir, tmp_path):
         replace(tiny_llama_dir, scores, tmp_path / "out", net="none")
     with pytest.raises(StreamlineError, match="network: unknown network 'mlp'"):
         replace(tiny_llama_dir, scores, tmp_path / "out", net="mlp")
+
+
+def test_model_card_names_the_hub_base_model(tiny_llama_dir, tmp_path):
+    """The card's metadata (huggingface_hub.ModelCardData) carries base_model lineage for a hub source."""
+    import shutil
+    from huggingface_hub import ModelCard
+    from streamline.weights import record
+    shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    record(tmp_path / "model", origin="meta-llama/Llama-3.1-8B")  # as the download stage records it
+    replace(tmp_path / "model", write_scores(tmp_path / "s.json", n=2, span=3, best=1), tmp_path / "out",
+            net="transformer")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "pruned" in card.data.tags
+    assert "Layer-pruned from `meta-llama/Llama-3.1-8B`" in card.text
