@@ -144,6 +144,12 @@ def cmd_report(a: argparse.Namespace) -> None:
            out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
 
 
+def cmd_launch(a: argparse.Namespace) -> None:
+    from .launch import run
+    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    run(a.config, a.num_processes, args, mixed_precision=a.mixed_precision, print_only=a.print)
+
+
 def cmd_check_config(a: argparse.Namespace) -> None:
     import yaml
     from . import config as cfg
@@ -317,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html")
     p.add_argument("--plots-dir", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("launch", help="run `streamline ARGS` under accelerate launch on this machine's GPUs (or CPU "
+                                      "processes): streamline launch --config C --num-processes N -- train ...")
+    p.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
+    p.add_argument("--num-processes", type=positive_int, help="default: one per visible GPU, else the config's")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="streamline arguments for every process (after --)")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("check-config", help="validate a config file the way the workflow does")
     p.add_argument("config")

@@ -4,19 +4,19 @@
 
 On a machine with GPUs the config is used as it is, with one process per GPU asked for.
 Without a GPU, the same configs run CPU processes over gloo:
-- DeepSpeed configs: DeepSpeed detects the CPU itself; train_llm picks gloo and skips DeepSpeed's
+- DeepSpeed configs: DeepSpeed detects the CPU itself; training picks gloo and skips DeepSpeed's
   JIT-compiled shared-memory op. ACCELERATE_USE_CPU must NOT be set (accelerate would drop DeepSpeed).
 - Other configs (DDP): ACCELERATE_USE_CPU=1, which turns MULTI_GPU into MULTI_CPU.
 - Cores are shared out: --num_cpu_threads_per_process = cores // processes.
 Every command gets a free --main_process_port, so concurrent runs on one machine do not collide.
 
-The command is built where it runs: `python -m streamline.launch --config X --num-processes N -- ARGS`
-(what the Snakemake rule calls) detects the machine at run time, on the node the job landed on.
+The command is built where it runs: `streamline launch --config X --num-processes N -- train ...` (what
+the Snakemake rule calls) detects the machine at run time, on the node the job landed on, and runs
+`python -m streamline.cli train ...` in every process: one entry point, launched or not.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -92,30 +92,13 @@ def launch_command(config_file: str | Path, num_processes: int | None, module_ar
     return (["env", *(f"{k}={v}" for k, v in env.items())] if env else []) + cmd
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python -m streamline.launch --config X [--num-processes N] [--module M] -- MODULE ARGS"""
-    parser = argparse.ArgumentParser(prog="streamline.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
-    parser.add_argument("--num-processes", type=int, help="default: one per visible GPU, else the config's")
-    parser.add_argument("--module", default="streamline.cli")
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")
-    parser.add_argument("--print", action="store_true", help="print the command instead of running it")
-    parser.add_argument("module_args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")
-    args = parser.parse_args(argv)
-    module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
-    try:
-        cmd = launch_command(args.config, args.num_processes, module_args, module=args.module,
-                             mixed_precision=args.mixed_precision)
-    except StreamlineError as e:
-        print(f"streamline launch: error: {e}", file=sys.stderr)
-        return 2
-    if args.print:
+def run(config_file: str, num_processes: int | None, module_args: list[str], mixed_precision: str | None = None,
+        print_only: bool = False) -> None:
+    """`streamline launch`: replace this process by the accelerate launcher (signals then reach it directly)."""
+    cmd = launch_command(config_file, num_processes, module_args, mixed_precision=mixed_precision)
+    if print_only:
         import shlex
         print(shlex.join(cmd))
-        return 0
+        return
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
-    os.execvp(cmd[0], cmd)  # the launcher replaces this process: signals reach it directly
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    os.execvp(cmd[0], cmd)

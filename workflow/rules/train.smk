@@ -63,7 +63,7 @@ rule train_end_to_end:
     log:
         "logs/{model}/n{n}/train_{net}-{loss}.log",
     shell:
-        "python -m streamline.launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
+        "streamline launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
         " --mixed-precision {params.mixed_precision} --"
         " --log {log} train --loss {params.loss} --init {input.init} --data {input.data} --teacher {input.model}"
         " --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint} {params.flags:q}"
