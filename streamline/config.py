@@ -16,24 +16,11 @@ import yaml
 from .errors import StreamlineError
 
 
-
-def _fill_defaults(schema: dict, config: dict) -> None:
-    for key, sub in schema.get("properties", {}).items():
-        if "default" in sub and key not in config:
-            config[key] = sub["default"]
-        if sub.get("type") == "object":
-            config.setdefault(key, {})
-            if isinstance(config[key], dict):
-                _fill_defaults(sub, config[key])
-
-
 def _schema_error(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "config"
     if error.validator == "oneOf":  # say what each alternative wanted, not just "not valid under any"
         return f"{key}: {error.instance!r} is not valid: expected " + " or ".join(
             _describe(s) for s in error.validator_value)
-    if error.validator == "additionalProperties":
-        return f"{key}: {error.message}"
     return f"{key}: {error.message}"
 
 
@@ -116,7 +103,8 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise StreamlineError(_schema_error(errors[0]))
-    _fill_defaults(schema, config)
+    from snakemake.utils import validate as fill_defaults  # the schema's defaults, by Snakemake's own validator
+    fill_defaults(config, str(Path(schema_path).resolve()), set_default=True)
     if config["min_lr"] > config["lr"]:
         raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
     check_replacement_layers(config)
