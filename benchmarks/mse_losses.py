@@ -43,7 +43,7 @@ def main() -> None:
     def held_out(model_dir: Path) -> dict:
         return score_blocks(load_for_eval(model_dir, "cpu"), ids, mask, args.batch_size, original=original)
 
-    print(f"| model | final-state val ppl | kept | exported val ppl | KL to original | train s |")
+    print("| model | final-state val ppl | kept | exported val ppl | KL to original | train s |")
     print("|---|---:|---|---:|---:|---:|")
     print(f"| original | | | {score_blocks(original, ids, mask, args.batch_size)['perplexity']:.1f} | 0 | |")
     for name in ("none/init", "transformer/init"):

@@ -24,7 +24,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import make_data_dir
+from tiny import make_data_dir
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.replace import replace

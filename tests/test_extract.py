@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamline.adapters import get_adapter, run_with_capture
+from streamline.adapters import run_with_capture
 from streamline.extract import extract_hidden_states
 from streamline.models import load_model
 from streamline.store import HiddenStore
-from conftest import make_data_dir
+from tiny import make_data_dir
 
 
 def reference_states(model_dir, data_dir, dtype="float32"):

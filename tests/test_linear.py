@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import make_data_dir
+from tiny import make_data_dir
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, make_data_dir
+from tiny import build_tiny_model, make_data_dir
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.io import atomic_write_json, exclusive

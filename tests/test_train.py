@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import make_data_dir
+from tiny import make_data_dir
 from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.pruned import load_pruned
 from streamline.replace import replace
@@ -197,7 +197,6 @@ def test_unreadable_checkpoint_is_set_aside(tiny_llama_dir, tmp_path, caplog):
     ck = tmp_path / "ck"
     ck.mkdir()
     recipe = build_recipe("mse", init, s, data_dir=data, pairs_dir=pairs)
-    from streamline.training.core import Checkpoints
     from streamline.training.distributed import accelerator_for
     with accelerator_for(s, "no") as acc:  # the fingerprint a real run would write
         fingerprint = {"loss": "mse", "settings": s.as_dict(), "inputs": recipe.inputs, "world": 1,

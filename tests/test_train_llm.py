@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import build_tiny_model, make_data_dir, tiny_config
+from tiny import build_tiny_model, make_data_dir, tiny_model_config
 from streamline.launch import launch_command
 from streamline.replace import replace
 from streamline.training.model import trainable_parameter_names
@@ -45,7 +44,7 @@ def schedule(steps: int, warmup: int, lr: float, min_lr: float) -> list[float]:
 
 @pytest.mark.parametrize("family, prefix", [("llama", "model.layers."), ("opt", "model.decoder.layers.")])
 def test_trainable_names_are_exactly_the_slots(family, prefix):
-    model = AutoModelForCausalLM.from_config(tiny_config(family, 64, layers=12))
+    model = AutoModelForCausalLM.from_config(tiny_model_config(family, 64, layers=12))
     names = trainable_parameter_names(model, [SLOT])
     slot_params = dict(model.named_parameters())
     assert names and all(n.startswith(f"{prefix}{SLOT}.") for n in names)
@@ -89,7 +88,7 @@ def test_launch_command_cpu_and_gpu():
 def llm_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm")
     model_dir = build_tiny_model("llama", root / "tiny", layers=6)
-    data = make_data_dir(root / "data", num=32, seq_len=16, vocab=12)  # learnable: 8 token ids
+    make_data_dir(root / "data", num=32, seq_len=16, vocab=12)  # learnable: 8 token ids
     (root / "scores.json").write_text(json.dumps({"n": 2, "span": 3, "block": [SLOT, SLOT + 1, SLOT + 2],
                                                   "metric": "cosine"}))
     replace(model_dir, root / "scores.json", root / "init", net="transformer")

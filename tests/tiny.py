@@ -1,0 +1,90 @@
+"""Tiny random models, a tiny tokenizer and prepared-data dirs, built in about a second: the tests' helpers
+(conftest.py holds the fixtures that use them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedTokenizerFast
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog . " * 3,
+    "a stitch in time saves nine , and the early bird catches the worm .",
+    "to be or not to be , that is the question , whether tis nobler in the mind .",
+    "all that glitters is not gold ; often have you heard that told .",
+] * 20
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_model_config(family: str, vocab_size: int, layers: int = 6):
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3, dropout=0.0, attention_dropout=0.0)
+    raise ValueError(family)
+
+
+def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0) -> Path:
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_model_config(family, len(tok), layers))
+    # Random init gives near-identical layers; scale weights up so blocks differ measurably.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int = 3, vocab: int = 300,
+                  seed: int = 0, pattern: str = "random") -> Path:
+    """A prepared-data directory in the data stage's format, with some right-padded blocks.
+
+    pattern "random": uniform token ids; "arithmetic": each block counts up from a random start by a
+    random step of 1..3 (mod vocab), which a tiny model learns (see `trained_llama_dir`).
+    """
+    import json
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"source": f"synthetic:{pattern}", "seq_len": seq_len, "pack": False, "seed": seed,
+            "counts": {}, "tokens": {}, "documents": {}}
+    for split in ("calib", "train", "val"):
+        ids = sequences(rng, num, seq_len, vocab, pattern)
+        mask = np.ones_like(ids, dtype=np.uint8)
+        for i in range(0, num, pad_every):
+            cut = seq_len // 2 + i % (seq_len // 2)
+            mask[i, cut:] = 0
+            ids[i, cut:] = 3
+        np.save(path / f"{split}_input_ids.npy", ids)
+        np.save(path / f"{split}_attention_mask.npy", mask)
+        meta["counts"][split], meta["tokens"][split], meta["documents"][split] = num, int(mask.sum()), num
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def sequences(rng, num: int, seq_len: int, vocab: int, pattern: str):
+    import numpy as np
+    if pattern == "random":
+        return rng.integers(4, vocab, size=(num, seq_len)).astype(np.int32)
+    start, step = rng.integers(0, vocab - 4, num), rng.integers(1, 4, num)
+    return (4 + (start[:, None] + step[:, None] * np.arange(seq_len)) % (vocab - 4)).astype(np.int32)
