@@ -59,9 +59,10 @@ def _read_record(model_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["files"]
+        files = json.loads(path.read_text())["files"]
     except (ValueError, KeyError, TypeError):
-        return {}  # a torn record: nothing verifies against it
+        return None  # a record in another format: nothing to check against, rather than a false alarm
+    return files if isinstance(files, dict) else None
 
 
 def origin_of(model_dir: str | Path) -> str | None:
@@ -80,14 +81,12 @@ def verify(model_dir: str | Path) -> dict | None:
         return None  # a dir streamline did not write (a user's own model): nothing to check against
     files = {f.name: f for f in _files(model_dir)}
     problem = None
-    if set(files) != set(saved):
-        problem = f"holds {sorted(set(files) ^ set(saved))[:3]} unlike when it was written"
-    else:
-        for name, f in files.items():
-            current = _entry(f, saved[name])
-            if current["sha256"] != saved[name]["sha256"]:
-                problem = f"{name} does not match what the stage that wrote it recorded"
-                break
+    missing = sorted(set(saved) - set(files))
+    if missing:
+        problem = f"{missing[0]} is missing (the stage that wrote the dir recorded it)"
+    for name in sorted(set(saved) & set(files)):
+        if problem is None and _entry(files[name], saved[name])["sha256"] != saved[name]["sha256"]:
+            problem = f"{name} does not match what the stage that wrote it recorded"
     if problem:
         aside = model_dir.with_name(f"{model_dir.name}.corrupt-{int(time.time())}")
         model_dir.rename(aside)

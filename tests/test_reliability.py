@@ -268,3 +268,17 @@ def test_a_corrupt_config_json_is_one_line(tmp_path, tiny_llama_dir, text_corpus
 def test_scoring_a_missing_store_is_one_line(tmp_path):
     line = one_error_line(cli("score", "--store", tmp_path / "nothing.zarr", "--n", 2, "--out", tmp_path / "s.json"))
     assert "nothing.zarr: no hidden-state store here" in line
+
+
+def test_a_record_in_another_format_is_no_alarm_but_a_missing_file_is(tmp_path, tiny_llama_dir):
+    import shutil as sh
+    from streamline.pruned import load_pruned
+    from streamline.weights import RECORD, record
+    sh.copytree(tiny_llama_dir, tmp_path / "m")
+    (tmp_path / "m" / RECORD).write_text('{"model.safetensors": {"size": 1}}')  # an older layout of the record
+    load_pruned(tmp_path / "m")  # loads; nothing is moved aside on a record it cannot read
+    assert (tmp_path / "m").is_dir()
+    record(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(StreamlineError, match="model.safetensors is missing"):
+        load_pruned(tmp_path / "m")
