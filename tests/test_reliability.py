@@ -282,3 +282,13 @@ def test_a_record_in_another_format_is_no_alarm_but_a_missing_file_is(tmp_path, 
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(StreamlineError, match="model.safetensors is missing"):
         load_pruned(tmp_path / "m")
+
+
+def test_eval_values_reach_the_shell_quoted(tmp_path, tiny_llama_dir, text_corpus):
+    marker = tmp_path / "injected"
+    config = tiny_config(tiny_llama_dir, text_corpus)
+    config["eval"] = {"tasks": [f"arc_easy$(touch {marker})"], "offline": False, "limit": 2}
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", "--printshellcmds", "results/tiny/baseline/eval.json", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"--tasks 'arc_easy$(touch {marker})'" in proc.stdout  # one quoted word for the shell, never run

