@@ -54,6 +54,7 @@ class Recipe:
     validation: dict[str, tuple[Callable, Any]]  # metric -> (objective, samples)
     select: str                                  # the validation metric that picks the kept state
     inputs: dict = field(default_factory=dict)   # identity of the inputs: a checkpoint made from others is not resumed
+    prefix_cache: dict = field(default_factory=dict)  # validation blocks' h_b: the prefix is frozen, so computed once
 
 
 @dataclass
@@ -108,9 +109,16 @@ def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str,
         mine = list(range(accelerator.process_index, len(samples), accelerator.num_processes))
         groups = [mine[i:i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-        for batch in read_ahead(samples, groups, s.prefetch):
+        for group, batch in zip(groups, read_ahead(samples, groups, s.prefetch)):
+            batch = _to(batch, accelerator.device)
+            if "input_ids" in batch:  # token blocks: the frozen prefix's output never changes, keep it (on the CPU)
+                key = (id(samples), tuple(group))
+                if key not in recipe.prefix_cache:
+                    with accelerator.autocast():
+                        recipe.prefix_cache[key] = net.prefix(batch["input_ids"], batch["attention_mask"]).cpu()
+                batch["h"] = recipe.prefix_cache[key].to(accelerator.device)
             with accelerator.autocast():
-                r = objective(net, _to(batch, accelerator.device))
+                r = objective(net, batch)
             total += torch.stack([r["loss"].double() * r["count"], r["count"].double()])
         total = accelerator.reduce(total, reduction="sum")
         out[name] = float(total[0] / total[1].clamp(min=1))

@@ -26,7 +26,7 @@ def pairs(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, to
     if "x" in batch:
         return batch["x"], batch["y"], batch["attention_mask"]
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    h = m.prefix(ids, mask)
+    h = batch["h"] if "h" in batch else m.prefix(ids, mask)  # validation caches the frozen prefix's output
     return h, m.target(h, mask), mask
 
 
@@ -86,7 +86,7 @@ def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: i
 
 def _student_logits(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    h = m.prefix(ids, mask)
+    h = batch["h"] if "h" in batch else m.prefix(ids, mask)  # validation caches the frozen prefix's output
     return m.logits(m.network(h, mask), mask), h, mask
 
 
