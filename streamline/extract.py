@@ -62,9 +62,10 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
     attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
              "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
              "split": split}
+    # Before the lock: taking it creates the store's parent dir, and a refused run leaves nothing behind.
+    check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
+               codec, pairs=split != "calib")
     with exclusive(store_path):  # one writer per store
-        check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
-                   codec, pairs=split != "calib")
         store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
                                              codec=codec, level=level, attrs=attrs)
         todo = store.missing_samples(verify=True)  # resuming: every done sample is checked against its checksums
