@@ -106,7 +106,7 @@ def _base_row(name: str, ev: dict, correct: dict) -> dict[str, Any]:
 
 
 def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base_ev: dict,
-                 base_correct: dict) -> dict[str, Any]:
+                 base_correct: dict, train: dict | None) -> dict[str, Any]:
     info = ev.get("streamline") or {}
     net = info.get("net")
     params = ev.get("params") or info.get("params")
@@ -114,7 +114,6 @@ def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base
     acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
     p, bp = ev.get("perplexity") or {}, base_ev.get("perplexity") or {}
     kl, speed = ev.get("kl_to_original") or {}, ev.get("speed") or {}
-    train, _ = _training(spec)
     row = {
         "model": base["model"], "n": info.get("n"), "variant": spec["name"], "label": f"n={info.get('n')} {spec['name']}",
         "net": net, "loss": info.get("loss"),
@@ -171,9 +170,9 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
             raise StreamlineError(f"{spec['eval']}: evaluated on {ev['tasks']} (limit {ev.get('limit')}), the baseline "
                                   f"on {tasks} (limit {base_ev.get('limit')}); evaluate both the same way")
         correct = _correct(read_samples(_need(spec, "samples", what)), tasks)
-        row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct)
+        train, curve = _training(spec)
+        row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
         rows.append(row)
-        _, curve = _training(spec)
         if curve:
             train_logs.append({"label": row["label"], **curve})
     block_scores = [_load(s, "block scores") for s in scores]
