@@ -271,6 +271,10 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
     count = int(sum(tokens))
     if count == 0:
         raise StreamlineError("attention_mask: no unmasked tokens to score")
+    bad = [i for i, x in enumerate(nll) if not (math.isfinite(x) and math.isfinite(kl[i] if kl else 0.0))]
+    if bad:  # an overflow (fp16 activations) or broken weights: a NaN perplexity must not reach the table
+        raise StreamlineError(f"perplexity: the model's log-likelihood is not finite on {len(bad)} of "
+                              f"{len(input_ids)} blocks (NaN/inf logits); evaluate in float32 or bfloat16")
     return {"perplexity": math.exp(sum(nll) / count), "tokens": count, "nll_per_block": nll,
             "tokens_per_block": [int(t) for t in tokens],
             "kl": sum(kl) / count if original is not None else None, "kl_per_block": kl if original is not None else None}

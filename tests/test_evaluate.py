@@ -150,6 +150,17 @@ def test_kl_is_zero_against_itself_and_positive_after_pruning(tiny_models):
     assert r["perplexity"] == pytest.approx(np.exp(sum(r["nll_per_block"]) / r["tokens"]))
 
 
+def test_non_finite_logits_stop_with_one_line(tiny_models):
+    """An overflowing model gives NaN logits: no NaN perplexity (or KL) with exit 0."""
+    original, pruned = tiny_models
+    broken = copy.deepcopy(pruned)
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
+    ids = np.random.default_rng(0).integers(4, 250, size=(2, 8))
+    with pytest.raises(StreamlineError, match="perplexity: the model's log-likelihood is not finite on 2 of 2"):
+        score_blocks(broken, ids, np.ones_like(ids), batch_size=2, original=original)
+
+
 def test_speed_ideal_counts_what_pruning_removes(tiny_models):
     original, pruned = tiny_models
     one_less = _pruned_copy(original, [2])
