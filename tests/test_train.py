@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def test_training_lowers_validation_mse_and_exports(family, net, tiny_llama_dir,
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
     card = (tmp_path / "model" / "README.md").read_text()
     assert "`mse`" in card and "chosen by ce" in card
+    assert re.search(rf"\b{log['settings']['mse_loss']}\b[^|\n]*skip first \d+ positions", card)  # which MSE
 
 
 def load_file_mask(pairs):

@@ -30,7 +30,8 @@ def training_card(result: dict) -> dict[str, str]:
                       + f" (kept {result['kept']}, chosen by {result['select']})",
     }
     if result["loss"].endswith("mse"):
-        rows["mse"] = f"skip first {s['skip_first_tokens']} positions"
+        outliers = f", outliers over {s['mse_outlier_ratio']:g} × the median norm left out" if s["mse_loss"] == "robust" else ""
+        rows["mse"] = f"{s['mse_loss']}{outliers}, skip first {s['skip_first_tokens']} positions"
     if result["loss"].endswith("kd"):
         rows["kd"] = f"T {s['kd_temperature']:g}, alpha {s['kd_alpha']:g}, top-k {s['kd_top_k'] or 'all'}"
     return rows
