@@ -47,7 +47,8 @@ class TrainSettings:
     device: str = _opt("auto", "single-process device (auto, cpu, cuda, mps); launched runs take it from accelerate")
     prefetch: int = _opt(4, "micro-batches read ahead", check=_positive)
     # mse
-    mse_loss: str = _opt("plain", "mse: plain (the paper), robust (outlier positions left out), normalized "
+    # robust is the default: it heals at the paper's settings where plain MSE makes the model worse (README)
+    mse_loss: str = _opt("robust", "mse: robust (outlier positions left out), plain (the paper), normalized "
                                   "(relative error per token) or cosine (direction + log magnitude)", choices=MSE_LOSSES)
     mse_outlier_ratio: float = _opt(10.0, "mse robust: positions whose target norm exceeds this x the median are "
                                           "left out", check=lambda x: x > 1)
