@@ -18,6 +18,7 @@ from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.pruned import load_pruned
 from streamline.replace import replace
 from streamline.score import score
+from streamline.training import losses
 from streamline.training.recipes import build_recipe, train
 from streamline.training.core import make_optimizer, make_plan
 from streamline.training.settings import TrainSettings
@@ -220,3 +221,34 @@ def test_bfloat16_model_trains_with_fp32_master_weights_and_exports_bf16(trained
     trained = load_file(tmp_path / "model" / "model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in trained.values())
     assert json.loads((tmp_path / "model" / "streamline.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_a_planted_massive_activation_dominates_plain_mse_but_not_robust(tiny_llama_dir, tmp_path):
+    """A sink at position 5 (not 0) of one block, ~100x the others' norm as in real models: robust finds
+    it by norm; plain MSE's gradient is nearly all that one position, robust's has none of it."""
+    init, pairs, data = prepare(tiny_llama_dir, tmp_path)
+    recipe = build_recipe("mse", init, TrainSettings(**FAST), data_dir=data, pairs_dir=pairs)
+    batch = {key: torch.stack([recipe.train[i][key] for i in range(2)]) for key in ("x", "y", "attention_mask")}
+    batch["attention_mask"][:] = 1
+    batch["y"][1, 5] *= 100.0
+    found = losses.outlier_positions(batch["y"], batch["attention_mask"].float(), ratio=10.0)
+    assert found.nonzero().tolist() == [[1, 5]]
+
+    params = [p for p in recipe.module.parameters() if p.requires_grad]
+
+    def grad(kind, drop=None):  # the same forward; `drop` leaves one position out of the loss only
+        pred = recipe.module.network(batch["x"].float(), batch["attention_mask"].long())
+        per_token, weight = losses.mse_per_token(pred, batch["y"], batch["attention_mask"].float(), kind)
+        if drop:
+            weight = weight.clone()
+            weight[drop] = 0
+        loss = (per_token * weight).sum() / weight.sum()
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    plain, plain_without = grad("plain"), grad("plain", drop=(1, 5))
+    outlier_part = plain - plain_without * (31 / 32)  # the mean over 32 tokens vs over the other 31
+    assert outlier_part.norm() > 0.9 * plain.norm()  # plain: the one position is > 90% of the gradient
+    robust = grad("robust")
+    assert torch.allclose(robust, plain_without, rtol=1e-4, atol=1e-8)  # robust: exactly the other positions
+    assert losses.mse(recipe.module, batch, kind="robust")["count"] == 31  # the training loss leaves it out too
+    assert losses.mse(recipe.module, batch, kind="plain")["count"] == 32
