@@ -62,15 +62,16 @@ def test_killed_training_resumes_from_checkpoint(tmp_path, tiny_llama_dir, text_
     write_config(tmp_path, config)
     target = "results/tiny/n2/transformer-mse/train_log.json"
     snakemake(tmp_path, "results/tiny/n2/pairs.json", "results/tiny/n2/transformer/init")
-    checkpoint = tmp_path / "results/tiny/n2/transformer-mse/checkpoint/checkpoint.pt"
+    checkpoint = tmp_path / "results/tiny/n2/transformer-mse/checkpoint"
     proc = start(tmp_path, target)
-    kill_tree_when(proc, checkpoint.exists)
+    kill_tree_when(proc, (checkpoint / "progress.json").exists)  # written last: a complete checkpoint exists
     assert not (tmp_path / "results/tiny/n2/transformer-mse/model").exists()
     snakemake(tmp_path, "--unlock")
     snakemake(tmp_path, target)
     log = (tmp_path / "logs/tiny/n2/train_transformer-mse.log").read_text()
     assert "resumed from" in log
     result = json.loads((tmp_path / target).read_text())
+    assert result["resumed_at_step"] >= 1
     assert len(result["steps"]) == result["total_steps"] == 640
     assert (tmp_path / "results/tiny/n2/transformer-mse/model/model.safetensors").exists()
     assert not checkpoint.exists()
