@@ -73,6 +73,9 @@ def normal_equations(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor, fl
 
 def solve(mtm: torch.Tensor, mtr: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """T = (M^T M + ridge I)^-1 M^T R by Cholesky; one line if the system is singular."""
+    if not (torch.isfinite(mtm).all() and torch.isfinite(mtr).all()):  # a NaN/inf state poisons every sum
+        raise StreamlineError("linear: the stored hidden states are not finite (an overflow in this dtype); "
+                              "extract with dtype: float32")
     a = mtm + ridge * torch.eye(mtm.shape[0], dtype=mtm.dtype)
     chol, info = torch.linalg.cholesky_ex(a)
     if info.item() != 0 or not torch.isfinite(chol).all():

@@ -66,6 +66,15 @@ def test_a_singular_system_is_one_line_that_suggests_the_ridge():
     assert torch.isfinite(solve(mtm, torch.ones(4, 4, dtype=torch.float64), ridge=0.1)).all()
 
 
+def test_non_finite_states_stop_with_one_line_not_a_ridge_hint():
+    """A NaN in one stored state makes every sum NaN: the estimate stops naming the cause, never folds NaN."""
+    mtm, mtr = torch.eye(4, dtype=torch.float64), torch.ones(4, 4, dtype=torch.float64)
+    mtm[2, 1] = float("nan")
+    for a, b in ((mtm, mtr), (torch.eye(4, dtype=torch.float64), mtr * float("inf"))):
+        with pytest.raises(StreamlineError, match="not finite .*extract with dtype: float32"):
+            solve(a, b, ridge=0.1)
+
+
 def test_block_zero_is_never_chosen(tmp_path):
     scores = json.loads(removal_scores(tmp_path / "s.json", best=0).read_text())
     assert linear_block(scores) != [0, 1] and linear_block(scores)[0] >= 1
