@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
+from fresh import run_fresh  # benchmarks/fresh.py
 
 SHARED = """
 import json, resource, sys
@@ -59,9 +57,7 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 
 def child(code: str, payload: dict) -> float:
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    return run_fresh(code, payload)["peak_rss_mb"]
 
 
 def main() -> None:

@@ -12,10 +12,7 @@ Run after `snakemake` (it uses the default model and data), or point --model/--d
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import torch
 from streamline import data
 from streamline.extract import extract_hidden_states
 from streamline.models import load_model
+from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """
 import json, resource, sys, logging
@@ -53,10 +51,9 @@ def bare_forward_seconds(model, ids: np.ndarray, mask: np.ndarray, batch_size: i
 def peak_rss(args, n: int, tmp: Path, split: str) -> float:
     payload = {"model": args.model, "data": args.data, "out": str(tmp / f"rss{n}.zarr"), "n": n,
                "bs": args.batch_size, "device": args.device, "codec": args.codec, "split": split}
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], check=True, capture_output=True,
-                         text=True).stdout
+    rss = run_fresh(CHILD, payload)["peak_rss_mb"]
     shutil.rmtree(tmp / f"rss{n}.zarr")
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    return rss
 
 
 def main() -> None:

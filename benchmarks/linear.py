@@ -8,12 +8,10 @@ process, and the time of the extraction and the estimate.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """
 import json, resource, sys
@@ -42,9 +40,7 @@ def main() -> None:
             summary = extract_linear_states(model, data, scores, store, num_samples=count, device="cpu")
             payload = {"model": model, "store": str(store), "scores": scores, "out": str(tmp / f"out{count}"),
                        "log": str(tmp / f"log{count}.json")}
-            out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], check=True, capture_output=True,
-                                 text=True).stdout
-            runs[count] = {**json.loads(out.strip().splitlines()[-1]), "extract": summary["seconds"]}
+            runs[count] = {**run_fresh(CHILD, payload), "extract": summary["seconds"]}
         small, big = runs[args.samples], runs[8 * args.samples]
         print(f"linear estimate peak RSS: {small['peak_rss_mb']:.0f} MB at N={args.samples} blocks "
               f"({small['tokens']:,} tokens), {big['peak_rss_mb']:.0f} MB at 8N ({big['tokens']:,} tokens); ratio "

@@ -11,10 +11,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ from streamline.models import load_model
 from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings
+from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """
 import json, resource, sys
@@ -95,9 +93,7 @@ def main() -> None:
         rss = []
         for n in (args.rss_samples, 8 * args.rss_samples):
             payload = {"init": args.init, "pairs": args.pairs, "data": args.data, "settings": settings(args, n).as_dict()}
-            out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)], check=True,
-                                 capture_output=True, text=True).stdout
-            rss.append(json.loads(out.strip().splitlines()[-1])["peak_rss_mb"])
+            rss.append(run_fresh(CHILD, payload)["peak_rss_mb"])
         print(f"training peak RSS: {rss[0]:.0f} MB at N={args.rss_samples}, {rss[1]:.0f} MB at "
               f"8N={8 * args.rss_samples}; ratio {rss[1] / rss[0]:.3f}  (target <= 1.2)")
 
