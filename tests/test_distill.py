@@ -78,6 +78,48 @@ def test_kd_against_a_teacher_that_is_the_student_is_zero(family_dir, tmp_path):
         losses.ce(same, token_batch(data))["loss"].detach().item())  # alpha 0: plain next-token loss
 
 
+@pytest.mark.parametrize("alpha,top_k", [(1.0, 0), (0.5, 0), (0.7, 5)])
+def test_losses_over_chunks_equal_the_whole_logits_loss(family_dir, tmp_path, monkeypatch, alpha, top_k):
+    """The head and loss run over chunks of positions (a 400 MB-8 GB logits tensor is never built): the value
+    and every gradient equal the loss on the whole logits, for any chunk size, padding included."""
+    import torch.nn.functional as F
+    init, data = prepare(family_dir, tmp_path, pairs=False)
+    recipe = build_recipe("kd", init, TrainSettings(**FAST), data_dir=data, teacher_dir=family_dir)
+    m, batch = recipe.module, token_batch(data)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert not mask.all()  # padded blocks are part of the check
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def whole(loss_name):  # the plain formulas on full logits
+        h = m.prefix(ids, mask)
+        student = m.logits(m.network(h, mask), mask)
+        keep = mask[:, 1:].float()
+        nll = F.cross_entropy(student[:, :-1].transpose(1, 2), ids[:, 1:].long(), reduction="none")
+        ce = (nll * keep).sum() / keep.sum()
+        if loss_name == "ce":
+            return ce
+        with torch.no_grad():
+            teacher = m.logits(m.target(h, mask), mask)
+        klv = (losses.kl_per_token(student, teacher, 2.0, top_k) * mask).sum() / mask.sum()
+        return alpha * 4.0 * klv + (1 - alpha) * ce
+
+    def chunked(loss_name):
+        if loss_name == "ce":
+            return losses.ce(m, batch)["loss"]
+        return losses.kd(m, batch, temperature=2.0, alpha=alpha, top_k=top_k)["loss"]
+
+    vocab = m.model.config.vocab_size
+    for loss_name in ("ce", "kd"):
+        expected = whole(loss_name)
+        expected_grads = torch.autograd.grad(expected, params)
+        for rows in (1, 5, 10**6):  # one position per chunk, a ragged last chunk, one chunk
+            monkeypatch.setattr(losses, "CHUNK_LOGITS", rows * vocab)
+            got = chunked(loss_name)
+            assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+            for g, e in zip(torch.autograd.grad(got, params), expected_grads):
+                assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("top_k", [0, 5])
 def test_only_the_networks_parameters_get_gradients(tiny_llama_dir, tmp_path, top_k):
     init, data = prepare(tiny_llama_dir, tmp_path, k=2, pairs=False)

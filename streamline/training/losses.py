@@ -8,6 +8,8 @@ and the original block compute them).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -82,30 +84,77 @@ def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: i
     return _mean(per_token, weight)
 
 
-# --- next-token losses ----------------------------------------------------------------------------------
+# --- next-token losses, over chunks of positions ----------------------------------------------------------
+# Logits are a batch's largest tensors: 8 x 256 x 49,152 in fp32 is 400 MB for SmolLM2, 8 x 2048 x 128,256 is
+# 8.4 GB for Llama-3, and a KD step would hold several (student, teacher, their log-softmaxes, the gradient).
+# So the head and the loss run over chunks of positions, and each chunk's gradient with respect to its hidden
+# states is taken at once: at most one chunk's logits exist at any time, and nothing is recomputed later.
 
-def _student_logits(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+CHUNK_LOGITS = 2 ** 24  # logits alive at once (64 MB in fp32); positions per chunk = this // vocabulary size
+
+
+class _SumOverChunks(torch.autograd.Function):
+    """sum_c fn(hidden[c], c) over chunks c of rows, with d/d hidden computed chunk by chunk in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, fn: Callable, rows: int) -> torch.Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(hidden) if need_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            part = hidden[start:start + rows].detach().requires_grad_(need_grad)
+            with torch.set_grad_enabled(need_grad):
+                value = fn(part, slice(start, start + rows))
+            if need_grad:
+                grad[start:start + rows] = torch.autograd.grad(value, part)[0]
+            total += value.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None
+
+
+def sum_over_chunks(head: Callable[[torch.Tensor], torch.Tensor], vocab_size: int, hidden: torch.Tensor,
+                    fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """sum of fn(logits of a chunk of positions, the chunk's slice of the flattened positions) over a batch.
+
+    `hidden` is the last layer's output [B, T, D] (or [B*T, D]) and `head` makes fp32 logits from it; `fn`
+    returns a scalar. The backward pass only multiplies the gradients taken chunk by chunk.
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    rows = max(1, CHUNK_LOGITS // vocab_size)
+    return _SumOverChunks.apply(flat, lambda part, chunk: fn(head(part), chunk), rows)
+
+
+def _student_hidden(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the pruned model's last hidden states, h_b)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     h = batch["h"] if "h" in batch else m.prefix(ids, mask)  # validation caches the frozen prefix's output
-    return m.logits(m.network(h, mask), mask), h, mask
+    return m.suffix(m.network(h, mask), mask), h
 
 
-def _next_token_ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean next-token cross-entropy over positions whose target token is real (not padding)."""
-    keep = mask[:, 1:].bool()
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:].long(), reduction="none")
-    return _mean(nll, keep.float())
+def _next_tokens(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, weight) per flattened position: position t predicts token t+1, counted when that token is real."""
+    target, weight = torch.zeros_like(ids, dtype=torch.long), torch.zeros(mask.shape, device=mask.device)
+    target[:, :-1], weight[:, :-1] = ids[:, 1:], mask[:, 1:]
+    return target.reshape(-1), weight.reshape(-1)
+
+
+def _nll_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(logits, target, reduction="none") * weight).sum()
 
 
 def ce(m: ReplacedModel, batch: dict) -> dict[str, torch.Tensor]:
-    """The LLM loss: next-token cross-entropy of the pruned model."""
-    logits, _, mask = _student_logits(m, batch)
-    return _next_token_ce(logits, batch["input_ids"], mask)
-
-
-def _teacher_logits(m: ReplacedModel, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return m.logits(m.target(h, mask), mask)
+    """The LLM loss: mean next-token cross-entropy of the pruned model over real target tokens."""
+    student, _ = _student_hidden(m, batch)
+    target, weight = _next_tokens(batch["input_ids"], batch["attention_mask"])
+    nll = lambda logits, c: _nll_sum(logits, target[c], weight[c])
+    total = sum_over_chunks(m.head, m.model.config.vocab_size, student, nll)
+    count = weight.sum()
+    return {"loss": total / count.clamp(min=1), "count": count}
 
 
 def kl_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
@@ -127,21 +176,31 @@ def kl_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 def kd(m: ReplacedModel, batch: dict, temperature: float = 1.0, alpha: float = 1.0,
        top_k: int = 0) -> dict[str, torch.Tensor]:
-    """alpha * T^2 * KL(teacher^T || student^T) + (1 - alpha) * CE, over real tokens.
+    """alpha * T^2 * KL(teacher^T || student^T) + (1 - alpha) * CE, each a mean over real tokens.
 
-    The teacher is the original model; it shares the prefix and the suffix with the student, which
-    are run once for both (prefix) or with the frozen weights held once (suffix).
+    The teacher is the original model sharing the student's frozen layers: the prefix runs once for
+    both, then the original block, then the same suffix and head weights.
     """
-    student, h, mask = _student_logits(m, batch)
-    teacher = _teacher_logits(m, h, mask)
-    out = _mean(kl_per_token(student, teacher, temperature, top_k), mask.float())
-    out["loss"] = alpha * temperature ** 2 * out["loss"]
-    if alpha < 1:
-        out["loss"] = out["loss"] + (1 - alpha) * _next_token_ce(student, batch["input_ids"], mask)["loss"]
-    return out
+    student, h = _student_hidden(m, batch)
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        teacher = m.suffix(m.target(h, mask), mask).reshape(-1, student.shape[-1])
+    kl_weight = mask.reshape(-1).float()
+    target, ce_weight = _next_tokens(batch["input_ids"], mask)
+    kl_scale = alpha * temperature ** 2 / kl_weight.sum().clamp(min=1)
+    ce_scale = (1 - alpha) / ce_weight.sum().clamp(min=1)
+
+    def chunk_loss(logits: torch.Tensor, c: slice) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = m.head(teacher[c])
+        loss = kl_scale * (kl_per_token(logits, teacher_logits, temperature, top_k) * kl_weight[c]).sum()
+        if alpha < 1:
+            loss = loss + ce_scale * _nll_sum(logits, target[c], ce_weight[c])
+        return loss
+
+    return {"loss": sum_over_chunks(m.head, m.model.config.vocab_size, student, chunk_loss), "count": kl_weight.sum()}
 
 
 def kl(m: ReplacedModel, batch: dict) -> dict[str, torch.Tensor]:
     """Validation: mean per-token KL(original || pruned) at temperature 1, full vocabulary."""
-    student, h, mask = _student_logits(m, batch)
-    return _mean(kl_per_token(student, _teacher_logits(m, h, mask)), mask.float())
+    return kd(m, batch)

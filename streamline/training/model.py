@@ -104,8 +104,11 @@ class ReplacedModel(nn.Module):
 
     def logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits from the block's output: the frozen layers after the block, then the head."""
-        hidden = self.suffix(hidden, attention_mask)
-        return self.adapter.head(self.model, hidden.to(self.model.dtype))
+        return self.head(self.suffix(hidden, attention_mask))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits from the last layer's raw output: the final norm (and projection), then the LM head."""
+        return self.adapter.head(self.model, hidden.to(self.model.dtype)).float()
 
     def target(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """h_{b+n+k} of the ORIGINAL model: the teacher's block on h_b (no graph)."""
