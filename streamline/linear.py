@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .io import atomic_write_json, read_json
-from .store import HiddenStore
+from .store import HiddenStore, store_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,12 @@ def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_js
     return extract_hidden_states(model_dir, data_dir, store_path, split="calib", keep=store_states(block), **kwargs)
 
 
-def estimate_linear(model_dir: str | Path, store_path: str | Path, scores_json: str | Path, out_dir: str | Path, *,
-                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32",
-                    extraction_manifest: str | Path | None = None) -> dict:
-    """Estimate T from the store, fold it, save the pruned model to out_dir and the estimate's log.
+def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str | Path, out_dir: str | Path, *,
+                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32") -> dict:
+    """Estimate T from the states store, fold it, save the pruned model to out_dir and the estimate's log.
 
-    The log's `seconds` is the whole training-free recipe: the store's extraction (from its manifest) plus
-    the estimate and the fold.
+    `states`: the store extract-linear wrote, or its manifest. Given the manifest, the log's `seconds` is
+    the whole training-free recipe: the store's extraction plus the estimate and the fold.
     """
     from .models import load_model
     from .pruned import count_params, save_pruned
@@ -125,6 +124,7 @@ def estimate_linear(model_dir: str | Path, store_path: str | Path, scores_json: 
     start = time.time()
     scores = read_json(scores_json)
     block = linear_block(scores)
+    store_path = store_dir(states)
     store = HiddenStore(store_path)
     if store.attrs.get("layers") != store_states(block):
         raise StreamlineError(f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
@@ -138,7 +138,7 @@ def estimate_linear(model_dir: str | Path, store_path: str | Path, scores_json: 
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     fold(model, adapter, block, t)
-    extract_seconds = read_json(extraction_manifest)["seconds"] if extraction_manifest else 0.0
+    extract_seconds = read_json(states)["seconds"] if Path(states).suffix == ".json" else 0.0
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
     stats = {"block": block, "ridge": ridge, "tokens": tokens, "relative_residual": residual,

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .io import atomic_write_json
-from .store import HiddenStore
+from .store import HiddenStore, store_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
 
 def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | Path | None = None, *,
           metric: str = "cosine", span: int | None = None) -> dict:
-    """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one."""
+    """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one.
+
+    `store_path`: the calibration store, or its manifest."""
+    store_path = store_dir(store_path)
     store = HiddenStore(store_path).require_complete()
     num_layers = store.attrs["num_layers"]
     if store.attrs["layers"] != list(range(num_layers + 1)):

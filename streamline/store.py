@@ -34,6 +34,25 @@ STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint1
 FORMAT = 2  # 2: with the checksum array (stores of format 1 are started afresh)
 
 
+def store_dir(path: str | Path, split: str | None = None) -> Path:
+    """A store named by its directory or by its manifest (`split`: train or val of a pair store).
+
+    The workflow passes the manifest: it is the file the rule declares, written only once the store is
+    complete, and it records where the store is, so no rule rebuilds a store's path.
+    """
+    path = Path(path)
+    if path.suffix != ".json":
+        return path / split if split else path
+    if not path.is_file():
+        raise StreamlineError(f"{path}: no such store manifest (run the extraction that writes it)")
+    entry = json.loads(path.read_text())
+    entry = entry.get(split) if split and isinstance(entry, dict) else entry
+    if not isinstance(entry, dict) or "store" not in entry:
+        where = f"'{split}.store'" if split else "'store'"
+        raise StreamlineError(f"{path}: not a store manifest (it has no {where} entry)")
+    return Path(entry["store"])
+
+
 def compressors(codec: str, level: int = 3):
     if codec == "none":
         return None

@@ -14,7 +14,7 @@ from streamline.store import HiddenStore
 
 @pytest.fixture
 def calib_store(tiny_llama_dir, data_dir, tmp_path):
-    extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "c.zarr", device="cpu")
+    extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "c.zarr", device="cpu", manifest=tmp_path / "c.json")
     return tmp_path / "c.zarr"
 
 
@@ -78,3 +78,21 @@ def test_n_out_of_range_is_one_line(calib_store, tmp_path, n):
 def test_unknown_metric(calib_store, tmp_path):
     with pytest.raises(StreamlineError, match="metric: unknown metric 'l2'"):
         score(calib_store, 1, tmp_path / "s.json", metric="l2")
+
+
+def test_the_store_is_found_from_its_manifest(calib_store, tmp_path, monkeypatch):
+    """The workflow passes the manifest (the file its rule declares), never a rebuilt store path."""
+    moved = tmp_path / "elsewhere" / "calibration.zarr"
+    moved.parent.mkdir()
+    calib_store.rename(moved)  # the manifest says where the store is; a path rebuilt from names would miss it
+    manifest = json.loads((tmp_path / "c.json").read_text())
+    (tmp_path / "c.json").write_text(json.dumps({**manifest, "store": str(moved)}))
+    assert score(tmp_path / "c.json", 2, tmp_path / "a.json")["scores"] == score(moved, 2, tmp_path / "b.json")["scores"]
+
+
+def test_a_file_that_is_not_a_store_manifest_is_one_line(tmp_path):
+    (tmp_path / "scores.json").write_text(json.dumps({"block": [1, 2]}))
+    with pytest.raises(StreamlineError, match="scores.json: not a store manifest"):
+        score(tmp_path / "scores.json", 2, tmp_path / "s.json")
+    with pytest.raises(StreamlineError, match="no such store manifest"):
+        score(tmp_path / "nothing.json", 2, tmp_path / "s.json")

@@ -29,7 +29,8 @@ def prepare(model_dir, tmp_path, net="transformer", n=2, samples=12, k=1, dtype=
     extract_hidden_states(model_dir, data, tmp_path / "calib.zarr", device="cpu", dtype=dtype)
     score(tmp_path / "calib.zarr", n, tmp_path / "scores.json", span=n + k)
     replace(model_dir, tmp_path / "scores.json", tmp_path / "init", net=net, layers=k, dtype=dtype)
-    extract_pairs(model_dir, data, tmp_path / "scores.json", tmp_path / "pairs", device="cpu", dtype=dtype)
+    extract_pairs(model_dir, data, tmp_path / "scores.json", tmp_path / "pairs", device="cpu", dtype=dtype,
+                  manifest=tmp_path / "pairs.json")
     return tmp_path / "init", tmp_path / "pairs", data
 
 
@@ -166,7 +167,8 @@ def test_bad_settings_are_one_line(bad, message):
 
 def test_sigkill_then_resume_matches_uninterrupted(tiny_llama_dir, tmp_path):
     init, pairs, data = prepare(tiny_llama_dir, tmp_path, samples=40)
-    args = ["--init", str(init), "--pairs", str(pairs), "--data", str(data), "--batch-size", "1",
+    # the pair store by its manifest, as the workflow passes it
+    args = ["--init", str(init), "--pairs", str(tmp_path / "pairs.json"), "--data", str(data), "--batch-size", "1",
             "--gradient-accumulation-step", "1", "--epochs", "3", "--lr", "1e-3", "--min-lr", "1e-4",
             "--checkpoint-every", "1", "--val-every", "40", "--device", "cpu"]
     cmd = [sys.executable, "-m", "streamline.cli", "train", "--loss", "mse"]

@@ -29,7 +29,7 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
                  pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None) -> Recipe:
     from ..models import load_config, load_layers
     from ..pruned import load_pruned
-    from ..store import TORCH_DTYPES
+    from ..store import TORCH_DTYPES, store_dir
     from . import losses
     from .model import ReplacedModel
     from .sources import PairSamples, TokenSamples
@@ -47,8 +47,8 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
         if online:
             train, val_pairs = TokenSamples(data_dir, "train", s.train_samples), val_blocks
         else:
-            train = PairSamples(Path(pairs_dir) / "train", s.train_samples)
-            val_pairs = PairSamples(Path(pairs_dir) / "val")
+            train = PairSamples(store_dir(pairs_dir, "train"), s.train_samples)
+            val_pairs = PairSamples(store_dir(pairs_dir, "val"))
             inputs["pairs"] = [train.fingerprint, val_pairs.fingerprint]
         # held-out next-token loss picks the kept state: the MSE can fall while the model gets worse
         validation, select = {"ce": (losses.ce, val_blocks), "mse": (objective, val_pairs)}, "ce"

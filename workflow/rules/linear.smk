@@ -38,13 +38,11 @@ rule linear:
         model=directory("results/{model}/n{n}/linear/init"),
         log="results/{model}/n{n}/linear/estimate_log.json",
     params:
-        store="results/{model}/n{n}/linear_states.zarr",
         ridge=config["linear"]["ridge"],
         dtype=config["dtype"],
     threads: torch_threads()
     log:
         "logs/{model}/n{n}/linear.log",
     shell:
-        "streamline --log {log} linear --model {input.model} --store {params.store} --scores {input.scores}"
+        "streamline --log {log} linear --model {input.model} --store {input.states} --scores {input.scores}"
         " --out {output.model} --log-json {output.log} --ridge {params.ridge} --dtype {params.dtype}"
-        " --extraction-manifest {input.states}"

@@ -2,13 +2,12 @@
 # layer), n+k (scores_k{k}.json, k layers kept) and n (removal_scores.json, plain removal).
 rule score:
     input:
-        calibration="results/{model}/calibration.json",
+        calibration=lambda w: calibration_manifest(w.model),
         code=code("score.py"),
     output:
         scores="results/{model}/n{n}/{scores}.json",
         plot="results/{model}/n{n}/{scores}.png",
     params:
-        store="results/{model}/calibration.zarr",
         span=lambda w: span_of(w.scores, int(w.n)),
         metric=config["metric"],
     wildcard_constraints:
@@ -17,5 +16,5 @@ rule score:
     log:
         "logs/{model}/n{n}/{scores}.log",
     shell:
-        "streamline --log {log} score --store {params.store} --n {wildcards.n} --span {params.span}"
+        "streamline --log {log} score --store {input.calibration} --n {wildcards.n} --span {params.span}"
         " --metric {params.metric} --out {output.scores} --plot {output.plot}"

@@ -20,7 +20,7 @@ rule train_mse:
         model=directory("results/{model}/n{n}/{net}-mse/model"),
         log="results/{model}/n{n}/{net}-mse/train_log.json",
     params:
-        pairs=lambda w, input: ["--pairs", input.pairs.replace(".json", ".zarr")] if "pairs" in input.keys() else [],
+        pairs=lambda w, input: ["--pairs", input.pairs] if "pairs" in input.keys() else [],  # the store's manifest
         checkpoint="results/{model}/n{n}/{net}-mse/checkpoint",
         flags=train_flags("mse"),
     resources:
