@@ -22,7 +22,7 @@ import torch
 
 from streamline import data
 from streamline.extract import extract_hidden_states
-from streamline.models import load_model
+from streamline.loading import load_model
 from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """

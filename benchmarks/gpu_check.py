@@ -19,7 +19,7 @@ import torch
 
 from streamline import data
 from streamline.extract import extract_hidden_states
-from streamline.models import load_model
+from streamline.loading import load_model
 from streamline.store import HiddenStore
 from streamline.training.recipes import train
 from streamline.training.settings import TrainSettings

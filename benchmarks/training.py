@@ -21,8 +21,8 @@ import torch
 
 from streamline import data
 from streamline.extract import extract_pairs
-from streamline.io import read_json
-from streamline.models import load_model
+from streamline.atomic import read_json
+from streamline.loading import load_model
 from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings

@@ -112,7 +112,7 @@ def cmd_perplexity(a: argparse.Namespace) -> None:
     import numpy as np
     from .data import load_split
     from .evaluate import perplexity
-    from .io import atomic_write_json
+    from .atomic import atomic_write_json
     ids, mask = load_split(Path(a.data), a.split)
     ppl = perplexity(a.model, np.asarray(ids), np.asarray(mask), a.batch_size, device=a.device, dtype=a.dtype)
     result = {"model_dir": a.model, "data_dir": a.data, "split": a.split, "blocks": int(len(ids)), "perplexity": ppl}
@@ -360,10 +360,11 @@ def _add_launch(sub) -> None:
 
 
 def _add_check_config(sub) -> None:
+    from .schema import SCHEMA
     p = sub.add_parser("check-config", help="validate a config file the way the workflow does")
     p.add_argument("config")
     p.add_argument("--set", nargs="*", help="KEY=VALUE overrides, like snakemake --config")
-    p.add_argument("--schema", default=str(Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml"))
+    p.add_argument("--schema", default=str(SCHEMA), help="default: the schema the workflow validates against")
     p.add_argument("--model-dir", help="also check n and the architecture against this model")
     p.set_defaults(func=cmd_check_config)
 

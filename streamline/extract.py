@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from . import data
 from .errors import StreamlineError
-from .io import atomic_write_json, exclusive
-from .models import load_config, load_model, model_fingerprint, resolve_device
+from .atomic import atomic_write_json, exclusive
+from .loading import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
 from .store import STORAGE_DTYPES, HiddenStore, to_storage
 
@@ -163,7 +163,7 @@ def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str 
 
     Only layers 0..b+n run, never the whole model.
     """
-    from .io import read_json
+    from .atomic import read_json
     scores = read_json(scores_json)
     keep = [scores["block"][0], scores["block"][-1] + 1]
     out_dir = Path(out_dir)

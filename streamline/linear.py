@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import StreamlineError
-from .io import atomic_write_json, read_json
+from .atomic import atomic_write_json, read_json
 from .store import HiddenStore, store_dir
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     `states`: the store extract-linear wrote, or its manifest. Given the manifest, the log's `seconds` is
     the whole training-free recipe: the store's extraction plus the estimate and the fold.
     """
-    from .models import load_model
+    from .loading import load_model
     from .pruned import count_params, save_pruned
 
     start = time.time()

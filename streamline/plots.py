@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import atomic_path
+from .atomic import atomic_path
 
 
 @contextmanager

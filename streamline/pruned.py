@@ -25,7 +25,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import networks
 from .adapters import Adapter, get_adapter
-from .io import atomic_dir, atomic_write_json
+from .atomic import atomic_dir, atomic_write_json
 from .weights import origin_of, record
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _replacement(info: dict) -> str:
 def model_card(info: dict, origin: str | None = None) -> str:
     """The model card: huggingface_hub's ModelCardData (with base_model lineage for a hub source), then the table."""
     from huggingface_hub import ModelCardData
-    from .fetch import source_kind
+    from .pypi import source_kind
     hub = origin is not None and source_kind(origin) == "hub"
     data = ModelCardData(library_name="transformers", tags=["pruned", "llm-streamline", "streamline"],
                          base_model=origin if hub else None)

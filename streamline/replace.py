@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .errors import StreamlineError
-from .io import read_json
-from .models import load_model
+from .atomic import read_json
+from .loading import load_model
 from .networks import build_network
 from .pruned import count_params, save_pruned
 

@@ -26,7 +26,7 @@ import numpy as np
 from . import stats
 from .errors import StreamlineError
 from .evaluate import read_samples
-from .io import atomic_write_json, atomic_write_text, read_json
+from .atomic import atomic_write_json, atomic_write_text, read_json
 from .plots import figure
 
 log = logging.getLogger(__name__)

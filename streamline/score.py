@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import StreamlineError
-from .io import atomic_write_json
+from .atomic import atomic_write_json
 from .store import HiddenStore, store_dir
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import StreamlineError
 from .evaluate import read_samples
-from .io import atomic_write_json
+from .atomic import atomic_write_json
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
 OPENCOMPASS_DATASETS: dict[str, list[str]] = {

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .errors import StreamlineError
-from .io import atomic_write_json
+from .atomic import atomic_write_json
 
 RECORD = "streamline-weights.json"
 PATTERNS = ("config.json", "*.safetensors", "*.bin")

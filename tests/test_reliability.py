@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from tiny import build_tiny_model, make_data_dir
+from streamline.schema import SCHEMA
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
-from streamline.io import atomic_write_json, exclusive
+from streamline.atomic import atomic_write_json, exclusive
 from streamline.score import score
 from streamline.store import HiddenStore
 from workflow_utils import ROOT, planned_outputs, planned_rules, snakemake, tiny_config, write_config
@@ -131,7 +132,7 @@ def test_seq_len_beyond_positions_is_refused_for_opt_too(tmp_path, text_corpus, 
     c = tiny_config(tiny_opt_dir, text_corpus)
     c["data"]["seq_len"] = 300
     with pytest.raises(StreamlineError, match="data.seq_len: 300 is longer than tiny-opt's 256 positions"):
-        config.validate(c, ROOT / "workflow/schemas/config.schema.yaml")
+        config.validate(c, SCHEMA)
 
 
 def test_a_binary_file_is_not_a_corpus(tmp_path, tiny_llama_dir):
@@ -184,7 +185,7 @@ def test_a_stage_dies_with_its_parent(tmp_path, tiny_llama_dir):
 
 def test_two_writers_never_share_a_store_or_checkpoint_dir(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from streamline.io import exclusive\n"
+        "import sys, time; from streamline.atomic import exclusive\n"
         "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"), str(tmp_path / "ck")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

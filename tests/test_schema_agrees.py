@@ -1,18 +1,25 @@
-"""The schema (what `snakemake` accepts) and the package (what `streamline` accepts) name the same choices
-and the same defaults: a value added or changed on one side only fails here, not in a user's run."""
+"""The schema (what `snakemake` accepts) and the package (what `streamline` accepts) name the same choices,
+and the workflow's flags carry the config's values: a value added or changed on one side only fails here,
+not in a user's run. (Training defaults are not compared: the settings read them from the schema.)"""
 
+import argparse
 import dataclasses
 from pathlib import Path
 
+import pytest
 import yaml
 
+from streamline import config
 from streamline.replace import NETS
+from streamline.schema import load_schema, schema_default
 from streamline.score import METRICS
 from streamline.store import STORAGE_DTYPES
 from streamline.training.replacement import TRAINABLE_NETS
-from streamline.training.settings import LOSSES, MSE_LOSSES, TrainSettings
+from streamline.training.settings import (LOSSES, MSE_LOSSES, TrainSettings, add_arguments, config_value,
+                                          settings_from, workflow_flags)
 
-SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+ROOT = Path(__file__).parents[1]
+SCHEMA = load_schema()
 P = SCHEMA["properties"]
 
 
@@ -29,14 +36,40 @@ def test_choices_are_the_packages():
     assert set(enum(P["dtype"])) == set(STORAGE_DTYPES)
 
 
-def test_training_defaults_are_the_packages():
-    """Every TrainSettings field the schema also defaults (top level, train.*, kd.* as kd_*) agrees."""
-    compared = 0
+@pytest.mark.parametrize("preset", ["config.yaml", *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_workflows_flags_give_the_settings_the_config_says(preset, loss):
+    """What `snakemake` passes to `streamline train` parses into exactly the config's values."""
+    conf = config.load(ROOT / preset if preset == "config.yaml" else ROOT / "configs" / preset)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = settings_from(parser.parse_args(workflow_flags(conf, loss)))
     for field in dataclasses.fields(TrainSettings):
-        for where, key in ((P, field.name), (P["train"]["properties"], field.name),
-                           (P["kd"]["properties"], field.name.removeprefix("kd_"))):
-            if key in where and "default" in where[key]:
-                assert where[key]["default"] == field.default, field.name
-                compared += 1
-                break
-    assert compared >= 12
+        key = field.metadata["key"]
+        if key and field.metadata["rerun"] and loss in field.metadata["losses"]:
+            assert getattr(settings, field.name) == config_value(conf, key), field.name
+    assert settings.kd_temperature == (conf["kd"]["temperature"] if loss == "kd" else schema_default("kd.temperature"))
+    expected_samples = conf["llm"]["max_train_samples"] or conf["train_num_data"] if loss != "mse" else 0
+    assert settings.train_samples == expected_samples
+
+
+def test_the_readme_config_table_shows_the_schemas_defaults():
+    """README's config-keys table quotes the schema's defaults: a default changed in the schema alone fails here."""
+    import re
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| key | default | meaning |"):].split("\n\n")[0]
+    checked = 0
+    for row in table.splitlines()[2:]:
+        keys_cell, default_cell = row.split("|")[1:3]
+        keys = re.findall(r"`([a-z_.]+)`", keys_cell)
+        values = re.findall(r"`([^`]*)`", re.sub(r"\(demo[^)]*\)", "", default_cell))  # the schema's, not the demo's
+        if len(keys) != len(values):
+            continue  # a default in words ("derived from model_name", "the paper's seven")
+        for key, value in zip(keys, values):
+            node = P
+            for part in key.split("."):
+                node = node[part] if part in node else node.get("properties", {}).get(part, {})
+            if "default" in node:
+                assert yaml.safe_load(value) == node["default"], f"README says {key}: {value}, the schema {node['default']}"
+                checked += 1
+    assert checked >= 15

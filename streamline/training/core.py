@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import StreamlineError
-from ..io import atomic_write_json, exclusive, read_json
+from ..atomic import atomic_write_json, exclusive, read_json
 from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed
 from .model import ReplacedModel
 from .settings import TrainSettings

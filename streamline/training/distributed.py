@@ -49,7 +49,7 @@ def accelerator_for(settings: TrainSettings, mixed_precision: str | None) -> Ite
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             _no_deepspeed_jit_ops()
     if not launched():
-        from ..models import resolve_device
+        from ..loading import resolve_device
         resolve_device(settings.device)  # one line if the device asked for is not here
     cpu = not launched() and (settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()))
     accelerator = Accelerator(gradient_accumulation_steps=settings.gradient_accumulation_step, cpu=cpu,

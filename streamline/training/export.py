@@ -8,7 +8,7 @@ import torch
 
 from ..adapters import get_adapter
 from ..errors import StreamlineError
-from ..io import read_json
+from ..atomic import read_json
 from ..pruned import load_pruned, save_pruned
 from ..store import TORCH_DTYPES
 

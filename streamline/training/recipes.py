@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import StreamlineError
-from ..io import atomic_write_json, read_json
+from ..atomic import atomic_write_json, read_json
 from .core import Recipe, fit
 from .replacement import Replacement
 from .settings import LOSSES, TrainSettings
@@ -27,7 +27,7 @@ MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # mo
 
 def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir: str | Path,
                  pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None) -> Recipe:
-    from ..models import load_config, load_layers
+    from ..loading import load_config, load_layers
     from ..pruned import load_pruned
     from ..store import TORCH_DTYPES, store_dir
     from . import losses

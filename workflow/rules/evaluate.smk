@@ -21,7 +21,7 @@ rule fetch_eval_data:
 
 def eval_inputs(model_path, m):
     inputs = {"model": model_path, "data": data_dir(m),
-              "code": code("evaluate.py", "eval_tasks.py", "speed.py", "models.py", "pruned.py", "networks.py")}
+              "code": code("evaluate.py", "eval_tasks.py", "speed.py", "loading.py", "pruned.py", "networks.py")}
     if eval_data_dir():
         inputs["eval_data"] = eval_data_dir()
     return inputs

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import StreamlineError
-from .io import atomic_dir
+from .atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
