@@ -144,6 +144,9 @@ OFFLINE_TASKS: dict[str, OfflineTask] = {
 }
 # The paper's tasks, in the paper's order: the default task list everywhere (config, CLI).
 PAPER_TASKS: list[str] = list(OFFLINE_TASKS)
+# Column names in the report (the paper's); a task without one shows its lm-eval name.
+TASK_LABELS = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "boolq": "BoolQ", "hellaswag": "HellaSwag",
+               "openbookqa": "OBQA", "rte": "RTE", "winogrande": "WinoG"}
 
 
 # ---------------------------------------------------------------- names

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .errors import StreamlineError
-from .evaluate import read_samples
 from .atomic import atomic_write_json, atomic_write_text, read_json
+from .errors import StreamlineError
+from .eval_tasks import TASK_LABELS
+from .evaluate import read_samples
 from .plots import figure
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ PLOTS = {
     "task_accuracy": "task_accuracy.png",
     "pareto": "pareto.png",
 }
-
-TASK_NAMES = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "boolq": "BoolQ", "hellaswag": "HellaSwag",
-              "openbookqa": "OBQA", "rte": "RTE", "winogrande": "WinoG"}
-
 
 def _load(path: str | Path, what: str) -> dict:
     path = Path(path)
@@ -196,7 +193,7 @@ def noise_words(row: dict, tasks: list[str]) -> str:
     per = f"{n_q[0]} questions per task" if len(n_q) == 1 else "the questions evaluated"
     if beyond:
         acc = ("beyond noise (the 95% interval excludes 0): " + ", ".join(
-            f"{TASK_NAMES.get(t, t)} {_pts(row['delta'][t])} {_ci_pts(row['delta_ci95'][t])}" for t in beyond)
+            f"{TASK_LABELS.get(t, t)} {_pts(row['delta'][t])} {_ci_pts(row['delta_ci95'][t])}" for t in beyond)
             + (f"; the other {len(tasks) - len(beyond)} tasks are within noise" if len(tasks) - len(beyond) > 1 else
                "; the other task is within noise" if len(tasks) > len(beyond) else ""))
     else:
@@ -266,7 +263,7 @@ def _delta_cell(r: dict, key: str) -> str:
 def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, header, cells, note) of every table, for markdown and html alike."""
     tasks, rows = summary["tasks"], summary["rows"]
-    names = [TASK_NAMES.get(t, t) for t in tasks]
+    names = [TASK_LABELS.get(t, t) for t in tasks]
     key = ["model", "n", "variant"]
     main = (
         "Summary",
@@ -448,7 +445,7 @@ def _errorbar(ax, x: float, y: float, ci: list[float] | None, scale: float = 1.0
 def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
     import numpy as np
     tasks = summary["tasks"]
-    groups = [TASK_NAMES.get(t, t) for t in tasks] + ["Avg"]
+    groups = [TASK_LABELS.get(t, t) for t in tasks] + ["Avg"]
     rows = summary["rows"]
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(groups))

@@ -82,14 +82,14 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.type == "float" and isinstance(getattr(self, f.name), int):  # YAML's 10 is a float setting's 10.0
-                setattr(self, f.name, float(getattr(self, f.name)))
             value, check = getattr(self, f.name), f.metadata.get("check")
             choices = f.metadata.get("choices")
             if check is not None and not check(value):
                 raise StreamlineError(f"{f.name}: {value!r} is out of range ({f.metadata['help']})")
             if choices and value not in choices:
                 raise StreamlineError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            if f.type == "float" and isinstance(value, int):  # YAML's 10 is a float setting's 10.0
+                setattr(self, f.name, float(value))
         if self.min_lr > self.lr:
             raise StreamlineError(f"min_lr: {self.min_lr} is above lr {self.lr} (allowed: 0..lr)")
 

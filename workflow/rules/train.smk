@@ -56,7 +56,7 @@ rule train_end_to_end:
         loss=lambda w: w.loss.rpartition("+")[2],
         flags=lambda w: train_flags(w.loss.rpartition("+")[2]),
     wildcard_constraints:
-        loss=r"(mse\+)?(llm|kd)",
+        loss=rf"(mse\+)?({WHOLE_MODEL_LOSSES})",
     resources:
         gpu=config["llm"]["num_processes"],
     threads: torch_threads()
