@@ -20,6 +20,12 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
+def schema_enum(key: str) -> list:
+    """The allowed values of a top-level key that takes one value or a list of them (network, loss, metric)."""
+    prop = load_schema()["properties"][key]
+    return prop["enum"] if "enum" in prop else prop["oneOf"][0]["enum"]
+
+
 def schema_default(key: str):
     """The schema's default for a dotted config key ("train.warmup_ratio"), or dataclasses.MISSING if it has none."""
     node = load_schema()

@@ -45,7 +45,10 @@ def store_dir(path: str | Path, split: str | None = None) -> Path:
         return path / split if split else path
     if not path.is_file():
         raise StreamlineError(f"{path}: no such store manifest (run the extraction that writes it)")
-    entry = json.loads(path.read_text())
+    try:
+        entry = json.loads(path.read_text())
+    except ValueError:
+        raise StreamlineError(f"{path}: the store manifest is not valid JSON (run its extraction again)") from None
     entry = entry.get(split) if split and isinstance(entry, dict) else entry
     if not isinstance(entry, dict) or "store" not in entry:
         where = f"'{split}.store'" if split else "'store'"

@@ -11,7 +11,7 @@ import yaml
 
 from streamline import config
 from streamline.replace import NETS
-from streamline.schema import load_schema, schema_default
+from streamline.schema import load_schema, schema_default, schema_enum
 from streamline.score import METRICS
 from streamline.store import STORAGE_DTYPES
 from streamline.training.replacement import TRAINABLE_NETS
@@ -23,17 +23,13 @@ SCHEMA = load_schema()
 P = SCHEMA["properties"]
 
 
-def enum(prop: dict) -> list:
-    return prop["enum"] if "enum" in prop else prop["oneOf"][0]["enum"]
-
-
 def test_choices_are_the_packages():
-    assert enum(P["network"]) == [*NETS, "linear"]  # linear is built by linear.py, not replace.py
+    assert schema_enum("network") == [*NETS, "linear"]  # linear is built by linear.py, not replace.py
     assert set(TRAINABLE_NETS) == set(NETS) - {"none"}
-    assert enum(P["loss"]) == list(LOSSES)
-    assert enum(P["train"]["properties"]["mse_loss"]) == list(MSE_LOSSES)
-    assert enum(P["metric"]) == list(METRICS)
-    assert set(enum(P["dtype"])) == set(STORAGE_DTYPES)
+    assert schema_enum("loss") == list(LOSSES)
+    assert P["train"]["properties"]["mse_loss"]["enum"] == list(MSE_LOSSES)
+    assert schema_enum("metric") == list(METRICS)
+    assert set(schema_enum("dtype")) == set(STORAGE_DTYPES)
 
 
 @pytest.mark.parametrize("preset", ["config.yaml", *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))])

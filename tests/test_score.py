@@ -96,3 +96,6 @@ def test_a_file_that_is_not_a_store_manifest_is_one_line(tmp_path):
         score(tmp_path / "scores.json", 2, tmp_path / "s.json")
     with pytest.raises(StreamlineError, match="no such store manifest"):
         score(tmp_path / "nothing.json", 2, tmp_path / "s.json")
+    (tmp_path / "torn.json").write_text('{"store": "c.za')
+    with pytest.raises(StreamlineError, match="torn.json: the store manifest is not valid JSON"):
+        score(tmp_path / "torn.json", 2, tmp_path / "s.json")

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamline
 from streamline.download import model_slug
 from streamline.imports import stage_files
-from streamline.schema import load_schema
+from streamline.schema import schema_enum
 from streamline.training.settings import workflow_flags
 
 PACKAGE = Path(streamline.__file__).parent
@@ -172,14 +172,9 @@ def all_targets():
 
 
 # Net and loss names come from the schema's enums (the package's tuples equal them: test_schema_agrees).
-def _enum(key):
-    prop = load_schema()["properties"][key]
-    return prop["enum"] if "enum" in prop else prop["oneOf"][0]["enum"]
-
-
 TRAINED_NETS = "|".join(r"transformer(x[1-9]\d*)?" if n == "transformer" else n
-                        for n in _enum("network") if n not in UNTRAINED)
-WHOLE_MODEL_LOSSES = "|".join(loss for loss in _enum("loss") if loss != "mse")
+                        for n in schema_enum("network") if n not in UNTRAINED)
+WHOLE_MODEL_LOSSES = "|".join(loss for loss in schema_enum("loss") if loss != "mse")
 
 
 wildcard_constraints:
