@@ -132,12 +132,6 @@ def accelerate_config():
     return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir).parent / path)
 
 
-def train_flags(loss):
-    """`streamline train` flags from the config: every key that changes the trained weights (so a change
-    reruns training). The key <-> flag mapping lives with the settings (streamline/training/settings.py)."""
-    return workflow_flags(config, loss)
-
-
 def eval_data_dir():
     """Offline eval data: eval.data if set, else the folder the fetch_eval_data rule writes; None online."""
     ev = config["eval"]

@@ -22,7 +22,7 @@ rule train_mse:
     params:
         pairs=lambda w, input: ["--pairs", input.pairs] if "pairs" in input.keys() else [],  # the store's manifest
         checkpoint="results/{model}/n{n}/{net}-mse/checkpoint",
-        flags=train_flags("mse"),
+        flags=workflow_flags(config, "mse"),  # every key that changes the weights: a change reruns training
     resources:
         gpu=1,
     threads: torch_threads()
@@ -54,7 +54,7 @@ rule train_end_to_end:
         mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config["dtype"]],
         checkpoint="results/{model}/n{n}/{net}-{loss}/checkpoint",
         loss=lambda w: w.loss.rpartition("+")[2],
-        flags=lambda w: train_flags(w.loss.rpartition("+")[2]),
+        flags=lambda w: workflow_flags(config, w.loss.rpartition("+")[2]),
     wildcard_constraints:
         loss=rf"(mse\+)?({WHOLE_MODEL_LOSSES})",
     resources:
