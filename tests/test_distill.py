@@ -133,6 +133,20 @@ def test_only_the_networks_parameters_get_gradients(tiny_llama_dir, tmp_path, to
     assert all(p.grad is None for p in m.teacher_layers.parameters())
 
 
+@pytest.mark.parametrize("loss", ["kd", "llm"])
+def test_a_nan_in_the_chunked_loss_stops_with_one_line(tiny_llama_dir, tmp_path, loss):
+    """A non-finite value in any chunk makes the whole loss non-finite (never a number computed on): the run
+    stops before anything is exported."""
+    from streamline.training.core import fit
+    init, data = prepare(tiny_llama_dir, tmp_path, pairs=False)
+    recipe = build_recipe(loss, init, TrainSettings(**FAST), data_dir=data, teacher_dir=tiny_llama_dir)
+    m = recipe.module
+    with torch.no_grad():  # one weight of the network: every position after it becomes NaN
+        dict(m.model.named_parameters())[f"model.layers.{m.replacement.slots[0]}.mlp.down_proj.weight"][0, 0] = float("nan")
+    with pytest.raises(StreamlineError, match=r"NaN"):
+        fit(recipe, TrainSettings(**FAST), lambda result, state: pytest.fail("a NaN run was exported"))
+
+
 def test_kd_training_lowers_validation_kl_and_only_trains_the_network(tiny_llama_dir, tmp_path):
     init, data = prepare(tiny_llama_dir, tmp_path, pairs=False, samples=16)
     result = train("kd", init, tmp_path / "model", tmp_path / "log.json", TrainSettings(**FAST), data_dir=data,
