@@ -47,6 +47,41 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | None = None,
+                  aside: str | Path | None = None, check=None) -> dict:
+    """A JSON artifact a stage wrote, checked: a missing, torn or incomplete one is one line, never a traceback.
+
+    `keys`: the fields readers rely on and their types; `check(obj)`: any further problem, in words, or None.
+    A damaged artifact is moved aside (`aside`: the file itself, or the dir it belongs to) so that the stage
+    that writes it reruns.
+    """
+    import time
+    from .errors import StreamlineError
+    path = Path(path)
+    if not path.is_file():
+        raise StreamlineError(f"{path}: no {what} here (run the stage that writes it)")
+    try:
+        obj = json.loads(path.read_text())
+        problem = None if isinstance(obj, dict) else "not a JSON object"
+    except (ValueError, UnicodeDecodeError):
+        obj, problem = None, "torn (not valid JSON)"
+    for key, kind in (keys or {}).items():
+        if problem is None and (not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool)):
+            problem = f"incomplete (no valid '{key}')"
+    if problem is None and check is not None:
+        problem = check(obj)
+    if problem is None:
+        return obj
+    aside = Path(aside) if aside is not None else path
+    moved = aside.with_name(f"{aside.name}.corrupt-{int(time.time())}")
+    try:
+        aside.rename(moved)
+        where = f"moved {aside.name} aside to {moved.name}; run the workflow again to rebuild it"
+    except OSError:
+        where = "run the stage that writes it again"
+    raise StreamlineError(f"{path}: the {what} is {problem}; {where}")
+
+
 @contextmanager
 def exclusive(target: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `target` (a store or checkpoint dir) while writing it.

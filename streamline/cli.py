@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 from .errors import StreamlineError
-from .training.settings import LOSSES
-from .training.settings import add_arguments as add_train_arguments
 
 log = logging.getLogger("streamline")
 
@@ -126,27 +124,17 @@ def cmd_stability(a: argparse.Namespace) -> None:
     run(a)
 
 
-def _key_values(items: list[str], option: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StreamlineError(f"{option}: expected KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
 def cmd_report(a: argparse.Namespace) -> None:
-    from .report import report
-    report(_key_values(a.baseline, "--baseline"), [_key_values(v, "--variant") for v in a.variant or []],
-           scores=[Path(s) for s in a.scores or []], out_json=Path(a.json), out_md=Path(a.md),
+    from .report import read_manifest, report
+    text = Path(a.manifest[1:]).read_text() if a.manifest.startswith("@") else a.manifest
+    report(read_manifest(text), out_json=Path(a.json), out_md=Path(a.md),
            out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
 
 
-def cmd_launch(a: argparse.Namespace) -> None:
+def cmd_launch(a: argparse.Namespace) -> int:
     from .launch import run
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
-    run(a.config, a.num_processes, args, mixed_precision=a.mixed_precision, print_only=a.print)
+    return run(a.config, a.num_processes, args, mixed_precision=a.mixed_precision, print_only=a.print)
 
 
 def cmd_check_config(a: argparse.Namespace) -> None:
@@ -257,6 +245,7 @@ def _add_replace(sub) -> None:
 
 
 def _add_train(sub) -> None:
+    from .training.settings import LOSSES, add_arguments as add_train_arguments
     p = sub.add_parser("train", help="train the replacement network (mse, llm or kd loss); multi-process: "
                                      "streamline launch -- train ...")
     p.add_argument("--loss", choices=LOSSES, default="mse", help="mse: hidden-state pairs; llm: next-token loss; "
@@ -335,12 +324,10 @@ def _add_stability(sub) -> None:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="summary table (json, markdown, html) and plots over every variant")
-    p.add_argument("--baseline", nargs="+", required=True, metavar="KEY=PATH",
-                   help="the original model's eval=eval.json samples=samples.json.gz")
-    p.add_argument("--variant", nargs="+", action="append", metavar="KEY=VALUE",
-                   help="one row: name=LABEL eval=... samples=... stability=... [train_log=...] [estimate_log=...]; "
-                        "repeat per variant (logs that do not exist are skipped)")
-    p.add_argument("--scores", nargs="*", help="block-score files to plot (scores.json, removal_scores.json)")
+    p.add_argument("--manifest", required=True, metavar="JSON|@FILE",
+                   help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
+                        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log"}, ...], "scores": '
+                        '[block-score files to plot]}; logs that do not exist are skipped')
     p.add_argument("--json", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--html")
@@ -392,27 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def die_with_parent() -> None:
-    """End this process when the process that started it dies (Linux: prctl PR_SET_PDEATHSIG).
-
-    Snakemake runs each stage as a child; killing Snakemake (SIGKILL, a lost node) would otherwise leave
-    the stage running, and a rerun would share its checkpoint dir or store with the orphan. Under
-    accelerate launch the parent is the launcher, which starts each worker in a session of its own.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-    parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .launch import die_with_parent
     args = build_parser().parse_args(argv)
     die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log
@@ -420,19 +388,33 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING,
                   mode="a" if launched else "w")
     try:
-        args.func(args)
+        code = args.func(args)
     except StreamlineError as e:
-        print(f"streamline {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(args, f"streamline {args.command}: error: {e}", rank)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        where = Path(e.filename or ".").parent
+        written = e.filename or getattr(args, "out", None) or getattr(args, "checkpoint_dir", None) or "."
+        where = Path(written).absolute()
         free = shutil.disk_usage(next(p for p in [where, *where.parents] if p.exists())).free
-        print(f"streamline {args.command}: error: disk full writing {e.filename or 'a file'} ({free / 1e9:.2f} GB "
-              f"free); free space and run again (completed work is kept)", file=sys.stderr)
-        return 2
-    return 0
+        return report_error(args, f"streamline {args.command}: error: disk full writing {written} ({free / 1e9:.2f} "
+                                  f"GB free there); free space and run again (completed work is kept)", rank)
+    return code if isinstance(code, int) else 0
+
+
+def report_error(args: argparse.Namespace, line: str, rank: int) -> int:
+    """The one error line: on stderr and in the --log file Snakemake points to. A worker under `streamline
+    launch` hands it to the launcher instead (launch.ERROR_FILE), which shows it once for all processes."""
+    from .launch import ERROR_FILE
+    if args.log and rank == 0:
+        with open(args.log, "a") as f:
+            f.write(line + "\n")
+    if os.environ.get(ERROR_FILE) and "LOCAL_RANK" in os.environ:
+        with open(os.environ[ERROR_FILE], "a") as f:
+            f.write(line + "\n")
+    else:
+        print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

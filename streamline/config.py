@@ -115,6 +115,10 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
                               f"loss (allowed: 0..{seq_len - 1})")
     check_eval(config)
     check_source("data.source", config["data"]["source"])
+    data = config["eval"].get("data")
+    if config["eval"]["offline"] and data and not Path(data).expanduser().is_dir():
+        raise StreamlineError(f"eval.data: {data} is not a directory (write one with `streamline fetch-eval-data "
+                              f"--out DIR`, or set eval.data: null)")
     if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
         check_model(config, config["model_name"])
     return config
@@ -144,6 +148,10 @@ def check_model(config: dict, model_dir: str | Path) -> None:
         if n >= layers:
             raise StreamlineError(f"layer_intervals: {n} is out of range for {Path(model_dir).name}, which has "
                                   f"{layers} layers (allowed: 1..{layers - 1})")
+    vocab = model_config.get("vocab_size")
+    if "kd" in _values(config["loss"]) and isinstance(vocab, int) and config["kd"]["top_k"] > vocab:
+        raise StreamlineError(f"kd.top_k: {config['kd']['top_k']} is more than {Path(model_dir).name}'s {vocab} tokens "
+                              f"(allowed: 0..{vocab})")
     k, n = max(k_values(config)), max(n_values(config))
     if n + k > layers:
         raise StreamlineError(f"replacement_layers: {k} with layer_intervals {n} needs a block of {n + k} layers; "

@@ -73,11 +73,25 @@ def record_text(record: dict, text_fields: list[str], where: str = "record") -> 
 
 
 def _read_jsonl(path: Path, text_fields: list[str]) -> Iterator[str]:
+    """Records of a .jsonl(.gz) file; a binary file, a fake .gz or a line that is not a JSON object is one line."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if line.strip():
-                yield record_text(json.loads(line), text_fields, f"{path}:{i + 1}")
+    i = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError("not a JSON object")
+                    yield record_text(record, text_fields, f"{path}:{i}")
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e).split(":")[0]
+        raise StreamlineError(f"data.source: {path} line {i + (1 if isinstance(e, UnicodeDecodeError) else 0)} is "
+                              f"not a JSON record ({what}); give JSON lines of objects") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
+        raise StreamlineError(f"data.source: {path} cannot be read as "
+                              f"{'gzip' if path.name.endswith('.gz') else 'text'} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _read_txt(path: Path) -> list[str]:
@@ -341,5 +355,27 @@ def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     data_dir = Path(data_dir)
     if not (data_dir / "meta.json").is_file():
         raise StreamlineError(f"{data_dir}: not a prepared data dir (no meta.json)")
-    return (np.load(data_dir / f"{split}_input_ids.npy", mmap_mode="r"),
-            np.load(data_dir / f"{split}_attention_mask.npy", mmap_mode="r"))
+    arrays = []
+    for name, kinds in ((f"{split}_input_ids.npy", "iu"), (f"{split}_attention_mask.npy", "iub")):
+        try:
+            a = np.load(data_dir / name, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:  # missing, truncated, or not a .npy at all
+            raise StreamlineError(f"{data_dir / name}: cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); run prepare-data again") from None
+        if a.ndim != 2 or a.dtype.kind not in kinds:
+            raise StreamlineError(f"{data_dir / name}: a {a.dtype} array of shape {a.shape}, not token blocks; "
+                                  f"run prepare-data again")
+        arrays.append(a)
+    ids, mask = arrays
+    if ids.shape != mask.shape:
+        raise StreamlineError(f"{data_dir}: {split} input_ids {ids.shape} and attention_mask {mask.shape} differ; "
+                              f"run prepare-data again")
+    return ids, mask
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, where: str | Path) -> None:
+    """Token ids must index the model's embedding table (an IndexError deep in a forward pass otherwise)."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
+        raise StreamlineError(f"{where}: token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); "
+                              f"prepare the data with this model's tokenizer")

@@ -43,7 +43,8 @@ def model_slug(model_name: str) -> str:
         name = Path(model_name).expanduser().resolve().name
     if name.lower().endswith(".gguf"):
         name = _QUANT.sub("", name[: -len(".gguf")])
-    return name
+    # a directory name under resources/ and results/: no separators, never "." or ".." (model_alias overrides)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "model"
 
 
 def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:

@@ -251,8 +251,10 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
     """
     import torch
 
+    from .data import check_token_ids
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise StreamlineError(f"input_ids: shape {input_ids.shape} does not match attention_mask {attention_mask.shape}")
+    check_token_ids(input_ids, model.config.vocab_size, "the held-out blocks")
     nll, kl, tokens = [], [], []
     with torch.no_grad():
         for i in range(0, len(input_ids), batch_size):

@@ -58,6 +58,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
     num_samples = len(ids) if num_samples is None else num_samples
     if num_samples > len(ids):
         raise StreamlineError(f"{split} split of {data_dir} has {len(ids)} blocks, {num_samples} requested")
+    data.check_token_ids(ids[:num_samples], config.vocab_size, data_dir / f"{split}_input_ids.npy")
     seq_len, hidden = ids.shape[1], config.hidden_size
     attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
              "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
@@ -163,8 +164,8 @@ def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str 
 
     Only layers 0..b+n run, never the whole model.
     """
-    from .atomic import read_json
-    scores = read_json(scores_json)
+    from .artifacts import read_scores
+    scores = read_scores(scores_json)
     keep = [scores["block"][0], scores["block"][-1] + 1]
     out_dir = Path(out_dir)
     summary = {"block": scores["block"], "layers": keep}

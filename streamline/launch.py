@@ -48,13 +48,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def distributed_type(config_file: str | Path) -> str:
+def read_config(config_file: str | Path) -> dict:
+    """The accelerate config file, or one line naming it (missing, not YAML, not a mapping)."""
     import yaml
     path = Path(config_file)
-    if not path.exists():
-        raise StreamlineError(f"accelerate config {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
-    return str(config.get("distributed_type", "NO")).upper()
+    if not path.is_file():
+        raise StreamlineError(f"llm.accelerate_config: {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise StreamlineError(f"llm.accelerate_config: {path} is not valid YAML ({type(e).__name__}, "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(config, dict):
+        raise StreamlineError(f"llm.accelerate_config: {path} is not a mapping of accelerate settings")
+    return config
+
+
+def distributed_type(config_file: str | Path) -> str:
+    return str(read_config(config_file).get("distributed_type", "NO")).upper()
 
 
 def launch_command(config_file: str | Path, num_processes: int | None, module_args: list[str], *,
@@ -74,8 +85,11 @@ def launch_command(config_file: str | Path, num_processes: int | None, module_ar
         if n > gpus:
             raise StreamlineError(f"accelerate: {n} processes asked for, but this machine shows {gpus} GPU(s)")
     else:
-        import yaml
-        n = num_processes or int((yaml.safe_load(Path(config_file).read_text()) or {}).get("num_processes", 1))
+        try:
+            n = num_processes or int(read_config(config_file).get("num_processes", 1))
+        except (TypeError, ValueError):
+            raise StreamlineError(f"llm.accelerate_config: {config_file} has a num_processes that is not a "
+                                  f"number") from None
         if kind != "DEEPSPEED":
             env["ACCELERATE_USE_CPU"] = "1"
         if cpus is None:
@@ -92,13 +106,63 @@ def launch_command(config_file: str | Path, num_processes: int | None, module_ar
     return (["env", *(f"{k}={v}" for k, v in env.items())] if env else []) + cmd
 
 
+def die_with_parent() -> None:
+    """End this process when the process that started it dies (Linux: prctl PR_SET_PDEATHSIG).
+
+    Snakemake runs each stage as a child; killing Snakemake (SIGKILL, a lost node) would otherwise leave
+    the stage running, and a rerun would share its checkpoint dir or store with the orphan. Under
+    accelerate launch the parent is the launcher, which starts each worker in a session of its own.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+ERROR_FILE = "STREAMLINE_ERROR_FILE"  # where a launched worker writes its one-line error
+
+
 def run(config_file: str, num_processes: int | None, module_args: list[str], mixed_precision: str | None = None,
-        print_only: bool = False) -> None:
-    """`streamline launch`: replace this process by the accelerate launcher (signals then reach it directly)."""
+        print_only: bool = False) -> int:
+    """`streamline launch`: run the accelerate launcher as a child, its stderr passed through as it comes.
+
+    A worker that stops on bad input writes its one line to ERROR_FILE; from then on the launcher's own
+    report (torchrun's ChildFailedError, ~30 lines) is held back, and that one line is the error shown.
+    Signals (Ctrl-C, a Slurm cancel) are passed on to the launcher, which passes them to the workers.
+    """
+    import signal
+    import tempfile
     cmd = launch_command(config_file, num_processes, module_args, mixed_precision=mixed_precision)
     if print_only:
         import shlex
         print(shlex.join(cmd))
-        return
+        return 0
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
-    os.execvp(cmd[0], cmd)
+    fd, error_file = tempfile.mkstemp(prefix="streamline-error-")
+    os.close(fd)
+    proc = subprocess.Popen(cmd, env={**os.environ, ERROR_FILE: error_file}, stderr=subprocess.PIPE,
+                            preexec_fn=die_with_parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _: proc.send_signal(s))
+    try:
+        held_back = False
+        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+            held_back = held_back or os.path.getsize(error_file) > 0
+            if not held_back:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+        code = proc.wait()
+        error = Path(error_file).read_text().splitlines()
+    finally:
+        os.unlink(error_file)
+    if code != 0 and error:
+        print(error[0], file=sys.stderr)  # the worker's own line, once
+        return 2
+    return code

@@ -28,8 +28,9 @@ import torch
 from tqdm import tqdm
 
 from .errors import StreamlineError
-from .atomic import atomic_write_json, read_json
-from .store import HiddenStore, store_dir
+from .atomic import atomic_write_json, read_artifact
+from .artifacts import read_scores
+from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_js
                           store_path: str | Path, **kwargs) -> dict:
     """The store the estimate reads: Y, M of layer i-1 and h_{i+n}, for the calibration blocks."""
     from .extract import extract_hidden_states
-    block = linear_block(read_json(scores_json))
+    block = linear_block(read_scores(scores_json, "scores"))
     return extract_hidden_states(model_dir, data_dir, store_path, split="calib", keep=store_states(block), **kwargs)
 
 
@@ -122,10 +123,10 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     from .pruned import count_params, save_pruned
 
     start = time.time()
-    scores = read_json(scores_json)
+    scores = read_scores(scores_json, "scores")
     block = linear_block(scores)
-    store_path = store_dir(states)
-    store = HiddenStore(store_path)
+    store = open_store(states)
+    store_path = store.path
     if store.attrs.get("layers") != store_states(block):
         raise StreamlineError(f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
                               f"{block[0]}..{block[-1]} needs {store_states(block)}; run its extraction again")
@@ -138,7 +139,8 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     fold(model, adapter, block, t)
-    extract_seconds = read_json(states)["seconds"] if Path(states).suffix == ".json" else 0.0
+    extract_seconds = (read_artifact(states, "store manifest", {"seconds": (int, float)})["seconds"]
+                       if Path(states).suffix == ".json" else 0.0)
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
     stats = {"block": block, "ridge": ridge, "tokens": tokens, "relative_residual": residual,

@@ -11,8 +11,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .adapters import Adapter, get_adapter
 from .errors import StreamlineError
-from .pruned import count_params, load_pruned, read_config
-from .store import TORCH_DTYPES
+from .pruned import TORCH_DTYPES, count_params, load_pruned, read_config
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,17 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from safetensors import SafetensorError
+
 from . import networks
+from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
 from .atomic import atomic_dir, atomic_write_json
 from .weights import origin_of, record
 
 log = logging.getLogger(__name__)
 
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
 
@@ -77,10 +81,14 @@ def load_pruned(model_dir: str | Path, dtype: torch.dtype | None = None, **kwarg
     """
     from .weights import verify
     verify(model_dir)
-    config = read_config(model_dir)
-    if not has_custom_net(config):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kwargs)
-    return custom_net_class(config).from_pretrained(model_dir, config=config, dtype=dtype, **kwargs)
+    try:
+        config = read_config(model_dir)
+        if not has_custom_net(config):
+            return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kwargs)
+        return custom_net_class(config).from_pretrained(model_dir, config=config, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # a truncated or foreign file
+        raise StreamlineError(f"model dir {model_dir}: cannot be loaded ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
 def write_remote_code(config: PretrainedConfig, adapter: Adapter, model_dir: Path) -> None:

@@ -19,15 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import layout
 from .errors import StreamlineError
-from .atomic import read_json
+from .artifacts import read_scores
 from .loading import load_model
 from .networks import build_network
 from .pruned import count_params, save_pruned
 
 log = logging.getLogger(__name__)
 
-NETS = ("transformer", "ffn", "swiglu", "none")
+NETS = tuple(n for n in layout.NETS if n != "linear")  # linear is built by linear.py
 
 
 def removed_block(scores: dict, net: str, layers: int = 1) -> list[int]:
@@ -64,7 +65,7 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     if layers < 1 or (layers > 1 and net != "transformer"):
         raise StreamlineError(f"replacement_layers: {layers} is not allowed with network '{net}' "
                               f"(transformer: k >= 1; ffn, swiglu, none: 1)")
-    scores = read_json(scores_json)
+    scores = read_scores(scores_json)
     block = removed_block(scores, net, layers)
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers

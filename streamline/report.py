@@ -1,8 +1,8 @@
 """Report stage: one table over the baseline and every pruned variant, with intervals, plus plots.
 
-Its inputs come from the rule (report.smk), file by file: the baseline's eval.json and per-question
-samples; for each variant its eval.json, samples and stability.json, and its train_log.json or
-estimate_log.json where one exists; and the block-score files to plot. Every fact about a row (n,
+Its inputs come from the rule (report.smk) in one manifest: {"baseline": {name, eval, samples}, "rows":
+[{name, eval, samples, stability, train_log, estimate_log}, ...], "scores": [block-score files]}; a row's
+train_log.json or estimate_log.json is read where one exists. Every fact about a row (n,
 net, loss, replacement layers k, block, layers, params, training tokens and time) is read from
 those artifacts (eval.json carries the model dir's streamline.json); only the row's display name
 comes from the rule.
@@ -28,16 +28,11 @@ from .atomic import atomic_write_json, atomic_write_text, read_json
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
 from .evaluate import read_samples
-from .plots import figure
+from .layout import PLOTS
+from .plots import fmt_params, plot_accuracy, plot_block_scores, plot_pareto, plot_training
 
 log = logging.getLogger(__name__)
 
-PLOTS = {
-    "block_scores": "block_scores.png",
-    "training_loss": "training_loss.png",
-    "task_accuracy": "task_accuracy.png",
-    "pareto": "pareto.png",
-}
 
 def _load(path: str | Path, what: str) -> dict:
     path = Path(path)
@@ -214,15 +209,6 @@ def noise_words(row: dict, tasks: list[str]) -> str:
 
 # ---------------------------------------------------------------- tables
 
-def fmt_params(p: int | None) -> str:
-    if p is None:
-        return "–"
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if p >= scale:
-            return f"{p / scale:.{2 if p < 10 * scale else 1}f}{suffix}"
-    return str(int(p))
-
-
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
@@ -384,138 +370,30 @@ def html_page(summary: dict[str, Any]) -> str:
     return "\n".join(parts + ["</body></html>"]) + "\n"
 
 
-# ---------------------------------------------------------------- plots
-
-def plot_block_scores(summary: dict[str, Any], path: Path) -> None:
-    from matplotlib.ticker import MaxNLocator
-    with figure(path, figsize=(7, 4)) as (fig, ax):
-        metric = None
-        for s in sorted(summary["scores"], key=lambda s: (s["n"], s["span"])):
-            metric = s.get("metric", metric)
-            xs = [b["start"] for b in s["scores"]]
-            removal = s["span"] == s["n"]  # plain removal scores windows of n; replacements span n + k
-            line, = ax.plot(xs, [b["score"] for b in s["scores"]], marker="." if not removal else None,
-                            ls="--" if removal else "-", alpha=0.7 if removal else 1.0,
-                            label=f"n={s['n']} {'removal ' if removal else ''}(span {s['span']})")
-            best = s["best_start"]
-            ax.plot([best], [s["scores"][xs.index(best)]["score"]], "*", ms=12, color=line.get_color())
-        if not ax.lines:
-            ax.text(0.5, 0.5, "no block scores", ha="center", va="center", transform=ax.transAxes)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("block start layer")
-        ax.set_ylabel(f"block score ({metric or 'cosine'})")
-        ax.set_title("Block redundancy (★ = block replaced)")
-        if ax.lines:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-
-
-def plot_training(summary: dict[str, Any], path: Path) -> None:
-    logs = summary["train_logs"]
-    k = max(1, len(logs))
-    cols = min(k, 3)
-    rows = math.ceil(k / cols)
-    with figure(path, rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False) as (fig, axes):
-        for ax in axes.flat[len(logs):]:
-            ax.axis("off")
-        if not logs:
-            axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
-        for ax, tl in zip(axes.flat, logs):
-            if tl["steps"]:
-                ax.plot([s["step"] for s in tl["steps"]], [s["loss"] for s in tl["steps"]], label="train", alpha=0.8)
-            if tl["val"]:
-                ax.plot([v["step"] for v in tl["val"]], [v["loss"] for v in tl["val"]], "o--", label="val")
-            ax.set_title(tl["label"], fontsize=9)
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel(f"{tl.get('loss') or ''} loss".strip())
-            losses = [s["loss"] for s in tl["steps"] + tl["val"] if s.get("loss") is not None]
-            if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle("Training loss of the replacement network")
-        fig.tight_layout()
-
-
-def _errorbar(ax, x: float, y: float, ci: list[float] | None, scale: float = 1.0, **kw) -> None:
-    yerr = None if ci is None else [[max(0.0, y - ci[0] * scale)], [max(0.0, ci[1] * scale - y)]]
-    ax.errorbar([x], [y], yerr=yerr, fmt="o", capsize=3, **kw)
-
-
-def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
-    import numpy as np
-    tasks = summary["tasks"]
-    groups = [TASK_LABELS.get(t, t) for t in tasks] + ["Avg"]
-    rows = summary["rows"]
-    width = 0.8 / max(1, len(rows))
-    x = np.arange(len(groups))
-    size = (max(6, 1.1 * len(groups) + 0.25 * len(rows) * len(groups)), 4)
-    with figure(path, figsize=size) as (fig, ax):
-        for i, r in enumerate(rows):
-            vals = [r["tasks"].get(t) for t in tasks] + [r["average"]]
-            cis = [r["accuracy_ci95"].get(t) for t in tasks] + [r["average_ci95"]]
-            vals = np.array([np.nan if v is None else 100 * v for v in vals])
-            err = np.array([[v - 100 * c[0], 100 * c[1] - v] if c else [0, 0] for v, c in zip(vals, cis)]).T
-            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, yerr=np.clip(err, 0, None), capsize=2,
-                   label=r["label"], color="black" if r["variant"] == "baseline" else None, alpha=0.85,
-                   error_kw={"elinewidth": 0.8, "alpha": 0.6})
-        ax.set_xticks(x, groups)
-        ax.set_ylabel("accuracy (%), 95% interval")
-        ax.set_title("Zero-shot accuracy: baseline vs pruned variants")
-        ax.legend(fontsize=8, ncol=min(4, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-        ax.grid(axis="y", alpha=0.3)
-
-
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
-    """Indices of the points no other point beats: at most as many parameters and a better y."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        better = (lambda a, b: a >= b) if higher_is_better else (lambda a, b: a <= b)
-        if not any(j != i and xo <= x and better(yo, y) and (xo, yo) != (x, y) for j, (xo, yo) in enumerate(points)):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-def plot_pareto(summary: dict[str, Any], path: Path) -> None:
-    """Retention and perplexity against parameters, every row with its 95% interval; Pareto front joined."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
-    rows = [r for r in summary["rows"] if r["params"]]
-    panels = (("retention", "retention_ci95", "accuracy retention (%)", 100.0, True),
-              ("perplexity", "perplexity_ci95", "held-out perplexity", 1.0, False))
-    with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
-        for ax, (key, ci_key, ylabel, scale, higher) in zip(axes, panels):
-            pts = [(r["params"], r[key] * scale) for r in rows if r.get(key) is not None]
-            shown = [r for r in rows if r.get(key) is not None]
-            for (x, y), r in zip(pts, shown):
-                _errorbar(ax, x, y, r.get(ci_key), scale, color="black" if r["variant"] == "baseline" else None)
-                s = (r.get("speedup") or {}).get("prefill")
-                ax.annotate(r["variant"] + (f"\n{s:.2f}x prefill" if s and r["variant"] != "baseline" else ""),
-                            (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
-            front = pareto_front(pts, higher)
-            if len(front) > 1:
-                ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="grey",
-                        ls=":", lw=1, label="Pareto front")
-                ax.legend(fontsize=8)
-            ys = [y for _, y in pts]
-            if key == "perplexity" and ys and min(ys) > 0 and max(ys) / min(ys) > 20:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-            ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_params(int(v)) if v > 0 else "0"))
-            ax.set_xlabel("parameters")
-            ax.set_ylabel(ylabel + ", 95% interval")
-            ax.grid(alpha=0.3)
-        fig.suptitle("Size against quality: every variant (intervals: paired bootstrap over questions or blocks)")
-        fig.tight_layout()
-
-
 # ---------------------------------------------------------------- entry point
 
-def report(baseline: dict[str, str], variants: list[dict[str, str]], *, scores: list[Path], out_json: Path,
-           out_md: Path, plots_dir: Path, out_html: Path | None = None) -> dict[str, Any]:
-    summary = collect(baseline, variants, scores)
+def read_manifest(text: str) -> dict[str, Any]:
+    """The rule's manifest (JSON), checked: one line for anything that is not what report.smk writes."""
+    import json
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        raise StreamlineError("--manifest: not valid JSON") from None
+    files = (str, type(None))
+    ok = (isinstance(manifest, dict) and isinstance(manifest.get("baseline"), dict)
+          and isinstance(manifest.get("rows"), list) and isinstance(manifest.get("scores"), list)
+          and all(isinstance(v, files) for v in manifest["baseline"].values())
+          and all(isinstance(r, dict) and all(isinstance(v, files) for v in r.values()) for r in manifest["rows"])
+          and all(isinstance(s, str) for s in manifest["scores"]))
+    if not ok:
+        raise StreamlineError('--manifest: expected {"baseline": {name, eval, samples}, "rows": [{name, eval, '
+                              'samples, stability, train_log?, estimate_log?}, ...], "scores": [files]}')
+    return manifest
+
+
+def report(manifest: dict[str, Any], *, out_json: Path, out_md: Path, plots_dir: Path,
+           out_html: Path | None = None) -> dict[str, Any]:
+    summary = collect(manifest["baseline"], manifest["rows"], [Path(s) for s in manifest["scores"]])
     plots_dir = Path(plots_dir)
     plot_block_scores(summary, plots_dir / PLOTS["block_scores"])
     plot_training(summary, plots_dir / PLOTS["training_loss"])

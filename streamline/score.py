@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json
-from .store import HiddenStore, store_dir
+from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
     """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one.
 
     `store_path`: the calibration store, or its manifest."""
-    store_path = store_dir(store_path)
-    store = HiddenStore(store_path).require_complete()
-    num_layers = store.attrs["num_layers"]
-    if store.attrs["layers"] != list(range(num_layers + 1)):
+    store = open_store(store_path)
+    store_path = store.path
+    num_layers = store.attrs.get("num_layers")
+    if not isinstance(num_layers, int) or store.attrs.get("layers") != list(range(num_layers + 1)):
         raise StreamlineError(f"{store_path}: scoring needs every layer's hidden state (a calibration store)")
     span = n + 1 if span is None else span
     if not 1 <= n < num_layers:

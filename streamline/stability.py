@@ -95,8 +95,8 @@ def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_corr
     w = softmax_weights(sigma)
     agree = np.asarray(original_correct, dtype=bool) == np.asarray(pruned_correct, dtype=bool)
     if legacy:
-        return float(w[: int(agree.sum())].sum())  # the reference bug: the first k weights
-    return float(w[agree].sum())
+        return float(min(1.0, w[: int(agree.sum())].sum()))  # the reference bug: the first k weights
+    return float(min(1.0, w[agree].sum()))  # weights that sum to 1 + 2e-16 must not give 100.00000000000002%
 
 
 # ---------------------------------------------------------------- lm-eval samples

@@ -29,9 +29,22 @@ from .errors import StreamlineError
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 FORMAT = 2  # 2: with the checksum array (stores of format 1 are started afresh)
+
+
+def _manifest_entry(path: Path, split: str | None) -> dict:
+    if not path.is_file():
+        raise StreamlineError(f"{path}: no such store manifest (run the extraction that writes it)")
+    try:
+        entry = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise StreamlineError(f"{path}: the store manifest is not valid JSON (run its extraction again)") from None
+    entry = entry.get(split) if split and isinstance(entry, dict) else entry
+    if not isinstance(entry, dict) or not isinstance(entry.get("store"), str) or not entry["store"]:
+        where = f"'{split}.store'" if split else "'store'"
+        raise StreamlineError(f"{path}: not a store manifest (it has no {where} path); run its extraction again")
+    return entry
 
 
 def store_dir(path: str | Path, split: str | None = None) -> Path:
@@ -43,17 +56,20 @@ def store_dir(path: str | Path, split: str | None = None) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         return path / split if split else path
-    if not path.is_file():
-        raise StreamlineError(f"{path}: no such store manifest (run the extraction that writes it)")
-    try:
-        entry = json.loads(path.read_text())
-    except ValueError:
-        raise StreamlineError(f"{path}: the store manifest is not valid JSON (run its extraction again)") from None
-    entry = entry.get(split) if split and isinstance(entry, dict) else entry
-    if not isinstance(entry, dict) or "store" not in entry:
-        where = f"'{split}.store'" if split else "'store'"
-        raise StreamlineError(f"{path}: not a store manifest (it has no {where} entry)")
-    return Path(entry["store"])
+    return Path(_manifest_entry(path, split)["store"])
+
+
+def open_store(path: str | Path, split: str | None = None) -> "HiddenStore":
+    """A complete store, by its directory or its manifest; given the manifest, the store must hold the shape
+    the manifest records (an edited zarr.json would otherwise pass as a smaller store)."""
+    path = Path(path)
+    store = HiddenStore(store_dir(path, split)).require_complete()
+    if path.suffix == ".json":
+        shape = _manifest_entry(path, split).get("shape")
+        if not isinstance(shape, list):
+            raise StreamlineError(f"{path}: the store manifest records no shape; run its extraction again")
+        store.check_shape(shape, path)
+    return store
 
 
 def compressors(codec: str, level: int = 3):
@@ -90,14 +106,22 @@ class HiddenStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise StreamlineError(f"{self.path}: no hidden-state store here (run the extraction that writes it)")
-        self.group = zarr.open_group(str(self.path), mode=mode)
-        self.attrs = dict(self.group.attrs)
-        if self.attrs.get("format") != FORMAT:
-            raise StreamlineError(f"{self.path}: a store of an older format; run the extraction again to rebuild it")
-        self.hidden = self.group["hidden"]
-        self.mask = self.group["attention_mask"]
-        self.checksum = self.group["checksum"]
-        self.dtype = self.attrs["dtype"]
+        try:  # a torn or deleted zarr.json, or arrays whose metadata was edited, are a damaged store
+            self.group = zarr.open_group(str(self.path), mode=mode)
+            self.attrs = dict(self.group.attrs)
+            if self.attrs.get("format") != FORMAT:
+                raise StreamlineError(f"{self.path}: a store of an older format; run the extraction again to "
+                                      f"rebuild it")
+            self.hidden = self.group["hidden"]
+            self.mask = self.group["attention_mask"]
+            self.checksum = self.group["checksum"]
+            self.dtype = self.attrs["dtype"]
+        except StreamlineError:
+            raise
+        except Exception as e:
+            raise StreamlineError(f"{self.path}: the store's metadata cannot be read ({type(e).__name__}); run the "
+                                  f"extraction again to rebuild it") from None
+        self._check_shapes()
         self._sums: np.ndarray | None = None  # the checksum table, read once by readers
         self._pending: dict[tuple[int, int], int] = {}  # writers: (k, n) -> crc of chunks written, not yet recorded
         self._lock = threading.Lock()
@@ -117,8 +141,16 @@ class HiddenStore:
                 removed = sum(1 for p in path.rglob("*.partial") if p.unlink() is None)
                 if removed:
                     log.info("removed %d partial chunk(s) left by an interrupted run", removed)
-                return cls(path, mode="r+")
-            log.info("%s was written with other inputs; starting it afresh", path)
+                try:
+                    store = cls(path, mode="r+")
+                    store.check_shape(shape, "this extraction")
+                    store.read_table()  # the table that says what is done must itself be readable
+                    return store
+                except Exception as e:
+                    log.warning("%s is damaged (%s); starting it afresh", path,
+                                str(e).split(": ", 1)[-1] if isinstance(e, StreamlineError) else type(e).__name__)
+            else:
+                log.info("%s was written with other inputs; starting it afresh", path)
             shutil.rmtree(path)
         k, n, t, h = shape
         group = zarr.open_group(str(path), mode="w")
@@ -128,8 +160,35 @@ class HiddenStore:
         group.create_array("attention_mask", shape=(n, t), chunks=(1, t), dtype="uint8", fill_value=0, **common)
         group.create_array("checksum", shape=(n, k + 1), chunks=(1, k + 1), dtype="int64", fill_value=-1,
                            config={"write_empty_chunks": True})
-        group.attrs.update({**attrs, "dtype": dtype, "codec": codec, "format": FORMAT})
+        group.attrs.update({**attrs, "dtype": dtype, "codec": codec, "format": FORMAT, "shape": list(shape)})
         return cls(path, mode="r+")
+
+    def _check_shapes(self) -> None:
+        """The arrays must agree with each other and with the shape recorded at creation: an edited zarr.json
+        (fewer samples, another width) would otherwise be read as a smaller, valid store."""
+        k, n, t, h = self.hidden.shape
+        recorded = self.attrs.get("shape")
+        problems = []
+        if recorded is not None and list(recorded) != [k, n, t, h]:
+            problems.append(f"hidden is {[k, n, t, h]}, created as {recorded}")
+        if tuple(self.mask.shape) != (n, t):
+            problems.append(f"attention_mask is {list(self.mask.shape)}, not {[n, t]}")
+        if tuple(self.checksum.shape) != (n, k + 1):
+            problems.append(f"checksum is {list(self.checksum.shape)}, not {[n, k + 1]}")
+        if isinstance(self.attrs.get("layers"), list) and len(self.attrs["layers"]) != k:
+            problems.append(f"hidden holds {k} states, the attributes name {len(self.attrs['layers'])}")
+        if self.attrs.get("dtype") not in STORAGE_DTYPES or self.hidden.dtype != np.dtype(STORAGE_DTYPES[self.dtype]):
+            problems.append(f"hidden is {self.hidden.dtype}, the attributes say {self.attrs.get('dtype')}")
+        if problems:
+            raise StreamlineError(f"{self.path}: the store's shape was changed ({problems[0]}); run the extraction "
+                                  f"again to rebuild it")
+
+    def check_shape(self, shape: list[int] | tuple[int, ...], where: str | Path) -> "HiddenStore":
+        """The store's [K, N, T, H] must be what `where` (its manifest) says it wrote."""
+        if list(self.hidden.shape) != list(shape):
+            raise StreamlineError(f"{self.path}: holds {list(self.hidden.shape)} but {where} records {list(shape)}; "
+                                  f"run the extraction again")
+        return self
 
     @property
     def num_samples(self) -> int:
@@ -167,7 +226,7 @@ class HiddenStore:
 
     def missing_samples(self, verify: bool = True, threads: int = 4) -> list[int]:
         """Samples to (re)compute: not done, or (verify) done but failing their checksums."""
-        sums = self.checksum[:]
+        sums = self.read_table()
         if not verify:
             return [n for n in range(self.num_samples) if sums[n, -1] < 0]
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -188,8 +247,15 @@ class HiddenStore:
 
     def _table(self) -> np.ndarray:
         if self._sums is None:
-            self._sums = self.checksum[:]
+            self._sums = self.read_table()
         return self._sums
+
+    def read_table(self) -> np.ndarray:
+        try:
+            return self.checksum[:]
+        except Exception as e:  # garbage in the table's chunks: nothing says which samples are done
+            raise StreamlineError(f"{self.path}: the checksum table cannot be read ({type(e).__name__}); run "
+                                  f"the extraction again to repair the store") from None
 
     def _damaged(self, n: int, k: int, what: str) -> StreamlineError:
         part = "mask" if k == self.num_states else f"hidden state {k}"

@@ -10,7 +10,8 @@ import pytest
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
 from streamline.evaluate import SAMPLES_FORMAT, write_samples
-from streamline.report import pareto_front, report
+from streamline.plots import pareto_front
+from streamline.report import report
 
 TASKS = ["arc_easy", "boolq"]
 Q = 20
@@ -100,8 +101,13 @@ def artifacts(tmp_path) -> dict:
 
 def _run(a: dict) -> dict:
     out = a["out"]
-    return report(a["baseline"], a["variants"], scores=a["scores"], out_json=out / "summary.json",
-                  out_md=out / "summary.md", out_html=out / "summary.html", plots_dir=out / "plots")
+    return report(_manifest(a), out_json=out / "summary.json", out_md=out / "summary.md",
+                  out_html=out / "summary.html", plots_dir=out / "plots")
+
+
+def _manifest(a: dict) -> dict:
+    """What report.smk passes: the files, in one manifest."""
+    return {"baseline": a["baseline"], "rows": a["variants"], "scores": [str(s) for s in a["scores"]]}
 
 
 def test_rows_take_their_facts_from_the_artifacts(artifacts):
@@ -206,12 +212,12 @@ def test_mismatched_limit_is_refused(artifacts):
 def test_report_cli(artifacts):
     out = artifacts["out"] / "cli"
     b = artifacts["baseline"]
-    args = ["report", "--baseline", *(f"{k}={v}" for k, v in b.items())]
-    for v in artifacts["variants"]:
-        args += ["--variant", *(f"{k}={val}" for k, val in v.items())]
-    args += ["--scores", *map(str, artifacts["scores"]), "--json", str(out / "s.json"), "--md", str(out / "s.md"),
-             "--plots-dir", str(out / "plots")]
-    assert cli(args) == 0 and len(json.loads((out / "s.json").read_text())["rows"]) == 5
-    assert cli(["report", "--baseline", "eval=nope.json", "samples=x", "--json", str(out / "x.json"), "--md",
-                str(out / "x.md"), "--plots-dir", str(out / "plots")]) == 2
-    assert cli(["report", "--baseline", "oops", "--json", "x", "--md", "y", "--plots-dir", "z"]) == 2
+    outputs = ["--json", str(out / "s.json"), "--md", str(out / "s.md"), "--plots-dir", str(out / "plots")]
+    assert cli(["report", "--manifest", json.dumps(_manifest(artifacts)), *outputs]) == 0
+    assert len(json.loads((out / "s.json").read_text())["rows"]) == 5
+    (out / "m.json").write_text(json.dumps(_manifest(artifacts)))
+    assert cli(["report", "--manifest", f"@{out / 'm.json'}", *outputs]) == 0
+    missing = {"baseline": {**b, "eval": "nope.json"}, "rows": [], "scores": []}
+    assert cli(["report", "--manifest", json.dumps(missing), *outputs]) == 2
+    assert cli(["report", "--manifest", "oops", *outputs]) == 2
+    assert cli(["report", "--manifest", json.dumps({"baseline": b, "rows": [5], "scores": []}), *outputs]) == 2

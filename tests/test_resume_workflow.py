@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tiny import holds_only_the_finished_state
 from workflow_utils import workflow_env, SNAKEFILE, snakemake, tiny_config, write_config
 
 
@@ -74,4 +75,4 @@ def test_killed_training_resumes_from_checkpoint(tmp_path, tiny_llama_dir, text_
     assert result["resumed_at_step"] >= 1
     assert len(result["steps"]) == result["total_steps"] == 640
     assert (tmp_path / "results/tiny/n2/transformer-mse/model/model.safetensors").exists()
-    assert not checkpoint.exists()
+    assert holds_only_the_finished_state(checkpoint)

@@ -24,9 +24,12 @@ P = SCHEMA["properties"]
 
 
 def test_choices_are_the_packages():
-    assert schema_enum("network") == [*NETS, "linear"]  # linear is built by linear.py, not replace.py
+    from streamline import layout
+    from streamline.training.recipes import RECIPES
+    assert schema_enum("network") == [*NETS, "linear"] == list(layout.NETS)  # linear: built by linear.py
     assert set(TRAINABLE_NETS) == set(NETS) - {"none"}
-    assert schema_enum("loss") == list(LOSSES)
+    assert schema_enum("loss") == list(LOSSES) == list(RECIPES) == list(layout.LOSSES)  # one entry per loss
+    assert schema_enum("network") == list(layout.NETS)
     assert P["train"]["properties"]["mse_loss"]["enum"] == list(MSE_LOSSES)
     assert schema_enum("metric") == list(METRICS)
     assert set(schema_enum("dtype")) == set(STORAGE_DTYPES)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir
+from tiny import holds_only_the_finished_state, make_data_dir
 from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.pruned import load_pruned
 from streamline.replace import replace
@@ -193,7 +193,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_llama_dir, tmp_path):
     assert res["train_tokens"] == ref["train_tokens"]
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "res" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not ckdir.exists()
+    assert holds_only_the_finished_state(ckdir)
 
 
 def test_unreadable_checkpoint_is_set_aside(tiny_llama_dir, tmp_path, caplog):

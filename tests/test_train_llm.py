@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tiny import build_tiny_model, make_data_dir, tiny_model_config
+from tiny import build_tiny_model, holds_only_the_finished_state, make_data_dir, tiny_model_config
 from streamline.launch import launch_command
 from streamline.replace import replace
 from streamline.training.model import trainable_parameter_names
@@ -143,7 +143,7 @@ def test_two_process_training(backend, loss, llm_setup, trained):
     # the schedule decays over optimizer steps, and each step logs the rate it used
     assert [st["lr"] for st in result["steps"]] == pytest.approx(schedule(TOTAL_STEPS, 1, 1e-2, 1e-3))
     assert "built successfully" not in stderr and not any((root / "torch_extensions").iterdir())
-    assert not (root / name / "checkpoints").exists()
+    assert holds_only_the_finished_state(root / name / "checkpoints")
     # only the lightweight network changed, every other tensor is bit for bit the init's
     before = load_file(root / "init" / "model.safetensors")
     after = load_file(root / name / "model" / "model.safetensors")
@@ -183,7 +183,7 @@ def test_sigkill_then_resume(backend, loss, llm_setup, trained):
     assert "resumed from" in stderr
     assert result["resumed_at_step"] >= step and result["total_steps"] == TOTAL_STEPS
     assert [s["step"] for s in result["steps"]] == list(range(1, TOTAL_STEPS + 1))
-    assert not ckpt.exists() and (root / name / "model" / "model.safetensors").exists()
+    assert holds_only_the_finished_state(ckpt) and (root / name / "model" / "model.safetensors").exists()
     # it continued exactly where the killed run stopped: same batches (skipping those consumed mid-epoch),
     # same optimizer state and schedule: on CPU the result is bit for bit the uninterrupted run's
     reference, _, _ = trained(backend, loss)
@@ -205,7 +205,7 @@ def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_pat
                    checkpoint_dir=tmp_path / "ck")
     assert result["num_processes"] == 1 and result["total_steps"] == 8
     assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
-    assert "never improved" in caplog.text and not (tmp_path / "ck").exists()
+    assert "never improved" in caplog.text and holds_only_the_finished_state(tmp_path / "ck")
     before, after = load_file(root / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
 

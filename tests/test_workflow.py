@@ -138,6 +138,12 @@ def test_unknown_architecture(tmp_path, text_corpus):
     ("adapters/llama.py", {"extract_calibration": 1, "score": 2, "extract_pairs": 1, "evaluate_baseline": 1},
      {"download_model", "prepare_data"}),
     ("report.py", {"report": 1}, set()),
+    # the store is read by scoring and MSE training, never by replace or the evaluations (which run the model)
+    ("store.py", {"extract_calibration": 1, "extract_pairs": 1, "train_mse": 1},
+     {"download_model", "prepare_data", "fetch_eval_data", "evaluate_baseline"}),
+    # the training settings reach the train rules only (the CLI imports them lazily)
+    ("training/settings.py", {"train_mse": 1, "evaluate_variant": 1, "report": 1},
+     UPSTREAM_OF_SCORING | {"score", "extract_pairs", "replace"}),
 ])
 def test_a_code_edit_reruns_the_stages_that_run_it_and_nothing_else(done, module, expected, untouched):
     """Rules take every package file their stage runs as input (the package's import graph). The edit lands in
@@ -157,6 +163,14 @@ def test_a_code_edit_reruns_the_stages_that_run_it_and_nothing_else(done, module
     assert not untouched & plan.keys(), plan
     if module == "report.py":
         assert plan == expected
+
+
+def test_code_inputs_of_replace_and_evaluation_leave_out_the_store_and_the_training_settings():
+    from streamline.imports import stage_files
+    for modules in (("replace", "networks", "pruned"), ("evaluate", "eval_tasks", "speed", "loading", "pruned"),
+                    ("download", "pypi", "weights")):
+        files = {f.split("streamline/", 1)[1] for f in stage_files(*modules)}
+        assert not {"store.py", "training/settings.py"} & files, (modules, files)
 
 
 def test_the_package_has_no_import_cycle():

@@ -88,3 +88,12 @@ def sequences(rng, num: int, seq_len: int, vocab: int, pattern: str):
         return rng.integers(4, vocab, size=(num, seq_len)).astype(np.int32)
     start, step = rng.integers(0, vocab - 4, num), rng.integers(1, 4, num)
     return (4 + (start[:, None] + step[:, None] * np.arange(seq_len)) % (vocab - 4)).astype(np.int32)
+
+
+def holds_only_the_finished_state(checkpoint_dir: Path) -> bool:
+    """A completed run's checkpoint dir: progress.json marked done and the kept weights, no resumable state."""
+    import json
+    names = sorted(p.name for p in Path(checkpoint_dir).iterdir())
+    progress = json.loads((Path(checkpoint_dir) / "progress.json").read_text())
+    return progress.get("done") is True and len(names) == 2 and names[0].startswith("best-") and \
+        names[1] == "progress.json"

@@ -14,7 +14,8 @@ metrics, one of which picks the state that is kept.
 - Checkpoints (accelerate's save_state, trainable weights only, plus progress.json naming the last
   complete one) every checkpoint_every steps; a killed run resumes from the last one and reads exactly
   the micro-batches it had not consumed. A checkpoint that cannot be read is set aside, and the run
-  starts afresh. The checkpoint dir is locked while a run uses it, and deleted when the run completes.
+  starts afresh. The checkpoint dir is locked while a run uses it; when the run completes it keeps only the
+  exported weights and the log, so a rerun whose outputs Snakemake discarded exports them again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from tqdm import tqdm
 
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json, exclusive, read_json
-from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed
+from ..weights import sha256_file
+from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed, weights_only_loads
 from .model import ReplacedModel
 from .settings import TrainSettings
 from .sources import micro_batch_plan, read_ahead
@@ -47,7 +49,8 @@ PROGRESS = "progress.json"  # names the last complete checkpoint; written last, 
 
 @dataclass
 class Recipe:
-    loss: str                                    # mse | llm | kd: the name the log and the model card carry
+    stage_loss: str                              # mse | llm | kd: the loss this run trains with
+    loss: str                                    # the name the log and the model card carry (mse+kd: staged)
     module: ReplacedModel
     train: Any                                   # PairSamples or TokenSamples
     objective: Callable[[ReplacedModel, dict], dict]
@@ -79,6 +82,14 @@ def make_plan(n: int, s: TrainSettings, world: int = 1, rank: int = 0) -> Plan:
     val_every = s.val_every or max(1, steps // 10)
     return Plan(micro, s.gradient_accumulation_step, steps, round(s.warmup_ratio * steps), val_every,
                 s.checkpoint_every or val_every)
+
+
+def code_identity() -> str:
+    """The training code's content: a checkpoint (or a finished run) made by other code is never taken up."""
+    import hashlib
+    from ..imports import closure
+    text = "".join(f.read_text() for f in closure("training.recipes"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.optim.AdamW:
@@ -121,7 +132,10 @@ def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str,
                 r = objective(net, batch)
             total += torch.stack([r["loss"].double() * r["count"], r["count"].double()])
         total = accelerator.reduce(total, reduction="sum")
-        out[name] = float(total[0] / total[1].clamp(min=1))
+        if total[1] == 0:  # 0 / 0 would read as a perfect score and pick the kept state
+            raise StreamlineError(f"train: validation {name} has no token to score (every validation position is "
+                                  f"padding or left out); check the data's val split and train.skip_first_tokens")
+        out[name] = float(total[0] / total[1])
         if not math.isfinite(out[name]):
             raise StreamlineError(f"train: validation {name} is {out[name]} (NaN/Inf): the model overflows in "
                                   f"this dtype or the lr is too high; try dtype: float32 or a lower lr")
@@ -131,55 +145,97 @@ def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str,
 
 # --- checkpoints ----------------------------------------------------------------------------------------
 
+class Unreadable(Exception):
+    """A checkpoint that fails its checks before anything was loaded from it."""
+
+
 class Checkpoints:
-    """accelerate checkpoints of the trainable state, plus the best state and the log so far."""
+    """accelerate checkpoints of the trainable state, plus the best state and the log so far.
+
+    progress.json, written last, names the complete checkpoint and the SHA-256 of each of its files; a
+    resume verifies every file against it before loading anything, so a damaged or replaced file is set
+    aside without leaving any of its state behind. When training is done, the dir keeps only the final
+    kept weights and the log (`done`): a run whose outputs Snakemake discarded (Ctrl-C of Snakemake while
+    the job finished) exports them again instead of training from step 0.
+    """
 
     def __init__(self, directory: str | Path | None, accelerator, fingerprint: dict):
         self.dir = Path(directory) if directory else None
         self.accelerator, self.fingerprint = accelerator, fingerprint
         self.save_kwargs, self.load_kwargs = checkpoint_kwargs(accelerator)
-        self._lock = None
 
     def locked(self):
         """Refuse to share the checkpoint dir with a live run (an orphaned job, a second snakemake)."""
         return exclusive(self.dir) if self.dir is not None and self.accelerator.is_main_process else nullcontext()
 
-    def resume(self, main: bool) -> tuple[dict, dict | None] | None:
-        """(state, best_state) of the last complete checkpoint made with the same inputs, else None."""
+    def _progress(self) -> dict | None:
+        """progress.json if it was made with the same inputs; Unreadable if it is torn or names missing files."""
+        if self.dir is None or not (self.dir / PROGRESS).exists():
+            return None
+        try:
+            saved = read_json(self.dir / PROGRESS)
+            files, fingerprint = saved["files"], saved["fingerprint"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise Unreadable(f"{PROGRESS} is torn or of another format ({type(e).__name__})") from None
+        if not isinstance(files, dict) or not files:
+            raise Unreadable(f"{PROGRESS} records no files")
+        if fingerprint != self.fingerprint:
+            log.info("checkpoint %s was made with other inputs, settings or code; starting afresh", self.dir)
+            return None
+        for name, digest in files.items():  # before anything is loaded
+            path = self.dir / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise Unreadable(f"{name} is {'missing' if not path.is_file() else 'not what was saved'}")
+        return saved
+
+    def resume(self, main: bool) -> tuple[dict, dict | None, dict | None] | None:
+        """(state, best_state, finished result or None) of the last complete checkpoint made with the same
+        inputs, else None."""
+        from safetensors.torch import load_file
         found, keep = None, set()
         try:
-            if self.dir is not None and (self.dir / PROGRESS).exists():
-                saved = read_json(self.dir / PROGRESS)
-                if saved["fingerprint"] == self.fingerprint:
-                    from safetensors.torch import load_file
-                    self.accelerator.load_state(str(self.dir / saved["state_dir"]), **self.load_kwargs)
-                    found = (saved["state"], load_file(self.dir / saved["best_file"]) if main else None)
-                    keep = {saved["state_dir"], saved["best_file"]}
+            saved = self._progress()
+            if saved is not None:
+                best = load_file(self.dir / saved["best_file"]) if main else None
+                if saved.get("done"):
+                    found = (saved["state"], best, saved["result"])
                 else:
-                    log.info("checkpoint %s was made with other inputs or settings; starting afresh", self.dir)
-        except Exception as e:  # a torn or corrupt checkpoint must not block every rerun
-            log.warning("checkpoint %s cannot be read (%s: %s); setting it aside and starting afresh", self.dir,
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                    try:
+                        with weights_only_loads():
+                            self.accelerator.load_state(str(self.dir / saved["state_dir"]), **self.load_kwargs)
+                    except Exception as e:  # verified, yet it does not load: its state may be half applied
+                        self._set_aside(main)
+                        raise StreamlineError(f"train: checkpoint {self.dir} passed its checksums but cannot be "
+                                              f"loaded ({type(e).__name__}); it was set aside: run again to start "
+                                              f"afresh") from None
+                    found = (saved["state"], best, None)
+                keep = set(saved["files"]) | {saved["best_file"]}
+        except (Unreadable, OSError, ValueError) as e:  # nothing was loaded: start afresh in this process
+            log.warning("checkpoint %s cannot be read (%s); setting it aside and starting afresh", self.dir,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
             found = None
-            if main:
-                aside = self.dir.with_name(f"{self.dir.name}.unreadable-{int(time.time())}")
-                self.dir.rename(aside)
-                log.warning("moved it to %s", aside)
+            self._set_aside(main)
         self.accelerator.wait_for_everyone()
         if self.dir and main:
             self.dir.mkdir(parents=True, exist_ok=True)
             if found is None:
                 (self.dir / PROGRESS).unlink(missing_ok=True)
-            self._clean(keep)  # leftovers of a checkpoint that was being written when the run died
+            self._clean({p.split("/")[0] for p in keep})  # leftovers of a checkpoint being written when the run died
         self.accelerator.wait_for_everyone()
         return found
+
+    def _set_aside(self, main: bool) -> None:
+        if main and self.dir is not None and self.dir.exists():
+            aside = self.dir.with_name(f"{self.dir.name}.unreadable-{int(time.time())}")
+            self.dir.rename(aside)
+            log.warning("moved it to %s", aside)
 
     def save(self, step: int, state: dict, best_state: dict | None) -> None:
         try:
             self._save(step, state, best_state)
-        except (OSError, RuntimeError) as e:  # torch reports a full disk as "basic_ios::clear: iostream error"
+        except Exception as e:  # a full disk: OSError, torch's "basic_ios::clear: iostream error", SafetensorError
             free = shutil.disk_usage(self.dir).free
-            if free > self.bytes_needed and getattr(e, "errno", None) != errno.ENOSPC:
+            if free > self.bytes_needed and getattr(e, "errno", None) != errno.ENOSPC and "No space" not in str(e):
                 raise
             raise StreamlineError(f"disk full writing checkpoint {self.dir}: a checkpoint needs about "
                                   f"{self.bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; free space, or set "
@@ -188,28 +244,45 @@ class Checkpoints:
     bytes_needed = 0  # set by the loop: the trainable weights, their Adam moments and the best copy, in fp32
 
     def _save(self, step: int, state: dict, best_state: dict | None) -> None:
-        from safetensors.torch import save_file
         name = f"state-{step:07d}"
         self.accelerator.save_state(str(self.dir / name), **self.save_kwargs)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            best_file = f"best-{state['best_step']:07d}.safetensors"
-            if not (self.dir / best_file).exists():
-                save_file(best_state, self.dir / (best_file + ".partial"))
-                (self.dir / (best_file + ".partial")).replace(self.dir / best_file)
-            atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, "state_dir": name,
-                                                    "best_file": best_file, "state": state})
+            best_file = self._save_best(state, best_state)
+            files = [p for p in sorted((self.dir / name).rglob("*")) if p.is_file()] + [self.dir / best_file]
+            self._write_progress({"state_dir": name, "best_file": best_file, "state": state}, files)
             self._clean({name, best_file})
         self.accelerator.wait_for_everyone()
+
+    def _save_best(self, state: dict, best_state: dict) -> str:
+        from safetensors.torch import save_file
+        best_file = f"best-{state['best_step']:07d}.safetensors"
+        if not (self.dir / best_file).exists():
+            save_file(best_state, self.dir / (best_file + ".partial"))
+            (self.dir / (best_file + ".partial")).replace(self.dir / best_file)
+        return best_file
+
+    def _write_progress(self, entry: dict, files: list[Path]) -> None:
+        digests = {str(f.relative_to(self.dir)): sha256_file(f) for f in files}
+        atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, **entry, "files": digests})
+
+    def finish(self, result: dict, kept_state: dict) -> None:
+        """Keep only the exported weights and the log: enough to export again, nothing to resume from."""
+        if self.dir is None:
+            return
+        try:
+            state = {"best_step": result["best_step"] if result["kept"] == "best" else 0}
+            best_file = self._save_best(state, kept_state)
+            self._write_progress({"done": True, "state_dir": None, "best_file": best_file, "state": state,
+                                  "result": result}, [self.dir / best_file])
+            self._clean({best_file})
+        except OSError as e:  # the model is exported; only the shortcut for a rerun is lost
+            log.warning("could not keep the finished state in %s (%s)", self.dir, e)
 
     def _clean(self, keep: set[str]) -> None:
         for path in self.dir.iterdir():
             if path.name != PROGRESS and path.name not in keep and path.name.startswith(("state-", "best-")):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    def remove(self) -> None:
-        if self.dir and self.dir.exists():
-            shutil.rmtree(self.dir)  # done: the exported model and log replace it
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -219,7 +292,8 @@ def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[dict, dict], None], 
     """Train `recipe` and return the train log.
 
     The main process calls finish(result, kept_state) (export the model, write the log) before the
-    checkpoints are deleted; kept_state holds the network's kept weights by their pruned-model names.
+    checkpoints are pruned to the final state; kept_state holds the network's kept weights by their
+    pruned-model names.
     """
     with accelerator_for(s, mixed_precision) as accelerator:
         return _fit(accelerator, recipe, s, finish, checkpoint_dir)
@@ -233,7 +307,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
     initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
     optimizer = make_optimizer([p for p in recipe.module.parameters() if p.requires_grad], s)
     scheduler = make_schedule(optimizer, plan, s)
-    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs,
+    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs, "code": code_identity(),
                    "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
                    "mixed_precision": accelerator.mixed_precision}
     ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint)
@@ -242,8 +316,15 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
     params = [p for p in module.parameters() if p.requires_grad]
     with ckpt.locked():
         found = ckpt.resume(main)
-        state, best_state = found if found else ({"step": 0, "steps": [], "val": [], "best": None, "best_step": 0,
-                                                  "tokens": 0}, initial_state)
+        if found and found[2] is not None:  # finished earlier (its outputs were discarded): export it again
+            log.info("training already finished in %s (its outputs were removed since): exporting its kept state "
+                     "again", ckpt.dir)
+            if main:
+                finish(found[2], found[1])
+            accelerator.wait_for_everyone()
+            return found[2]
+        state, best_state = found[:2] if found else ({"step": 0, "steps": [], "val": [], "best": None,
+                                                      "best_step": 0, "tokens": 0}, initial_state)
         resumed_at = state["step"] if found else None
         if found:
             log.info("resumed from %s at optimizer step %d of %d", ckpt.dir, state["step"], plan.steps)
@@ -256,7 +337,11 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         batches = read_ahead(recipe.train, plan.micro[state["step"] * plan.gas:], s.prefetch)
         while state["step"] < plan.steps:
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-            train_loss, tokens = _accumulate(accelerator, module, batches, plan, plan.group(state["step"]))
+            train_loss, tokens, terms = _accumulate(accelerator, module, batches, plan, plan.group(state["step"]))
+            if terms == 0:  # a loss over nothing is 0 and trains nothing, silently
+                raise StreamlineError(f"train: step {state['step'] + 1} has no token in its loss (every position is "
+                                      f"padding or left out by skip_first_tokens / the outlier filter); check the "
+                                      f"data's attention masks and train.skip_first_tokens")
             grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -264,11 +349,14 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
             state["step"] += 1
             state["tokens"] += tokens
             step = state["step"]
-            if not math.isfinite(train_loss):
-                raise StreamlineError(f"train: the training loss is {train_loss} at step {step}: the model overflows "
-                                      f"in this dtype or the lr is too high; try dtype: float32 or a lower lr")
+            norm = None if grad_norm is None else float(grad_norm)
+            overflow = accelerator.mixed_precision == "fp16"  # fp16's loss scaler skips steps with inf gradients
+            if not math.isfinite(train_loss) or (norm is not None and not math.isfinite(norm) and not overflow):
+                what = f"training loss is {train_loss}" if not math.isfinite(train_loss) else f"gradient norm is {norm}"
+                raise StreamlineError(f"train: the {what} (NaN/Inf) at step {step}: the model overflows in this dtype "
+                                      f"or the lr is too high; try dtype: float32 or a lower lr")
             state["steps"].append({"step": step, "loss": train_loss, "lr": lr,
-                                   "grad_norm": None if grad_norm is None else float(grad_norm)})
+                                   "grad_norm": norm})
             if step % plan.val_every == 0 or step == plan.steps:
                 metrics, improved = _validation(accelerator, module, recipe, s, state)
                 current = gather_trainable(accelerator, module, names) if improved else None  # collective
@@ -290,15 +378,18 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         del module, optimizer, scheduler
         accelerator.free_memory()
         if main:
-            finish(result, initial_state if result["kept"] == "initial" else best_state)
-            ckpt.remove()
+            kept_state = initial_state if result["kept"] == "initial" else best_state
+            finish(result, kept_state)
+            ckpt.finish(result, kept_state)
         accelerator.wait_for_everyone()
     return result
 
 
-def _accumulate(accelerator, module, batches: Iterator[dict], plan: Plan, group: int) -> tuple[float, int]:
-    """Forward and backward over one optimizer step's `group` micro-batches: (mean loss over processes, tokens)."""
+def _accumulate(accelerator, module, batches: Iterator[dict], plan: Plan, group: int) -> tuple[float, int, float]:
+    """Forward and backward over one optimizer step's `group` micro-batches: (mean loss over processes, tokens,
+    terms the losses averaged over all processes: 0 means every position was masked or skipped)."""
     losses, tokens = [], torch.zeros((), dtype=torch.long, device=accelerator.device)
+    terms = torch.zeros((), dtype=torch.float32, device=accelerator.device)
     for i in range(group):
         batch = _to(next(batches), accelerator.device)
         boundary = i == group - 1
@@ -309,8 +400,10 @@ def _accumulate(accelerator, module, batches: Iterator[dict], plan: Plan, group:
             # accelerate (or DeepSpeed) divides by gas: a short group is scaled by its real size
             accelerator.backward(out["loss"] * (plan.gas / group))
         losses.append(out["loss"].detach().float())
+        terms += out["count"].detach().float()
         tokens += batch["attention_mask"].sum()
-    return float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean")), int(tokens)
+    loss, terms = accelerator.reduce(torch.stack([torch.stack(losses).mean(), terms]), reduction="sum").tolist()
+    return loss / accelerator.num_processes, int(tokens), terms
 
 
 def _validation(accelerator, module, recipe: Recipe, s: TrainSettings, state: dict) -> tuple[dict, bool]:
@@ -364,7 +457,7 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
     log.info("trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)", seconds, recipe.select,
              initial["loss"], state["best"], best["step"], kept)
     micro_run = len(plan.micro) - (resumed_at or 0) * plan.gas
-    return {"net": r.net, "loss": recipe.loss, "replacement_layers": r.kept, "slots": r.slots, "block": r.block,
+    return {"net": r.net, "loss": recipe.loss, "stage_loss": recipe.stage_loss, "replacement_layers": r.kept, "slots": r.slots, "block": r.block,
             "settings": s.as_dict(), "select": recipe.select, "total_steps": plan.steps, "warmup_steps": plan.warmup,
             "train_samples": len(recipe.train), "train_tokens": tokens,
             "val_samples": {k: len(v[1]) for k, v in recipe.validation.items()},

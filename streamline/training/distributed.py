@@ -107,3 +107,34 @@ def _keep_trainable(models, weights, output_dir) -> None:  # accelerator.save_st
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """While a checkpoint loads, every torch.load is weights_only: DeepSpeed's checkpoint engine asks for
+    weights_only=False, which would run a pickle planted in a checkpoint file. Its ZeRO checkpoints hold
+    plain containers, tensors and a few DeepSpeed enums and versions, allowed here by name."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            yield
+    finally:
+        torch.load = original
+
+
+def _deepspeed_globals() -> list:
+    try:
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+    except ImportError:
+        return []
+    import argparse
+    from collections import OrderedDict
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, argparse.Namespace, OrderedDict]

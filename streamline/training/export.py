@@ -8,9 +8,8 @@ import torch
 
 from ..adapters import get_adapter
 from ..errors import StreamlineError
-from ..atomic import read_json
-from ..pruned import load_pruned, save_pruned
-from ..store import TORCH_DTYPES
+from .replacement import read_info
+from ..pruned import TORCH_DTYPES, load_pruned, save_pruned
 
 
 def training_card(result: dict) -> dict[str, str]:
@@ -29,17 +28,17 @@ def training_card(result: dict) -> dict[str, str]:
         "validation": "; ".join(f"{k} {initial[k]:.5g} → {best[k]:.5g}" for k in initial if k != "loss")
                       + f" (kept {result['kept']}, chosen by {result['select']})",
     }
-    if result["loss"].endswith("mse"):
+    if result["stage_loss"] == "mse":
         outliers = f", outliers over {s['mse_outlier_ratio']:g} × the median norm left out" if s["mse_loss"] == "robust" else ""
         rows["mse"] = f"{s['mse_loss']}{outliers}, skip first {s['skip_first_tokens']} positions"
-    if result["loss"].endswith("kd"):
+    if result["stage_loss"] == "kd":
         rows["kd"] = f"T {s['kd_temperature']:g}, alpha {s['kd_alpha']:g}, top-k {s['kd_top_k'] or 'all'}"
     return rows
 
 
 def export_model(init_dir: str | Path, out_dir: str | Path, state: dict[str, torch.Tensor], result: dict) -> None:
     """Write the init model with `state` (the network's weights, by their names in the pruned model)."""
-    info = read_json(Path(init_dir) / "streamline.json")
+    info = read_info(init_dir)
     model = load_pruned(init_dir, dtype=TORCH_DTYPES[info.get("dtype", "float32")])
     params = dict(model.named_parameters())
     unknown = sorted(set(state) - set(params))

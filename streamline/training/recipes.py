@@ -8,69 +8,120 @@ A recipe is a data source and a loss on the ReplacedModel:
     llm    token blocks                                ce
     kd     token blocks, teacher = the original model  kl (to the original), ce
 
-Adding a loss means adding its function to losses.py and a branch to `build_recipe` below.
+Adding a loss means adding its function to losses.py and one entry to RECIPES below.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from ..errors import StreamlineError
-from ..atomic import atomic_write_json, read_json
+from ..atomic import atomic_write_json
 from .core import Recipe, fit
-from .replacement import Replacement
-from .settings import LOSSES, TrainSettings
+from .replacement import Replacement, read_info
+from .settings import TrainSettings
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # model dtype -> accelerate
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss as a recipe: what it trains on, its objective, and how runs are judged."""
+    source: str                                  # "pairs" (a pair store, or online from token blocks) | "tokens"
+    objective: Callable[[TrainSettings], Callable]  # the loss function, configured by the settings
+    validation: tuple[str, ...]                  # metrics on held-out data; the first picks the kept state
+    teacher: bool = False                        # needs the original block (distillation's teacher)
+
+
+def _mse(s: TrainSettings) -> Callable:
+    from . import losses
+    return partial(losses.mse, kind=s.mse_loss, skip_first_tokens=s.skip_first_tokens, outlier_ratio=s.mse_outlier_ratio)
+
+
+def _ce(s: TrainSettings) -> Callable:
+    from . import losses
+    return losses.ce
+
+
+def _kd(s: TrainSettings) -> Callable:
+    from . import losses
+    return partial(losses.kd, temperature=s.kd_temperature, alpha=s.kd_alpha, top_k=s.kd_top_k)
+
+
+# A new loss is one entry here, its function in losses.py, and its name in the schema's `loss` enum (the
+# settings' LOSSES and the schema are checked against this registry in test_schema_agrees).
+# "objective" as a validation metric is the loss itself on held-out samples of its own kind; ce and kl run the
+# whole pruned model on the val blocks. MSE is judged by ce: the MSE can fall while the model gets worse.
+RECIPES: dict[str, LossSpec] = {
+    "mse": LossSpec("pairs", _mse, ("ce", "objective")),
+    "llm": LossSpec("tokens", _ce, ("ce",)),
+    "kd": LossSpec("tokens", _kd, ("kl", "ce"), teacher=True),
+}
+METRIC_NAMES = {"objective": {"mse": "mse"}}  # the log's name of an "objective" metric, per loss
+
+
 def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir: str | Path,
                  pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None) -> Recipe:
-    from ..loading import load_config, load_layers
-    from ..pruned import load_pruned
-    from ..store import TORCH_DTYPES, store_dir
+    from ..loading import load_config, load_layers, model_fingerprint
+    from ..pruned import TORCH_DTYPES, load_pruned
     from . import losses
     from .model import ReplacedModel
-    from .sources import PairSamples, TokenSamples
+    from .sources import TokenSamples
 
-    if loss not in LOSSES:
-        raise StreamlineError(f"loss: unknown loss '{loss}' (allowed: {', '.join(LOSSES)})")
+    if loss not in RECIPES:
+        raise StreamlineError(f"loss: unknown loss '{loss}' (allowed: {', '.join(RECIPES)})")
+    spec = RECIPES[loss]
     r = Replacement.read(init_dir)
     r.require_trainable(loss)
-    online = loss == "mse" and pairs_dir is None
-    val_blocks = TokenSamples(data_dir, "val")
-    inputs = {"init": str(Path(init_dir).resolve()), "data": val_blocks.fingerprint}
-    if loss == "mse":
-        objective = partial(losses.mse, kind=s.mse_loss, skip_first_tokens=s.skip_first_tokens,
-                            outlier_ratio=s.mse_outlier_ratio)
-        if online:
-            train, val_pairs = TokenSamples(data_dir, "train", s.train_samples), val_blocks
-        else:
-            train = PairSamples(store_dir(pairs_dir, "train"), s.train_samples)
-            val_pairs = PairSamples(store_dir(pairs_dir, "val"))
-            inputs["pairs"] = [train.fingerprint, val_pairs.fingerprint]
-        # held-out next-token loss picks the kept state: the MSE can fall while the model gets worse
-        validation, select = {"ce": (losses.ce, val_blocks), "mse": (objective, val_pairs)}, "ce"
-    elif loss == "llm":
-        objective, train = losses.ce, TokenSamples(data_dir, "train", s.train_samples)
-        validation, select = {"ce": (losses.ce, val_blocks)}, "ce"
+    vocab = load_config(init_dir).vocab_size
+    val_blocks = TokenSamples(data_dir, "val", vocab_size=vocab)
+    _check_settings(loss, s, seq_len=val_blocks.ids.shape[1], vocab=vocab)
+    # content, not paths: a moved project resumes its checkpoints, another init never does
+    inputs = {"init": model_fingerprint(init_dir), "data": val_blocks.fingerprint}
+    objective = spec.objective(s)
+    online = spec.source == "pairs" and pairs_dir is None  # pairs computed by the frozen prefix and the block
+    if spec.source == "pairs" and not online:
+        train, val_own = _pair_samples(pairs_dir, r, init_dir, s)
+        inputs["pairs"] = [train.fingerprint, val_own.fingerprint]
     else:
-        objective = partial(losses.kd, temperature=s.kd_temperature, alpha=s.kd_alpha, top_k=s.kd_top_k)
-        train = TokenSamples(data_dir, "train", s.train_samples)
-        validation, select = {"kl": (losses.kl, val_blocks), "ce": (losses.ce, val_blocks)}, "kl"
-    if isinstance(train, TokenSamples):
+        train, val_own = TokenSamples(data_dir, "train", s.train_samples, vocab), val_blocks
         inputs["train"] = train.fingerprint
+    judges = {"ce": (losses.ce, val_blocks), "kl": (losses.kl, val_blocks), "objective": (objective, val_own)}
+    validation = {METRIC_NAMES.get(m, {}).get(loss, m): judges[m] for m in spec.validation}
     teacher_layers = teacher_config = None
-    if loss == "kd" or online:
+    if spec.teacher or online:
         teacher_dir = teacher_dir or r.source_model
         teacher_config = load_config(teacher_dir)
         teacher_layers = load_layers(teacher_dir, r.block, r.dtype)
-        inputs["teacher"] = str(Path(teacher_dir).resolve())
+        inputs["teacher"] = model_fingerprint(teacher_dir)
     model = load_pruned(init_dir, dtype=TORCH_DTYPES[r.dtype])
     model.config.use_cache = False
     module = ReplacedModel(model, r, objective, teacher_layers, teacher_config)
-    return Recipe(loss, module, train, objective, validation, select, inputs)
+    return Recipe(loss, loss, module, train, objective, validation, next(iter(validation)), inputs)
+
+
+def _check_settings(loss: str, s: TrainSettings, *, seq_len: int, vocab: int) -> None:
+    """Settings that only the data and the model can judge."""
+    if loss == "mse" and s.skip_first_tokens >= seq_len:  # every position skipped: a loss of 0 that trains nothing
+        raise StreamlineError(f"train.skip_first_tokens: {s.skip_first_tokens} leaves no position of a {seq_len}-token "
+                              f"block in the loss (allowed: 0..{seq_len - 1})")
+    if loss == "kd" and s.kd_top_k > vocab:
+        raise StreamlineError(f"kd.top_k: {s.kd_top_k} is more than the model's {vocab} tokens (allowed: 0..{vocab})")
+
+
+def _pair_samples(pairs_dir, r: Replacement, init_dir, s: TrainSettings):
+    """The stored pairs (train, val), checked to be those of the init dir's block."""
+    from .sources import PairSamples
+    train, val = PairSamples(pairs_dir, "train", s.train_samples), PairSamples(pairs_dir, "val")
+    for store in (train.store, val.store):  # pairs of another block would train the wrong map
+        if store.attrs.get("layers") != [r.first, r.target]:
+            raise StreamlineError(f"{store.path}: holds h_{store.attrs.get('layers')} but {init_dir} replaces "
+                                  f"layers {r.block[0]}..{r.block[-1]} (needs h_{[r.first, r.target]}); "
+                                  f"extract the pairs of this block")
+    return train, val
 
 
 def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | Path, settings: TrainSettings, *,
@@ -84,7 +135,7 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
     from .export import export_model
 
     recipe = build_recipe(loss, init_dir, settings, data_dir=data_dir, pairs_dir=pairs_dir, teacher_dir=teacher_dir)
-    earlier = read_json(Path(init_dir) / "streamline.json").get("loss")
+    earlier = read_info(init_dir).get("loss")
     recipe.loss = f"{earlier}+{loss}" if earlier else loss
 
     def finish(result: dict, state: dict) -> None:

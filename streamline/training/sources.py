@@ -17,18 +17,19 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..data import load_split
+from ..data import check_token_ids, load_split
 from ..errors import StreamlineError
-from ..store import HiddenStore
+from ..store import open_store
 
 
 class PairSamples:
     """Pairs (x = h_b, y = h_{b+n+k}) with their attention mask, from a pair store split."""
 
-    def __init__(self, store_dir: str | Path, limit: int = 0):
-        self.store = HiddenStore(store_dir).require_complete()
+    def __init__(self, pairs: str | Path, split: str, limit: int = 0):
+        """`pairs`: the pair store's manifest (pairs.json) or its directory (holding train/ and val/)."""
+        self.store = open_store(pairs, split)
         if self.store.hidden.shape[0] != 2:
-            raise StreamlineError(f"{store_dir}: a pair store holds 2 hidden states per sample, "
+            raise StreamlineError(f"{self.store.path}: a pair store holds 2 hidden states per sample, "
                                   f"this one {self.store.hidden.shape[0]}")
         n = self.store.num_samples
         self.n = min(limit, n) if limit else n
@@ -44,9 +45,11 @@ class PairSamples:
 class TokenSamples:
     """Token blocks (input_ids, attention_mask) of one split of a prepared data dir."""
 
-    def __init__(self, data_dir: str | Path, split: str, limit: int = 0):
+    def __init__(self, data_dir: str | Path, split: str, limit: int = 0, vocab_size: int | None = None):
         self.ids, self.mask = load_split(Path(data_dir), split)
         self.n = min(limit, len(self.ids)) if limit else len(self.ids)
+        if vocab_size is not None:
+            check_token_ids(self.ids[:self.n], vocab_size, Path(data_dir) / f"{split}_input_ids.npy")
         meta = (Path(data_dir) / "meta.json").read_bytes()  # records source, seed, counts and token totals
         self.fingerprint = f"{hashlib.sha256(meta).hexdigest()[:16]}:{split}:{self.n}"
 

@@ -5,16 +5,21 @@ from pathlib import Path
 import streamline
 from streamline.download import model_slug
 from streamline.imports import stage_files
-from streamline.schema import schema_enum
+from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
+from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY
+from streamline.layout import pairs_name, parse_replacement, scores_name, variant_pattern
+from streamline.layout import variants as layout_variants
 from streamline.training.settings import workflow_flags
+from streamline.weights import source_identity
 
 PACKAGE = Path(streamline.__file__).parent
 
 
 def code(*modules):
     """Every package file a stage runs (the import closure of its modules, and the CLI) as inputs: editing
-    any of them reruns that stage onward, and nothing else (Snakemake compares their checksums)."""
-    return stage_files(*(m.removesuffix(".py").replace("/", ".") for m in modules))
+    any of them reruns that stage onward, and nothing else (Snakemake compares their checksums). Relative to
+    the working dir, so that moving or copying the project (checkout and results together) reruns nothing."""
+    return [os.path.relpath(f) for f in stage_files(*(m.removesuffix(".py").replace("/", ".") for m in modules))]
 
 
 def torch_threads():
@@ -37,16 +42,24 @@ def model_source_files():
                                                if f.is_file() and not f.name.startswith(".")]
 
 
+def model_source_identity():
+    """The content of a local model_name (hashed only when a file's stat changed): a param of the download, so a
+    checkpoint swapped in place by `cp -a` (old mtimes kept) still reruns it."""
+    files = model_source_files()
+    return source_identity(files, SOURCE_IDENTITY) if files else ""
+
+
 def model_dir(m=None):
-    return f"resources/models/{m or model()}"
+    return paths(m).model_dir
+
+
+def paths(m=None, n="{n}"):
+    """Every artifact's path (streamline/layout.py): the one place paths are spelled."""
+    return Paths(m or model(), n)
 
 
 def data_dir(m=None):
-    return f"resources/data/{m or model()}/{config['data']['name']}"
-
-
-def calibration_manifest(m=None):
-    return f"results/{m or model()}/calibration.json"
+    return paths(m).data_dir(config["data"]["name"])
 
 
 def layer_intervals():
@@ -58,78 +71,17 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-UNTRAINED = ("none", "linear")  # training-free: the init dir is the model
-
-
-def net_names():
-    """The replacement's directory names: transformer (k = 1), transformerx{k}, ffn, swiglu, none."""
-    names = []
-    for net in as_list(config["network"]):
-        if net == "transformer":
-            names += [net if k == 1 else f"{net}x{k}" for k in as_list(config["replacement_layers"])]
-        else:
-            names.append(net)
-    return names
-
-
-def kept_layers(net_name):
-    """k of a net name (transformerx2 -> 2); 1 for the other trainable nets, 0 for none and linear."""
-    if net_name in UNTRAINED:
-        return 0
-    return int(net_name.rpartition("x")[2]) if net_name.startswith("transformerx") else 1
-
-
-def base_net(net_name):
-    return "transformer" if net_name.startswith("transformerx") else net_name
-
-
 def variants():
-    """Variant names per n: the untrained nets as they are ('none'), else '{net}-{loss}', and with
-    train.init_from: mse the staged '{net}-mse+{loss}' (llm or kd started from the MSE-trained network)."""
-    names = []
-    for net in net_names():
-        if net in UNTRAINED:
-            names.append(net)
-            continue
-        for loss in as_list(config["loss"]):
-            for start in as_list(config["train"]["init_from"]):
-                if start == "inherit":
-                    names.append(f"{net}-{loss}")
-                elif loss != "mse":
-                    names.append(f"{net}-mse+{loss}")
-    return list(dict.fromkeys(names))
-
-
-def variant_model(n, variant, m=None):
-    base = f"results/{m or model()}/n{n}"
-    return f"{base}/{variant}/init" if variant in UNTRAINED else f"{base}/{variant}/model"
-
-
-def scores_name(k):
-    """Block scores by span: n+1 layers (k = 1) in scores.json, n+k in scores_k{k}.json, n (plain removal)
-    in removal_scores.json."""
-    return "removal_scores" if k == 0 else "scores" if k == 1 else f"scores_k{k}"
-
-
-def span_of(name, n):
-    return n if name == "removal_scores" else n + 1 if name == "scores" else n + int(name.rpartition("_k")[2])
-
-
-def scores_for(net, m, n):
-    return f"results/{m}/n{n}/{scores_name(kept_layers(net))}.json"
-
-
-def pairs_name(net):
-    """Pair stores by k: pairs.zarr (k = 1), pairs_k{k}.zarr."""
-    k = kept_layers(net)
-    return "pairs" if k == 1 else f"pairs_k{k}"
+    """The config's variants (layout.variants): each net x k x loss x start, in config order."""
+    return layout_variants(as_list(config["network"]), as_list(config["replacement_layers"]), as_list(config["loss"]),
+                           as_list(config["train"]["init_from"]))
 
 
 def accelerate_config():
     """llm.accelerate_config as given if it exists (absolute, or relative to the working dir), else relative
     to the repository (configs/accelerate/... works from any working dir)."""
     path = Path(config["llm"]["accelerate_config"]).expanduser()
-    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir).parent / path)
+    return str(path if path.is_absolute() or path.exists() else os.path.relpath(Path(workflow.basedir).parent / path))
 
 
 def eval_data_dir():
@@ -137,42 +89,22 @@ def eval_data_dir():
     ev = config["eval"]
     if not ev["offline"]:
         return None
-    return ev.get("data") or "resources/eval_data/offline"
-
-
-def baseline_eval(m=None):
-    return f"results/{m or model()}/baseline/eval.json"
-
-
-def baseline_samples(m=None):
-    return f"results/{m or model()}/baseline/samples.json.gz"
-
-
-def variant_dir(n, variant, m=None):
-    return f"results/{m or model()}/n{n}/{variant}"
+    return ev.get("data") or EVAL_DATA
 
 
 def summary_targets():
-    return ["results/summary.json", "results/summary.md", "results/summary.html",
-            "results/plots/block_scores.png", "results/plots/training_loss.png", "results/plots/task_accuracy.png",
-            "results/plots/pareto.png"]
+    return list(SUMMARY.values()) + [f"{PLOTS_DIR}/{name}" for name in PLOTS.values()]
 
 
 def all_targets():
-    targets = []
-    for n in layer_intervals():
-        targets += [variant_model(n, v) for v in variants()]
-    return targets + summary_targets()
+    return [paths(n=n).model_out(v) for n in layer_intervals() for v in variants()] + summary_targets()
 
 
-# Net and loss names come from the schema's enums (the package's tuples equal them: test_schema_agrees).
-TRAINED_NETS = "|".join(r"transformer(x[1-9]\d*)?" if n == "transformer" else n
-                        for n in schema_enum("network") if n not in UNTRAINED)
-WHOLE_MODEL_LOSSES = "|".join(loss for loss in schema_enum("loss") if loss != "mse")
-
-
+# Names are matched by the patterns layout.py builds next to the names themselves.
 wildcard_constraints:
-    model=r"[A-Za-z0-9._-]+",
+    model=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
     n=r"\d+",
-    net=rf"{TRAINED_NETS}|none",
-    variant=rf"none|linear|({TRAINED_NETS})-(mse|(mse\+)?({WHOLE_MODEL_LOSSES}))",
+    net=REPLACED_RE,
+    variant=variant_pattern(trained=False),
+    scores=SCORES_RE,
+    pairs=PAIRS_RE,

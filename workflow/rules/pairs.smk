@@ -5,23 +5,21 @@ rule extract_pairs:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
-        scores=lambda w: f"results/{w.model}/n{w.n}/{w.pairs.replace('pairs', 'scores')}.json",
+        scores=lambda w: paths(w.model, w.n).scores(scores_name(kept_of(w.pairs))),
         code=code("extract.py", "store.py"),
     output:
-        manifest="results/{model}/n{n}/{pairs}.json",
+        manifest=paths("{model}").pairs("{pairs}"),
     params:
-        store="results/{model}/n{n}/{pairs}.zarr",
+        store=paths("{model}").pairs_store("{pairs}"),
         num_samples=config["train_num_data"],
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
-    wildcard_constraints:
-        pairs=r"pairs|pairs_k[2-9]|pairs_k[1-9]\d+",
     resources:
         gpu=1,
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/extract_{pairs}.log",
+        paths("{model}").log("extract_{pairs}"),
     shell:
         "streamline --log {log} extract-pairs --model {input.model} --data {input.data} --scores {input.scores}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"

@@ -3,18 +3,18 @@
 rule replace:
     input:
         model=lambda w: model_dir(w.model),
-        scores=lambda w: scores_for(w.net, w.model, w.n),
+        scores=lambda w: paths(w.model, w.n).scores(scores_name(parse_replacement(w.net)[1])),
         code=code("replace.py", "networks.py", "pruned.py"),
     output:
-        directory("results/{model}/n{n}/{net}/init"),
+        directory(paths("{model}").init("{net}")),
     params:
-        net=lambda w: base_net(w.net),
-        layers=lambda w: max(1, kept_layers(w.net)),
+        net=lambda w: parse_replacement(w.net)[0],
+        layers=lambda w: max(1, parse_replacement(w.net)[1]),
         dtype=config["dtype"],
         seed=config["seed"],
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/replace_{net}.log",
+        paths("{model}").log("replace_{net}"),
     shell:
         "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {params.net}"
         " --layers {params.layers} --out {output} --dtype {params.dtype} --seed {params.seed}"

@@ -2,19 +2,17 @@
 # layer), n+k (scores_k{k}.json, k layers kept) and n (removal_scores.json, plain removal).
 rule score:
     input:
-        calibration=lambda w: calibration_manifest(w.model),
+        calibration=lambda w: paths(w.model).calibration,
         code=code("score.py"),
     output:
-        scores="results/{model}/n{n}/{scores}.json",
-        plot="results/{model}/n{n}/{scores}.png",
+        scores=paths("{model}").scores("{scores}"),
+        plot=paths("{model}").scores_plot("{scores}"),
     params:
-        span=lambda w: span_of(w.scores, int(w.n)),
+        span=lambda w: int(w.n) + kept_of(w.scores),  # n layers removed, k kept
         metric=config["metric"],
-    wildcard_constraints:
-        scores=r"scores|scores_k[2-9]|scores_k[1-9]\d+|removal_scores",
     threads: torch_threads()
     log:
-        "logs/{model}/n{n}/{scores}.log",
+        paths("{model}").log("{scores}"),
     shell:
         "streamline --log {log} score --store {input.calibration} --n {wildcards.n} --span {params.span}"
         " --metric {params.metric} --out {output.scores} --plot {output.plot}"

@@ -1,0 +1,246 @@
+"""Names and paths of every artifact, in one place: a Variant model and a Paths model.
+
+A variant is a replacement network (net, k kept layers) trained by a loss, possibly started from the
+MSE-trained network (init_from "mse"). Its name is built here and parsed back only here:
+
+    none, linear                 training-free (k = 0): the init dir is the model
+    transformer-mse              one kept layer, MSE
+    transformerx2-llm            two kept layers (k = 2), next-token loss
+    ffn-mse+kd                   distillation started from the MSE-trained ffn
+
+Paths(model, n) names every file of the artifact contract. Its methods take names (a Variant's `.name`,
+`scores_name(k)`, ...) so that the workflow's rules can pass a wildcard ("{variant}") where a value will be
+filled in: a path is written once, here, for the rules, the benchmarks and the tests alike.
+Kept free of torch and of the package's other modules: the Snakefile imports it at every parse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NETS = ("transformer", "ffn", "swiglu", "none", "linear")
+UNTRAINED = ("none", "linear")  # training-free: the init dir is the model
+LOSSES = ("mse", "llm", "kd")
+STARTS = ("inherit", "mse")     # train.init_from
+
+
+@dataclass(frozen=True)
+class Variant:
+    net: str
+    k: int = 1                 # transformer layers kept; 1 for ffn/swiglu; 0 for none/linear
+    loss: str | None = None    # None for the training-free nets
+    init_from: str = "inherit"
+
+    def __post_init__(self) -> None:
+        problem = None
+        if self.net not in NETS:
+            problem = f"unknown network {self.net!r}"
+        elif (self.net in UNTRAINED) != (self.k == 0) or (self.k > 1 and self.net != "transformer") or self.k < 0:
+            problem = f"{self.net} cannot keep {self.k} layers"
+        elif (self.net in UNTRAINED) != (self.loss is None) or (self.loss is not None and self.loss not in LOSSES):
+            problem = f"{self.net} cannot be trained with loss {self.loss!r}"
+        elif self.init_from not in STARTS or (self.init_from == "mse" and self.loss in (None, "mse")):
+            problem = f"a {self.loss} run cannot start from {self.init_from!r}"
+        if problem:
+            raise ValueError(f"not a variant: {problem}")
+
+    @property
+    def replacement(self) -> str:
+        """The untrained replacement's directory name: transformer (k = 1), transformerx{k}, ffn, swiglu, none, linear."""
+        return f"transformerx{self.k}" if self.net == "transformer" and self.k > 1 else self.net
+
+    @property
+    def name(self) -> str:
+        if self.loss is None:
+            return self.replacement
+        return f"{self.replacement}-{'mse+' if self.init_from == 'mse' else ''}{self.loss}"
+
+    @property
+    def trained(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def upstream(self) -> Variant | None:
+        """The variant whose trained network a staged run starts from (init_from: mse)."""
+        return Variant(self.net, self.k, "mse") if self.init_from == "mse" else None
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        if name in UNTRAINED:
+            return cls(name, 0)
+        m = re.fullmatch(rf"(?P<replacement>{TRAINED_RE})-(?P<staged>mse\+)?(?P<loss>{'|'.join(LOSSES)})", name)
+        if not m:
+            raise ValueError(f"not a variant name: {name!r}")
+        net, k = parse_replacement(m["replacement"])
+        return cls(net, k, m["loss"], "mse" if m["staged"] else "inherit")
+
+
+def parse_replacement(name: str) -> tuple[str, int]:
+    """(net, k) of a replacement's directory name."""
+    m = re.fullmatch(REPLACEMENT_RE, name)
+    if not m:
+        raise ValueError(f"not a replacement name: {name!r}")
+    if m["k"]:
+        return "transformer", int(m["k"])
+    return name, 0 if name in UNTRAINED else 1
+
+
+def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str]) -> list[Variant]:
+    """Every combination the config asks for, in config order, each once (k applies to transformer only;
+    staged runs exist for the whole-model losses only)."""
+    out = []
+    for net in nets:
+        if net in UNTRAINED:
+            out.append(Variant(net, 0))
+            continue
+        for k in (ks if net == "transformer" else [1]):
+            for loss in losses:
+                for start in starts:
+                    if start == "inherit" or loss != "mse":
+                        out.append(Variant(net, k, loss, start))
+    return list(dict.fromkeys(out))
+
+
+# --- names of the per-k artifacts -----------------------------------------------------------------------
+
+def scores_name(k: int) -> str:
+    """Block scores by span: n+1 layers (k = 1) in scores, n+k in scores_k{k}, n (plain removal, k = 0) in
+    removal_scores."""
+    return "removal_scores" if k == 0 else "scores" if k == 1 else f"scores_k{k}"
+
+
+def pairs_name(k: int) -> str:
+    """Pair stores by k: pairs (k = 1), pairs_k{k}."""
+    return "pairs" if k == 1 else f"pairs_k{k}"
+
+
+def kept_of(name: str) -> int:
+    """k of a scores or pairs name (the inverse of scores_name and pairs_name)."""
+    if name == "removal_scores":
+        return 0
+    m = re.fullmatch(r"(?:scores|pairs)(?:_k(?P<k>[2-9]|[1-9]\d+))?", name)
+    if not m:
+        raise ValueError(f"not a scores or pairs name: {name!r}")
+    return int(m["k"]) if m["k"] else 1
+
+
+# --- wildcard patterns (the inverse of the names above, for Snakemake) ------------------------------------
+
+K_RE = r"[2-9]|[1-9]\d+"  # k > 1 only: transformerx1 is spelled transformer
+TRAINED_RE = "|".join(rf"transformer(?:x(?:{K_RE}))?" if n == "transformer" else n
+                      for n in NETS if n not in UNTRAINED)
+REPLACEMENT_RE = rf"transformerx(?P<k>{K_RE})|{'|'.join(NETS)}"
+REPLACED_RE = rf"{TRAINED_RE}|none"  # what `streamline replace` builds (linear has a rule of its own)
+SCORES_RE = rf"scores|scores_k(?:{K_RE})|removal_scores"
+PAIRS_RE = rf"pairs|pairs_k(?:{K_RE})"
+
+
+def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None, trained: bool = True) -> str:
+    """A regex (no groups) for the variant names of `losses`; staged: only (True) / never (False) mse+{loss}
+    (a staged run starts from the MSE-trained network, so mse+mse does not exist)."""
+    prefix = {None: r"(?:mse\+)?", True: r"mse\+", False: ""}[staged]
+    ends = [f"{prefix}{loss}" if loss != "mse" else "mse" for loss in losses if loss != "mse" or staged is not True]
+    pattern = rf"(?:{TRAINED_RE})-(?:{'|'.join(ends)})"
+    return pattern if trained else rf"{'|'.join(UNTRAINED)}|{pattern}"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file of one model's pipeline, for one n (n may be a wildcard, "{n}")."""
+    model: str
+    n: int | str = "{n}"
+
+    @property
+    def model_dir(self) -> str:
+        return f"resources/models/{self.model}"
+
+    def data_dir(self, corpus: str) -> str:
+        return f"resources/data/{self.model}/{corpus}"
+
+    @property
+    def calibration(self) -> str:
+        return f"results/{self.model}/calibration.json"
+
+    @property
+    def calibration_store(self) -> str:
+        return f"results/{self.model}/calibration.zarr"
+
+    @property
+    def baseline_eval(self) -> str:
+        return f"results/{self.model}/baseline/eval.json"
+
+    @property
+    def baseline_samples(self) -> str:
+        return f"results/{self.model}/baseline/samples.json.gz"
+
+    @property
+    def base(self) -> str:
+        return f"results/{self.model}/n{self.n}"
+
+    def scores(self, name: str) -> str:
+        return f"{self.base}/{name}.json"
+
+    def scores_plot(self, name: str) -> str:
+        return f"{self.base}/{name}.png"
+
+    def pairs(self, name: str) -> str:
+        """The pair store's manifest (the store itself: pairs_store)."""
+        return f"{self.base}/{name}.json"
+
+    def pairs_store(self, name: str) -> str:
+        return f"{self.base}/{name}.zarr"
+
+    @property
+    def linear_states(self) -> str:
+        return f"{self.base}/linear_states.json"
+
+    @property
+    def linear_states_store(self) -> str:
+        return f"{self.base}/linear_states.zarr"
+
+    def init(self, replacement: str) -> str:
+        return f"{self.base}/{replacement}/init"
+
+    def variant_dir(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def model_out(self, variant: Variant) -> str:
+        """The variant's model dir: the init dir of a training-free variant, else the trained model."""
+        return self.init(variant.replacement) if not variant.trained else self.trained_model(variant.name)
+
+    def trained_model(self, name: str) -> str:
+        return f"{self.base}/{name}/model"
+
+    def train_log(self, name: str) -> str:
+        return f"{self.base}/{name}/train_log.json"
+
+    def checkpoint(self, name: str) -> str:
+        return f"{self.base}/{name}/checkpoint"
+
+    def estimate_log(self, name: str = "linear") -> str:
+        return f"{self.base}/{name}/estimate_log.json"
+
+    def eval(self, name: str) -> str:
+        return f"{self.base}/{name}/eval.json"
+
+    def samples(self, name: str) -> str:
+        return f"{self.base}/{name}/samples.json.gz"
+
+    def stability(self, name: str) -> str:
+        return f"{self.base}/{name}/stability.json"
+
+    def log(self, stage: str) -> str:
+        """A stage's log under logs/{model}/n{n}/ (per-model stages: Paths(model, None))."""
+        return f"logs/{self.model}/{stage}.log" if self.n is None else f"logs/{self.model}/n{self.n}/{stage}.log"
+
+
+CACHE = "resources/cache"                       # wheels, GGUF extracts, source hashes
+SOURCE_IDENTITY = f"{CACHE}/source-identity.json"
+EVAL_DATA = "resources/eval_data/offline"       # the offline tasks' rows (fetch-eval-data)
+FETCH_EVAL_LOG = "logs/fetch_eval_data.log"
+REPORT_LOG = "logs/report.log"
+SUMMARY = {"json": "results/summary.json", "md": "results/summary.md", "html": "results/summary.html"}
+PLOTS = {"block_scores": "block_scores.png", "training_loss": "training_loss.png",
+         "task_accuracy": "task_accuracy.png", "pareto": "pareto.png"}
+PLOTS_DIR = "results/plots"
