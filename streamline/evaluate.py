@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamlineError
-from .atomic import atomic_write_bytes, atomic_write_json, read_json
+from .artifacts import read_info
+from .atomic import atomic_write_bytes, atomic_write_json
 
 HEADLINE_METRIC = "acc"
 SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
@@ -191,7 +192,7 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         "num_hidden_layers": int(model.config.num_hidden_layers),
         "params": count_params(model),
         # What the pruning stage recorded about this model (block, net, source_params...), if anything.
-        "streamline": read_json(model_dir / "streamline.json") if (model_dir / "streamline.json").is_file() else None,
+        "streamline": read_info(model_dir).to_json() if (model_dir / "streamline.json").is_file() else None,
         "perplexity": None, "kl_to_original": None, "speed": None,
     }
     if blocks is not None:

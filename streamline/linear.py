@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json, read_artifact
-from .artifacts import read_scores
+from .artifacts import ModelInfo, read_scores
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,13 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     stats = {"block": block, "ridge": ridge, "tokens": tokens, "relative_residual": residual,
              "relative_residual_of_identity": identity, "extract_seconds": extract_seconds,
              "estimate_seconds": estimate_seconds, "seconds": seconds}
-    info = {"name": f"{Path(model_dir).name} minus {scores['n']} layers (linear)", "source_model": str(model_dir),
-            "source_layers": source_layers, "source_params": source_params, "n": scores["n"], "block": block,
-            "net": "linear", "replacement_layers": 0, "metric": scores["metric"], "loss": None, "dtype": dtype,
-            "training": {"linear map": f"least squares over {tokens:,} tokens, ridge {ridge:g}, relative residual "
-                                       f"{residual:.4g} (1.0 = no better than zero; identity T: {identity:.4g}), "
-                                       f"folded into layer {block[0] - 1}'s MLP output projection"}}
+    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores['n']} layers (linear)", source_model=str(model_dir),
+                     source_layers=source_layers, source_params=source_params, n=scores["n"], block=block,
+                     net="linear", replacement_layers=0, metric=scores["metric"], dtype=dtype,
+                     training={"linear map": f"least squares over {tokens:,} tokens, ridge {ridge:g}, relative "
+                                             f"residual {residual:.4g} (1.0 = no better than zero; identity T: "
+                                             f"{identity:.4g}), folded into layer {block[0] - 1}'s MLP output "
+                                             f"projection"})
     save_pruned(model, adapter, out_dir, model_dir, info)
     atomic_write_json(log_json, stats)
     log.info("linear: layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "

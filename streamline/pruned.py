@@ -12,6 +12,7 @@ the family adapter applies to it unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from safetensors import SafetensorError
 
 from . import networks
+from .artifacts import ModelInfo
 from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
 from .atomic import atomic_dir, atomic_write_json
@@ -115,8 +117,9 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, source_dir: str | Path,
-                info: dict) -> None:
-    """Write model, tokenizer, generation config, streamline.json and a model card, atomically."""
+                info: ModelInfo) -> ModelInfo:
+    """Write model, tokenizer, generation config, streamline.json and a model card, atomically; the info as
+    written (with the saved model's parameter and layer counts)."""
     source_dir = Path(source_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -125,48 +128,51 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
         for name in TOKENIZER_FILES:
             if (source_dir / name).exists():
                 shutil.copy2(source_dir / name, tmp / name)
-        info = {**info, "params": count_params(model), "num_hidden_layers": model.config.num_hidden_layers}
-        atomic_write_json(tmp / "streamline.json", info)
+        info = dataclasses.replace(info, params=count_params(model), num_hidden_layers=model.config.num_hidden_layers)
+        atomic_write_json(tmp / "streamline.json", info.to_json())
         origin = origin_of(source_dir)
         (tmp / "README.md").write_text(model_card(info, origin))
         record(tmp, origin=origin)
+    return info
 
 
-def _replacement(info: dict) -> str:
-    k, first = info.get("replacement_layers", 0 if info["net"] == "none" else 1), info["block"][0]
-    if info["net"] == "none":
+def _replacement(info: ModelInfo) -> str:
+    k, first = info.replacement_layers, info.block[0]
+    if info.net == "none":
         return "`none` (plain removal)"
-    if info["net"] != "transformer":
-        return f"`{info['net']}` at layer slot {first}"
+    if info.net == "linear":
+        return f"`linear` (a least-squares map folded into layer {first - 1})"
+    if info.net != "transformer":
+        return f"`{info.net}` at layer slot {first}"
     return f"`transformer`: layer{'s' if k > 1 else ''} {first}..{first + k - 1} kept" if k > 1 else \
         f"`transformer` at layer slot {first}"
 
 
-def model_card(info: dict, origin: str | None = None) -> str:
+def model_card(info: ModelInfo, origin: str | None = None) -> str:
     """The model card: huggingface_hub's ModelCardData (with base_model lineage for a hub source), then the table."""
     from huggingface_hub import ModelCardData
     from .pypi import source_kind
     hub = origin is not None and source_kind(origin) == "hub"
     data = ModelCardData(library_name="transformers", tags=["pruned", "llm-streamline", "streamline"],
                          base_model=origin if hub else None)
-    source = origin or info["source_model"]
+    source = origin or info.source_model
     lines = [
-        f"# {info.get('name', 'pruned model')}", "",
+        f"# {info.name}", "",
         f"Layer-pruned from `{source}` with [streamline](https://github.com/) "
         "(a re-implementation of LLM-Streamline, ICLR 2025).", "",
         "| | |", "|---|---|",
         f"| source model | `{source}` |",
-        f"| layers | {info['source_layers']} → {info['num_hidden_layers']} |",
-        f"| removed block | layers {info['block'][0]}..{info['block'][-1]} (n = {info['n']}) |",
+        f"| layers | {info.source_layers} → {info.num_hidden_layers} |",
+        f"| removed block | layers {info.block[0]}..{info.block[-1]} (n = {info.n}) |",
         f"| replacement | {_replacement(info)} |",
-        f"| training loss | `{info.get('loss') or 'none (untrained)'}` |",
-        f"| parameters | {info['source_params'] / 1e6:.1f}M → {info['params'] / 1e6:.1f}M "
-        f"({100 * (1 - info['params'] / info['source_params']):.1f}% removed) |",
+        f"| training loss | `{info.loss or 'none (untrained)'}` |",
+        f"| parameters | {info.source_params / 1e6:.1f}M → {info.params / 1e6:.1f}M "
+        f"({100 * (1 - info.params / info.source_params):.1f}% removed) |",
     ]
-    for key, value in (info.get("training") or {}).items():
+    for key, value in (info.training or {}).items():
         lines.append(f"| {key.replace('_', ' ')} | {value} |")
     lines += ["", "## Loading", ""]
-    if info["net"] in ("ffn", "swiglu"):
+    if info.net in ("ffn", "swiglu"):
         lines += ["This model holds a custom replacement network (see `modeling_streamline.py`):", "",
                   "```python", "from transformers import AutoModelForCausalLM",
                   "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",

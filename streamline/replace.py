@@ -21,7 +21,7 @@ from torch import nn
 
 from . import layout
 from .errors import StreamlineError
-from .artifacts import read_scores
+from .artifacts import ModelInfo, read_scores
 from .loading import load_model
 from .networks import build_network
 from .pruned import count_params, save_pruned
@@ -58,7 +58,7 @@ def make_network(adapter, model, net: str, index: int, seed: int) -> nn.Module:
 
 
 def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *, net: str, layers: int = 1,
-            dtype: str = "float32", seed: int = 42) -> dict:
+            dtype: str = "float32", seed: int = 42) -> ModelInfo:
     """`layers` (k) transformer layers kept; ffn, swiglu and none take k = 1 (one network, or nothing)."""
     if net not in NETS:
         raise StreamlineError(f"network: unknown network '{net}' (allowed: {', '.join(NETS)})")
@@ -77,11 +77,10 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
         adapter.remove_layers(model, block[layers:])
     kept = 0 if net == "none" else layers
     label = net if layers == 1 else f"{net} x{layers}"
-    info = {"name": f"{Path(model_dir).name} minus {scores['n']} layers ({label})", "source_model": str(model_dir),
-            "source_layers": source_layers, "source_params": source_params, "n": scores["n"], "block": block,
-            "net": net, "replacement_layers": kept, "metric": scores["metric"], "loss": None, "seed": seed,
-            "dtype": dtype}
-    save_pruned(model, adapter, out_dir, model_dir, info)
+    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores['n']} layers ({label})", source_model=str(model_dir),
+                     source_layers=source_layers, source_params=source_params, n=scores["n"], block=block, net=net,
+                     replacement_layers=kept, metric=scores["metric"], dtype=dtype, seed=seed)
+    info = save_pruned(model, adapter, out_dir, model_dir, info)
     params = count_params(model)
     log.info("%s: layers %d..%d -> %s; %d -> %d layers, %.1fM -> %.1fM params; saved to %s", net, block[0],
              block[-1], "removed" if net == "none" else f"layers {block[0]}..{block[0] + kept - 1} kept as the "

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import stats
+from .artifacts import ModelInfo
 from .atomic import atomic_write_json, atomic_write_text, read_json
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
@@ -99,20 +100,20 @@ def _base_row(name: str, ev: dict, correct: dict) -> dict[str, Any]:
 
 def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base_ev: dict,
                  base_correct: dict, train: dict | None) -> dict[str, Any]:
-    info = ev.get("streamline") or {}
-    net = info.get("net")
-    params = ev.get("params") or info.get("params")
-    src_params = base["params"] or info.get("source_params")
+    if not isinstance(ev.get("streamline"), dict):
+        raise StreamlineError(f"{spec['eval']}: evaluates a model dir without streamline.json, not a pruned variant")
+    info = ModelInfo.from_json(ev["streamline"], spec["eval"])
+    params = ev.get("params") or info.params
+    src_params = base["params"] or info.source_params
     acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
     p, bp = ev.get("perplexity") or {}, base_ev.get("perplexity") or {}
     kl, speed = ev.get("kl_to_original") or {}, ev.get("speed") or {}
     row = {
-        "model": base["model"], "n": info.get("n"), "variant": spec["name"], "label": f"n={info.get('n')} {spec['name']}",
-        "net": net, "loss": info.get("loss"),
-        # k: replacement layers kept (plain removal keeps none); older model dirs lack the key: 1.
-        "replacement_layers": info.get("replacement_layers", 0 if net == "none" else 1),
-        "block": info.get("block"),
-        "layers": ev.get("num_hidden_layers") or info.get("num_hidden_layers"), "params": params,
+        "model": base["model"], "n": info.n, "variant": spec["name"], "label": f"n={info.n} {spec['name']}",
+        "net": info.net, "loss": info.loss,
+        "replacement_layers": info.replacement_layers,  # k kept in the block's place: 0 for none and linear
+        "block": info.block,
+        "layers": ev.get("num_hidden_layers") or info.num_hidden_layers, "params": params,
         "params_removed_pct": (100.0 * (1 - params / src_params)) if params and src_params else None,
         "compression_ratio": (src_params / params) if params and src_params else None,
         "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),

@@ -9,8 +9,8 @@ All intervals are 95%.
   pair of outcomes (original right?, pruned right?) is one of four kinds, so resampling n questions
   is drawing the four counts from a multinomial with the observed proportions: exactly the
   question-index bootstrap, at a cost independent of n.
-- Perplexity and KL: a bootstrap over the held-out blocks of their ratio estimates (sum over the
-  resampled blocks of NLL or KL, over the sum of their tokens).
+- Perplexity and KL: scipy's percentile bootstrap over the held-out blocks of their ratio estimates (sum
+  over the resampled blocks of NLL or KL, over the sum of their tokens).
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ import numpy as np
 
 from .errors import StreamlineError
 
-Z95 = 1.959963984540054
 RESAMPLES = 10_000
 SEED = 0
 
 
-def wilson(k: int, n: int, z: float = Z95) -> list[float]:
+def wilson(k: int, n: int) -> list[float]:
+    """The 95% Wilson score interval of k successes in n (scipy's)."""
     if n == 0:
         return [math.nan, math.nan]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    from scipy.stats import binomtest
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [max(0.0, float(ci.low)), min(1.0, float(ci.high))]
 
 
 def _percentile(x: np.ndarray) -> list[float]:
@@ -101,10 +100,16 @@ def excludes_zero(interval: list[float] | None) -> bool:
 
 def block_ratio_interval(numerator: list[float], tokens: list[int], *, transform=None, resamples: int = 2000,
                          seed: int = SEED) -> list[float] | None:
-    """Bootstrap over blocks of sum(numerator) / sum(tokens), optionally transformed (exp for perplexity)."""
+    """Percentile bootstrap over blocks (scipy's, blocks resampled with their token counts) of
+    sum(numerator) / sum(tokens), optionally transformed (exp for perplexity; monotone, so it maps the ends)."""
+    from scipy.stats import bootstrap
     num, den = np.asarray(numerator, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
     if num.size == 0 or num.shape != den.shape:
         return None
-    idx = np.random.default_rng(seed).integers(0, num.size, size=(resamples, num.size))
-    est = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-    return _percentile(transform(est) if transform else est)
+    if num.size == 1 or np.ptp(num / np.maximum(den, 1)) == 0:  # nothing varies: scipy would return NaN
+        lo = hi = float(num.sum() / max(den.sum(), 1))
+    else:
+        res = bootstrap((num, den), lambda a, b, axis=-1: a.sum(axis) / np.maximum(b.sum(axis), 1), paired=True,
+                        vectorized=True, n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return [float(transform(lo)), float(transform(hi))] if transform else [lo, hi]

@@ -63,7 +63,7 @@ def test_untrained_transformer_equals_original_with_rest_of_block_skipped(model_
     card = (tmp_path / "out" / "README.md").read_text()
     assert "layers 1..3 (n = 2)" in card and "6 → 4" in card
     meta = json.loads((tmp_path / "out" / "streamline.json").read_text())
-    assert meta["params"] < meta["source_params"] and info["block"] == [1, 2, 3]
+    assert meta["params"] < meta["source_params"] and info.block == [1, 2, 3] and meta == info.to_json()
 
 
 def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(model_dir, tmp_path):
@@ -71,7 +71,7 @@ def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(mod
     from safetensors.torch import load_file
     scores = write_scores(tmp_path / "s.json", n=2, span=4, best=1)
     info = replace(model_dir, scores, tmp_path / "out", net="transformer", layers=2)
-    assert info["replacement_layers"] == 2 and info["block"] == [1, 2, 3, 4]
+    assert info.replacement_layers == 2 and info.block == [1, 2, 3, 4]
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert pruned.config.num_hidden_layers == 4
     with torch.no_grad():

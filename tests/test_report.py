@@ -9,6 +9,7 @@ import pytest
 
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
+from streamline.artifacts import ModelInfo
 from streamline.evaluate import SAMPLES_FORMAT, write_samples
 from streamline.plots import pareto_front
 from streamline.report import report
@@ -19,9 +20,10 @@ BASE_PARAMS = 1000
 BASE_RIGHT = {"arc_easy": range(0, 12), "boolq": range(0, 14)}  # 60% and 70%
 # name -> streamline.json, questions answered right per task, params, layers, ppl, log (kind, content)
 VARIANTS = {
-    "none": ({"net": "none", "n": 1, "loss": None, "block": [3]},
+    "none": ({"net": "none", "n": 1, "loss": None, "block": [3], "replacement_layers": 0},
              {"arc_easy": range(0, 10), "boolq": range(0, 12)}, 900, 5, 20.0, None),
-    "ffn-mse": ({"net": "ffn", "n": 1, "loss": "mse", "block": [2, 3]}, BASE_RIGHT, 850, 5, 15.0,
+    "ffn-mse": ({"net": "ffn", "n": 1, "loss": "mse", "block": [2, 3], "replacement_layers": 1}, BASE_RIGHT, 850, 5,
+                15.0,
                 ("train_log", {"loss": "mse", "total_steps": 5, "seconds": 42.0, "initial_val_loss": 1.0,
                                "best_val_loss": 0.3, "best_step": 5, "kept": "best",
                                "steps": [{"step": i, "loss": 1.0 / i} for i in range(1, 6)],
@@ -34,7 +36,7 @@ VARIANTS = {
                                             "kept": "best", "steps": [{"step": 4, "loss": 1.6}],
                                             "val": [{"step": 4, "loss": 1.5}],
                                             "warnings": ["training made held-out perplexity worse (11.0 -> 12.0)"]})),
-    "linear": ({"net": "linear", "n": 2, "loss": None, "block": [2, 3, 4]},
+    "linear": ({"net": "linear", "n": 2, "loss": None, "block": [2, 3], "replacement_layers": 0},
                {"arc_easy": range(0), "boolq": range(0, 14)}, 800, 4, 30.0, ("estimate_log", {"seconds": 3.5})),
 }
 
@@ -82,7 +84,8 @@ def artifacts(tmp_path) -> dict:
     rows = []
     for i, (name, (info, right, params, layers, ppl, logf)) in enumerate(VARIANTS.items()):
         d = root / f"v{i}"
-        info = {**info, "params": params, "source_params": BASE_PARAMS, "num_hidden_layers": layers}
+        info = ModelInfo(name=f"m minus {info['n']}", source_model="m", source_layers=6, source_params=BASE_PARAMS,
+                         metric="cosine", dtype="float32", params=params, num_hidden_layers=layers, **info).to_json()
         stab = {"arc_easy": 0.9, "boolq": 0.8}
         spec = {"name": name, "eval": str(_write(d / "eval.json", _eval(right, params, layers, ppl, info))),
                 "stability": str(_write(d / "stability.json", {
@@ -123,7 +126,7 @@ def test_rows_take_their_facts_from_the_artifacts(artifacts):
     kd = rows["transformerx2-mse+kd"]
     assert (kd["net"], kd["loss"], kd["replacement_layers"], kd["block"], kd["layers"], kd["n"]) == (
         "transformer", "kd", 2, [2, 3, 4, 5], 4, 2)
-    assert rows["linear"]["net"] == "linear" and rows["linear"]["replacement_layers"] == 1
+    assert rows["linear"]["net"] == "linear" and rows["linear"]["replacement_layers"] == 0  # k: one value everywhere
     assert rows["baseline"]["layers"] == 6 and rows["baseline"]["params_removed_pct"] == 0
     assert kd["params_removed_pct"] == pytest.approx(20.0) and kd["compression_ratio"] == pytest.approx(1.25)
     # Training facts: tokens and time where the log has them; older logs without tokens; estimates.
@@ -164,7 +167,7 @@ def test_markdown_html_and_plots(artifacts):
     assert "| model | n | variant | layers | params | ratio | Avg acc [95% CI] | Δ Avg, points [95% CI] |" in md
     assert "| m | 2 | transformerx2-mse+kd | transformer | kd | 2 | 2..5 | 4 | 800 | 20.0 | 32.8k | 1 min 40 s |" in md
     assert "| m | 1 | ffn-mse | ffn | mse | 1 | 2..3 | 5 | 850 | 15.0 | – | 42 s |" in md
-    assert "| m | 2 | linear | linear | – | 1 | 2..4 | 4 | 800 | 20.0 | – | 4 s |" in md
+    assert "| m | 2 | linear | linear | – | 0 | 2..3 | 4 | 800 | 20.0 | – | 4 s |" in md
     assert "+30.0* [" in md and "12.5 of 20" in md
     noise = md[md.index("## What is within noise"):]
     assert ("**n=1 ffn-mse**: no task's accuracy difference is distinguishable from noise at 20 questions per task"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..adapters import get_adapter
 from ..errors import StreamlineError
-from .replacement import read_info
+from ..artifacts import read_info
 from ..pruned import TORCH_DTYPES, load_pruned, save_pruned
 
 
@@ -39,7 +40,7 @@ def training_card(result: dict) -> dict[str, str]:
 def export_model(init_dir: str | Path, out_dir: str | Path, state: dict[str, torch.Tensor], result: dict) -> None:
     """Write the init model with `state` (the network's weights, by their names in the pruned model)."""
     info = read_info(init_dir)
-    model = load_pruned(init_dir, dtype=TORCH_DTYPES[info.get("dtype", "float32")])
+    model = load_pruned(init_dir, dtype=TORCH_DTYPES[info.dtype])
     params = dict(model.named_parameters())
     unknown = sorted(set(state) - set(params))
     if unknown:
@@ -48,5 +49,5 @@ def export_model(init_dir: str | Path, out_dir: str | Path, state: dict[str, tor
         for name, value in state.items():
             params[name].copy_(value)
     adapter = get_adapter(model.config.model_type)
-    save_pruned(model, adapter, out_dir, init_dir, {**info, "loss": result["loss"], "training": training_card(result),
-                                                    "final_val": result["best_val"]})
+    save_pruned(model, adapter, out_dir, init_dir, replace(info, loss=result["loss"], training=training_card(result),
+                                                           final_val=result["best_val"]))

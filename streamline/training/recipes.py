@@ -21,7 +21,8 @@ from typing import Callable
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json
 from .core import Recipe, fit
-from .replacement import Replacement, read_info
+from ..artifacts import read_info
+from .replacement import Replacement
 from .settings import TrainSettings
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # model dtype -> accelerate
@@ -135,7 +136,7 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
     from .export import export_model
 
     recipe = build_recipe(loss, init_dir, settings, data_dir=data_dir, pairs_dir=pairs_dir, teacher_dir=teacher_dir)
-    earlier = read_info(init_dir).get("loss")
+    earlier = read_info(init_dir).loss
     recipe.loss = f"{earlier}+{loss}" if earlier else loss
 
     def finish(result: dict, state: dict) -> None:

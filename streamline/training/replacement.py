@@ -17,22 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StreamlineError
-from ..atomic import read_artifact
+from ..artifacts import read_info
 from ..layout import NETS, UNTRAINED
 
 TRAINABLE_NETS = tuple(n for n in NETS if n not in UNTRAINED)
-
-
-INFO_KEYS = {"block": list, "net": str, "n": int, "source_model": str, "source_layers": int}
-
-
-def read_info(model_dir: str | Path) -> dict:
-    """A pruned model dir's streamline.json, checked against the dir's record first: a torn or incomplete one
-    moves the dir aside (its stage reruns) with one line."""
-    from ..weights import verify
-    verify(model_dir)
-    return read_artifact(Path(model_dir) / "streamline.json", "model dir's streamline.json", INFO_KEYS,
-                         aside=model_dir)
 
 
 @dataclass(frozen=True)
@@ -66,11 +54,8 @@ class Replacement:
         if not path.is_file():
             raise StreamlineError(f"{model_dir}: no streamline.json (not a model dir written by `streamline replace`)")
         info = read_info(model_dir)
-        block, net = info["block"], info["net"]
-        kept = info.get("replacement_layers", 0 if net in ("none", "linear") else 1)  # older dirs: one layer
-        return cls(first=block[0], span=len(block), kept=kept, n=info["n"], net=net,
-                   source_model=info["source_model"], source_layers=info["source_layers"],
-                   dtype=info.get("dtype", "float32"))
+        return cls(first=info.block[0], span=len(info.block), kept=info.replacement_layers, n=info.n, net=info.net,
+                   source_model=info.source_model, source_layers=info.source_layers, dtype=info.dtype)
 
     def require_trainable(self, loss: str) -> None:
         if self.kept == 0:
