@@ -152,6 +152,20 @@ def variant_dir(n, variant, m=None):
     return f"results/{m or model()}/n{n}/{variant}"
 
 
+def baseline_gguf(m=None):
+    return f"results/{m or model()}/baseline/model.gguf"
+
+
+def gguf_targets():
+    """export.gguf != none: model.gguf (the export) and gguf.json (its llama.cpp perplexity and, for a
+    variant, its llama.cpp speedup over the original's export) for the original and every variant."""
+    if config["export"]["gguf"] == "none":
+        return []
+    m = model()
+    dirs = [f"results/{m}/baseline"] + [variant_dir(n, v, m) for n in layer_intervals() for v in variants()]
+    return [f"{d}/{name}" for d in dirs for name in ("model.gguf", "gguf.json")]
+
+
 def summary_targets():
     return ["results/summary.json", "results/summary.md", "results/summary.html",
             "results/plots/block_scores.png", "results/plots/training_loss.png", "results/plots/task_accuracy.png",
@@ -162,7 +176,7 @@ def all_targets():
     targets = []
     for n in layer_intervals():
         targets += [variant_model(n, v) for v in variants()]
-    return targets + summary_targets()
+    return targets + gguf_targets() + summary_targets()
 
 
 # Net and loss names come from the schema's enums (the package's tuples equal them: test_schema_agrees).
