@@ -157,10 +157,9 @@ def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original
     from .speed import _best_alternating  # the same protocol as PyTorch's speed: warm-up, alternate, best of
     t_start = time.perf_counter()
     block = [int(t) for t in ids]
-    if len(block) < prompt_tokens + decode_steps:
-        raise StreamlineError(f"a {len(block)}-token block is too short for {prompt_tokens} prompt tokens and "
-                              f"{decode_steps} decode steps")
-    prompt, steps = block[:prompt_tokens], block[prompt_tokens:prompt_tokens + decode_steps]
+    # the block's own tokens, cycled when it is shorter than prompt + steps (the models' context holds both)
+    stream = [block[i % len(block)] for i in range(prompt_tokens + decode_steps)]
+    prompt, steps = stream[:prompt_tokens], stream[prompt_tokens:]
     models = {"pruned": pruned, "original": original}
     prefill = _best_alternating(lambda m: _prefill_seconds(m, block), models, repeats)
     decode = _best_alternating(lambda m: _decode_seconds(m, prompt, steps), models, repeats)
@@ -214,8 +213,9 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
         full = [i for i in range(len(ids)) if mask[i].all()]
         if not full:
             raise StreamlineError(f"{data_dir}: no full {split} block to time prefill on")
-        pruned = load_gguf(gguf_file, seq_len, logits_all=False, threads=threads, extra_buffers=extra_buffers)
-        original = load_gguf(original_gguf, seq_len, logits_all=False, threads=threads, extra_buffers=extra_buffers)
+        n_ctx = max(seq_len, prompt_tokens + decode_steps)
+        pruned = load_gguf(gguf_file, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
+        original = load_gguf(original_gguf, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
         speed = measure_llamacpp_speedup(pruned, original, gguf_file, original_gguf, ids[full[0]],
                                          decode_steps=decode_steps, prompt_tokens=prompt_tokens, repeats=repeats)
         speed["threads"] = threads or default_threads()
