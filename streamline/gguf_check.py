@@ -194,7 +194,7 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
     t0 = time.perf_counter()
     scorer = load_gguf(gguf_file, seq_len, logits_all=True, threads=threads, extra_buffers=extra_buffers)
     ppl = gguf_perplexity(scorer, ids, mask)
-    del scorer
+    scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
     reader = gguf.GGUFReader(str(gguf_file))
     result: dict[str, Any] = {
         "gguf": str(gguf_file), "file_type": int(reader.fields["general.file_type"].contents()),
@@ -218,6 +218,8 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
         original = load_gguf(original_gguf, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
         speed = measure_llamacpp_speedup(pruned, original, gguf_file, original_gguf, ids[full[0]],
                                          decode_steps=decode_steps, prompt_tokens=prompt_tokens, repeats=repeats)
+        pruned.close()
+        original.close()
         speed["threads"] = threads or default_threads()
         result.update({"original_gguf": str(original_gguf), "speed_llamacpp": speed,
                        "speedup_llamacpp": speed["speedup"], "speedup_llamacpp_ideal": speed["ideal"]})

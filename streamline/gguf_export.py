@@ -63,9 +63,9 @@ def check_exportable(model_config: dict, where: str = "model_name") -> None:
         raise StreamlineError(f"export.gguf: {where} is a '{model_type}' model, which the GGUF export does not "
                               f"support (supported: {', '.join(GGUF_MODEL_TYPES)}; set export.gguf: none)")
     rope = rope_settings(model_config)
-    if rope["type"] not in ("default", "linear"):
+    if rope["type"] not in ("default", "linear", "llama3"):
         raise StreamlineError(f"export.gguf: {where} uses rope scaling '{rope['type']}', which the GGUF export does "
-                              f"not write (supported: default, linear)")
+                              f"not write (supported: default, linear, llama3)")
 
 
 def rope_settings(model_config: dict) -> dict[str, Any]:
@@ -73,7 +73,21 @@ def rope_settings(model_config: dict) -> dict[str, Any]:
     params = dict(model_config.get("rope_parameters") or model_config.get("rope_scaling") or {})
     theta = params.get("rope_theta", model_config.get("rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default")) or "default"
-    return {"theta": float(theta), "type": kind, "factor": float(params.get("factor", 1.0))}
+    return {**params, "theta": float(theta), "type": kind, "factor": float(params.get("factor", 1.0))}
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Llama-3.1's rope scaling as llama.cpp takes it: one divisor per rotary frequency (rope_freqs.weight).
+
+    transformers scales each inverse frequency: long wavelengths by 1/factor, short ones not at all, and
+    blends in between; llama.cpp divides the frequency by rope_freqs[i], so the divisor is old / new.
+    """
+    inv_freq = rope["theta"] ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_context = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = np.clip((old_context / wavelen - low) / (high - low), 0.0, 1.0)  # 0: long waves, 1: short
+    return (1.0 / ((1 - smooth) / factor + smooth)).astype(np.float32)
 
 
 def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -242,13 +256,19 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
 
     # Plan every tensor first (name, shape, type, bytes): GGUF's tensor table precedes the data.
-    plan = []  # (hf name, gguf name, shape in HF order, ggml type)
+    # Each entry: (HF name, or an array computed here; GGUF name; shape in HF order; ggml type).
+    plan: list[tuple[str | np.ndarray, str, tuple[int, ...], Any]] = []
     for hf_name, lazy in _tensors(model_dir):
         name = gguf_name(hf_name)
         if name is None:
             continue
         shape = tuple(lazy.get_shape())
         plan.append((hf_name, name, shape, _storage_type(name, shape, outtype)))
+    rope = rope_settings(cfg)
+    if rope["type"] == "llama3":  # Llama-3.1: the scaled frequencies travel as a tensor, not as metadata
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        factors = llama3_rope_factors(rope, head_dim)
+        plan.append((factors, "rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32))
     names = {p[1] for p in plan}
     if "output.weight" not in names and not cfg.get("tie_word_embeddings", False):
         raise StreamlineError(f"{model_dir}: no lm_head weight and tie_word_embeddings is false")
@@ -270,8 +290,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for hf_name, name, shape, qtype in plan:
-            weight = _load(model_dir, hf_name)
+        for source, name, shape, qtype in plan:
+            weight = source if isinstance(source, np.ndarray) else _load(model_dir, source)
             if name.endswith("attn_q.weight"):
                 weight = permute_rotary(weight, heads)
             elif name.endswith("attn_k.weight"):

@@ -133,6 +133,12 @@ def test_the_export_is_atomic_and_refuses_what_llamacpp_cannot_run(tmp_path, tin
     assert "remote code" in line and not (tmp_path / "m.gguf").exists()
 
 
+def test_the_schema_offers_exactly_the_outtypes_the_export_writes():
+    from streamline.gguf_export import OUTTYPES
+    from streamline.schema import load_schema
+    assert load_schema()["properties"]["export"]["properties"]["gguf"]["enum"] == ["none", *OUTTYPES]
+
+
 def test_gguf_check_without_the_extra_says_how_to_get_it(tmp_path):
     code = ("import sys; sys.modules['llama_cpp'] = None; from streamline.cli import main; "
             f"sys.exit(main(['gguf-check', '--gguf', 'x.gguf', '--data', '{tmp_path}']))")
@@ -186,6 +192,40 @@ def test_llamacpp_computes_the_hf_logits(tmp_path, tiny_llama_dir, outtype, tole
         assert np.abs(got - want).max() < tolerance * np.abs(want).max(), (outtype, length)
         if outtype != "q8_0":  # a random model's top logits are close: 8-bit weights may swap them
             assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_llama3_rope_scaling_reaches_llamacpp(tmp_path):
+    """Llama-3.1's scaled rotary frequencies travel as rope_freqs.weight; with a short original context the
+    scaling changes the logits far more than the tolerance, so a file without it fails here."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM
+    from streamline.gguf_check import block_logits, load_gguf
+    tok = build_tokenizer()
+    models = {}
+    for kind in ("llama3", "default"):
+        cfg = tiny_model_config("llama", len(tok), layers=3)
+        if kind == "llama3":
+            cfg.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        torch.manual_seed(0)
+        models[kind] = AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():
+            for p in models[kind].parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.2)
+    models["llama3"].save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf", "f32")
+    ids = np.random.default_rng(0).integers(4, 300, 200)
+    with torch.no_grad():
+        want = models["llama3"](torch.from_numpy(ids)[None]).logits[0].numpy()
+        unscaled = models["default"](torch.from_numpy(ids)[None]).logits[0].numpy()
+    llm = load_gguf(tmp_path / "m.gguf", n_ctx=256, logits_all=True, threads=2)
+    got = block_logits(llm, ids)
+    llm.close()
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() < 0.02 * scale < np.abs(unscaled - want).max()
 
 
 @pytest.mark.slow
