@@ -189,6 +189,10 @@ def _add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
         try:
             vocab = LlamaHfVocab(model_dir)  # sentencepiece-style BPE with byte fallback (Llama-2)
             pre = "default"
+            # Checked on a synthetic tokenizer only: logits from token ids match, but llama.cpp's SPM merges by
+            # score, and text it tokenises itself split differently there.
+            log.warning("%s: sentencepiece-style tokenizer; text tokenised inside llama.cpp may differ from HF's "
+                        "(token ids are exact)", model_dir)
         except FileNotFoundError:
             raise StreamlineError(f"{model_dir}: no tokenizer.json the GGUF export can read") from None
     tokens, types = [], []

@@ -195,6 +195,19 @@ def test_llamacpp_computes_the_hf_logits(tmp_path, tiny_llama_dir, outtype, tole
 
 
 @pytest.mark.slow
+def test_llamacpp_tokenises_text_as_hf_does(tmp_path, tiny_llama_dir):
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+    from streamline.gguf_check import load_gguf
+    export_gguf(tiny_llama_dir, tmp_path / "m.gguf", "f16")
+    llm = load_gguf(tmp_path / "m.gguf", n_ctx=64, logits_all=False, threads=1)
+    for text in ("the quick brown fox jumps over the lazy dog .", "to be or not 123 , that is   the question"):
+        want = AutoTokenizer.from_pretrained(tiny_llama_dir)(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == want
+    llm.close()
+
+
+@pytest.mark.slow
 def test_llama3_rope_scaling_reaches_llamacpp(tmp_path):
     """Llama-3.1's scaled rotary frequencies travel as rope_freqs.weight; with a short original context the
     scaling changes the logits far more than the tolerance, so a file without it fails here."""
