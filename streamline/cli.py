@@ -119,6 +119,20 @@ def cmd_perplexity(a: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def cmd_export_gguf(a: argparse.Namespace) -> None:
+    from .gguf_export import export_gguf
+    export_gguf(a.model, a.out, a.outtype)
+
+
+def cmd_gguf_check(a: argparse.Namespace) -> None:
+    import json
+    from .gguf_check import gguf_check
+    result = gguf_check(a.gguf, a.data, a.out, original_gguf=a.original_gguf, hf_model=a.hf_model, split=a.split,
+                        threads=a.threads, decode_steps=a.decode_steps, prompt_tokens=a.prompt_tokens,
+                        repeats=a.repeats, extra_buffers=a.extra_buffers)
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith(("gguf_nll", "gguf_tokens"))}))
+
+
 def cmd_stability(a: argparse.Namespace) -> None:
     from .stability import run
     run(a)
@@ -314,6 +328,33 @@ def _add_perplexity(sub) -> None:
     p.set_defaults(func=cmd_perplexity)
 
 
+def _add_export_gguf(sub) -> None:
+    from .gguf_export import OUTTYPES
+    p = sub.add_parser("export-gguf", help="write a Llama-family HF model dir as a GGUF file for llama.cpp")
+    p.add_argument("--model", required=True, help="HF model dir (transformer, none or linear variants, or the original)")
+    p.add_argument("--out", required=True, help="model.gguf")
+    p.add_argument("--outtype", default="f16", choices=OUTTYPES)
+    p.set_defaults(func=cmd_export_gguf)
+
+
+def _add_gguf_check(sub) -> None:
+    p = sub.add_parser("gguf-check", help="perplexity of a GGUF in llama.cpp on prepared blocks, and (with "
+                                          "--original-gguf) its llama.cpp speedup over the original (needs [gguf])")
+    p.add_argument("--gguf", required=True)
+    p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
+    p.add_argument("--out", help="gguf.json")
+    p.add_argument("--original-gguf", help="the original model's GGUF: adds prefill/decode speedup over it")
+    p.add_argument("--hf-model", help="the HF dir the GGUF came from: adds streamline's own perplexity of it")
+    p.add_argument("--split", default="val", choices=["val", "calib", "train"])
+    p.add_argument("--threads", type=positive_int, help="llama.cpp threads (default: every core this process may use)")
+    p.add_argument("--decode-steps", type=positive_int, default=32)
+    p.add_argument("--prompt-tokens", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--extra-buffers", action="store_true", help="use ggml's AMX/repacked CPU weights (off: quantised "
+                                                                 "models segfault in its AMX kernel on some Xeons)")
+    p.set_defaults(func=cmd_gguf_check)
+
+
 def _add_stability(sub) -> None:
     from .stability import add_arguments as stability_arguments
     p = sub.add_parser("stability", help="stability of a pruned model against the original (lm-eval samples or "
@@ -372,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch_eval_data(sub)
     _add_evaluate(sub)
     _add_perplexity(sub)
+    _add_export_gguf(sub)
+    _add_gguf_check(sub)
     _add_stability(sub)
     _add_report(sub)
     _add_launch(sub)

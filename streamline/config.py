@@ -97,6 +97,16 @@ def check_eval(config: dict) -> None:
         check_task_names(ev["tasks"], key="eval.tasks")
 
 
+def check_export(config: dict) -> None:
+    """export.gguf needs models llama.cpp can run without remote code: ffn and swiglu hold a custom layer."""
+    outtype = config["export"]["gguf"]
+    custom = [net for net in _values(config["network"]) if net in ("ffn", "swiglu")]
+    if outtype != "none" and custom:
+        raise StreamlineError(f"export.gguf: {outtype} cannot export network {custom[0]}, a custom layer that needs "
+                              f"remote code, which llama.cpp cannot run (allowed with export.gguf: transformer, "
+                              f"none, linear; or export.gguf: none)")
+
+
 def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Schema-validate and default-fill `config` in place; check sources, n and the architecture."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -114,6 +124,7 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         raise StreamlineError(f"train.skip_first_tokens: {skip} leaves no position of a {seq_len}-token block in the "
                               f"loss (allowed: 0..{seq_len - 1})")
     check_eval(config)
+    check_export(config)
     check_source("data.source", config["data"]["source"])
     data = config["eval"].get("data")
     if config["eval"]["offline"] and data and not Path(data).expanduser().is_dir():
@@ -140,6 +151,9 @@ def check_model(config: dict, model_dir: str | Path) -> None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise StreamlineError(f"model_name: {Path(model_dir) / 'config.json'} is not a valid model config "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if config.get("export", {}).get("gguf", "none") != "none":
+        from .gguf_export import check_exportable
+        check_exportable(model_config, where=Path(model_dir).name)
     positions = model_config.get("max_position_embeddings")
     if positions and config["data"]["seq_len"] > positions:
         raise StreamlineError(f"data.seq_len: {config['data']['seq_len']} is longer than {Path(model_dir).name}'s "

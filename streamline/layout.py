@@ -205,6 +205,22 @@ class Paths:
     def variant_dir(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    @property
+    def baseline_gguf(self) -> str:
+        return f"results/{self.model}/baseline/model.gguf"
+
+    @property
+    def baseline_gguf_check(self) -> str:
+        return f"results/{self.model}/baseline/gguf.json"
+
+    def gguf(self, name: str) -> str:
+        """The variant's model exported for llama.cpp (export.gguf), next to its model dir."""
+        return f"{self.base}/{name}/model.gguf"
+
+    def gguf_check(self, name: str) -> str:
+        """Its perplexity and speed measured inside llama.cpp."""
+        return f"{self.base}/{name}/gguf.json"
+
     def model_out(self, variant: Variant) -> str:
         """The variant's model dir: the init dir of a training-free variant, else the trained model."""
         return self.init(variant.replacement) if not variant.trained else self.trained_model(variant.name)

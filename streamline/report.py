@@ -25,7 +25,7 @@ import numpy as np
 
 from . import stats
 from .artifacts import ModelInfo
-from .atomic import atomic_write_json, atomic_write_text, read_json
+from .atomic import atomic_write_json, atomic_write_text, read_artifact, read_json
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
 from .evaluate import read_samples
@@ -76,7 +76,7 @@ def _training(spec: dict) -> tuple[dict | None, dict | None]:
     return None, None
 
 
-def _base_row(name: str, ev: dict, correct: dict) -> dict[str, Any]:
+def _base_row(name: str, ev: dict, correct: dict, gguf: str | None = None) -> dict[str, Any]:
     acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
     p = ev.get("perplexity") or {}
     return {
@@ -94,8 +94,18 @@ def _base_row(name: str, ev: dict, correct: dict) -> dict[str, Any]:
         "perplexity_ratio": 1.0, "perplexity_ratio_ci95": None,
         "kl_to_original": 0.0, "kl_to_original_ci95": None,
         "speedup": {"prefill": 1.0, "decode": 1.0}, "speedup_ideal": {"prefill": 1.0, "decode": 1.0},
-        "train": None, "warnings": [], "limit": ev.get("limit"),
+        "train": None, "warnings": [], "limit": ev.get("limit"), **_llamacpp(gguf),
     }
+
+
+def _llamacpp(path: str | None) -> dict[str, Any]:
+    """The row's figures measured inside llama.cpp (gguf.json, with export.gguf): the GGUF's perplexity on the
+    same held-out blocks, and its prefill/decode speedup over the original's GGUF next to the ideal."""
+    if not path:
+        return {"gguf_ppl": None, "speedup_llamacpp": None, "speedup_llamacpp_ideal": None}
+    g = read_artifact(path, "llama.cpp check", {"gguf_ppl": (int, float)})
+    return {"gguf_ppl": g["gguf_ppl"], "speedup_llamacpp": g.get("speedup_llamacpp"),
+            "speedup_llamacpp_ideal": g.get("speedup_llamacpp_ideal")}
 
 
 def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base_ev: dict,
@@ -134,6 +144,7 @@ def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base
         "speed": {k: speed.get(k) for k in ("device", "threads", "batch", "prefill_tokens", "decode_steps",
                                              "prefill_tokens_per_s", "decode_tokens_per_s")} if speed else None,
         "train": train, "warnings": train["warnings"] if train else [], "limit": ev.get("limit"),
+        **_llamacpp(spec.get("gguf")),
     }
     return row
 
@@ -152,7 +163,7 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
     tasks = list(base_ev["tasks"])
     base_correct = _correct(read_samples(_need(baseline, "samples", "--baseline")), tasks)
     name = baseline.get("name") or Path(base_ev.get("model_dir", "model")).name
-    base = _base_row(name, base_ev, base_correct)
+    base = _base_row(name, base_ev, base_correct, baseline.get("gguf"))
     rows, train_logs = [base], []
     for spec in variants:
         what = f"variant {spec.get('name')}"
@@ -293,6 +304,17 @@ def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             [_head(r) + [_pct(r["stability_tasks"].get(t)) + _eff(r, t) for t in tasks] + [_pct(r["stability"])]
              for r in pruned], "")
     out = [main, acc, delta, cost, stab]
+    engine = [r for r in rows if r.get("gguf_ppl") is not None]
+    if engine:
+        def llamacpp(r: dict, kind: str) -> str:
+            s, ideal = r.get("speedup_llamacpp") or {}, r.get("speedup_llamacpp_ideal") or {}
+            return "–" if s.get(kind) is None else f"{s[kind]:.2f}x ({ideal.get(kind, float('nan')):.2f}x)"
+        out.append(("Inside llama.cpp (export.gguf)", key + ["val ppl (streamline)", "val ppl (llama.cpp)",
+                                                           "prefill (ideal)", "decode (ideal)"],
+                    [_head(r) + [_num(r["perplexity"], ".2f"), _num(r["gguf_ppl"], ".2f"), llamacpp(r, "prefill"),
+                                 llamacpp(r, "decode")] for r in engine],
+                    "The exported GGUF run by llama.cpp on the same held-out blocks (token ids fed directly), and its "
+                    "measured speedup over the original's GGUF in llama.cpp, the ideal in brackets."))
     trained = [r for r in pruned if r["train"] and r["train"].get("kind") == "trained"]
     if trained:
         out.append(("Training", key + ["initial val loss", "best val loss", "best step", "steps", "kept"],

@@ -224,3 +224,21 @@ def test_report_cli(artifacts):
     assert cli(["report", "--manifest", json.dumps(missing), *outputs]) == 2
     assert cli(["report", "--manifest", "oops", *outputs]) == 2
     assert cli(["report", "--manifest", json.dumps({"baseline": b, "rows": [5], "scores": []}), *outputs]) == 2
+
+
+def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
+    """With export.gguf the manifest names each row's gguf.json: its llama.cpp perplexity and speedup show up."""
+    root = Path(artifacts["variants"][0]["eval"]).parent.parent
+    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", {"gguf_ppl": 10.01}))
+    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", {
+        "gguf_ppl": 14.9, "speedup_llamacpp": {"prefill": 1.33, "decode": 1.28},
+        "speedup_llamacpp_ideal": {"prefill": 1.36, "decode": 1.27}}))
+    summary = _run(artifacts)
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert rows["baseline"]["gguf_ppl"] == 10.01 and rows["ffn-mse"]["speedup_llamacpp"]["prefill"] == 1.33
+    assert rows["none"]["gguf_ppl"] is None  # no gguf.json named: nothing made up
+    md = (artifacts["out"] / "summary.md").read_text()
+    assert "## Inside llama.cpp (export.gguf)" in md and "| 15.00 | 14.90 | 1.33x (1.36x) | 1.28x (1.27x) |" in md
+    _write(root / "v1/gguf.json", {"speedup_llamacpp": {}})  # torn: no perplexity
+    with pytest.raises(StreamlineError, match="gguf.json: the llama.cpp check is incomplete"):
+        _run(artifacts)

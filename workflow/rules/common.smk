@@ -92,12 +92,25 @@ def eval_data_dir():
     return ev.get("data") or EVAL_DATA
 
 
+def gguf_targets():
+    """export.gguf != none: model.gguf (the export) and gguf.json (its llama.cpp perplexity and, for a
+    variant, its llama.cpp speedup over the original's export) for the original and every variant."""
+    if config["export"]["gguf"] == "none":
+        return []
+    p0 = paths()
+    targets = [p0.baseline_gguf, p0.baseline_gguf_check]
+    for n in layer_intervals():
+        targets += [f(v.name) for v in variants() for f in (paths(n=n).gguf, paths(n=n).gguf_check)]
+    return targets
+
+
 def summary_targets():
     return list(SUMMARY.values()) + [f"{PLOTS_DIR}/{name}" for name in PLOTS.values()]
 
 
 def all_targets():
-    return [paths(n=n).model_out(v) for n in layer_intervals() for v in variants()] + summary_targets()
+    return [paths(n=n).model_out(v) for n in layer_intervals() for v in variants()] + gguf_targets() + \
+        summary_targets()
 
 
 # Names are matched by the patterns layout.py builds next to the names themselves.
