@@ -17,6 +17,7 @@ from fresh import run_fresh  # benchmarks/fresh.py
 
 SHARED = """
 import json, resource, sys
+from streamline.layout import Paths, pairs_name
 from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings
@@ -85,9 +86,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--samples", type=int, default=64, help="train blocks for the throughput ratio")
     args = p.parse_args()
-    base = f"results/{args.model}/n{args.n}"
-    payload = {"init": f"{base}/transformer/init", "model": f"resources/models/{args.model}",
-               "data": f"resources/data/{args.model}/{args.data}", "steps": args.steps,
+    paths = Paths(args.model, args.n)
+    payload = {"init": paths.init("transformer"), "model": paths.model_dir, "data": paths.data_dir(args.data),
+               "steps": args.steps,
                "settings": {"batch_size": args.batch_size, "gradient_accumulation_step": 1, "epochs": 1, "lr": 2e-4,
                             "min_lr": 5e-5, "val_every": 10**9, "train_samples": args.steps * args.batch_size,
                             "device": "cpu"}}
@@ -108,7 +109,7 @@ def main() -> None:
     rates = {}
     for mode in ("store", "online", "store", "online"):  # alternate, keep the best of two
         recipe = build_recipe("mse", payload["init"], s, data_dir=payload["data"], teacher_dir=payload["model"],
-                              pairs_dir=f"{base}/pairs.zarr" if mode == "store" else None)
+                              pairs_dir=paths.pairs(pairs_name(1)) if mode == "store" else None)
         rate = fit(recipe, s, lambda result, state: None)["samples_per_second"]
         rates[mode] = max(rates.get(mode, 0.0), rate)
     print(f"MSE training throughput: online pairs {rates['online']:.2f} samples/s, pairs.zarr {rates['store']:.2f} "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_hidden_states
 from streamline.loading import load_model
@@ -58,8 +59,9 @@ def peak_rss(args, n: int, tmp: Path, split: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resources/models/SmolLM2-135M-Instruct")
-    p.add_argument("--data", default="resources/data/SmolLM2-135M-Instruct/lambada")
+    paths = Paths("SmolLM2-135M-Instruct")
+    p.add_argument("--model", default=paths.model_dir)
+    p.add_argument("--data", default=paths.data_dir("lambada"))
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--rss-samples", type=int, default=32, help="N for the RSS ratio (train split, needs 4N)")
     p.add_argument("--batch-size", type=int, default=8)

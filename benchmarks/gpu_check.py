@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_hidden_states
 from streamline.loading import load_model
@@ -27,9 +28,10 @@ from streamline.training.settings import TrainSettings
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resources/models/SmolLM2-135M-Instruct")
-    p.add_argument("--data", default="resources/data/SmolLM2-135M-Instruct/lambada")
-    p.add_argument("--init", default="results/SmolLM2-135M-Instruct/n8/transformer/init")
+    paths = Paths("SmolLM2-135M-Instruct", 8)
+    p.add_argument("--model", default=paths.model_dir)
+    p.add_argument("--data", default=paths.data_dir("lambada"))
+    p.add_argument("--init", default=paths.init("transformer"))
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda")

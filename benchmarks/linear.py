@@ -15,6 +15,7 @@ from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """
 import json, resource, sys
+from streamline.layout import Paths, scores_name
 from streamline.linear import estimate_linear
 a = json.loads(sys.argv[1])
 stats = estimate_linear(a["model"], a["store"], a["scores"], a["out"], log_json=a["log"])
@@ -30,8 +31,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8, help="N; the calib split must hold 8N blocks")
     args = p.parse_args()
     from streamline.linear import extract_linear_states
-    model, data = f"resources/models/{args.model}", f"resources/data/{args.model}/{args.data}"
-    scores = f"results/{args.model}/n{args.n}/removal_scores.json"
+    paths = Paths(args.model, args.n)
+    model, data, scores = paths.model_dir, paths.data_dir(args.data), paths.scores(scores_name(0))
     tmp = Path(tempfile.mkdtemp())
     try:
         runs = {}

@@ -13,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from streamline.layout import Paths, Variant
 from streamline.gguf_check import default_threads, gguf_check
 from streamline.gguf_export import OUTTYPES, export_gguf
 
@@ -21,9 +22,10 @@ MODEL = "SmolLM2-135M-Instruct"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--original", default=f"resources/models/{MODEL}")
-    p.add_argument("--pruned", default=f"results/{MODEL}/n8/transformer-mse/model")
-    p.add_argument("--data", default=f"resources/data/{MODEL}/lambada")
+    paths = Paths(MODEL, 8)
+    p.add_argument("--original", default=paths.model_dir)
+    p.add_argument("--pruned", default=paths.model_out(Variant.parse("transformer-mse")))
+    p.add_argument("--data", default=paths.data_dir("lambada"))
     p.add_argument("--outtypes", nargs="+", default=["f16", "q8_0"], choices=OUTTYPES)
     p.add_argument("--work", help="where the GGUF files go (default: a temp dir, removed)")
     p.add_argument("--threads", type=int, default=default_threads())

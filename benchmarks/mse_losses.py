@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamline.layout import Paths, pairs_name
 from streamline import data
 from streamline.evaluate import load_for_eval, score_blocks
 from streamline.training.recipes import train
@@ -35,10 +36,10 @@ def main() -> None:
     p.add_argument("--accumulation", type=int, default=2)
     p.add_argument("--losses", nargs="+", default=list(MSE_LOSSES))
     args = p.parse_args()
-    base = Path(f"results/{args.model}/n{args.n}")
-    data_dir = Path(f"resources/data/{args.model}/{args.data}")
+    paths = Paths(args.model, args.n)
+    base, data_dir = Path(paths.base), Path(paths.data_dir(args.data))
     ids, mask = (np.asarray(a) for a in data.load_split(data_dir, "val"))
-    original = load_for_eval(Path(f"resources/models/{args.model}"), "cpu")
+    original = load_for_eval(Path(paths.model_dir), "cpu")
 
     def held_out(model_dir: Path) -> dict:
         return score_blocks(load_for_eval(model_dir, "cpu"), ids, mask, args.batch_size, original=original)
@@ -57,8 +58,8 @@ def main() -> None:
                           skip_first_tokens=0, seed=42)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.time()
-            result = train("mse", base / "transformer/init", Path(tmp) / "m", Path(tmp) / "log.json", s,
-                           data_dir=data_dir, pairs_dir=base / "pairs.zarr")
+            result = train("mse", paths.init("transformer"), Path(tmp) / "m", Path(tmp) / "log.json", s,
+                           data_dir=data_dir, pairs_dir=paths.pairs(pairs_name(1)))
             seconds = time.time() - start
             r = held_out(Path(tmp) / "m")
         final = math.exp(result["val"][-1]["ce"])

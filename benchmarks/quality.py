@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamline.layout import Paths
 from streamline import data
 from streamline.evaluate import load_for_eval, score_blocks
 from streamline.pruned import count_params
@@ -37,8 +38,9 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["none/init", "transformer/init", "transformer-mse/model"])
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()
-    ids, mask = (np.asarray(a) for a in data.load_split(f"resources/data/{args.model}/{args.data}", "val"))
-    original = load_for_eval(Path(f"resources/models/{args.model}"), "cpu")
+    paths = Paths(args.model, args.n)
+    ids, mask = (np.asarray(a) for a in data.load_split(paths.data_dir(args.data), "val"))
+    original = load_for_eval(Path(paths.model_dir), "cpu")
     base = score_blocks(original, ids, mask, args.batch_size)
     print(f"held-out: {len(ids)} blocks of {ids.shape[1]} tokens ({base['tokens']} predicted tokens)\n")
     print("| variant | layers | params | val perplexity | KL to original | train tokens | wall time | peak RSS | kept |")
@@ -46,7 +48,7 @@ def main() -> None:
     print(f"| original | {original.config.num_hidden_layers} | {count_params(original) / 1e6:.1f}M | "
           f"{base['perplexity']:.2f} | 0 | – | – | – | – |")
     for variant in args.variants:
-        path = Path(f"results/{args.model}/n{args.n}/{variant}")
+        path = Path(paths.base) / variant
         if not path.exists():
             print(f"| {variant} | (missing) | | | | | | | |")
             continue

@@ -13,6 +13,7 @@ import argparse
 import numpy as np
 import torch
 
+from streamline.layout import Paths, Variant
 from streamline import data
 from streamline.evaluate import load_for_eval
 from streamline.speed import measure_speedup
@@ -28,9 +29,10 @@ def main() -> None:
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    ids, _ = data.load_split(f"resources/data/{args.model}/{args.data}", "val")
-    original = load_for_eval(f"resources/models/{args.model}")
-    pruned = load_for_eval(f"results/{args.model}/n{args.n}/{args.variant}/model")
+    paths = Paths(args.model, args.n)
+    ids, _ = data.load_split(paths.data_dir(args.data), "val")
+    original = load_for_eval(paths.model_dir)
+    pruned = load_for_eval(paths.model_out(Variant.parse(args.variant)))
     s = measure_speedup(pruned, original, np.asarray(ids), args.batch_size, decode_steps=args.decode_steps,
                         repeats=args.repeats)
     print(f"{args.variant} (n={args.n}) vs original, {s['device']}, {torch.get_num_threads()} threads, batch {s['batch']}, "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_pairs
 from streamline.atomic import read_json
@@ -69,9 +70,10 @@ def timed_train(args, in_ram: bool = False) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results/SmolLM2-135M-Instruct")
-    p.add_argument("--model", default="resources/models/SmolLM2-135M-Instruct")
-    p.add_argument("--data", default="resources/data/SmolLM2-135M-Instruct/lambada")
+    paths = Paths("SmolLM2-135M-Instruct")
+    p.add_argument("--results", default=str(Path(paths.calibration).parent))
+    p.add_argument("--model", default=paths.model_dir)
+    p.add_argument("--data", default=paths.data_dir("lambada"))
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--samples", type=int, default=64, help="train blocks for the throughput ratio")
     p.add_argument("--rss-samples", type=int, default=32, help="N for the RSS ratio (needs 8N pairs)")

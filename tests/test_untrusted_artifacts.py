@@ -344,7 +344,7 @@ def test_an_unrecorded_init_dir_with_an_incomplete_streamline_json_is_one_line(t
     (tmp_path / "init/streamline-weights.json").unlink()  # a dir copied by hand, without its record
     (tmp_path / "init/streamline.json").write_text(json.dumps({"net": "transformer"}))
     with pytest.raises(StreamlineError, match=r"streamline.json: the model dir's streamline.json is incomplete "
-                                              r"\(no valid 'block'\); moved init aside"):
+                                              r"\(no valid 'name'\); moved init aside"):
         train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "l.json", TrainSettings(**FAST),
               data_dir=make_data_dir(tmp_path / "data"))
 
