@@ -140,6 +140,8 @@ def cmd_stability(a: argparse.Namespace) -> None:
 
 def cmd_report(a: argparse.Namespace) -> None:
     from .report import read_manifest, report
+    if a.manifest.startswith("@") and not Path(a.manifest[1:]).is_file():
+        raise StreamlineError(f"--manifest: {a.manifest[1:]} is not a file")
     text = Path(a.manifest[1:]).read_text() if a.manifest.startswith("@") else a.manifest
     report(read_manifest(text), out_json=Path(a.json), out_md=Path(a.md),
            out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
@@ -367,8 +369,9 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="summary table (json, markdown, html) and plots over every variant")
     p.add_argument("--manifest", required=True, metavar="JSON|@FILE",
                    help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
-                        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log"}, ...], "scores": '
-                        '[block-score files to plot]}; logs that do not exist are skipped')
+                        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log", "gguf"}, ...], '
+                        '"scores": [block-score files to plot]}; logs that do not exist are skipped, gguf (a '
+                        'gguf.json) may be null')
     p.add_argument("--json", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--html")

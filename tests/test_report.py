@@ -223,6 +223,7 @@ def test_report_cli(artifacts):
     missing = {"baseline": {**b, "eval": "nope.json"}, "rows": [], "scores": []}
     assert cli(["report", "--manifest", json.dumps(missing), *outputs]) == 2
     assert cli(["report", "--manifest", "oops", *outputs]) == 2
+    assert cli(["report", "--manifest", f"@{out / 'no-such.json'}", *outputs]) == 2
     assert cli(["report", "--manifest", json.dumps({"baseline": b, "rows": [5], "scores": []}), *outputs]) == 2
 
 

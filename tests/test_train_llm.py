@@ -227,3 +227,35 @@ def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path,
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     slots = {key for key in before if key.startswith(tuple(f"model.layers.{s}." for s in range(1, 1 + k)))}
     assert changed == slots and len(slots) == 9 * k
+
+
+@pytest.mark.slow
+def test_a_pickle_planted_in_a_deepspeed_checkpoint_never_runs(llm_setup, tmp_path):
+    """DeepSpeed loads its checkpoint files with torch.load(weights_only=False); streamline forces weights_only while
+    a checkpoint loads, so a pickle planted in results/ (even with its checksum forged in progress.json) never runs:
+    the run stops in one line and sets the checkpoint aside."""
+    import hashlib
+    import pickle
+    root, name = llm_setup, "deepspeed-planted"
+    ckpt = root / name / "checkpoints"
+    proc = subprocess.Popen(_command(root, "deepspeed", name), env=_env(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    progress, deadline = ckpt / "progress.json", time.time() + 300
+    while time.time() < deadline and not progress.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(progress.read_text())
+    target = next((ckpt / saved["state_dir"]).rglob("mp_rank_00_model_states.pt"))
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    target.write_bytes(pickle.dumps({"module": Planted()}))
+    saved["files"][str(target.relative_to(ckpt))] = hashlib.sha256(target.read_bytes()).hexdigest()
+    progress.write_text(json.dumps(saved))
+    out = subprocess.run(_command(root, "deepspeed", name), env=_env(root), capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and not marker.exists()
+    assert "passed its checksums but cannot be loaded" in out.stderr and not (root / name / "model").exists()
+    assert list((root / name).glob("checkpoints.unreadable-*"))
