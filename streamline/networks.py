@@ -44,6 +44,15 @@ class ResidualFFN(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return hidden_states + self.down(self.act(self.up(self.norm(hidden_states))))
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "ResidualFFN":
+        return cls(spec["hidden"], spec["inner"], spec["act"], spec["norm"], spec["eps"], spec["bias"])
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The last projection: zeroed, the network starts as the identity (the residual alone)."""
+        return self.down
+
 
 class ResidualSwiGLU(nn.Module):
     """`swiglu`: x + down(silu(gate(norm(x))) * up(norm(x))), the Llama MLP shape with a residual."""
@@ -59,14 +68,25 @@ class ResidualSwiGLU(nn.Module):
         x = self.norm(hidden_states)
         return hidden_states + self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "ResidualSwiGLU":
+        return cls(spec["hidden"], spec["inner"], spec["norm"], spec["eps"], spec["bias"])
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        return self.down_proj
+
+
+# The custom networks by name: a new one is a class here (from_spec, out_proj), its name in layout.NETS and the
+# schema, and its sizes in each family adapter's network_spec (test_schema_agrees checks the names agree).
+NETWORKS = {"ffn": ResidualFFN, "swiglu": ResidualSwiGLU}
+
 
 def build_network(spec: dict) -> nn.Module:
     """A network from the `replacement` spec stored in an exported model's config."""
-    if spec["net"] == "ffn":
-        return ResidualFFN(spec["hidden"], spec["inner"], spec["act"], spec["norm"], spec["eps"], spec["bias"])
-    if spec["net"] == "swiglu":
-        return ResidualSwiGLU(spec["hidden"], spec["inner"], spec["norm"], spec["eps"], spec["bias"])
-    raise ValueError(f"no custom network '{spec['net']}'")
+    if spec["net"] not in NETWORKS:
+        raise ValueError(f"no custom network '{spec['net']}'")
+    return NETWORKS[spec["net"]].from_spec(spec)
 
 
 def with_network(base: type, layers_path: str) -> type:

@@ -48,7 +48,7 @@ def make_network(adapter, model, net: str, index: int, seed: int) -> nn.Module:
     if adapter.mlp_net == net:
         adapter.copy_mlp(layer, network)
     else:  # start as the identity: the pruned model begins as plain removal and training improves on it
-        last = network.down if net == "ffn" else network.down_proj
+        last = network.out_proj
         nn.init.zeros_(last.weight)
         if last.bias is not None:
             nn.init.zeros_(last.bias)
