@@ -63,13 +63,12 @@ def open_store(path: str | Path, split: str | None = None) -> "HiddenStore":
     """A complete store, by its directory or its manifest; given the manifest, the store must hold the shape
     the manifest records (an edited zarr.json would otherwise pass as a smaller store)."""
     path = Path(path)
-    store = HiddenStore(store_dir(path, split)).require_complete()
-    if path.suffix == ".json":
-        shape = _manifest_entry(path, split).get("shape")
-        if not isinstance(shape, list):
-            raise StreamlineError(f"{path}: the store manifest records no shape; run its extraction again")
-        store.check_shape(shape, path)
-    return store
+    if path.suffix != ".json":
+        return HiddenStore(store_dir(path, split)).require_complete()
+    entry = _manifest_entry(path, split)
+    if not isinstance(entry.get("shape"), list):
+        raise StreamlineError(f"{path}: the store manifest records no shape; run its extraction again")
+    return HiddenStore(entry["store"]).require_complete().check_shape(entry["shape"], path)
 
 
 def compressors(codec: str, level: int = 3):

@@ -107,15 +107,17 @@ def verify(model_dir: str | Path) -> dict | None:
     missing = sorted(set(saved) - set(files))
     if missing and problem is None:
         problem = f"{missing[0]} is missing (the stage that wrote the dir recorded it)"
+    fresh = {}
     for name in sorted(set(saved) & set(files)):
-        if problem is None and _entry(files[name], saved[name])["sha256"] != saved[name]["sha256"]:
-            problem = f"{name} does not match what the stage that wrote it recorded"
+        if problem is None:
+            fresh[name] = _entry(files[name], saved[name])  # hashed only if its stat changed
+            if fresh[name]["sha256"] != saved[name]["sha256"]:
+                problem = f"{name} does not match what the stage that wrote it recorded"
     if problem:
         aside = model_dir.with_name(f"{model_dir.name}.corrupt-{int(time.time())}")
         model_dir.rename(aside)
         raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {aside.name}; run the workflow again "
                               f"to rebuild it")
-    fresh = {name: _entry(files[name], saved[name]) for name in saved}
     if fresh != saved:  # same content, new stat (a copy, a touch, a record of the older layout): hash once only
         _rewrite_files(model_dir, fresh)
     return fresh
