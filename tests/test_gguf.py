@@ -255,3 +255,17 @@ def test_llamacpp_perplexity_agrees_with_streamlines(tmp_path, tiny_llama_dir):
     assert json.loads((tmp_path / "gguf.json").read_text())["gguf_ppl"] == result["gguf_ppl"]
     assert result["speedup_llamacpp_ideal"]["decode"] > 1.5  # 3 of 6 layers (the head and embeddings stay)
     assert result["speedup_llamacpp"]["prefill"] > 0 and result["speedup_llamacpp"]["decode"] > 0
+
+
+@pytest.mark.slow
+def test_a_truncated_gguf_is_one_line_and_set_aside_for_its_export_to_rerun(tmp_path, tiny_llama_dir):
+    pytest.importorskip("llama_cpp")
+    data = make_data_dir(tmp_path / "data", num=2, seq_len=16)
+    export_gguf(tiny_llama_dir, tmp_path / "m.gguf", "f16")
+    raw = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "m.gguf").write_bytes(raw[:len(raw) // 2])
+    line = one_error_line(subprocess.run([sys.executable, "-m", "streamline.cli", "gguf-check", "--gguf",
+                                          str(tmp_path / "m.gguf"), "--data", str(data), "--out",
+                                          str(tmp_path / "g.json")], capture_output=True, text=True, timeout=300))
+    assert "m.gguf: llama.cpp cannot load it" in line and "moved it to m.gguf.corrupt-" in line
+    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "g.json").exists()
