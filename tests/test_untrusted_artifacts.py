@@ -185,6 +185,25 @@ def test_a_garbage_best_file_leaves_no_state_behind(mse_setup):
     assert log["steps"] == json.loads((root / "ref.json").read_text())["steps"]
 
 
+@pytest.mark.parametrize("edit", ["unrecorded best file", "done without a result"])
+def test_an_edited_progress_file_is_set_aside_not_a_traceback(mse_setup, edit):
+    root, args = mse_setup
+    name = edit.replace(" ", "-")
+    ck = _killed_run(root, args, name)
+    progress = json.loads((ck / "progress.json").read_text())
+    if edit == "unrecorded best file":  # a weights file nobody checksummed would be loaded as the best state
+        shutil.copy(next(ck.glob("best-*.safetensors")), ck / "best-9999999.safetensors")
+        progress["best_file"] = "best-9999999.safetensors"
+    else:
+        progress["done"] = True
+    (ck / "progress.json").write_text(json.dumps(progress))
+    proc = _resume(root, args, name)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "cannot be read" in proc.stderr and "starting afresh" in proc.stderr
+    assert json.loads((root / name / "log.json").read_text())["resumed_at_step"] is None
+    assert _same_weights(root / name / "model", root / "ref")
+
+
 class _Planted:
     """A pickle that runs a command when loaded."""
 

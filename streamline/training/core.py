@@ -179,6 +179,15 @@ class Checkpoints:
             raise Unreadable(f"{PROGRESS} is torn or of another format ({type(e).__name__})") from None
         if not isinstance(files, dict) or not files:
             raise Unreadable(f"{PROGRESS} records no files")
+        done = saved.get("done") is True
+        needed = {"best_file": str, "state": dict, **({"result": dict} if done else {"state_dir": str})}
+        missing = [k for k, kind in needed.items() if not isinstance(saved.get(k), kind)]
+        if missing:
+            raise Unreadable(f"{PROGRESS} has no valid {missing[0]!r}")
+        # every file the resume reads must be one whose checksum is recorded
+        if saved["best_file"] not in files or (not done and not any(f.startswith(saved["state_dir"] + "/")
+                                                                    for f in files)):
+            raise Unreadable(f"{PROGRESS} names files it has no checksum for")
         if fingerprint != self.fingerprint:
             log.info("checkpoint %s was made with other inputs, settings or code; starting afresh", self.dir)
             return None

@@ -54,14 +54,13 @@ def _kd(s: TrainSettings) -> Callable:
 
 # A new loss is one entry here, its function in losses.py, and its name in the schema's `loss` enum (the
 # settings' LOSSES and the schema are checked against this registry in test_schema_agrees).
-# "objective" as a validation metric is the loss itself on held-out samples of its own kind; ce and kl run the
-# whole pruned model on the val blocks. MSE is judged by ce: the MSE can fall while the model gets worse.
+# A validation metric named after the loss itself is its objective on held-out samples of its own kind; ce and
+# kl run the whole pruned model on the val blocks. MSE is judged by ce: the MSE can fall while the model gets worse.
 RECIPES: dict[str, LossSpec] = {
-    "mse": LossSpec("pairs", _mse, ("ce", "objective")),
+    "mse": LossSpec("pairs", _mse, ("ce", "mse")),
     "llm": LossSpec("tokens", _ce, ("ce",)),
     "kd": LossSpec("tokens", _kd, ("kl", "ce"), teacher=True),
 }
-METRIC_NAMES = {"objective": {"mse": "mse"}}  # the log's name of an "objective" metric, per loss
 
 
 def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir: str | Path,
@@ -90,8 +89,8 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
     else:
         train, val_own = TokenSamples(data_dir, "train", s.train_samples, vocab), val_blocks
         inputs["train"] = train.fingerprint
-    judges = {"ce": (losses.ce, val_blocks), "kl": (losses.kl, val_blocks), "objective": (objective, val_own)}
-    validation = {METRIC_NAMES.get(m, {}).get(loss, m): judges[m] for m in spec.validation}
+    judges = {"ce": (losses.ce, val_blocks), "kl": (losses.kl, val_blocks), loss: (objective, val_own)}
+    validation = {m: judges[m] for m in spec.validation}
     teacher_layers = teacher_config = None
     if spec.teacher or online:
         teacher_dir = teacher_dir or r.source_model

@@ -2,7 +2,6 @@
 import os
 from pathlib import Path
 
-import streamline
 from streamline.download import model_slug
 from streamline.imports import stage_files
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
@@ -11,9 +10,6 @@ from streamline.layout import pairs_name, parse_replacement, scores_name, varian
 from streamline.layout import variants as layout_variants
 from streamline.training.settings import workflow_flags
 from streamline.weights import source_identity
-
-PACKAGE = Path(streamline.__file__).parent
-
 
 def code(*modules):
     """Every package file a stage runs (the import closure of its modules, and the CLI) as inputs: editing
