@@ -110,7 +110,7 @@ def main() -> None:
     for mode in ("store", "online", "store", "online"):  # alternate, keep the best of two
         recipe = build_recipe("mse", payload["init"], s, data_dir=payload["data"], teacher_dir=payload["model"],
                               pairs_dir=paths.pairs(pairs_name(1)) if mode == "store" else None)
-        rate = fit(recipe, s, lambda result, state: None)["samples_per_second"]
+        rate = fit(recipe, s, lambda result, state: None).samples_per_second
         rates[mode] = max(rates.get(mode, 0.0), rate)
     print(f"MSE training throughput: online pairs {rates['online']:.2f} samples/s, pairs.zarr {rates['store']:.2f} "
           f"samples/s; ratio {rates['online'] / rates['store']:.3f} (online also runs layers 0..b+n+k per batch)")

@@ -68,9 +68,9 @@ def main() -> None:
         start = time.perf_counter()
         result = train("llm", args.init, tmp / "llm", tmp / "llm.json", settings, data_dir=args.data)
         total = time.perf_counter() - start
-        print(f"loss: llm, 1 process on {args.device}: {result['total_steps']} optimizer steps of 4 x "
+        print(f"loss: llm, 1 process on {args.device}: {result.total_steps} optimizer steps of 4 x "
               f"{ids.shape[1]} tokens in {total:.1f} s including loading and validation "
-              f"({result.get('seconds', total) / max(result['total_steps'], 1):.2f} s/step of training)")
+              f"({result.seconds / max(result.total_steps, 1):.2f} s/step of training)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

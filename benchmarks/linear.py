@@ -19,7 +19,7 @@ from streamline.layout import Paths, scores_name
 from streamline.linear import estimate_linear
 a = json.loads(sys.argv[1])
 stats = estimate_linear(a["model"], a["store"], a["scores"], a["out"], log_json=a["log"])
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **stats}))
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **stats.to_json()}))
 """
 
 

@@ -62,8 +62,8 @@ def main() -> None:
                            data_dir=data_dir, pairs_dir=paths.pairs(pairs_name(1)))
             seconds = time.time() - start
             r = held_out(Path(tmp) / "m")
-        final = math.exp(result["val"][-1]["ce"])
-        print(f"| transformer-mse, {kind} | {final:.1f} | {result['kept']} | {r['perplexity']:.1f} | {r['kl']:.3f} | "
+        final = math.exp(result.val[-1]["ce"])
+        print(f"| transformer-mse, {kind} | {final:.1f} | {result.kept} | {r['perplexity']:.1f} | {r['kl']:.3f} | "
               f"{seconds:.0f} |")
 
 

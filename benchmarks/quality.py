@@ -8,25 +8,26 @@ Run after the workflow, from its working dir; variants are model dirs relative t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from streamline.layout import Paths
 from streamline import data
+from streamline.artifacts import EstimateLog, TrainLog
 from streamline.evaluate import load_for_eval, score_blocks
 from streamline.pruned import count_params
 
 
 def cost(model_dir: Path) -> dict:
     """What the variant's training (or estimate) recorded: tokens, seconds, peak RSS."""
-    for name in ("train_log.json", "estimate_log.json"):
-        log = model_dir.parent / name
-        if log.is_file():
-            r = json.loads(log.read_text())
-            return {"tokens": r.get("train_tokens", r.get("tokens")), "seconds": r.get("seconds"),
-                    "rss": r.get("peak_rss_mb"), "kept": r.get("kept", "-")}
+    train_log, estimate_log = model_dir.parent / "train_log.json", model_dir.parent / "estimate_log.json"
+    if train_log.is_file():
+        t = TrainLog.load(train_log, "train log")
+        return {"tokens": t.train_tokens, "seconds": t.seconds, "rss": t.peak_rss_mb, "kept": t.kept}
+    if estimate_log.is_file():
+        e = EstimateLog.load(estimate_log, "estimate log")
+        return {"tokens": e.tokens, "seconds": e.seconds, "rss": None, "kept": "-"}
     return {"tokens": None, "seconds": None, "rss": None, "kept": "-"}
 
 

@@ -65,7 +65,7 @@ def timed_train(args, in_ram: bool = False) -> float:
     recipe = build_recipe("mse", args.init, s, data_dir=args.data, pairs_dir=args.pairs)
     if in_ram:
         recipe.train = InRam(recipe.train, len(recipe.train))
-    return fit(recipe, s, lambda result, state: None)["samples_per_second"]
+    return fit(recipe, s, lambda result, state: None).samples_per_second
 
 
 def main() -> None:

@@ -1,18 +1,125 @@
-"""Readers of the JSON artifacts stages hand to each other, each checked before it is used.
+"""The JSON artifacts stages hand to each other, as typed records, each checked before it is used.
 
-A stage never trusts a file another stage wrote: a torn, incomplete or edited artifact is one line that
-names it (and is moved aside, so the stage that writes it reruns), never a KeyError deep in a stage.
+Every artifact a stage writes is a frozen dataclass here: the writer builds it and calls `to_json`, every
+reader gets it back through `from_json` or `load`, so a field is named in one place and a new one is one line.
+A stage never trusts a file another stage wrote: `load` checks every field's type (pydantic, strict JSON
+mode), and a torn, incomplete or edited artifact is one line that names the field and moves the file aside
+(so the stage that writes it reruns), never a KeyError or a wrong number deep in a stage.
+
+    ModelInfo    streamline.json of a model dir    replace, linear, train -> train, export, evaluate, report
+    TrainLog     train_log.json                    train -> export (model card), checkpoints, report
+    EstimateLog  estimate_log.json                 linear -> report
+    Evaluation   eval.json                         evaluate -> report
+    Stability    stability.json                    stability -> report
+    Summary      summary.json (its rows: Row, VariantRow)   report -> the user
+
 Kept free of torch: every stage that reads an artifact imports this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from .atomic import read_artifact
 from .errors import StreamlineError
 from .layout import UNTRAINED
+
+T = TypeVar("T")
+
+
+@cache
+def _adapter(cls: type):
+    from pydantic import TypeAdapter
+    return TypeAdapter(cls)
+
+
+def _problem(error) -> str:
+    """A pydantic ValidationError in words: the first bad field, by its path in the file."""
+    first = error.errors()[0]
+    if first["type"] == "value_error":  # a record's own consistency check (__post_init__)
+        return f"incomplete ({first['ctx']['error']})"
+    where = ".".join(str(p) for p in first["loc"])
+    return f"incomplete (no valid '{where}')" if where else f"not a record of this kind ({first['msg']})"
+
+
+def _parse(cls: type[T], obj: Any) -> T | str:
+    """`obj` (parsed JSON) as `cls`, or the problem in words. Strict JSON mode: no "1" for 1, no 1 for True."""
+    from pydantic import ValidationError
+    try:
+        return _adapter(cls).validate_json(json.dumps(obj, allow_nan=True), strict=True)
+    except ValidationError as e:
+        return _problem(e)
+
+
+class Record:
+    """to_json/from_json/load for the dataclasses below."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls: type[T], obj: Any, where: str | Path = "artifact") -> T:
+        parsed = _parse(cls, obj)
+        if isinstance(parsed, str):
+            raise StreamlineError(f"{where}: {parsed}; run the stage that writes it again")
+        return parsed
+
+    @classmethod
+    def load(cls: type[T], path: str | Path, what: str, aside: str | Path | None = None) -> T:
+        """The artifact at `path`, checked; a torn or invalid one is moved aside (`aside`: the file, or the dir
+        it belongs to) with one line naming the bad field."""
+        parsed: list = []
+
+        def check(obj: dict) -> str | None:
+            parsed.append(_parse(cls, obj))
+            return parsed[-1] if isinstance(parsed[-1], str) else None
+
+        read_artifact(path, what, aside=aside, check=check)
+        return parsed[-1]
+
+
+# ---------------------------------------------------------------- streamline.json
+
+@dataclass(frozen=True)
+class ModelInfo(Record):
+    """streamline.json of a model dir a stage wrote (replace, linear, train): what was removed, what replaced
+    it, how it was trained. k (`replacement_layers`) means one thing everywhere: the layers kept in the
+    block's place, 0 for plain removal (`none`) and the folded map (`linear`)."""
+    name: str
+    source_model: str
+    source_layers: int
+    source_params: int
+    n: int
+    block: list[int]
+    net: str
+    replacement_layers: int
+    metric: str
+    dtype: str
+    loss: str | None = None          # None until trained; "mse+kd" for a staged run
+    seed: int | None = None
+    training: dict[str, Any] | None = None  # the model card's training rows
+    final_val: dict[str, float] | None = None
+    params: int | None = None        # set when the dir is saved
+    num_hidden_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        k, net = self.replacement_layers, self.net
+        if (k == 0) != (net in UNTRAINED) or k < 0 or (k > 1 and net != "transformer"):
+            raise ValueError(f"network {net} with {k} kept layers")
+        if not self.block or self.block != list(range(self.block[0], self.block[0] + len(self.block))):
+            raise ValueError(f"block {self.block} is not a run of consecutive layers")
+
+
+def read_info(model_dir: str | Path) -> ModelInfo:
+    """A pruned model dir's streamline.json, checked against the dir's record first: a torn or incomplete one
+    moves the dir aside (its stage reruns) with one line."""
+    from .weights import verify
+    verify(model_dir)
+    return ModelInfo.load(Path(model_dir) / "streamline.json", "model dir's streamline.json", aside=model_dir)
 
 
 def read_scores(path: str | Path, *extra: str) -> dict:
@@ -26,59 +133,254 @@ def read_scores(path: str | Path, *extra: str) -> dict:
     return read_artifact(path, "block scores", keys, check=check)
 
 
+# ---------------------------------------------------------------- training
+
 @dataclass(frozen=True)
-class ModelInfo:
-    """streamline.json of a model dir a stage wrote (replace, linear, train): what was removed, what replaced
-    it, how it was trained. Written by `to_json`, read back by `from_json` (every reader: training, export,
-    the model card, the report through eval.json), so k means one thing everywhere: the layers kept in the
-    block's place, 0 for plain removal (`none`) and the folded map (`linear`)."""
-    name: str
-    source_model: str
-    source_layers: int
-    source_params: int
-    n: int
-    block: list
+class TrainStep(Record):
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class TrainLog(Record):
+    """train_log.json: one training run (a stage of a staged run), as the training core returns it."""
     net: str
+    loss: str                        # "mse+kd" for the second stage of a staged run
+    stage_loss: str                  # the loss this run trained with
     replacement_layers: int
-    metric: str
+    slots: list[int]
+    block: list[int]
+    settings: dict[str, Any]
+    select: str                      # the validation metric that picks the kept state
+    total_steps: int
+    warmup_steps: int
+    train_samples: int
+    train_tokens: int
+    val_samples: dict[str, int]
+    steps: list[TrainStep]
+    val: list[dict[str, int | float]]  # {"step", "loss" (= the select metric), every metric}
+    initial_val_loss: float
+    best_val_loss: float
+    initial_val: dict[str, float]
+    best_val: dict[str, float]
+    best_step: int
+    kept: Literal["best", "initial"]
+    num_processes: int
+    distributed_type: str
+    mixed_precision: str
+    deepspeed: bool
+    resumed_at_step: int | None
+    seconds: float
+    validation_seconds: float
+    samples_per_second: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class EstimateLog(Record):
+    """estimate_log.json of `network: linear`: the least-squares map, its fit and its cost."""
+    block: list[int]
+    ridge: float
+    tokens: int
+    relative_residual: float
+    relative_residual_of_identity: float
+    extract_seconds: float
+    estimate_seconds: float
+    seconds: float                   # extraction + estimate + fold: the whole training-free recipe
+
+
+# ---------------------------------------------------------------- evaluation
+
+@dataclass(frozen=True)
+class TaskScores(Record):
+    """One lm-eval task's result; acc_norm only where lm-eval reports it."""
+    n: int
+    acc: float | None = None
+    acc_stderr: float | None = None
+    acc_norm: float | None = None
+    acc_norm_stderr: float | None = None
+    headline_metric: str = "acc"
+    headline: float | None = None
+
+
+@dataclass(frozen=True)
+class Perplexity(Record):
+    value: float
+    data_dir: str
+    split: str
+    blocks: int
+    tokens: int
+    nll_per_block: list[float]
+    tokens_per_block: list[int]
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class KL(Record):
+    value: float
+    original: str
+    kl_per_block: list[float]
+    unit: str = "nats per token"
+
+
+@dataclass(frozen=True)
+class Speed(Record):
+    """Prefill and decode throughput of the pruned model and the original, measured in one run, and ideal."""
+    device: str
+    threads: int | None
+    batch: int
+    prefill_tokens: int
+    decode_prompt_tokens: int
+    decode_steps: int
+    repeats: int
+    prefill_tokens_per_s: dict[str, float]  # {"pruned", "original"}
+    decode_tokens_per_s: dict[str, float]
+    flops_per_token: dict[str, float]
+    decode_weight_bytes: dict[str, int]
+    speedup: dict[str, float]               # {"prefill", "decode"}: original's time / pruned's
+    ideal: dict[str, float]                 # FLOPs ratio (prefill), weight-bytes ratio (decode)
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class Evaluation(Record):
+    """eval.json: lm-eval's results on one model dir, its held-out perplexity and, for a pruned model, its KL to
+    the original and its speedup."""
+    model_dir: str
+    tasks: list[str]
+    limit: int | float | None
+    offline_data_dir: str | None
+    splits: dict[str, str]
+    device: str
     dtype: str
-    loss: str | None = None          # None until trained; "mse+kd" for a staged run
-    seed: int | None = None
-    training: dict | None = None     # the model card's training rows
-    final_val: dict | None = None
-    params: int | None = None        # set when the dir is saved
-    num_hidden_layers: int | None = None
+    batch_size: int
+    lm_eval_version: str | None
+    results: dict[str, TaskScores]
+    average: float | None
+    average_acc_norm_where_available: float | None  # the other common convention, for comparison only
+    samples_path: str
+    num_hidden_layers: int
+    params: int
+    streamline: ModelInfo | None       # what the pruning stage recorded about this model, if it was pruned
+    perplexity: Perplexity | None = None
+    kl_to_original: KL | None = None
+    speed: Speed | None = None
+    wall_time_s: float = 0.0
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict, where: str | Path = "streamline.json") -> "ModelInfo":
-        problem = _info_problem(obj)
-        if problem:
-            raise StreamlineError(f"{where}: {problem}; rebuild the model dir")
-        return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj})
-
-
-_REQUIRED = {"name": str, "source_model": str, "source_layers": int, "source_params": int, "n": int, "block": list,
-             "net": str, "replacement_layers": int, "metric": str, "dtype": str}
+    def __post_init__(self) -> None:
+        if set(self.results) != set(self.tasks):
+            raise ValueError(f"results for {sorted(self.results)}, tasks {self.tasks}")
 
 
-def _info_problem(obj: dict) -> str | None:
-    for key, kind in _REQUIRED.items():
-        if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool):
-            return f"incomplete (no valid '{key}')"
-    k, net = obj["replacement_layers"], obj["net"]
-    if (k == 0) != (net in UNTRAINED) or k < 0 or (k > 1 and net != "transformer"):
-        return f"incomplete (network {net} with {k} kept layers)"
-    return None
+@dataclass(frozen=True)
+class TaskStability(Record):
+    stability: float
+    agreement: float                   # unweighted, for reference
+    n: int
+    effective_questions: float
+    sigma_min: float
+    sigma_max: float
 
 
-def read_info(model_dir: str | Path) -> ModelInfo:
-    """A pruned model dir's streamline.json, checked against the dir's record first: a torn or incomplete one
-    moves the dir aside (its stage reruns) with one line."""
-    from .weights import verify
-    verify(model_dir)
-    obj = read_artifact(Path(model_dir) / "streamline.json", "model dir's streamline.json", _REQUIRED,
-                        aside=model_dir, check=_info_problem)
-    return ModelInfo.from_json(obj, Path(model_dir) / "streamline.json")
+@dataclass(frozen=True)
+class Stability(Record):
+    """stability.json of a pruned model against the original, from their samples files."""
+    metric: str
+    legacy: bool
+    scale: str
+    tasks: dict[str, TaskStability]
+    average: float
+    effective_questions: dict[str, float]
+    skipped_tasks: list[str]
+
+
+# ---------------------------------------------------------------- report
+
+@dataclass(frozen=True)
+class TrainFacts(Record):
+    """A row's training (or, for training-free variants, estimate) facts, from its log."""
+    kind: Literal["trained", "estimated"]
+    tokens: int | None
+    seconds: float | None
+    total_steps: int | None
+    initial_val_loss: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    kept: str | None
+    warnings: list[str]
+
+
+Interval = list[float]  # [low, high], 95%
+
+
+@dataclass(frozen=True)
+class Row(Record):
+    """A summary row: the original model (the baseline) or, as VariantRow, a pruned variant. Accuracies are
+    fractions; every interval is 95%; None where a figure does not apply to the row."""
+    model: str
+    n: int | None
+    variant: str
+    label: str
+    net: str | None
+    loss: str | None
+    replacement_layers: int | None
+    block: list[int] | None
+    layers: int | None
+    params: int | None
+    params_removed_pct: float | None
+    compression_ratio: float | None
+    tasks: dict[str, float | None]
+    average: float | None
+    questions: dict[str, int]
+    accuracy_ci95: dict[str, Interval]
+    average_ci95: Interval | None
+    delta: dict[str, float] | None
+    delta_average: float | None
+    delta_ci95: dict[str, Interval] | None
+    retention: float | None
+    retention_ci95: Interval | None
+    flips: float
+    flips_tasks: dict[str, float]
+    stability: float | None
+    stability_tasks: dict[str, float]
+    stability_effective_questions: dict[str, float | None]
+    perplexity: float | None
+    perplexity_ci95: Interval | None
+    perplexity_ratio: float | None
+    perplexity_ratio_ci95: Interval | None
+    kl_to_original: float | None
+    kl_to_original_ci95: Interval | None
+    speedup: dict[str, float] | None
+    speedup_ideal: dict[str, float] | None
+    train: TrainFacts | None
+    warnings: list[str]
+    limit: int | float | None
+    gguf_ppl: float | None
+    speedup_llamacpp: dict[str, float] | None
+    speedup_llamacpp_ideal: dict[str, float] | None
+
+    @property
+    def pruned(self) -> bool:
+        return isinstance(self, VariantRow)
+
+
+@dataclass(frozen=True)
+class VariantRow(Row):
+    """A pruned variant's row: a baseline row's fields, plus how its stability was scored and the speed run."""
+    stability_legacy: bool
+    stability_scale: str | None
+    speed: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Summary(Record):
+    """summary.json: every row, unrounded, and what the tables say in words."""
+    tasks: list[str]
+    rows: list[VariantRow | Row]  # the baseline first
+    within_noise: list[str]
+    warnings: list[str]
+    plots: dict[str, str] = field(default_factory=dict)

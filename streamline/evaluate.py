@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamlineError
-from .artifacts import read_info
+from .artifacts import KL, Evaluation, Perplexity, TaskScores, read_info
 from .atomic import atomic_write_bytes, atomic_write_json
 
 HEADLINE_METRIC = "acc"
@@ -120,7 +120,7 @@ def _mean(xs: list[float | None]) -> float | None:
 
 
 def run_lm_eval(model, tokenizer, tasks: list[str], *, limit, batch_size: int, data_dir: Path | None,
-                device: str) -> tuple[dict, dict, str | None]:
+                device: str) -> tuple[dict[str, TaskScores], dict, str | None]:
     """lm-eval on a loaded model: (per-task results, per-question samples, lm-eval version)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -134,14 +134,12 @@ def run_lm_eval(model, tokenizer, tasks: list[str], *, limit, batch_size: int, d
     results, samples = {}, {}
     for name, task in task_objs.items():
         r = res["results"][name]
-        row: dict[str, Any] = {"n": len(res["samples"][name])}
+        metrics = {}
         for m in ("acc", "acc_norm"):
             if f"{m},none" in r:
-                row[m] = _num(r[f"{m},none"])
-                row[f"{m}_stderr"] = _num(r.get(f"{m}_stderr,none"))
-        row["headline_metric"] = HEADLINE_METRIC
-        row["headline"] = row.get(HEADLINE_METRIC)
-        results[name] = row
+                metrics[m], metrics[f"{m}_stderr"] = _num(r[f"{m},none"]), _num(r.get(f"{m}_stderr,none"))
+        results[name] = TaskScores(n=len(res["samples"][name]), **metrics, headline_metric=HEADLINE_METRIC,
+                                   headline=metrics.get(HEADLINE_METRIC))
         samples[name] = _task_samples(lm, task, res["samples"][name])
     return results, samples, getattr(lm_eval, "__version__", None) or res.get("lm_eval_version")
 
@@ -149,7 +147,7 @@ def run_lm_eval(model, tokenizer, tasks: list[str], *, limit, batch_size: int, d
 def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list[str],
              limit: int | float | None, batch_size: int, offline_data_dir: Path | None,
              device: str = "auto", dtype: str = "auto", ppl_data_dir: Path | None = None,
-             ppl_split: str = "val", original_dir: Path | None = None) -> dict:
+             ppl_split: str = "val", original_dir: Path | None = None) -> Evaluation:
     """Run lm-eval on an HF model dir; write eval.json and the per-question samples file.
 
     With `ppl_data_dir`, eval.json also records perplexity on that prepared data dir's `ppl_split`
@@ -179,29 +177,25 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
                                             batch_size=batch_size, data_dir=offline_data_dir, device=str(model.device))
     write_samples(samples_path, {"format": SAMPLES_FORMAT, "model_dir": str(model_dir),
                                  "headline_metric": {t: HEADLINE_METRIC for t in results}, "tasks": samples})
-    out = {
-        "model_dir": str(model_dir), "tasks": list(results), "limit": limit,
-        "offline_data_dir": str(offline_data_dir) if offline_data_dir is not None else None,
-        "splits": _splits(list(results), offline_data_dir),
-        "device": str(model.device), "dtype": dtype, "batch_size": batch_size, "lm_eval_version": version,
-        "results": results,
-        "average": _mean([r["headline"] for r in results.values()]),
-        # The other common convention (acc_norm where a task reports it), for comparison only.
-        "average_acc_norm_where_available": _mean([r.get("acc_norm", r.get("acc")) for r in results.values()]),
-        "samples_path": str(samples_path),
-        "num_hidden_layers": int(model.config.num_hidden_layers),
-        "params": count_params(model),
-        # What the pruning stage recorded about this model (block, net, source_params...), if anything.
-        "streamline": read_info(model_dir).to_json() if (model_dir / "streamline.json").is_file() else None,
-        "perplexity": None, "kl_to_original": None, "speed": None,
-    }
+    held_out = {}
     if blocks is not None:
         original = None
         if original_dir is not None and Path(original_dir).resolve() != model_dir.resolve():
             original = load_for_eval(Path(original_dir), device, dtype)
-        out.update(_held_out(model, original, blocks, batch_size, ppl_data_dir, ppl_split, original_dir))
-    out["wall_time_s"] = round(time.time() - t0, 2)
-    atomic_write_json(out_json, out)
+        held_out = _held_out(model, original, blocks, batch_size, ppl_data_dir, ppl_split, original_dir)
+    out = Evaluation(
+        model_dir=str(model_dir), tasks=list(results), limit=limit,
+        offline_data_dir=str(offline_data_dir) if offline_data_dir is not None else None,
+        splits=_splits(list(results), offline_data_dir),
+        device=str(model.device), dtype=dtype, batch_size=batch_size, lm_eval_version=version, results=results,
+        average=_mean([r.headline for r in results.values()]),
+        average_acc_norm_where_available=_mean([r.acc if r.acc_norm is None else r.acc_norm
+                                                for r in results.values()]),
+        samples_path=str(samples_path), num_hidden_layers=int(model.config.num_hidden_layers),
+        params=count_params(model),
+        streamline=read_info(model_dir) if (model_dir / "streamline.json").is_file() else None,
+        **held_out, wall_time_s=round(time.time() - t0, 2))
+    atomic_write_json(out_json, out.to_json())
     return out
 
 
@@ -218,14 +212,13 @@ def _held_out(model, original, blocks: list[np.ndarray], batch_size: int, data_d
     ids, mask = blocks
     t1 = time.time()
     r = score_blocks(model, ids, mask, batch_size, original=original)
-    out: dict[str, Any] = {"perplexity": {
-        "value": r["perplexity"], "data_dir": str(data_dir), "split": split, "blocks": int(len(ids)),
-        "tokens": r["tokens"], "nll_per_block": r["nll_per_block"], "tokens_per_block": r["tokens_per_block"],
-        "wall_time_s": round(time.time() - t1, 2)}}
+    out: dict[str, Any] = {"perplexity": Perplexity(
+        value=r["perplexity"], data_dir=str(data_dir), split=split, blocks=int(len(ids)), tokens=r["tokens"],
+        nll_per_block=r["nll_per_block"], tokens_per_block=r["tokens_per_block"],
+        wall_time_s=round(time.time() - t1, 2))}
     if original is not None:
         from .speed import measure_speedup
-        out["kl_to_original"] = {"value": r["kl"], "original": str(original_dir), "kl_per_block": r["kl_per_block"],
-                                 "unit": "nats per token"}
+        out["kl_to_original"] = KL(value=r["kl"], original=str(original_dir), kl_per_block=r["kl_per_block"])
         out["speed"] = measure_speedup(model, original, ids, min(batch_size, SPEED_BATCH))
     return out
 

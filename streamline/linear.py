@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json, read_artifact
-from .artifacts import ModelInfo, read_scores
+from .artifacts import EstimateLog, ModelInfo, read_scores
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_js
 
 
 def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str | Path, out_dir: str | Path, *,
-                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32") -> dict:
+                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32") -> EstimateLog:
     """Estimate T from the states store, fold it, save the pruned model to out_dir and the estimate's log.
 
     `states`: the store extract-linear wrote, or its manifest. Given the manifest, the log's `seconds` is
@@ -143,9 +143,9 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
                        if Path(states).suffix == ".json" else 0.0)
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
-    stats = {"block": block, "ridge": ridge, "tokens": tokens, "relative_residual": residual,
-             "relative_residual_of_identity": identity, "extract_seconds": extract_seconds,
-             "estimate_seconds": estimate_seconds, "seconds": seconds}
+    stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, relative_residual=residual,
+                        relative_residual_of_identity=identity, extract_seconds=extract_seconds,
+                        estimate_seconds=estimate_seconds, seconds=seconds)
     info = ModelInfo(name=f"{Path(model_dir).name} minus {scores['n']} layers (linear)", source_model=str(model_dir),
                      source_layers=source_layers, source_params=source_params, n=scores["n"], block=block,
                      net="linear", replacement_layers=0, metric=scores["metric"], dtype=dtype,
@@ -154,7 +154,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
                                              f"{identity:.4g}), folded into layer {block[0] - 1}'s MLP output "
                                              f"projection"})
     save_pruned(model, adapter, out_dir, model_dir, info)
-    atomic_write_json(log_json, stats)
+    atomic_write_json(log_json, stats.to_json())
     log.info("linear: layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
              "%.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s", block[0], block[-1], block[0] - 1, tokens,
              ridge, residual, identity, source_layers, model.config.num_hidden_layers, count_params(model) / 1e6,

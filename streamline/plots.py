@@ -5,11 +5,31 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .atomic import atomic_path
+from .artifacts import Row, TrainStep
 from .eval_tasks import TASK_LABELS
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A trained row's training curve."""
+    label: str
+    steps: list[TrainStep]
+    val: list[dict]
+    loss: str | None
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the report's tables and plots are drawn from."""
+    tasks: list[str]
+    rows: list[Row]
+    scores: list[dict]
+    curves: list[Curve]
 
 
 def fmt_params(p: int | None) -> str:
@@ -39,11 +59,11 @@ def figure(path: str | Path, nrows: int = 1, ncols: int = 1, dpi: int = 110, **s
 
 
 
-def plot_block_scores(summary: dict[str, Any], path: Path) -> None:
+def plot_block_scores(summary: Collected, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
     with figure(path, figsize=(7, 4)) as (fig, ax):
         metric = None
-        for s in sorted(summary["scores"], key=lambda s: (s["n"], s["span"])):
+        for s in sorted(summary.scores, key=lambda s: (s["n"], s["span"])):
             metric = s.get("metric", metric)
             xs = [b["start"] for b in s["scores"]]
             removal = s["span"] == s["n"]  # plain removal scores windows of n; replacements span n + k
@@ -63,8 +83,8 @@ def plot_block_scores(summary: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
 
 
-def plot_training(summary: dict[str, Any], path: Path) -> None:
-    logs = summary["train_logs"]
+def plot_training(summary: Collected, path: Path) -> None:
+    logs = summary.curves
     k = max(1, len(logs))
     cols = min(k, 3)
     rows = math.ceil(k / cols)
@@ -74,14 +94,14 @@ def plot_training(summary: dict[str, Any], path: Path) -> None:
         if not logs:
             axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
         for ax, tl in zip(axes.flat, logs):
-            if tl["steps"]:
-                ax.plot([s["step"] for s in tl["steps"]], [s["loss"] for s in tl["steps"]], label="train", alpha=0.8)
-            if tl["val"]:
-                ax.plot([v["step"] for v in tl["val"]], [v["loss"] for v in tl["val"]], "o--", label="val")
-            ax.set_title(tl["label"], fontsize=9)
+            if tl.steps:
+                ax.plot([s.step for s in tl.steps], [s.loss for s in tl.steps], label="train", alpha=0.8)
+            if tl.val:
+                ax.plot([v["step"] for v in tl.val], [v["loss"] for v in tl.val], "o--", label="val")
+            ax.set_title(tl.label, fontsize=9)
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel(f"{tl.get('loss') or ''} loss".strip())
-            losses = [s["loss"] for s in tl["steps"] + tl["val"] if s.get("loss") is not None]
+            ax.set_ylabel(f"{tl.loss or ''} loss".strip())
+            losses = [s.loss for s in tl.steps] + [v["loss"] for v in tl.val]
             if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -95,22 +115,22 @@ def _errorbar(ax, x: float, y: float, ci: list[float] | None, scale: float = 1.0
     ax.errorbar([x], [y], yerr=yerr, fmt="o", capsize=3, **kw)
 
 
-def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
+def plot_accuracy(summary: Collected, path: Path) -> None:
     import numpy as np
-    tasks = summary["tasks"]
+    tasks = summary.tasks
     groups = [TASK_LABELS.get(t, t) for t in tasks] + ["Avg"]
-    rows = summary["rows"]
+    rows = summary.rows
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(groups))
     size = (max(6, 1.1 * len(groups) + 0.25 * len(rows) * len(groups)), 4)
     with figure(path, figsize=size) as (fig, ax):
         for i, r in enumerate(rows):
-            vals = [r["tasks"].get(t) for t in tasks] + [r["average"]]
-            cis = [r["accuracy_ci95"].get(t) for t in tasks] + [r["average_ci95"]]
+            vals = [r.tasks.get(t) for t in tasks] + [r.average]
+            cis = [r.accuracy_ci95.get(t) for t in tasks] + [r.average_ci95]
             vals = np.array([np.nan if v is None else 100 * v for v in vals])
             err = np.array([[v - 100 * c[0], 100 * c[1] - v] if c else [0, 0] for v, c in zip(vals, cis)]).T
             ax.bar(x - 0.4 + width * (i + 0.5), vals, width, yerr=np.clip(err, 0, None), capsize=2,
-                   label=r["label"], color="black" if r["variant"] == "baseline" else None, alpha=0.85,
+                   label=r.label, color="black" if not r.pruned else None, alpha=0.85,
                    error_kw={"elinewidth": 0.8, "alpha": 0.6})
         ax.set_xticks(x, groups)
         ax.set_ylabel("accuracy (%), 95% interval")
@@ -129,20 +149,20 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_pareto(summary: dict[str, Any], path: Path) -> None:
+def plot_pareto(summary: Collected, path: Path) -> None:
     """Retention and perplexity against parameters, every row with its 95% interval; Pareto front joined."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
-    rows = [r for r in summary["rows"] if r["params"]]
+    rows = [r for r in summary.rows if r.params]
     panels = (("retention", "retention_ci95", "accuracy retention (%)", 100.0, True),
               ("perplexity", "perplexity_ci95", "held-out perplexity", 1.0, False))
     with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
         for ax, (key, ci_key, ylabel, scale, higher) in zip(axes, panels):
-            pts = [(r["params"], r[key] * scale) for r in rows if r.get(key) is not None]
-            shown = [r for r in rows if r.get(key) is not None]
+            shown = [r for r in rows if getattr(r, key) is not None]
+            pts = [(r.params, getattr(r, key) * scale) for r in shown]
             for (x, y), r in zip(pts, shown):
-                _errorbar(ax, x, y, r.get(ci_key), scale, color="black" if r["variant"] == "baseline" else None)
-                s = (r.get("speedup") or {}).get("prefill")
-                ax.annotate(r["variant"] + (f"\n{s:.2f}x prefill" if s and r["variant"] != "baseline" else ""),
+                _errorbar(ax, x, y, getattr(r, ci_key), scale, color="black" if not r.pruned else None)
+                s = (r.speedup or {}).get("prefill")
+                ax.annotate(r.variant + (f"\n{s:.2f}x prefill" if s and r.pruned else ""),
                             (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
             front = pareto_front(pts, higher)
             if len(front) > 1:

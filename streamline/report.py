@@ -24,22 +24,16 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .artifacts import ModelInfo
-from .atomic import atomic_write_json, atomic_write_text, read_artifact, read_json
+from .artifacts import (EstimateLog, Evaluation, Row, Stability, Summary, TrainFacts, TrainLog, VariantRow,
+                        read_scores)
+from .atomic import atomic_write_json, atomic_write_text, read_artifact
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
 from .evaluate import read_samples
 from .layout import PLOTS
-from .plots import fmt_params, plot_accuracy, plot_block_scores, plot_pareto, plot_training
+from .plots import Collected, Curve, fmt_params, plot_accuracy, plot_block_scores, plot_pareto, plot_training
 
 log = logging.getLogger(__name__)
-
-
-def _load(path: str | Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StreamlineError(f"{path}: {what} not found (run the workflow stage that writes it)")
-    return read_json(path)
 
 
 def _need(spec: dict, key: str, what: str) -> str:
@@ -53,49 +47,48 @@ def _correct(samples: dict, tasks: list[str]) -> dict[str, dict[str, bool]]:
     return {t: {q: bool(r["acc"]) for q, r in samples["tasks"][t].items()} for t in tasks}
 
 
-def _ppl(ev: dict) -> float | None:
-    p = ev.get("perplexity")
-    return p.get("value") if isinstance(p, dict) else p
-
-
 def _mean(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
 
 
-def _training(spec: dict) -> tuple[dict | None, dict | None]:
-    """(the row's training facts, its curve) from train_log.json or estimate_log.json, whichever exists."""
-    for key, kind in (("train_log", "trained"), ("estimate_log", "estimated")):
-        if spec.get(key) and Path(spec[key]).is_file():
-            tl = read_json(spec[key])
-            facts = {"kind": kind, "tokens": tl.get("train_tokens"), "seconds": tl.get("seconds"),
-                     **{k: tl.get(k) for k in ("total_steps", "initial_val_loss", "best_val_loss", "best_step", "kept")},
-                     "warnings": [str(w) for w in tl.get("warnings") or []]}
-            curve = {"steps": tl.get("steps") or [], "val": tl.get("val") or [], "loss": tl.get("loss")}
-            return facts, (curve if curve["steps"] or curve["val"] else None)
+def _training(spec: dict) -> tuple[TrainFacts | None, TrainLog | None]:
+    """(the row's training facts, its train log) from train_log.json or estimate_log.json, whichever exists."""
+    if spec.get("train_log") and Path(spec["train_log"]).is_file():
+        tl = TrainLog.load(spec["train_log"], "train log")
+        return TrainFacts(kind="trained", tokens=tl.train_tokens, seconds=tl.seconds, total_steps=tl.total_steps,
+                          initial_val_loss=tl.initial_val_loss, best_val_loss=tl.best_val_loss,
+                          best_step=tl.best_step, kept=tl.kept, warnings=list(tl.warnings)), tl
+    if spec.get("estimate_log") and Path(spec["estimate_log"]).is_file():
+        el = EstimateLog.load(spec["estimate_log"], "estimate log")
+        return TrainFacts(kind="estimated", tokens=None, seconds=el.seconds, total_steps=None, initial_val_loss=None,
+                          best_val_loss=None, best_step=None, kept=None, warnings=[]), None
     return None, None
 
 
-def _base_row(name: str, ev: dict, correct: dict, gguf: str | None = None) -> dict[str, Any]:
-    acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
-    p = ev.get("perplexity") or {}
-    return {
-        "model": name, "n": None, "variant": "baseline", "label": f"{name} (baseline)",
-        "net": None, "loss": None, "replacement_layers": None, "block": None,
-        "layers": ev.get("num_hidden_layers"), "params": ev.get("params"),
-        "params_removed_pct": 0.0, "compression_ratio": 1.0,
-        "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),
-        "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct),
-        "delta": None, "delta_average": None, "delta_ci95": None, "retention": 1.0, "retention_ci95": None,
-        "flips": 0.0, "flips_tasks": {},
-        "stability": None, "stability_tasks": {}, "stability_effective_questions": {},
-        "perplexity": _ppl(ev), "perplexity_ci95": stats.block_ratio_interval(
-            p.get("nll_per_block") or [], p.get("tokens_per_block") or [], transform=np.exp),
-        "perplexity_ratio": 1.0, "perplexity_ratio_ci95": None,
-        "kl_to_original": 0.0, "kl_to_original_ci95": None,
-        "speedup": {"prefill": 1.0, "decode": 1.0}, "speedup_ideal": {"prefill": 1.0, "decode": 1.0},
-        "train": None, "warnings": [], "limit": ev.get("limit"), **_llamacpp(gguf),
-    }
+def _accuracy(ev: Evaluation, correct: dict) -> dict[str, Any]:
+    acc = {t: r.headline if r.headline is not None else r.acc for t, r in ev.results.items()}
+    return {"tasks": acc, "average": _mean([acc.get(t) for t in ev.tasks]),
+            "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct)}
+
+
+def _ppl_interval(ev: Evaluation) -> list[float] | None:
+    p = ev.perplexity
+    return stats.block_ratio_interval(p.nll_per_block, p.tokens_per_block, transform=np.exp) if p else None
+
+
+def _base_row(name: str, ev: Evaluation, correct: dict, gguf: str | None = None) -> Row:
+    return Row(
+        model=name, n=None, variant="baseline", label=f"{name} (baseline)",
+        net=None, loss=None, replacement_layers=None, block=None,
+        layers=ev.num_hidden_layers, params=ev.params, params_removed_pct=0.0, compression_ratio=1.0,
+        **_accuracy(ev, correct),
+        delta=None, delta_average=None, delta_ci95=None, retention=1.0, retention_ci95=None,
+        flips=0.0, flips_tasks={}, stability=None, stability_tasks={}, stability_effective_questions={},
+        perplexity=ev.perplexity.value if ev.perplexity else None, perplexity_ci95=_ppl_interval(ev),
+        perplexity_ratio=1.0, perplexity_ratio_ci95=None, kl_to_original=0.0, kl_to_original_ci95=None,
+        speedup={"prefill": 1.0, "decode": 1.0}, speedup_ideal={"prefill": 1.0, "decode": 1.0},
+        train=None, warnings=[], limit=ev.limit, **_llamacpp(gguf))
 
 
 def _llamacpp(path: str | None) -> dict[str, Any]:
@@ -108,79 +101,73 @@ def _llamacpp(path: str | None) -> dict[str, Any]:
             "speedup_llamacpp_ideal": g.get("speedup_llamacpp_ideal")}
 
 
-def _variant_row(spec: dict, ev: dict, st: dict, correct: dict, base: dict, base_ev: dict,
-                 base_correct: dict, train: dict | None) -> dict[str, Any]:
-    if not isinstance(ev.get("streamline"), dict):
+def _variant_row(spec: dict, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,
+                 base_correct: dict, train: TrainFacts | None) -> VariantRow:
+    info = ev.streamline
+    if info is None:
         raise StreamlineError(f"{spec['eval']}: evaluates a model dir without streamline.json, not a pruned variant")
-    info = ModelInfo.from_json(ev["streamline"], spec["eval"])
-    params = ev.get("params") or info.params
-    src_params = base["params"] or info.source_params
-    acc = {t: r.get("headline", r.get("acc")) for t, r in ev["results"].items()}
-    p, bp = ev.get("perplexity") or {}, base_ev.get("perplexity") or {}
-    kl, speed = ev.get("kl_to_original") or {}, ev.get("speed") or {}
-    row = {
-        "model": base["model"], "n": info.n, "variant": spec["name"], "label": f"n={info.n} {spec['name']}",
-        "net": info.net, "loss": info.loss,
-        "replacement_layers": info.replacement_layers,  # k kept in the block's place: 0 for none and linear
-        "block": info.block,
-        "layers": ev.get("num_hidden_layers") or info.num_hidden_layers, "params": params,
-        "params_removed_pct": (100.0 * (1 - params / src_params)) if params and src_params else None,
-        "compression_ratio": (src_params / params) if params and src_params else None,
-        "tasks": acc, "average": _mean([acc.get(t) for t in ev["tasks"]]),
-        "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct),
-        **stats.paired_comparison(base_correct, correct),
-        "stability": st.get("average"),
-        "stability_tasks": {t: r["stability"] for t, r in st.get("tasks", {}).items()},
-        "stability_effective_questions": {t: r.get("effective_questions") for t, r in st.get("tasks", {}).items()},
-        "stability_legacy": st.get("legacy", False), "stability_scale": st.get("scale"),
-        "perplexity": _ppl(ev),
-        "perplexity_ci95": stats.block_ratio_interval(p.get("nll_per_block") or [], p.get("tokens_per_block") or [],
-                                                      transform=np.exp),
-        "perplexity_ratio": _ppl(ev) / base["perplexity"] if _ppl(ev) and base["perplexity"] else None,
-        "perplexity_ratio_ci95": _paired_ppl_ratio(p, bp),
-        "kl_to_original": kl.get("value"),
-        "kl_to_original_ci95": stats.block_ratio_interval(kl.get("kl_per_block") or [], p.get("tokens_per_block") or []),
-        "speedup": speed.get("speedup"), "speedup_ideal": speed.get("ideal"),
-        "speed": {k: speed.get(k) for k in ("device", "threads", "batch", "prefill_tokens", "decode_steps",
-                                             "prefill_tokens_per_s", "decode_tokens_per_s")} if speed else None,
-        "train": train, "warnings": train["warnings"] if train else [], "limit": ev.get("limit"),
-        **_llamacpp(spec.get("gguf")),
-    }
-    return row
+    params = ev.params or info.params
+    src_params = base.params or info.source_params
+    ppl = ev.perplexity.value if ev.perplexity else None
+    kl, speed = ev.kl_to_original, ev.speed
+    tokens_per_block = ev.perplexity.tokens_per_block if ev.perplexity else []
+    return VariantRow(
+        model=base.model, n=info.n, variant=spec["name"], label=f"n={info.n} {spec['name']}",
+        net=info.net, loss=info.loss,
+        replacement_layers=info.replacement_layers,  # k kept in the block's place: 0 for none and linear
+        block=info.block, layers=ev.num_hidden_layers or info.num_hidden_layers, params=params,
+        params_removed_pct=(100.0 * (1 - params / src_params)) if params and src_params else None,
+        compression_ratio=(src_params / params) if params and src_params else None,
+        **_accuracy(ev, correct), **stats.paired_comparison(base_correct, correct),
+        stability=st.average, stability_tasks={t: r.stability for t, r in st.tasks.items()},
+        stability_effective_questions={t: r.effective_questions for t, r in st.tasks.items()},
+        stability_legacy=st.legacy, stability_scale=st.scale,
+        perplexity=ppl, perplexity_ci95=_ppl_interval(ev),
+        perplexity_ratio=ppl / base.perplexity if ppl and base.perplexity else None,
+        perplexity_ratio_ci95=_paired_ppl_ratio(ev, base_ev),
+        kl_to_original=kl.value if kl else None,
+        kl_to_original_ci95=stats.block_ratio_interval(kl.kl_per_block, tokens_per_block) if kl else None,
+        speedup=speed.speedup if speed else None, speedup_ideal=speed.ideal if speed else None,
+        speed={"device": speed.device, "threads": speed.threads, "batch": speed.batch,
+               "prefill_tokens": speed.prefill_tokens, "decode_steps": speed.decode_steps,
+               "prefill_tokens_per_s": speed.prefill_tokens_per_s,
+               "decode_tokens_per_s": speed.decode_tokens_per_s} if speed else None,
+        train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.get("gguf")))
 
 
-def _paired_ppl_ratio(p: dict, bp: dict) -> list[float] | None:
+def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None:
     """Perplexity ratio pruned / original with a paired bootstrap over the same held-out blocks."""
-    a, b = p.get("nll_per_block") or [], bp.get("nll_per_block") or []
-    if not a or len(a) != len(b) or p.get("tokens_per_block") != bp.get("tokens_per_block"):
+    p, bp = ev.perplexity, base_ev.perplexity
+    if not p or not bp or len(p.nll_per_block) != len(bp.nll_per_block) or p.tokens_per_block != bp.tokens_per_block:
         return None
-    return stats.block_ratio_interval([x - y for x, y in zip(a, b)], p["tokens_per_block"], transform=np.exp)
+    return stats.block_ratio_interval([x - y for x, y in zip(p.nll_per_block, bp.nll_per_block)],
+                                      p.tokens_per_block, transform=np.exp)
 
 
-def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: list[Path]) -> dict[str, Any]:
+def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: list[Path]) -> Collected:
     """Every row of the table, plus what the plots need, from the files the rule names."""
-    base_ev = _load(_need(baseline, "eval", "--baseline"), "baseline evaluation")
-    tasks = list(base_ev["tasks"])
+    base_ev = Evaluation.load(_need(baseline, "eval", "--baseline"), "baseline evaluation")
+    tasks = list(base_ev.tasks)
     base_correct = _correct(read_samples(_need(baseline, "samples", "--baseline")), tasks)
-    name = baseline.get("name") or Path(base_ev.get("model_dir", "model")).name
+    name = baseline.get("name") or Path(base_ev.model_dir).name
     base = _base_row(name, base_ev, base_correct, baseline.get("gguf"))
-    rows, train_logs = [base], []
+    rows, curves = [base], []
     for spec in variants:
         what = f"variant {spec.get('name')}"
         _need(spec, "name", "--variant")
-        ev = _load(_need(spec, "eval", what), f"evaluation of {what}")
-        st = _load(_need(spec, "stability", what), f"stability of {what}")
-        if set(ev["tasks"]) != set(tasks) or ev.get("limit") != base_ev.get("limit"):
-            raise StreamlineError(f"{spec['eval']}: evaluated on {ev['tasks']} (limit {ev.get('limit')}), the baseline "
-                                  f"on {tasks} (limit {base_ev.get('limit')}); evaluate both the same way")
+        ev = Evaluation.load(_need(spec, "eval", what), f"evaluation of {what}")
+        st = Stability.load(_need(spec, "stability", what), f"stability of {what}")
+        if set(ev.tasks) != set(tasks) or ev.limit != base_ev.limit:
+            raise StreamlineError(f"{spec['eval']}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
+                                  f"on {tasks} (limit {base_ev.limit}); evaluate both the same way")
         correct = _correct(read_samples(_need(spec, "samples", what)), tasks)
-        train, curve = _training(spec)
+        train, train_log = _training(spec)
         row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
         rows.append(row)
-        if curve:
-            train_logs.append({"label": row["label"], **curve})
-    block_scores = [_load(s, "block scores") for s in scores]
-    return {"tasks": tasks, "rows": rows, "scores": block_scores, "train_logs": train_logs}
+        if train_log and (train_log.steps or train_log.val):
+            curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss))
+    block_scores = [read_scores(s, "scores", "best_start") for s in scores]
+    return Collected(tasks, rows, block_scores, curves)
 
 
 # ---------------------------------------------------------------- words
@@ -193,29 +180,29 @@ def _ci_pts(ci: list[float] | None) -> str:
     return "–" if ci is None else f"[{_pts(ci[0])}, {_pts(ci[1])}]"
 
 
-def noise_words(row: dict, tasks: list[str]) -> str:
+def noise_words(row: VariantRow, tasks: list[str]) -> str:
     """One sentence per signal: which differences to the original are within noise."""
-    beyond = [t for t in tasks if stats.excludes_zero(row["delta_ci95"].get(t))]
-    n_q = sorted(set(row["questions"].values()))
+    beyond = [t for t in tasks if stats.excludes_zero(row.delta_ci95.get(t))]
+    n_q = sorted(set(row.questions.values()))
     per = f"{n_q[0]} questions per task" if len(n_q) == 1 else "the questions evaluated"
     if beyond:
         acc = ("beyond noise (the 95% interval excludes 0): " + ", ".join(
-            f"{TASK_LABELS.get(t, t)} {_pts(row['delta'][t])} {_ci_pts(row['delta_ci95'][t])}" for t in beyond)
+            f"{TASK_LABELS.get(t, t)} {_pts(row.delta[t])} {_ci_pts(row.delta_ci95[t])}" for t in beyond)
             + (f"; the other {len(tasks) - len(beyond)} tasks are within noise" if len(tasks) - len(beyond) > 1 else
                "; the other task is within noise" if len(tasks) > len(beyond) else ""))
     else:
         acc = f"no task's accuracy difference is distinguishable from noise at {per} (every 95% interval contains 0)"
-    avg_ci = row["delta_ci95"]["average"]
-    avg = (f"the average changes by {_pts(row['delta_average'])} points {_ci_pts(avg_ci)}, "
+    avg_ci = row.delta_ci95["average"]
+    avg = (f"the average changes by {_pts(row.delta_average)} points {_ci_pts(avg_ci)}, "
            + ("beyond noise" if stats.excludes_zero(avg_ci) else "within noise"))
-    words = [f"**{row['label']}**: {acc}; {avg}"]
-    ratio = row.get("perplexity_ratio_ci95")
-    if row.get("perplexity_ratio") is not None and ratio:
-        words.append(f"held-out perplexity is {row['perplexity_ratio']:.2f}x [{ratio[0]:.2f}, {ratio[1]:.2f}] the original's, "
+    words = [f"**{row.label}**: {acc}; {avg}"]
+    ratio = row.perplexity_ratio_ci95
+    if row.perplexity_ratio is not None and ratio:
+        words.append(f"held-out perplexity is {row.perplexity_ratio:.2f}x [{ratio[0]:.2f}, {ratio[1]:.2f}] the original's, "
                      + ("beyond noise" if not ratio[0] <= 1 <= ratio[1] else "within noise"))
-    kl = row.get("kl_to_original_ci95")
-    if row.get("kl_to_original") is not None and kl:
-        words.append(f"KL to the original {row['kl_to_original']:.3f} [{kl[0]:.3f}, {kl[1]:.3f}] nats/token")
+    kl = row.kl_to_original_ci95
+    if row.kl_to_original is not None and kl:
+        words.append(f"KL to the original {row.kl_to_original:.3f} [{kl[0]:.3f}, {kl[1]:.3f}] nats/token")
     return "; ".join(words) + "."
 
 
@@ -239,28 +226,28 @@ def _seconds(s: float | None) -> str:
     return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
 
 
-def _speed(row: dict, kind: str) -> str:
-    s, ideal = row.get("speedup") or {}, row.get("speedup_ideal") or {}
+def _speed(row: Row, kind: str) -> str:
+    s, ideal = row.speedup or {}, row.speedup_ideal or {}
     if s.get(kind) is None:
         return "–"
     return f"{s[kind]:.2f}x ({ideal[kind]:.2f}x)" if ideal.get(kind) is not None else f"{s[kind]:.2f}x"
 
 
-def _head(r: dict) -> list[str]:
-    return [r["model"], "–" if r["n"] is None else str(r["n"]), r["variant"]]
+def _head(r: Row) -> list[str]:
+    return [r.model, "–" if r.n is None else str(r.n), r.variant]
 
 
-def _delta_cell(r: dict, key: str) -> str:
-    if r["delta_ci95"] is None:
+def _delta_cell(r: Row, key: str) -> str:
+    if r.delta_ci95 is None:
         return "–"
-    d = r["delta_average"] if key == "average" else r["delta"][key]
-    ci = r["delta_ci95"][key]
+    d = r.delta_average if key == "average" else r.delta[key]
+    ci = r.delta_ci95[key]
     return f"{_pts(d)}{'*' if stats.excludes_zero(ci) else ''} {_ci_pts(ci)}"
 
 
-def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+def sections(summary: Collected) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, header, cells, note) of every table, for markdown and html alike."""
-    tasks, rows = summary["tasks"], summary["rows"]
+    tasks, rows = summary.tasks, summary.rows
     names = [TASK_LABELS.get(t, t) for t in tasks]
     key = ["model", "n", "variant"]
     main = (
@@ -268,11 +255,11 @@ def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         key + ["layers", "params", "ratio", "Avg acc [95% CI]", "Δ Avg, points [95% CI]", "retention", "flips",
                "stability", "val ppl", "KL", "prefill (ideal)", "decode (ideal)"],
         [_head(r) + [
-            "–" if r["layers"] is None else str(r["layers"]), fmt_params(r["params"]),
-            _num(r["compression_ratio"], ".2f") + ("x" if r["compression_ratio"] else ""),
-            _pct(r["average"]) + _ci(r["average_ci95"]), _delta_cell(r, "average"),
-            _pct(r["retention"]) + _ci(r.get("retention_ci95")), _pct(r["flips"]), _pct(r["stability"]),
-            _num(r["perplexity"], ".2f"), _num(r["kl_to_original"], ".3f"),
+            "–" if r.layers is None else str(r.layers), fmt_params(r.params),
+            _num(r.compression_ratio, ".2f") + ("x" if r.compression_ratio else ""),
+            _pct(r.average) + _ci(r.average_ci95), _delta_cell(r, "average"),
+            _pct(r.retention) + _ci(r.retention_ci95), _pct(r.flips), _pct(r.stability),
+            _num(r.perplexity, ".2f"), _num(r.kl_to_original, ".3f"),
             _speed(r, "prefill"), _speed(r, "decode")] for r in rows],
         "Accuracy: lm-eval `acc` (%), zero-shot{limit}; Avg: mean over the tasks. Δ: pruned − original, "
         "paired bootstrap over questions; * = the 95% interval excludes 0. retention: pruned Avg / original Avg (%). "
@@ -282,67 +269,67 @@ def sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         "original (same batch and device, one run), the ideal (FLOPs ratio, weight-bytes ratio) in brackets.",
     )
     acc = ("Accuracy per task (%), 95% interval", key + names + ["Avg"],
-           [_head(r) + [_pct(r["tasks"].get(t)) + _ci(r["accuracy_ci95"].get(t)) for t in tasks]
-            + [_pct(r["average"]) + _ci(r["average_ci95"])] for r in rows],
+           [_head(r) + [_pct(r.tasks.get(t)) + _ci(r.accuracy_ci95.get(t)) for t in tasks]
+            + [_pct(r.average) + _ci(r.average_ci95)] for r in rows],
            "Wilson interval per task; bootstrap over questions for the average.")
-    pruned = [r for r in rows if r["delta_ci95"] is not None]
+    pruned = [r for r in rows if r.pruned]
     delta = ("Difference to the original (points), 95% paired-bootstrap interval", key + names + ["Avg"],
              [_head(r) + [_delta_cell(r, t) for t in tasks] + [_delta_cell(r, "average")] for r in pruned],
              "* = the interval excludes 0: a difference beyond noise.")
     cost = ("Variants", key + ["net", "loss", "k", "block", "layers", "params", "removed %", "train tokens",
                                "train time"],
-            [_head(r) + [r["net"] or "–", r["loss"] or "–", _num(r["replacement_layers"], "d"),
-                         "–" if not r["block"] else f"{r['block'][0]}..{r['block'][-1]}",
-                         "–" if r["layers"] is None else str(r["layers"]), fmt_params(r["params"]),
-                         _num(r["params_removed_pct"], ".1f"),
-                         fmt_params((r["train"] or {}).get("tokens")), _seconds((r["train"] or {}).get("seconds"))]
+            [_head(r) + [r.net or "–", r.loss or "–", _num(r.replacement_layers, "d"),
+                         "–" if not r.block else f"{r.block[0]}..{r.block[-1]}",
+                         "–" if r.layers is None else str(r.layers), fmt_params(r.params),
+                         _num(r.params_removed_pct, ".1f"),
+                         fmt_params(r.train.tokens if r.train else None), _seconds(r.train.seconds if r.train else None)]
              for r in pruned],
             "k: replacement layers kept in the block's place (0: plain removal). block: the original layers the "
             "replacement spans. train time: wall time of training (or of the estimate, for training-free variants).")
     stab = ("Stability per task (%), and the effective number of questions its weights count (1/Σw²)",
             key + names + ["Avg"],
-            [_head(r) + [_pct(r["stability_tasks"].get(t)) + _eff(r, t) for t in tasks] + [_pct(r["stability"])]
+            [_head(r) + [_pct(r.stability_tasks.get(t)) + _eff(r, t) for t in tasks] + [_pct(r.stability)]
              for r in pruned], "")
     out = [main, acc, delta, cost, stab]
-    engine = [r for r in rows if r.get("gguf_ppl") is not None]
+    engine = [r for r in rows if r.gguf_ppl is not None]
     if engine:
-        def llamacpp(r: dict, kind: str) -> str:
-            s, ideal = r.get("speedup_llamacpp") or {}, r.get("speedup_llamacpp_ideal") or {}
+        def llamacpp(r: Row, kind: str) -> str:
+            s, ideal = r.speedup_llamacpp or {}, r.speedup_llamacpp_ideal or {}
             return "–" if s.get(kind) is None else f"{s[kind]:.2f}x ({ideal.get(kind, float('nan')):.2f}x)"
         out.append(("Inside llama.cpp (export.gguf)", key + ["val ppl (streamline)", "val ppl (llama.cpp)",
                                                            "prefill (ideal)", "decode (ideal)"],
-                    [_head(r) + [_num(r["perplexity"], ".2f"), _num(r["gguf_ppl"], ".2f"), llamacpp(r, "prefill"),
+                    [_head(r) + [_num(r.perplexity, ".2f"), _num(r.gguf_ppl, ".2f"), llamacpp(r, "prefill"),
                                  llamacpp(r, "decode")] for r in engine],
                     "The exported GGUF run by llama.cpp on the same held-out blocks (token ids fed directly), and its "
                     "measured speedup over the original's GGUF in llama.cpp, the ideal in brackets."))
-    trained = [r for r in pruned if r["train"] and r["train"].get("kind") == "trained"]
+    trained = [r for r in pruned if r.train and r.train.kind == "trained"]
     if trained:
         out.append(("Training", key + ["initial val loss", "best val loss", "best step", "steps", "kept"],
-                    [_head(r) + [_num(r["train"]["initial_val_loss"], ".4g"), _num(r["train"]["best_val_loss"], ".4g"),
-                                 str(r["train"].get("best_step")), str(r["train"].get("total_steps")),
-                                 str(r["train"].get("kept"))] for r in trained], ""))
+                    [_head(r) + [_num(r.train.initial_val_loss, ".4g"), _num(r.train.best_val_loss, ".4g"),
+                                 str(r.train.best_step), str(r.train.total_steps), str(r.train.kept)]
+                     for r in trained], ""))
     return [s for s in out if s[2]]
 
 
-def _eff(r: dict, task: str) -> str:
-    e = r["stability_effective_questions"].get(task)
-    return "" if e is None else f" ({e:.1f} of {r['questions'][task]})"
+def _eff(r: Row, task: str) -> str:
+    e = r.stability_effective_questions.get(task)
+    return "" if e is None else f" ({e:.1f} of {r.questions[task]})"
 
 
-def _limit_words(summary: dict[str, Any]) -> str:
-    limits = {r.get("limit") for r in summary["rows"]}
+def _limit_words(summary: Collected) -> str:
+    limits = {r.limit for r in summary.rows}
     limit = next(iter(limits)) if len(limits) == 1 else None
     if limit is None:
         return ""
     return f", first {limit} questions per task" if isinstance(limit, int) else f", {limit:g} of each task"
 
 
-def _warnings(summary: dict[str, Any]) -> list[str]:
-    return [f"{r['label']}: {w}" for r in summary["rows"] for w in r["warnings"]]
+def _warnings(summary: Collected) -> list[str]:
+    return [f"{r.label}: {w}" for r in summary.rows for w in r.warnings]
 
 
-def _noise(summary: dict[str, Any]) -> list[str]:
-    return [noise_words(r, summary["tasks"]) for r in summary["rows"] if r["delta_ci95"] is not None]
+def _noise(summary: Collected) -> list[str]:
+    return [noise_words(r, summary.tasks) for r in summary.rows if r.pruned]
 
 
 def _markdown_table(header: list[str], cells: list[list[str]]) -> str:
@@ -352,7 +339,7 @@ def _markdown_table(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: Collected) -> str:
     parts = ["# streamline summary", ""]
     for w in _warnings(summary):
         parts += [f"> **⚠ WARNING** {w}", ">"]
@@ -374,7 +361,7 @@ def _html_table(header: list[str], cells: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_page(summary: dict[str, Any]) -> str:
+def html_page(summary: Collected) -> str:
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin:1em 0}"
              "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "th:nth-child(-n+3),td:nth-child(-n+3){text-align:left}th{background:#eee}"
@@ -415,18 +402,18 @@ def read_manifest(text: str) -> dict[str, Any]:
 
 
 def report(manifest: dict[str, Any], *, out_json: Path, out_md: Path, plots_dir: Path,
-           out_html: Path | None = None) -> dict[str, Any]:
-    summary = collect(manifest["baseline"], manifest["rows"], [Path(s) for s in manifest["scores"]])
+           out_html: Path | None = None) -> Summary:
+    collected = collect(manifest["baseline"], manifest["rows"], [Path(s) for s in manifest["scores"]])
     plots_dir = Path(plots_dir)
-    plot_block_scores(summary, plots_dir / PLOTS["block_scores"])
-    plot_training(summary, plots_dir / PLOTS["training_loss"])
-    plot_accuracy(summary, plots_dir / PLOTS["task_accuracy"])
-    plot_pareto(summary, plots_dir / PLOTS["pareto"])
-    out = {"tasks": summary["tasks"], "rows": summary["rows"], "within_noise": _noise(summary),
-           "warnings": _warnings(summary), "plots": {k: str(plots_dir / v) for k, v in PLOTS.items()}}
-    atomic_write_text(out_md, markdown(summary))
+    plot_block_scores(collected, plots_dir / PLOTS["block_scores"])
+    plot_training(collected, plots_dir / PLOTS["training_loss"])
+    plot_accuracy(collected, plots_dir / PLOTS["task_accuracy"])
+    plot_pareto(collected, plots_dir / PLOTS["pareto"])
+    summary = Summary(tasks=collected.tasks, rows=collected.rows, within_noise=_noise(collected),
+                      warnings=_warnings(collected), plots={k: str(plots_dir / v) for k, v in PLOTS.items()})
+    atomic_write_text(out_md, markdown(collected))
     if out_html is not None:
-        atomic_write_text(out_html, html_page(summary))
-    atomic_write_json(out_json, out)  # last: the table is complete once summary.json exists
-    log.info("report: %d rows over %d tasks -> %s", len(summary["rows"]), len(summary["tasks"]), out_md)
-    return out
+        atomic_write_text(out_html, html_page(collected))
+    atomic_write_json(out_json, summary.to_json())  # last: the table is complete once summary.json exists
+    log.info("report: %d rows over %d tasks -> %s", len(collected.rows), len(collected.tasks), out_md)
+    return summary

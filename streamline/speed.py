@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from .artifacts import Speed
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -100,7 +102,7 @@ def decode_weight_bytes(model) -> int:
 
 
 def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *, decode_steps: int = 32,
-                    prompt_tokens: int = 32, repeats: int = 3) -> dict:
+                    prompt_tokens: int = 32, repeats: int = 3) -> Speed:
     """Prefill and decode tokens/s of both models and their ratios, measured and ideal."""
     t_start = time.perf_counter()
     device = pruned.device
@@ -112,16 +114,12 @@ def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *,
     decode = _best_alternating(lambda m: _decode_seconds(m, prompt, decode_steps), models, repeats)
     flops = {k: flops_per_token(m, t) for k, m in models.items()}
     weight_bytes = {k: decode_weight_bytes(m) for k, m in models.items()}
-    return {
-        "device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "batch": b, "prefill_tokens": t, "decode_prompt_tokens": int(prompt.shape[1]), "decode_steps": decode_steps,
-        "repeats": repeats,
-        "prefill_tokens_per_s": {k: b * t / s for k, s in prefill.items()},
-        "decode_tokens_per_s": {k: b * decode_steps / s for k, s in decode.items()},
-        "flops_per_token": flops,
-        "decode_weight_bytes": weight_bytes,
-        "speedup": {"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
-        "ideal": {"prefill": flops["original"] / flops["pruned"],
-                  "decode": weight_bytes["original"] / weight_bytes["pruned"]},
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
-    }
+    return Speed(
+        device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None, batch=b,
+        prefill_tokens=t, decode_prompt_tokens=int(prompt.shape[1]), decode_steps=decode_steps, repeats=repeats,
+        prefill_tokens_per_s={k: b * t / s for k, s in prefill.items()},
+        decode_tokens_per_s={k: b * decode_steps / s for k, s in decode.items()},
+        flops_per_token=flops, decode_weight_bytes=weight_bytes,
+        speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
+        ideal={"prefill": flops["original"] / flops["pruned"], "decode": weight_bytes["original"] / weight_bytes["pruned"]},
+        wall_time_s=round(time.perf_counter() - t_start, 2))

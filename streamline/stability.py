@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import StreamlineError
 from .evaluate import read_samples
+from .artifacts import Stability, TaskStability
 from .atomic import atomic_write_json
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
@@ -102,7 +103,7 @@ def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_corr
 # ---------------------------------------------------------------- lm-eval samples
 
 def stability_from_samples(before_samples: dict | Path, after_samples: dict | Path, *,
-                           legacy: bool = False, metric: str = "acc", scale: str = "per_token") -> dict[str, Any]:
+                           legacy: bool = False, metric: str = "acc", scale: str = "per_token") -> Stability:
     """Stability per task and on average, from two samples files written by `evaluate()`.
 
     The per-option score is the original model's mean negative log-likelihood per token of each
@@ -134,22 +135,16 @@ def stability_from_samples(before_samples: dict | Path, after_samples: dict | Pa
         sigma = np.array([np.std(option_scores(b[i], scale)) for i in ids])
         orig = np.array([correct(b[i]) for i in ids])
         pruned = np.array([correct(a[i]) for i in ids])
-        per_task[task] = {
-            "stability": stability_score(sigma, orig, pruned, legacy=legacy),
-            "agreement": float(np.mean(orig == pruned)),  # unweighted, for reference
-            "n": len(ids),
-            "effective_questions": effective_questions(sigma),
-            "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max()),
-        }
-    return {
-        "metric": metric,
-        "legacy": legacy,
-        "scale": scale,
-        "tasks": per_task,
-        "average": float(np.mean([r["stability"] for r in per_task.values()])),
-        "effective_questions": {t: r["effective_questions"] for t, r in per_task.items()},
-        "skipped_tasks": sorted(set(before["tasks"]) ^ set(after["tasks"])),
-    }
+        per_task[task] = TaskStability(
+            stability=stability_score(sigma, orig, pruned, legacy=legacy),
+            agreement=float(np.mean(orig == pruned)),  # unweighted, for reference
+            n=len(ids), effective_questions=effective_questions(sigma),
+            sigma_min=float(sigma.min()), sigma_max=float(sigma.max()))
+    return Stability(
+        metric=metric, legacy=legacy, scale=scale, tasks=per_task,
+        average=float(np.mean([r.stability for r in per_task.values()])),
+        effective_questions={t: r.effective_questions for t, r in per_task.items()},
+        skipped_tasks=sorted(set(before["tasks"]) ^ set(after["tasks"])))
 
 
 # ---------------------------------------------------------------- OpenCompass predictions
@@ -224,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.after is None:
             raise StreamlineError("--after: required with --before")
         result = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric,
-                                        scale=args.scale)
+                                        scale=args.scale).to_json()
     if args.out:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -151,11 +151,11 @@ def test_kd_training_lowers_validation_kl_and_only_trains_the_network(tiny_llama
     init, data = prepare(tiny_llama_dir, tmp_path, pairs=False, samples=16)
     result = train("kd", init, tmp_path / "model", tmp_path / "log.json", TrainSettings(**FAST), data_dir=data,
                    teacher_dir=tiny_llama_dir)
-    assert result["select"] == "kl" and result["best_val"]["kl"] < 0.9 * result["initial_val"]["kl"]
-    assert result["kept"] == "best" and {"kl", "ce"} == result["initial_val"].keys() - {"loss"}
+    assert result.select == "kl" and result.best_val["kl"] < 0.9 * result.initial_val["kl"]
+    assert result.kept == "best" and {"kl", "ce"} == result.initial_val.keys() - {"loss"}
     before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     changed = {key for key in before if not torch.equal(before[key], after[key])}
-    assert changed and all(key.startswith(f"model.layers.{result['slots'][0]}.") for key in changed)
+    assert changed and all(key.startswith(f"model.layers.{result.slots[0]}.") for key in changed)
     assert "`kd`" in (tmp_path / "model" / "README.md").read_text()
 
 
@@ -166,7 +166,7 @@ def test_staged_training_starts_from_the_mse_network(trained_llama_dir, tmp_path
                 pairs_dir=tmp_path / "pairs")
     staged = train("kd", tmp_path / "mse", tmp_path / "staged", tmp_path / "staged.json", TrainSettings(**FAST),
                    data_dir=data, teacher_dir=tiny_llama_dir)
-    assert mse["loss"] == "mse" and mse["kept"] == "best" and staged["loss"] == "mse+kd"
+    assert mse.loss == "mse" and mse.kept == "best" and staged.loss == "mse+kd"
     info = json.loads((tmp_path / "staged" / "streamline.json").read_text())
     assert info["loss"] == "mse+kd" and info["block"] == json.loads((init / "streamline.json").read_text())["block"]
     # its starting point is the MSE network: the KL it starts from is the MSE model's, not the untrained one's
@@ -175,7 +175,7 @@ def test_staged_training_starts_from_the_mse_network(trained_llama_dir, tmp_path
     from streamline.training.distributed import accelerator_for
     with accelerator_for(TrainSettings(**FAST), "no") as acc:
         kl_untrained = validate(acc, untrained.module, untrained, TrainSettings(**FAST))["kl"]
-    assert staged["initial_val"]["kl"] != pytest.approx(kl_untrained, rel=1e-6)
+    assert staged.initial_val["kl"] != pytest.approx(kl_untrained, rel=1e-6)
 
 
 def test_online_pairs_give_the_same_trajectory_as_the_store(tiny_llama_dir, tmp_path):
@@ -183,12 +183,12 @@ def test_online_pairs_give_the_same_trajectory_as_the_store(tiny_llama_dir, tmp_
     s = TrainSettings(**FAST, mse_loss="robust")
     stored = train("mse", init, tmp_path / "a", tmp_path / "a.json", s, data_dir=data, pairs_dir=tmp_path / "pairs")
     online = train("mse", init, tmp_path / "b", tmp_path / "b.json", s, data_dir=data, teacher_dir=tiny_llama_dir)
-    assert len(stored["steps"]) == len(online["steps"]) == stored["total_steps"]
+    assert len(stored.steps) == len(online.steps) == stored.total_steps
     # the store holds what the forward computed in batches of another size: equal up to float noise
-    assert [x["loss"] for x in online["steps"]] == pytest.approx([x["loss"] for x in stored["steps"]], rel=1e-4)
-    assert online["best_val"]["ce"] == pytest.approx(stored["best_val"]["ce"], rel=1e-4)
+    assert [x.loss for x in online.steps] == pytest.approx([x.loss for x in stored.steps], rel=1e-4)
+    assert online.best_val["ce"] == pytest.approx(stored.best_val["ce"], rel=1e-4)
     # the validation MSE differs in kind (online: val blocks through the prefix; store: val pairs) only in source
-    assert online["best_val"]["mse"] == pytest.approx(stored["best_val"]["mse"], rel=1e-4)
+    assert online.best_val["mse"] == pytest.approx(stored.best_val["mse"], rel=1e-4)
 
 
 def test_disk_preflight_on_a_small_filesystem(tiny_llama_dir, tmp_path):

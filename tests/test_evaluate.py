@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamline.artifacts import Evaluation
 from streamline.errors import StreamlineError
 from streamline.evaluate import evaluate, perplexity, read_samples, score_blocks
 from streamline.speed import decode_weight_bytes, flops_per_token, measure_speedup
@@ -41,21 +42,23 @@ def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
                    device="cpu")
     assert sorted(p for p in tiny_eval_data.rglob("*")) == before  # no cache files in the data dir
     assert (tmp_path / "eval.json").is_file() and not list(tmp_path.glob("*.partial"))
-    assert out["tasks"] == ["arc_easy", "boolq"] and out["limit"] == 6
-    assert out["splits"] == {"arc_easy": "test", "boolq": "validation"}
-    assert {"lm_eval_version", "wall_time_s", "average", "model_dir"} <= set(out)
-    assert out["perplexity"] is None and out["kl_to_original"] is None and out["speed"] is None
-    arc, bq = out["results"]["arc_easy"], out["results"]["boolq"]
-    assert arc["n"] == bq["n"] == 6 and arc["headline_metric"] == "acc"
-    assert 0 <= arc["acc"] <= 1 and 0 <= arc["acc_norm"] <= 1 and 0 <= bq["acc"] <= 1 and "acc_norm" not in bq
-    assert out["average"] == pytest.approx((arc["acc"] + bq["acc"]) / 2)
+    assert Evaluation.load(tmp_path / "eval.json", "eval.json") == out  # what the report reads is what was written
+    assert out.tasks == ["arc_easy", "boolq"] and out.limit == 6
+    assert out.splits == {"arc_easy": "test", "boolq": "validation"}
+    assert out.lm_eval_version and out.wall_time_s > 0 and out.model_dir == str(tiny_llama_dir)
+    assert out.perplexity is None and out.kl_to_original is None and out.speed is None and out.streamline is None
+    arc, bq = out.results["arc_easy"], out.results["boolq"]
+    assert arc.n == bq.n == 6 and arc.headline_metric == "acc" and arc.headline == arc.acc
+    assert 0 <= arc.acc <= 1 and 0 <= arc.acc_norm <= 1 and 0 <= bq.acc <= 1 and bq.acc_norm is None
+    assert out.average == pytest.approx((arc.acc + bq.acc) / 2)
+    assert out.average_acc_norm_where_available == pytest.approx((arc.acc_norm + bq.acc) / 2)  # boolq: acc
 
     s = read_samples(tmp_path / "samples.json.gz")["tasks"]
     assert sorted(s["arc_easy"], key=int) == [str(i) for i in range(6)]
     for i, rec in s["arc_easy"].items():
         assert len(rec["ll"]) == 4 and rec["gold"] == int(i) % 4
         assert rec["acc"] == (int(np.argmax(rec["ll"])) == rec["gold"])
-    assert np.mean([r["acc"] for r in s["arc_easy"].values()]) == pytest.approx(arc["acc"])
+    assert np.mean([r["acc"] for r in s["arc_easy"].values()]) == pytest.approx(arc.acc)
     # boolq's label: 0 = "no", 1 = "yes".
     assert [s["boolq"][str(i)]["gold"] for i in range(6)] == [i % 2 for i in range(6)]
     assert all(len(r["ll"]) == 2 and r["acc_norm"] is None for r in s["boolq"].values())
@@ -177,9 +180,9 @@ def test_speed_ideal_counts_what_pruning_removes(tiny_models):
     assert f6 == pytest.approx(matmul + attention)
     ids = np.random.default_rng(0).integers(4, 250, size=(2, 16))
     s = measure_speedup(pruned, original, ids, batch_size=2, decode_steps=4, prompt_tokens=8, repeats=1)
-    assert s["batch"] == 2 and s["prefill_tokens"] == 16 and s["decode_steps"] == 4
-    assert s["ideal"]["prefill"] == pytest.approx(f6 / f4) and s["ideal"]["decode"] > 1
-    assert s["speedup"]["prefill"] > 0 and s["speedup"]["decode"] > 0
+    assert s.batch == 2 and s.prefill_tokens == 16 and s.decode_steps == 4
+    assert s.ideal["prefill"] == pytest.approx(f6 / f4) and s.ideal["decode"] > 1
+    assert s.speedup["prefill"] > 0 and s.speedup["decode"] > 0
 
 
 def test_evaluate_records_kl_and_speed_against_the_original(tiny_llama_dir, tiny_models, tiny_eval_data,
@@ -191,11 +194,12 @@ def test_evaluate_records_kl_and_speed_against_the_original(tiny_llama_dir, tiny
     out = evaluate(tmp_path / "pruned", tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=2,
                    batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
                    original_dir=tiny_llama_dir)
-    assert out["num_hidden_layers"] == 4 and out["perplexity"]["blocks"] == 10
-    assert len(out["perplexity"]["nll_per_block"]) == len(out["kl_to_original"]["kl_per_block"]) == 10
-    assert out["kl_to_original"]["value"] > 0 and out["kl_to_original"]["original"] == str(tiny_llama_dir)
-    assert set(out["speed"]["speedup"]) == set(out["speed"]["ideal"]) == {"prefill", "decode"}
+    assert Evaluation.load(tmp_path / "e.json", "eval.json") == out
+    assert out.num_hidden_layers == 4 and out.perplexity.blocks == 10
+    assert len(out.perplexity.nll_per_block) == len(out.kl_to_original.kl_per_block) == 10
+    assert out.kl_to_original.value > 0 and out.kl_to_original.original == str(tiny_llama_dir)
+    assert set(out.speed.speedup) == set(out.speed.ideal) == {"prefill", "decode"}
     base = evaluate(tiny_llama_dir, tmp_path / "b.json", tmp_path / "b.json.gz", tasks=["arc_easy"], limit=2,
                     batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
                     original_dir=tiny_llama_dir)  # the original against itself: nothing to compare
-    assert base["kl_to_original"] is None and base["speed"] is None and base["perplexity"]["value"] > 1
+    assert base.kl_to_original is None and base.speed is None and base.perplexity.value > 1

@@ -88,9 +88,9 @@ def test_folded_model_equals_remove_block_and_apply_t(family_dir, tmp_path):
                           manifest=tmp_path / "states.json")
     # by its manifest, as the workflow passes it: the extraction's seconds count in the recipe's time
     stats = estimate_linear(family_dir, tmp_path / "states.json", scores, tmp_path / "linear", log_json=tmp_path / "l.json")
-    assert 0 < stats["relative_residual"] < stats["relative_residual_of_identity"] <= 1.5
-    assert stats["extract_seconds"] == json.loads((tmp_path / "states.json").read_text())["seconds"] > 0
-    assert stats["seconds"] == pytest.approx(stats["extract_seconds"] + stats["estimate_seconds"], abs=0.011)
+    assert 0 < stats.relative_residual < stats.relative_residual_of_identity <= 1.5
+    assert stats.extract_seconds == json.loads((tmp_path / "states.json").read_text())["seconds"] > 0
+    assert stats.seconds == pytest.approx(stats.extract_seconds + stats.estimate_seconds, abs=0.011)
     folded = AutoModelForCausalLM.from_pretrained(tmp_path / "linear").eval()  # plain transformers, no remote code
     assert folded.config.num_hidden_layers == 4
     # by hand: the original model, layer i-1's MLP output multiplied by T, layers i..i+n-1 skipped

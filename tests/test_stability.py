@@ -49,13 +49,13 @@ def test_per_token_scale_hand_computed():
     after = samples({"t": [False, True, False]}, LEN_LL, ntok=LEN_NTOK)
     e15 = math.exp(1.5)
     res = stability_from_samples(before, after)
-    assert res["scale"] == "per_token"
-    assert res["tasks"]["t"]["stability"] == pytest.approx(2 * e15 / (1 + 2 * e15))
-    assert res["tasks"]["t"]["sigma_min"] == 0 and res["tasks"]["t"]["sigma_max"] == pytest.approx(1.5)
+    assert res.scale == "per_token"
+    assert res.tasks["t"].stability == pytest.approx(2 * e15 / (1 + 2 * e15))
+    assert res.tasks["t"].sigma_min == 0 and res.tasks["t"].sigma_max == pytest.approx(1.5)
     z = 1 + 2 * e15  # w = [1, e^1.5, e^1.5] / z
-    assert res["effective_questions"]["t"] == pytest.approx(z**2 / (1 + 2 * e15**2))
+    assert res.effective_questions["t"] == pytest.approx(z**2 / (1 + 2 * e15**2))
     summed = stability_from_samples(before, after, scale="sum")
-    assert summed["tasks"]["t"]["stability"] == pytest.approx((e15 + 1) / (E**2 + e15 + 1))
+    assert summed.tasks["t"].stability == pytest.approx((e15 + 1) / (E**2 + e15 + 1))
 
 
 def test_effective_questions_constructed():
@@ -70,7 +70,7 @@ def test_missing_token_counts_are_an_error():
     del s["tasks"]["t"]["0"]["ntok"]
     with pytest.raises(StreamlineError, match="token counts"):
         stability_from_samples(s, s)
-    assert stability_from_samples(s, s, scale="sum")["average"] == pytest.approx(1.0)
+    assert stability_from_samples(s, s, scale="sum").average == pytest.approx(1.0)
 
 
 def test_weights_go_to_the_matching_questions():
@@ -78,18 +78,18 @@ def test_weights_go_to_the_matching_questions():
     before = samples({"t": [True, True, False, False]}, LL)
     after = samples({"t": [False, False, False, False]}, LL)
     res = stability_from_samples(before, after)
-    assert res["tasks"]["t"]["stability"] == pytest.approx((E + E**2) / Z)
-    assert res["tasks"]["t"]["agreement"] == 0.5
+    assert res.tasks["t"].stability == pytest.approx((E + E**2) / Z)
+    assert res.tasks["t"].agreement == 0.5
     # The reference bug sums the first k=2 weights, those of q0 and q1.
     legacy = stability_from_samples(before, after, legacy=True)
-    assert legacy["tasks"]["t"]["stability"] == pytest.approx((E + 1) / Z)
+    assert legacy.tasks["t"].stability == pytest.approx((E + 1) / Z)
 
 
 def test_legacy_agrees_when_the_matches_come_first():
     before = samples({"t": [True, True, False, False]}, LL)
     after = samples({"t": [True, True, True, True]}, LL)
-    exact = stability_from_samples(before, after)["tasks"]["t"]["stability"]
-    legacy = stability_from_samples(before, after, legacy=True)["tasks"]["t"]["stability"]
+    exact = stability_from_samples(before, after).tasks["t"].stability
+    legacy = stability_from_samples(before, after, legacy=True).tasks["t"].stability
     assert exact == pytest.approx(legacy) == pytest.approx((E + 1) / Z)
 
 
@@ -98,20 +98,20 @@ def test_identical_models_are_perfectly_stable_and_tasks_average():
     before["tasks"] |= samples({"b": [True, False]})["tasks"]  # equal option spreads
     after = samples({"a": [True, False, True, False], "b": [False, False]})
     res = stability_from_samples(before, after)
-    assert res["tasks"]["a"]["stability"] == pytest.approx(1.0)
+    assert res.tasks["a"].stability == pytest.approx(1.0)
     # Task b: equal sigmas, so w = (0.5, 0.5), and only q1 agrees.
-    assert res["tasks"]["b"]["stability"] == pytest.approx(0.5)
-    assert res["average"] == pytest.approx(0.75)
+    assert res.tasks["b"].stability == pytest.approx(0.5)
+    assert res.average == pytest.approx(0.75)
 
 
 def test_acc_norm_metric_and_fallback():
     before = samples({"t": [True, True, False, False]}, LL, acc_norm=[False, False, False, False])
     after = samples({"t": [True, True, False, False]}, LL, acc_norm=[False, False, True, True])
     # acc_norm agrees on q0, q1: weights e and 1.
-    assert stability_from_samples(before, after, metric="acc_norm")["tasks"]["t"]["stability"] == pytest.approx((E + 1) / Z)
+    assert stability_from_samples(before, after, metric="acc_norm").tasks["t"].stability == pytest.approx((E + 1) / Z)
     # Without acc_norm records the acc flags are used.
     plain = samples({"t": [True, True, False, False]}, LL)
-    assert stability_from_samples(plain, plain, metric="acc_norm")["tasks"]["t"]["stability"] == pytest.approx(1.0)
+    assert stability_from_samples(plain, plain, metric="acc_norm").tasks["t"].stability == pytest.approx(1.0)
 
 
 def test_mismatched_questions_raise():

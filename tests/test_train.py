@@ -61,8 +61,8 @@ def test_training_lowers_validation_mse_and_exports(family, net, tiny_llama_dir,
     model_dir = tiny_llama_dir if family == "llama" else tiny_opt_dir
     init, pairs, data = prepare(model_dir, tmp_path, net=net)
     result = run_mse(tmp_path, init, pairs, data)
-    assert min(v["mse"] for v in result["val"]) < 0.97 * result["initial_val"]["mse"]  # the objective is learned
-    assert result["total_steps"] == 12  # ceil(12/2)*4 micro / 2 accumulation
+    assert min(v["mse"] for v in result.val) < 0.97 * result.initial_val["mse"]  # the objective is learned
+    assert result.total_steps == 12  # ceil(12/2)*4 micro / 2 accumulation
     log = json.loads((tmp_path / "model.json").read_text())
     assert log["val"][0]["step"] == 0 and {"mse", "ce"} <= log["val"][0].keys() and log["select"] == "ce"
     assert log["train_tokens"] == 4 * int(load_file_mask(pairs).sum()) and log["replacement_layers"] == 1
@@ -86,9 +86,9 @@ def test_mse_heals_the_held_out_loss_and_only_the_kept_layers_change(trained_lla
     """On a model that learned something, removing layers hurts its next-token loss and MSE training heals it."""
     init, pairs, data = prepare(trained_llama_dir, tmp_path, k=k)
     result = run_mse(tmp_path, init, pairs, data)
-    assert result["kept"] == "best" and result["replacement_layers"] == k and not result["warnings"]
-    assert result["best_val"]["ce"] < result["initial_val"]["ce"] - 0.02 and \
-        result["best_val"]["mse"] < 0.95 * result["initial_val"]["mse"]
+    assert result.kept == "best" and result.replacement_layers == k and not result.warnings
+    assert result.best_val["ce"] < result.initial_val["ce"] - 0.02 and \
+        result.best_val["mse"] < 0.95 * result.initial_val["mse"]
     slots = slot_keys(init)
     assert len(slots) == 9 * k  # 4 attention + 3 MLP projections + 2 norms per Llama layer
     assert changed_tensors(init, tmp_path / "model") == slots  # every slot tensor trains, nothing else does
@@ -99,11 +99,11 @@ def test_training_that_hurts_keeps_the_initial_weights_and_says_so(trained_llama
     init, pairs, data = prepare(trained_llama_dir, tmp_path)
     result = run_mse(tmp_path, init, pairs, data, lr=1.0, min_lr=1.0, max_grad_norm=1e9, epochs=1,
                      warmup_ratio=0)
-    assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
-    assert all(v["ce"] > result["initial_val"]["ce"] for v in result["val"][1:])  # training really hurt
-    assert len(result["warnings"]) == 1 and "keeps the INITIAL weights" in result["warnings"][0]
+    assert result.kept == "initial" and result.best_val_loss == result.initial_val_loss
+    assert all(v["ce"] > result.initial_val["ce"] for v in result.val[1:])  # training really hurt
+    assert len(result.warnings) == 1 and "keeps the INITIAL weights" in result.warnings[0]
     assert "WARNING: training never improved validation ce" in caplog.text
-    assert json.loads((tmp_path / "model.json").read_text())["warnings"] == result["warnings"]
+    assert json.loads((tmp_path / "model.json").read_text())["warnings"] == result.warnings
     assert not changed_tensors(init, tmp_path / "model")
 
 
@@ -120,11 +120,11 @@ def test_logged_lr_is_the_rate_each_step_used(tiny_llama_dir, tmp_path):
     and the log says 0 for it, not the rate of the step after."""
     init, pairs, data = prepare(tiny_llama_dir, tmp_path)
     result = run_mse(tmp_path, init, pairs, data, epochs=1, gradient_accumulation_step=6, warmup_ratio=1.0)
-    assert result["total_steps"] == 1 and result["steps"][0]["lr"] == 0.0
+    assert result.total_steps == 1 and result.steps[0].lr == 0.0
     assert not changed_tensors(init, tmp_path / "model")
     result = run_mse(tmp_path, init, pairs, data, name="m2", epochs=2, gradient_accumulation_step=6, warmup_ratio=0.5,
                      val_every=1)
-    assert [s["lr"] for s in result["steps"]] == [0.0, pytest.approx(1e-2)]
+    assert [s.lr for s in result.steps] == [0.0, pytest.approx(1e-2)]
 
 
 def test_short_last_group_is_scaled_by_its_real_size(tiny_llama_dir, tmp_path):
@@ -135,7 +135,7 @@ def test_short_last_group_is_scaled_by_its_real_size(tiny_llama_dir, tmp_path):
     s = TrainSettings(**{**FAST, "epochs": 1, "gradient_accumulation_step": 4, "warmup_ratio": 0.5,
                          "max_grad_norm": 1e9})
     result = train("mse", init, tmp_path / "model", tmp_path / "log.json", s, data_dir=data, pairs_dir=pairs)
-    assert result["total_steps"] == 2
+    assert result.total_steps == 2
     recipe = build_recipe("mse", init, s, data_dir=data, pairs_dir=pairs)
     micro = make_plan(len(recipe.train), s).micro[4:]
     assert len(micro) == 2
@@ -144,7 +144,7 @@ def test_short_last_group_is_scaled_by_its_real_size(tiny_llama_dir, tmp_path):
         (recipe.objective(recipe.module, batch)["loss"] / len(micro)).backward()
     grads = [p.grad for p in recipe.module.parameters() if p.requires_grad]
     expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    assert result["steps"][1]["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+    assert result.steps[1].grad_norm == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_adam_betas_come_from_the_settings():
@@ -212,14 +212,14 @@ def test_unreadable_checkpoint_is_set_aside(tiny_llama_dir, tmp_path, caplog):
     (ck / "state-0000001" / "optimizer.bin").write_bytes(b"garbage")
     result = train("mse", init, tmp_path / "model", tmp_path / "log.json", s, data_dir=data, pairs_dir=pairs,
                    checkpoint_dir=ck)
-    assert "cannot be read" in caplog.text and result["resumed_at_step"] is None
-    assert result["total_steps"] == 12 and len(list(tmp_path.glob("ck.unreadable-*"))) == 1
+    assert "cannot be read" in caplog.text and result.resumed_at_step is None
+    assert result.total_steps == 12 and len(list(tmp_path.glob("ck.unreadable-*"))) == 1
 
 
 def test_bfloat16_model_trains_with_fp32_master_weights_and_exports_bf16(trained_llama_dir, tmp_path):
     init, pairs, data = prepare(trained_llama_dir, tmp_path, dtype="bfloat16")
     result = run_mse(tmp_path, init, pairs, data)
-    assert result["best_val_loss"] < result["initial_val_loss"] and result["kept"] == "best"
+    assert result.best_val_loss < result.initial_val_loss and result.kept == "best"
     trained = load_file(tmp_path / "model" / "model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in trained.values())
     assert json.loads((tmp_path / "model" / "streamline.json").read_text())["dtype"] == "bfloat16"

@@ -203,8 +203,8 @@ def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_pat
                              val_every=2, warmup_ratio=0)
     result = train("llm", root / "init", tmp_path / "model", tmp_path / "log.json", settings, data_dir=root / "data",
                    checkpoint_dir=tmp_path / "ck")
-    assert result["num_processes"] == 1 and result["total_steps"] == 8
-    assert result["kept"] == "initial" and result["best_val_loss"] == result["initial_val_loss"]
+    assert result.num_processes == 1 and result.total_steps == 8
+    assert result.kept == "initial" and result.best_val_loss == result.initial_val_loss
     assert "never improved" in caplog.text and holds_only_the_finished_state(tmp_path / "ck")
     before, after = load_file(root / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -222,7 +222,7 @@ def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path,
     settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=3, lr=1e-2, min_lr=1e-3, val_every=4)
     result = train("llm", tmp_path / "init", tmp_path / "model", tmp_path / "log.json", settings,
                    data_dir=root / "data")
-    assert result["best_val_loss"] < 0.9 * result["initial_val_loss"] and result["replacement_layers"] == k
+    assert result.best_val_loss < 0.9 * result.initial_val_loss and result.replacement_layers == k
     before, after = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     slots = {key for key in before if key.startswith(tuple(f"model.layers.{s}." for s in range(1, 1 + k)))}

@@ -185,7 +185,7 @@ def test_a_garbage_best_file_leaves_no_state_behind(mse_setup):
     assert log["steps"] == json.loads((root / "ref.json").read_text())["steps"]
 
 
-@pytest.mark.parametrize("edit", ["unrecorded best file", "done without a result"])
+@pytest.mark.parametrize("edit", ["unrecorded best file", "done without a result", "done with an edited log"])
 def test_an_edited_progress_file_is_set_aside_not_a_traceback(mse_setup, edit):
     root, args = mse_setup
     name = edit.replace(" ", "-")
@@ -194,8 +194,11 @@ def test_an_edited_progress_file_is_set_aside_not_a_traceback(mse_setup, edit):
     if edit == "unrecorded best file":  # a weights file nobody checksummed would be loaded as the best state
         shutil.copy(next(ck.glob("best-*.safetensors")), ck / "best-9999999.safetensors")
         progress["best_file"] = "best-9999999.safetensors"
-    else:
+    elif edit == "done without a result":
         progress["done"] = True
+    else:  # a finished run's log, edited: it would be written out as this run's train log
+        ref = json.loads((root / "ref.json").read_text())
+        progress.update(done=True, result={**ref, "train_tokens": "many"})
     (ck / "progress.json").write_text(json.dumps(progress))
     proc = _resume(root, args, name)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from ..artifacts import TrainLog, TrainStep
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json, exclusive, read_json
 from ..weights import sha256_file
@@ -191,6 +192,11 @@ class Checkpoints:
         if fingerprint != self.fingerprint:
             log.info("checkpoint %s was made with other inputs, settings or code; starting afresh", self.dir)
             return None
+        if done:
+            try:
+                saved["result"] = TrainLog.from_json(saved["result"], f"{PROGRESS}'s train log")
+            except StreamlineError as e:
+                raise Unreadable(str(e)) from None
         for name, digest in files.items():  # before anything is loaded
             path = self.dir / name
             if not path.is_file() or sha256_file(path) != digest:
@@ -275,15 +281,15 @@ class Checkpoints:
         digests = {str(f.relative_to(self.dir)): sha256_file(f) for f in files}
         atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, **entry, "files": digests})
 
-    def finish(self, result: dict, kept_state: dict) -> None:
+    def finish(self, result: TrainLog, kept_state: dict) -> None:
         """Keep only the exported weights and the log: enough to export again, nothing to resume from."""
         if self.dir is None:
             return
         try:
-            state = {"best_step": result["best_step"] if result["kept"] == "best" else 0}
+            state = {"best_step": result.best_step if result.kept == "best" else 0}
             best_file = self._save_best(state, kept_state)
             self._write_progress({"done": True, "state_dir": None, "best_file": best_file, "state": state,
-                                  "result": result}, [self.dir / best_file])
+                                  "result": result.to_json()}, [self.dir / best_file])
             self._clean({best_file})
         except OSError as e:  # the model is exported; only the shortcut for a rerun is lost
             log.warning("could not keep the finished state in %s (%s)", self.dir, e)
@@ -296,8 +302,8 @@ class Checkpoints:
 
 # --- the loop -------------------------------------------------------------------------------------------
 
-def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[dict, dict], None], *,
-        checkpoint_dir: str | Path | None = None, mixed_precision: str | None = "no") -> dict:
+def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[TrainLog, dict], None], *,
+        checkpoint_dir: str | Path | None = None, mixed_precision: str | None = "no") -> TrainLog:
     """Train `recipe` and return the train log.
 
     The main process calls finish(result, kept_state) (export the model, write the log) before the
@@ -308,7 +314,7 @@ def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[dict, dict], None], 
         return _fit(accelerator, recipe, s, finish, checkpoint_dir)
 
 
-def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkpoint_dir) -> dict:
+def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkpoint_dir) -> TrainLog:
     main = accelerator.is_main_process
     torch.manual_seed(s.seed)
     plan = make_plan(len(recipe.train), s, accelerator.num_processes, accelerator.process_index)
@@ -387,7 +393,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         del module, optimizer, scheduler
         accelerator.free_memory()
         if main:
-            kept_state = initial_state if result["kept"] == "initial" else best_state
+            kept_state = initial_state if result.kept == "initial" else best_state
             finish(result, kept_state)
             ckpt.finish(result, kept_state)
         accelerator.wait_for_everyone()
@@ -447,7 +453,7 @@ def _describe(recipe: Recipe, s: TrainSettings, plan: Plan, accelerator) -> None
 
 
 def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerator, seconds: float, tokens: int,
-            resumed_at: int | None) -> dict:
+            resumed_at: int | None) -> TrainLog:
     val_seconds = state.get("validation_seconds", 0.0)
     r = recipe.module.replacement
     initial = state["val"][0]
@@ -466,19 +472,19 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
     log.info("trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)", seconds, recipe.select,
              initial["loss"], state["best"], best["step"], kept)
     micro_run = len(plan.micro) - (resumed_at or 0) * plan.gas
-    return {"net": r.net, "loss": recipe.loss, "stage_loss": recipe.stage_loss, "replacement_layers": r.kept, "slots": r.slots, "block": r.block,
-            "settings": s.as_dict(), "select": recipe.select, "total_steps": plan.steps, "warmup_steps": plan.warmup,
-            "train_samples": len(recipe.train), "train_tokens": tokens,
-            "val_samples": {k: len(v[1]) for k, v in recipe.validation.items()},
-            "steps": state["steps"], "val": state["val"], "initial_val_loss": initial["loss"],
-            "best_val_loss": state["best"], "initial_val": {k: v for k, v in initial.items() if k != "step"},
-            "best_val": {k: v for k, v in best.items() if k != "step"}, "best_step": state["best_step"], "kept": kept,
-            "num_processes": accelerator.num_processes,
-            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
-            "mixed_precision": accelerator.mixed_precision, "deepspeed": is_deepspeed(accelerator),
-            "resumed_at_step": resumed_at, "seconds": round(seconds, 2), "validation_seconds": round(val_seconds, 2),
-            "samples_per_second": round(micro_run * s.batch_size * accelerator.num_processes
-                                        / max(seconds - val_seconds, 1e-9), 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-            "warnings": warnings}
+    return TrainLog(
+        net=r.net, loss=recipe.loss, stage_loss=recipe.stage_loss, replacement_layers=r.kept, slots=r.slots,
+        block=r.block, settings=s.as_dict(), select=recipe.select, total_steps=plan.steps, warmup_steps=plan.warmup,
+        train_samples=len(recipe.train), train_tokens=tokens,
+        val_samples={k: len(v[1]) for k, v in recipe.validation.items()},
+        steps=[TrainStep(**step) for step in state["steps"]], val=state["val"], initial_val_loss=initial["loss"],
+        best_val_loss=state["best"], initial_val={k: v for k, v in initial.items() if k != "step"},
+        best_val={k: v for k, v in best.items() if k != "step"}, best_step=state["best_step"], kept=kept,
+        num_processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type).split(".")[-1],
+        mixed_precision=accelerator.mixed_precision, deepspeed=is_deepspeed(accelerator), resumed_at_step=resumed_at,
+        seconds=round(seconds, 2), validation_seconds=round(val_seconds, 2),
+        samples_per_second=round(micro_run * s.batch_size * accelerator.num_processes
+                                 / max(seconds - val_seconds, 1e-9), 2),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
+        peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        warnings=warnings)

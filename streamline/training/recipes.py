@@ -21,7 +21,7 @@ from typing import Callable
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json
 from .core import Recipe, fit
-from ..artifacts import read_info
+from ..artifacts import TrainLog, read_info
 from .replacement import Replacement
 from .settings import TrainSettings
 
@@ -126,7 +126,7 @@ def _pair_samples(pairs_dir, r: Replacement, init_dir, s: TrainSettings):
 
 def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | Path, settings: TrainSettings, *,
           data_dir: str | Path, pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None) -> dict:
+          checkpoint_dir: str | Path | None = None) -> TrainLog:
     """Train the network of `init_dir` with `loss`; export the kept state to `out_dir`, the log to `log_json`.
 
     `init_dir` may itself be a trained model (staged training, e.g. MSE then distillation): the log and
@@ -138,9 +138,9 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
     earlier = read_info(init_dir).loss
     recipe.loss = f"{earlier}+{loss}" if earlier else loss
 
-    def finish(result: dict, state: dict) -> None:
+    def finish(result: TrainLog, state: dict) -> None:
         export_model(init_dir, out_dir, state, result)
-        atomic_write_json(log_json, result)
+        atomic_write_json(log_json, result.to_json())
 
     return fit(recipe, settings, finish, checkpoint_dir=checkpoint_dir,
                mixed_precision=mixed_precision(loss, recipe.module.replacement.dtype))
