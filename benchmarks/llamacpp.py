@@ -45,29 +45,30 @@ def main() -> None:
                                            threads=args.threads, repeats=args.repeats,
                                            hf_model=None if "pruned" in hf else args.pruned)}
             for name, check in checks.items():
-                hf.setdefault(name, check.get("hf_ppl"))
+                hf.setdefault(name, check.hf_ppl)
             rows.append((outtype, {k: f.stat().st_size for k, f in files.items()}, checks))
 
-    print(f"llama.cpp (llama-cpp-python {rows[0][2]['pruned']['llama_cpp_python']}), {args.threads} threads; "
-          f"{rows[0][2]['pruned']['blocks']} val blocks, {rows[0][2]['pruned']['tokens']} predicted tokens")
+    first = rows[0][2]["pruned"]
+    print(f"llama.cpp (llama-cpp-python {first.llama_cpp_python}), {args.threads} threads; "
+          f"{first.blocks} val blocks, {first.tokens} predicted tokens")
     print("\n| outtype | model | GGUF MB | HF ppl | llama.cpp ppl | llama.cpp / HF |")
     print("|---|---|---:|---:|---:|---:|")
     for outtype, sizes, checks in rows:
         for name in ("original", "pruned"):
-            ppl = checks[name]["gguf_ppl"]
-            print(f"| {outtype} | {name} ({checks[name]['layers']} layers) | {sizes[name] / 1e6:.1f} | "
+            ppl = checks[name].gguf_ppl
+            print(f"| {outtype} | {name} ({checks[name].layers} layers) | {sizes[name] / 1e6:.1f} | "
                   f"{hf[name]:.2f} | {ppl:.2f} | {ppl / hf[name]:.4f} |")
     print("\n| outtype | phase | original tok/s | pruned tok/s | speedup | ideal | speedup / ideal |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for outtype, _files, checks in rows:
-        s = checks["pruned"]["speed_llamacpp"]
+        s = checks["pruned"].speed_llamacpp
         for phase in ("prefill", "decode"):
-            tps = s[f"{phase}_tokens_per_s"]
-            print(f"| {outtype} | {phase} | {tps['original']:.1f} | {tps['pruned']:.1f} | {s['speedup'][phase]:.3f}x | "
-                  f"{s['ideal'][phase]:.3f}x | {s['speedup'][phase] / s['ideal'][phase]:.3f} |")
-    s = rows[0][2]["pruned"]["speed_llamacpp"]
-    print(f"\n(batch 1; prefill: one {s['prefill_tokens']}-token block; decode: {s['decode_steps']} steps after "
-          f"{s['decode_prompt_tokens']} prompt tokens; best of {s['repeats']}, alternating)")
+            tps = s.prefill_tokens_per_s if phase == "prefill" else s.decode_tokens_per_s
+            print(f"| {outtype} | {phase} | {tps['original']:.1f} | {tps['pruned']:.1f} | {s.speedup[phase]:.3f}x | "
+                  f"{s.ideal[phase]:.3f}x | {s.speedup[phase] / s.ideal[phase]:.3f} |")
+    s = first.speed_llamacpp
+    print(f"\n(batch 1; prefill: one {s.prefill_tokens}-token block; decode: {s.decode_steps} steps after "
+          f"{s.decode_prompt_tokens} prompt tokens; best of {s.repeats}, alternating)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ mode), and a torn, incomplete or edited artifact is one line that names the fiel
     EstimateLog  estimate_log.json                 linear -> report
     Evaluation   eval.json                         evaluate -> report
     Stability    stability.json                    stability -> report
+    LlamaCppCheck  gguf.json (export.gguf)         gguf-check -> report
     Summary      summary.json (its rows: Row, VariantRow)   report -> the user
 
 Kept free of torch: every stage that reads an artifact imports this module.
@@ -296,6 +297,51 @@ class Stability(Record):
     average: float
     effective_questions: dict[str, float]
     skipped_tasks: list[str]
+
+
+@dataclass(frozen=True)
+class LlamaCppSpeed(Record):
+    """Prefill and decode throughput of the pruned and the original GGUF in llama.cpp (batch 1), and ideal."""
+    engine: str
+    threads: int
+    batch: int
+    prefill_tokens: int
+    decode_prompt_tokens: int
+    decode_steps: int
+    repeats: int
+    prefill_tokens_per_s: dict[str, float]  # {"pruned", "original"}
+    decode_tokens_per_s: dict[str, float]
+    flops_per_token: dict[str, float]
+    decode_weight_bytes: dict[str, int]
+    speedup: dict[str, float]               # {"prefill", "decode"}
+    ideal: dict[str, float]
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class LlamaCppCheck(Record):
+    """gguf.json: a GGUF run by llama.cpp on the held-out blocks; with the original's GGUF, the speedup over it;
+    with the HF dir, streamline's own perplexity of it on the same blocks."""
+    gguf: str
+    file_type: int
+    layers: int
+    data_dir: str
+    split: str
+    blocks: int
+    tokens: int
+    gguf_ppl: float
+    gguf_nll_per_block: list[float]
+    gguf_tokens_per_block: list[int]
+    llama_cpp_python: str | None
+    extra_buffers: bool
+    ppl_seconds: float
+    hf_model: str | None = None
+    hf_ppl: float | None = None
+    gguf_ppl_ratio_to_hf: float | None = None
+    original_gguf: str | None = None
+    speed_llamacpp: LlamaCppSpeed | None = None
+    speedup_llamacpp: dict[str, float] | None = None       # = speed_llamacpp.speedup, for the report's row
+    speedup_llamacpp_ideal: dict[str, float] | None = None
 
 
 # ---------------------------------------------------------------- report

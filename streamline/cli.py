@@ -130,7 +130,7 @@ def cmd_gguf_check(a: argparse.Namespace) -> None:
     result = gguf_check(a.gguf, a.data, a.out, original_gguf=a.original_gguf, hf_model=a.hf_model, split=a.split,
                         threads=a.threads, decode_steps=a.decode_steps, prompt_tokens=a.prompt_tokens,
                         repeats=a.repeats, extra_buffers=a.extra_buffers)
-    print(json.dumps({k: v for k, v in result.items() if not k.startswith(("gguf_nll", "gguf_tokens"))}))
+    print(json.dumps({k: v for k, v in result.to_json().items() if not k.startswith(("gguf_nll", "gguf_tokens"))}))
 
 
 def cmd_stability(a: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .artifacts import LlamaCppCheck, LlamaCppSpeed
 from .atomic import atomic_write_json
 from .errors import StreamlineError
 
@@ -164,7 +165,8 @@ def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
 
 
 def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original_path: str | Path, ids: np.ndarray,
-                             *, decode_steps: int = 32, prompt_tokens: int = 32, repeats: int = 3) -> dict[str, Any]:
+                             *, threads: int, decode_steps: int = 32, prompt_tokens: int = 32,
+                             repeats: int = 3) -> LlamaCppSpeed:
     """Prefill and decode tokens/s of both models in llama.cpp, their ratios, and the ideal ratios."""
     from .speed import _best_alternating  # the same protocol as PyTorch's speed: warm-up, alternate, best of
     t_start = time.perf_counter()
@@ -176,25 +178,23 @@ def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original
     prefill = _best_alternating(lambda m: _prefill_seconds(m, block), models, repeats)
     decode = _best_alternating(lambda m: _decode_seconds(m, prompt, steps), models, repeats)
     costs = {"pruned": gguf_costs(pruned_path, len(block)), "original": gguf_costs(original_path, len(block))}
-    return {
-        "engine": "llama.cpp", "batch": 1,
-        "prefill_tokens": len(block), "decode_prompt_tokens": prompt_tokens, "decode_steps": decode_steps,
-        "repeats": repeats,
-        "prefill_tokens_per_s": {k: len(block) / s for k, s in prefill.items()},
-        "decode_tokens_per_s": {k: decode_steps / s for k, s in decode.items()},
-        "flops_per_token": {k: c["flops_per_token"] for k, c in costs.items()},
-        "decode_weight_bytes": {k: c["decode_weight_bytes"] for k, c in costs.items()},
-        "speedup": {"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
-        "ideal": {"prefill": costs["original"]["flops_per_token"] / costs["pruned"]["flops_per_token"],
-                  "decode": costs["original"]["decode_weight_bytes"] / costs["pruned"]["decode_weight_bytes"]},
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
-    }
+    return LlamaCppSpeed(
+        engine="llama.cpp", threads=threads, batch=1, prefill_tokens=len(block), decode_prompt_tokens=prompt_tokens,
+        decode_steps=decode_steps, repeats=repeats,
+        prefill_tokens_per_s={k: len(block) / s for k, s in prefill.items()},
+        decode_tokens_per_s={k: decode_steps / s for k, s in decode.items()},
+        flops_per_token={k: c["flops_per_token"] for k, c in costs.items()},
+        decode_weight_bytes={k: c["decode_weight_bytes"] for k, c in costs.items()},
+        speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
+        ideal={"prefill": costs["original"]["flops_per_token"] / costs["pruned"]["flops_per_token"],
+               "decode": costs["original"]["decode_weight_bytes"] / costs["pruned"]["decode_weight_bytes"]},
+        wall_time_s=round(time.perf_counter() - t_start, 2))
 
 
 def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | None = None, *,
                original_gguf: str | Path | None = None, hf_model: str | Path | None = None, split: str = "val",
                threads: int | None = None, decode_steps: int = 32, prompt_tokens: int = 32,
-               repeats: int = 3, extra_buffers: bool = False) -> dict[str, Any]:
+               repeats: int = 3, extra_buffers: bool = False) -> LlamaCppCheck:
     """gguf.json: the GGUF's llama.cpp perplexity (`gguf_ppl`), with `original_gguf` the llama.cpp speedup over
     it (`speedup_llamacpp`, next to `speedup_llamacpp_ideal`), with `hf_model` streamline's own perplexity of
     that HF dir on the same blocks (`hf_ppl`) and the ratio."""
@@ -208,19 +208,16 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
     ppl = gguf_perplexity(scorer, ids, mask)
     scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
     reader = gguf.GGUFReader(str(gguf_file))
-    result: dict[str, Any] = {
-        "gguf": str(gguf_file), "file_type": int(reader.fields["general.file_type"].contents()),
-        "layers": int(reader.fields["llama.block_count"].contents()), "data_dir": str(data_dir), "split": split,
-        "blocks": int(len(ids)), "tokens": ppl["tokens"], "gguf_ppl": ppl["perplexity"],
-        "gguf_nll_per_block": ppl["nll_per_block"], "gguf_tokens_per_block": ppl["tokens_per_block"],
-        "llama_cpp_python": getattr(llama_cpp, "__version__", None), "extra_buffers": extra_buffers,
-        "ppl_seconds": round(time.perf_counter() - t0, 2),
-    }
+    facts: dict[str, Any] = dict(
+        gguf=str(gguf_file), file_type=int(reader.fields["general.file_type"].contents()),
+        layers=int(reader.fields["llama.block_count"].contents()), data_dir=str(data_dir), split=split,
+        blocks=int(len(ids)), tokens=ppl["tokens"], gguf_ppl=ppl["perplexity"], gguf_nll_per_block=ppl["nll_per_block"],
+        gguf_tokens_per_block=ppl["tokens_per_block"], llama_cpp_python=getattr(llama_cpp, "__version__", None),
+        extra_buffers=extra_buffers, ppl_seconds=round(time.perf_counter() - t0, 2))
     if hf_model is not None:
         from .evaluate import perplexity
-        result["hf_model"] = str(hf_model)
-        result["hf_ppl"] = perplexity(str(hf_model), np.asarray(ids), np.asarray(mask), batch_size=8, device="cpu")
-        result["gguf_ppl_ratio_to_hf"] = result["gguf_ppl"] / result["hf_ppl"]
+        hf_ppl = perplexity(str(hf_model), np.asarray(ids), np.asarray(mask), batch_size=8, device="cpu")
+        facts.update(hf_model=str(hf_model), hf_ppl=hf_ppl, gguf_ppl_ratio_to_hf=ppl["perplexity"] / hf_ppl)
     if original_gguf is not None:
         full = [i for i in range(len(ids)) if mask[i].all()]
         if not full:
@@ -229,18 +226,19 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
         pruned = load_gguf(gguf_file, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
         original = load_gguf(original_gguf, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
         speed = measure_llamacpp_speedup(pruned, original, gguf_file, original_gguf, ids[full[0]],
-                                         decode_steps=decode_steps, prompt_tokens=prompt_tokens, repeats=repeats)
+                                         threads=threads or default_threads(), decode_steps=decode_steps,
+                                         prompt_tokens=prompt_tokens, repeats=repeats)
         pruned.close()
         original.close()
-        speed["threads"] = threads or default_threads()
-        result.update({"original_gguf": str(original_gguf), "speed_llamacpp": speed,
-                       "speedup_llamacpp": speed["speedup"], "speedup_llamacpp_ideal": speed["ideal"]})
+        facts.update(original_gguf=str(original_gguf), speed_llamacpp=speed, speedup_llamacpp=speed.speedup,
+                     speedup_llamacpp_ideal=speed.ideal)
+    result = LlamaCppCheck(**facts)
     if out is not None:
-        atomic_write_json(out, result)
-    log.info("%s: llama.cpp perplexity %.3f%s%s", gguf_file, result["gguf_ppl"],
-             f" (HF {result['hf_ppl']:.3f})" if "hf_ppl" in result else "",
+        atomic_write_json(out, result.to_json())
+    speed = result.speed_llamacpp
+    log.info("%s: llama.cpp perplexity %.3f%s%s", gguf_file, result.gguf_ppl,
+             f" (HF {result.hf_ppl:.3f})" if result.hf_ppl is not None else "",
              " speedup prefill %.3fx (ideal %.3fx), decode %.3fx (ideal %.3fx)" % (
-                 result["speedup_llamacpp"]["prefill"], result["speedup_llamacpp_ideal"]["prefill"],
-                 result["speedup_llamacpp"]["decode"], result["speedup_llamacpp_ideal"]["decode"])
-             if "speedup_llamacpp" in result else "")
+                 speed.speedup["prefill"], speed.ideal["prefill"], speed.speedup["decode"], speed.ideal["decode"])
+             if speed else "")
     return result

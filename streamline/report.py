@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .artifacts import (EstimateLog, Evaluation, Row, Stability, Summary, TrainFacts, TrainLog, VariantRow,
-                        read_scores)
-from .atomic import atomic_write_json, atomic_write_text, read_artifact
+from .artifacts import (EstimateLog, Evaluation, LlamaCppCheck, Row, Stability, Summary, TrainFacts, TrainLog,
+                        VariantRow, read_scores)
+from .atomic import atomic_write_json, atomic_write_text
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
 from .evaluate import read_samples
@@ -96,9 +96,9 @@ def _llamacpp(path: str | None) -> dict[str, Any]:
     same held-out blocks, and its prefill/decode speedup over the original's GGUF next to the ideal."""
     if not path:
         return {"gguf_ppl": None, "speedup_llamacpp": None, "speedup_llamacpp_ideal": None}
-    g = read_artifact(path, "llama.cpp check", {"gguf_ppl": (int, float)})
-    return {"gguf_ppl": g["gguf_ppl"], "speedup_llamacpp": g.get("speedup_llamacpp"),
-            "speedup_llamacpp_ideal": g.get("speedup_llamacpp_ideal")}
+    g = LlamaCppCheck.load(path, "llama.cpp check")
+    return {"gguf_ppl": g.gguf_ppl, "speedup_llamacpp": g.speedup_llamacpp,
+            "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal}
 
 
 def _variant_row(spec: dict, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,

@@ -244,6 +244,7 @@ def test_llama3_rope_scaling_reaches_llamacpp(tmp_path):
 @pytest.mark.slow
 def test_llamacpp_perplexity_agrees_with_streamlines(tmp_path, tiny_llama_dir):
     pytest.importorskip("llama_cpp")
+    from streamline.artifacts import LlamaCppCheck
     from streamline.gguf_check import gguf_check
     data = make_data_dir(tmp_path / "data", num=6, seq_len=48)  # some blocks right-padded
     export_gguf(tiny_llama_dir, tmp_path / "m.gguf", "f16")
@@ -251,10 +252,11 @@ def test_llamacpp_perplexity_agrees_with_streamlines(tmp_path, tiny_llama_dir):
     export_gguf(pruned, tmp_path / "p.gguf", "f16")
     result = gguf_check(tmp_path / "p.gguf", data, tmp_path / "gguf.json", original_gguf=tmp_path / "m.gguf",
                         hf_model=pruned, threads=2, decode_steps=8, prompt_tokens=8, repeats=1)
-    assert abs(result["gguf_ppl"] / result["hf_ppl"] - 1) < 0.01
-    assert json.loads((tmp_path / "gguf.json").read_text())["gguf_ppl"] == result["gguf_ppl"]
-    assert result["speedup_llamacpp_ideal"]["decode"] > 1.5  # 3 of 6 layers (the head and embeddings stay)
-    assert result["speedup_llamacpp"]["prefill"] > 0 and result["speedup_llamacpp"]["decode"] > 0
+    assert abs(result.gguf_ppl / result.hf_ppl - 1) < 0.01
+    assert LlamaCppCheck.load(tmp_path / "gguf.json", "llama.cpp check") == result  # what the report reads
+    assert result.speedup_llamacpp_ideal["decode"] > 1.5  # 3 of 6 layers (the head and embeddings stay)
+    assert result.speedup_llamacpp["prefill"] > 0 and result.speedup_llamacpp["decode"] > 0
+    assert result.speed_llamacpp.threads == 2 and result.speed_llamacpp.speedup == result.speedup_llamacpp
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
-from streamline.artifacts import (KL, EstimateLog, Evaluation, ModelInfo, Perplexity, Speed, Stability, Summary,
-                                  TaskScores, TaskStability, TrainLog, TrainStep)
+from streamline.artifacts import (KL, EstimateLog, Evaluation, LlamaCppCheck, ModelInfo, Perplexity, Speed, Stability,
+                                  Summary, TaskScores, TaskStability, TrainLog, TrainStep)
 from streamline.evaluate import SAMPLES_FORMAT, write_samples
 from streamline.plots import pareto_front
 from streamline.report import report
@@ -262,10 +262,14 @@ def test_report_cli(artifacts):
 def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     """With export.gguf the manifest names each row's gguf.json: its llama.cpp perplexity and speedup show up."""
     root = Path(artifacts["variants"][0]["eval"]).parent.parent
-    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", {"gguf_ppl": 10.01}))
-    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", {
-        "gguf_ppl": 14.9, "speedup_llamacpp": {"prefill": 1.33, "decode": 1.28},
-        "speedup_llamacpp_ideal": {"prefill": 1.36, "decode": 1.27}}))
+    def check(ppl: float, **speed) -> dict:
+        return LlamaCppCheck(gguf="m.gguf", file_type=1, layers=4, data_dir="d", split="val", blocks=4, tokens=40,
+                             gguf_ppl=ppl, gguf_nll_per_block=[1.0] * 4, gguf_tokens_per_block=[10] * 4,
+                             llama_cpp_python="0.3.36", extra_buffers=False, ppl_seconds=1.0, **speed).to_json()
+
+    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", check(10.01)))
+    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", check(
+        14.9, speedup_llamacpp={"prefill": 1.33, "decode": 1.28}, speedup_llamacpp_ideal={"prefill": 1.36, "decode": 1.27})))
     summary = _run(artifacts)
     rows = {r.variant: r for r in summary.rows}
     assert rows["baseline"].gguf_ppl == 10.01 and rows["ffn-mse"].speedup_llamacpp["prefill"] == 1.33
