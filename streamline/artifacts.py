@@ -229,15 +229,13 @@ class KL(Record):
 
 
 @dataclass(frozen=True)
-class Speed(Record):
-    """Prefill and decode throughput of the pruned model and the original, measured in one run, and ideal."""
-    device: str
-    threads: int | None
+class Throughput(Record):
+    """Prefill and decode throughput of the pruned model and the original, measured in one run, and the ideal."""
     batch: int
     prefill_tokens: int
     decode_prompt_tokens: int
     decode_steps: int
-    repeats: int
+    repeats: int                            # best of, alternating the two models
     prefill_tokens_per_s: dict[str, float]  # {"pruned", "original"}
     decode_tokens_per_s: dict[str, float]
     flops_per_token: dict[str, float]
@@ -245,6 +243,13 @@ class Speed(Record):
     speedup: dict[str, float]               # {"prefill", "decode"}: original's time / pruned's
     ideal: dict[str, float]                 # FLOPs ratio (prefill), weight-bytes ratio (decode)
     wall_time_s: float
+
+
+@dataclass(frozen=True)
+class Speed(Throughput):
+    """In PyTorch (eval.json's `speed`)."""
+    device: str
+    threads: int | None                     # CPU threads; None on a GPU
 
 
 @dataclass(frozen=True)
@@ -300,22 +305,10 @@ class Stability(Record):
 
 
 @dataclass(frozen=True)
-class LlamaCppSpeed(Record):
-    """Prefill and decode throughput of the pruned and the original GGUF in llama.cpp (batch 1), and ideal."""
+class LlamaCppSpeed(Throughput):
+    """In llama.cpp (batch 1), the pruned GGUF against the original's."""
     engine: str
     threads: int
-    batch: int
-    prefill_tokens: int
-    decode_prompt_tokens: int
-    decode_steps: int
-    repeats: int
-    prefill_tokens_per_s: dict[str, float]  # {"pruned", "original"}
-    decode_tokens_per_s: dict[str, float]
-    flops_per_token: dict[str, float]
-    decode_weight_bytes: dict[str, int]
-    speedup: dict[str, float]               # {"prefill", "decode"}
-    ideal: dict[str, float]
-    wall_time_s: float
 
 
 @dataclass(frozen=True)
