@@ -10,6 +10,7 @@ mode), and a torn, incomplete or edited artifact is one line that names the fiel
     TrainLog     train_log.json                    train -> export (model card), checkpoints, report
     EstimateLog  estimate_log.json                 linear -> report
     Evaluation   eval.json                         evaluate -> report
+    Samples      samples.json.gz                   evaluate -> stability, report
     Stability    stability.json                    stability -> report
     LlamaCppCheck  gguf.json (export.gguf)         gguf-check -> report
     Summary      summary.json (its rows: Row, VariantRow)   report -> the user
@@ -280,6 +281,32 @@ class Evaluation(Record):
     def __post_init__(self) -> None:
         if set(self.results) != set(self.tasks):
             raise ValueError(f"results for {sorted(self.results)}, tasks {self.tasks}")
+
+
+SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
+
+
+@dataclass(frozen=True)
+class Question(Record):
+    """One question of a samples file, as lm-eval scored it."""
+    ll: list[float]              # per option: lm-eval's summed log-likelihood of the continuation
+    ntok: list[int] | None       # per option: the continuation's tokens, as lm-eval's model wrapper splits them
+    gold: int
+    acc: bool
+    acc_norm: bool | None        # only where lm-eval reports acc_norm
+
+
+@dataclass(frozen=True)
+class Samples(Record):
+    """samples.json.gz next to eval.json: every question's per-option log-likelihoods and correctness."""
+    format: str
+    tasks: dict[str, dict[str, Question]]  # task -> doc id -> question
+    model_dir: str | None = None
+    headline_metric: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format != SAMPLES_FORMAT:
+            raise ValueError(f"format {self.format!r}, not {SAMPLES_FORMAT}: evaluate again")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -49,7 +50,8 @@ def read_json(path: str | Path) -> Any:
 
 def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | None = None,
                   aside: str | Path | None = None, check=None) -> dict:
-    """A JSON artifact a stage wrote, checked: a missing, torn or incomplete one is one line, never a traceback.
+    """A JSON artifact a stage wrote (gzipped if its name ends in .gz), checked: a missing, torn or incomplete one
+    is one line, never a traceback.
 
     `keys`: the fields readers rely on and their types; `check(obj)`: any further problem, in words, or None.
     A damaged artifact is moved aside (`aside`: the file itself, or the dir it belongs to) so that the stage
@@ -61,9 +63,10 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
     if not path.is_file():
         raise StreamlineError(f"{path}: no {what} here (run the stage that writes it)")
     try:
-        obj = json.loads(path.read_text())
+        data = path.read_bytes()
+        obj = json.loads(gzip.decompress(data) if path.name.endswith(".gz") else data)
         problem = None if isinstance(obj, dict) else "not a JSON object"
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
         obj, problem = None, "torn (not valid JSON)"
     for key, kind in (keys or {}).items():
         if problem is None and (not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool)):

@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamlineError
-from .artifacts import KL, Evaluation, Perplexity, TaskScores, read_info
+from .artifacts import KL, SAMPLES_FORMAT, Evaluation, Perplexity, Question, Samples, TaskScores, read_info
 from .atomic import atomic_write_bytes, atomic_write_json
 
 HEADLINE_METRIC = "acc"
-SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
 SPEED_BATCH = 4  # blocks per timed prefill (and sequences per decode step); both models get the same
 
 
@@ -75,37 +74,23 @@ def continuation_tokens(lm, context: str, continuation: str) -> int:
     return len(lm._encode_pair(context, continuation)[1])
 
 
-def _task_samples(lm, task, samples: list[dict]) -> dict[str, dict]:
-    out = {}
-    for s in samples:
-        out[str(s["doc_id"])] = {
-            "ll": [float(r[0]) for r in s["filtered_resps"]],  # per option: summed log-likelihood
-            "ntok": [continuation_tokens(lm, *args) for args in s["arguments"]],
-            "gold": _gold_index(task, s["doc"]),
-            "acc": bool(s["acc"]),
-            "acc_norm": bool(s["acc_norm"]) if "acc_norm" in s else None,
-        }
-    return out
+def _task_samples(lm, task, samples: list[dict]) -> dict[str, Question]:
+    return {str(s["doc_id"]): Question(
+        ll=[float(r[0]) for r in s["filtered_resps"]],  # per option: summed log-likelihood
+        ntok=[continuation_tokens(lm, *args) for args in s["arguments"]],
+        gold=_gold_index(task, s["doc"]), acc=bool(s["acc"]),
+        acc_norm=bool(s["acc_norm"]) if "acc_norm" in s else None) for s in samples}
 
 
-def write_samples(path: Path, obj: dict) -> None:
+def write_samples(path: Path, samples: Samples) -> None:
     """Atomic JSON, gzipped when the name ends in .gz."""
-    data = json.dumps(obj).encode()
+    data = json.dumps(samples.to_json()).encode()
     atomic_write_bytes(path, gzip.compress(data, mtime=0) if Path(path).name.endswith(".gz") else data)
 
 
-def read_samples(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StreamlineError(f"{path}: samples file not found")
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
-    obj = json.loads(data)
-    if obj.get("format") != SAMPLES_FORMAT:
-        raise StreamlineError(f"{path}: not a streamline samples file of format {SAMPLES_FORMAT} "
-                              f"(got {obj.get('format')!r}; evaluate again)")
-    return obj
+def read_samples(path: Path) -> Samples:
+    """A samples file, checked question by question; a torn or edited one is moved aside (evaluate reruns)."""
+    return Samples.load(path, "samples file")
 
 
 # ---------------------------------------------------------------- lm-eval
@@ -175,8 +160,8 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
     model = load_for_eval(model_dir, device, dtype)
     results, samples, version = run_lm_eval(model, AutoTokenizer.from_pretrained(model_dir), tasks, limit=limit,
                                             batch_size=batch_size, data_dir=offline_data_dir, device=str(model.device))
-    write_samples(samples_path, {"format": SAMPLES_FORMAT, "model_dir": str(model_dir),
-                                 "headline_metric": {t: HEADLINE_METRIC for t in results}, "tasks": samples})
+    write_samples(samples_path, Samples(format=SAMPLES_FORMAT, model_dir=str(model_dir), tasks=samples,
+                                        headline_metric={t: HEADLINE_METRIC for t in results}))
     held_out = {}
     if blocks is not None:
         original = None

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .artifacts import (EstimateLog, Evaluation, LlamaCppCheck, Row, Stability, Summary, TrainFacts, TrainLog,
-                        VariantRow, read_scores)
+from .artifacts import (EstimateLog, Evaluation, LlamaCppCheck, Row, Samples, Stability, Summary, TrainFacts,
+                        TrainLog, VariantRow, read_scores)
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
@@ -42,9 +42,12 @@ def _need(spec: dict, key: str, what: str) -> str:
     return spec[key]
 
 
-def _correct(samples: dict, tasks: list[str]) -> dict[str, dict[str, bool]]:
+def _correct(samples: Samples, tasks: list[str], path: str) -> dict[str, dict[str, bool]]:
     """Per task, per question id: was the headline metric (acc) right?"""
-    return {t: {q: bool(r["acc"]) for q, r in samples["tasks"][t].items()} for t in tasks}
+    missing = [t for t in tasks if t not in samples.tasks]
+    if missing:
+        raise StreamlineError(f"{path}: holds no questions of {missing}; evaluate again")
+    return {t: {q: r.acc for q, r in samples.tasks[t].items()} for t in tasks}
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -148,7 +151,8 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
     """Every row of the table, plus what the plots need, from the files the rule names."""
     base_ev = Evaluation.load(_need(baseline, "eval", "--baseline"), "baseline evaluation")
     tasks = list(base_ev.tasks)
-    base_correct = _correct(read_samples(_need(baseline, "samples", "--baseline")), tasks)
+    base_samples = _need(baseline, "samples", "--baseline")
+    base_correct = _correct(read_samples(base_samples), tasks, base_samples)
     name = baseline.get("name") or Path(base_ev.model_dir).name
     base = _base_row(name, base_ev, base_correct, baseline.get("gguf"))
     rows, curves = [base], []
@@ -160,7 +164,7 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
         if set(ev.tasks) != set(tasks) or ev.limit != base_ev.limit:
             raise StreamlineError(f"{spec['eval']}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
                                   f"on {tasks} (limit {base_ev.limit}); evaluate both the same way")
-        correct = _correct(read_samples(_need(spec, "samples", what)), tasks)
+        correct = _correct(read_samples(_need(spec, "samples", what)), tasks, spec["samples"])
         train, train_log = _training(spec)
         row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
         rows.append(row)

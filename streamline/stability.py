@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import StreamlineError
 from .evaluate import read_samples
-from .artifacts import Stability, TaskStability
+from .artifacts import Question, Samples, Stability, TaskStability
 from .atomic import atomic_write_json
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
@@ -79,14 +79,14 @@ def effective_questions(sigma: np.ndarray) -> float:
     return float(1.0 / np.sum(softmax_weights(sigma) ** 2))
 
 
-def option_scores(rec: dict, scale: str = "per_token") -> np.ndarray:
+def option_scores(rec: Question, scale: str = "per_token") -> np.ndarray:
     """One question's per-option scores from a samples record: mean NLL per token, or summed NLL."""
-    nll = -np.asarray(rec["ll"], dtype=np.float64)
+    nll = -np.asarray(rec.ll, dtype=np.float64)
     if scale == "sum":
         return nll
-    ntok = np.asarray(rec.get("ntok") or [], dtype=np.float64)
+    ntok = np.asarray(rec.ntok or [], dtype=np.float64)
     if ntok.shape != nll.shape or (ntok < 1).any():
-        raise StreamlineError(f"samples: per-option token counts {rec.get('ntok')} do not fit {len(nll)} options")
+        raise StreamlineError(f"samples: per-option token counts {rec.ntok} do not fit {len(nll)} options")
     return nll / ntok
 
 
@@ -102,7 +102,7 @@ def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_corr
 
 # ---------------------------------------------------------------- lm-eval samples
 
-def stability_from_samples(before_samples: dict | Path, after_samples: dict | Path, *,
+def stability_from_samples(before_samples: Samples | dict | Path, after_samples: Samples | dict | Path, *,
                            legacy: bool = False, metric: str = "acc", scale: str = "per_token") -> Stability:
     """Stability per task and on average, from two samples files written by `evaluate()`.
 
@@ -116,18 +116,17 @@ def stability_from_samples(before_samples: dict | Path, after_samples: dict | Pa
         raise StreamlineError(f"metric: must be acc or acc_norm, got {metric!r}")
     if scale not in SCALES:
         raise StreamlineError(f"scale: must be one of {', '.join(SCALES)}, got {scale!r}")
-    before = read_samples(before_samples) if not isinstance(before_samples, dict) else before_samples
-    after = read_samples(after_samples) if not isinstance(after_samples, dict) else after_samples
-    common = [t for t in before["tasks"] if t in after["tasks"]]
+    before, after = (_samples(s) for s in (before_samples, after_samples))
+    common = [t for t in before.tasks if t in after.tasks]
     if not common:
         raise StreamlineError("samples: the two samples files share no task")
 
-    def correct(rec: dict) -> bool:
-        return rec["acc_norm"] if metric == "acc_norm" and rec.get("acc_norm") is not None else rec["acc"]
+    def correct(rec: Question) -> bool:
+        return rec.acc_norm if metric == "acc_norm" and rec.acc_norm is not None else rec.acc
 
     per_task = {}
     for task in common:
-        b, a = before["tasks"][task], after["tasks"][task]
+        b, a = before.tasks[task], after.tasks[task]
         if set(b) != set(a):
             raise StreamlineError(f"samples: task {task} covers different questions before and after "
                                   f"({len(b)} vs {len(a)}); evaluate both with the same limit")
@@ -144,7 +143,7 @@ def stability_from_samples(before_samples: dict | Path, after_samples: dict | Pa
         metric=metric, legacy=legacy, scale=scale, tasks=per_task,
         average=float(np.mean([r.stability for r in per_task.values()])),
         effective_questions={t: r.effective_questions for t, r in per_task.items()},
-        skipped_tasks=sorted(set(before["tasks"]) ^ set(after["tasks"])))
+        skipped_tasks=sorted(set(before.tasks) ^ set(after.tasks)))
 
 
 # ---------------------------------------------------------------- OpenCompass predictions
@@ -154,6 +153,12 @@ def _load_predictions(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise StreamlineError(f"{path}: cannot read OpenCompass predictions ({e.__class__.__name__})") from None
+
+
+def _samples(samples: Samples | dict | Path) -> Samples:
+    if isinstance(samples, Samples):
+        return samples
+    return Samples.from_json(samples, "samples") if isinstance(samples, dict) else read_samples(samples)
 
 
 def opencompass_file_stability(before_file: Path, after_file: Path, labels: list[str], legacy: bool = False) -> float:

@@ -240,11 +240,11 @@ def test_evaluate_real_seven_tasks(tiny_llama_dir, real_data, tmp_path):
     out = evaluate(tiny_llama_dir, tmp_path / "eval.json", tmp_path / "samples.json.gz", tasks=PAPER_TASKS,
                    limit=5, batch_size=8, offline_data_dir=real_data, device="cpu")
     assert out.tasks == PAPER_TASKS and out.splits == {t: OFFLINE_TASKS[t].split for t in PAPER_TASKS}
-    samples = read_samples(tmp_path / "samples.json.gz")["tasks"]
+    samples = read_samples(tmp_path / "samples.json.gz").tasks
     n_options = {"arc_challenge": 4, "arc_easy": 4, "boolq": 2, "hellaswag": 4, "openbookqa": 4, "rte": 2,
                  "winogrande": 2}
     for task in PAPER_TASKS:
         assert out.results[task].n == 5 and 0 <= out.results[task].acc <= 1
         assert len(samples[task]) == 5
-        assert all(len(r["ll"]) == len(r["ntok"]) == n_options[task] and 0 <= r["gold"] < n_options[task]
-                   and min(r["ntok"]) >= 1 for r in samples[task].values())
+        assert all(len(r.ll) == len(r.ntok) == n_options[task] and 0 <= r.gold < n_options[task]
+                   and min(r.ntok) >= 1 for r in samples[task].values())

@@ -53,15 +53,15 @@ def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
     assert out.average == pytest.approx((arc.acc + bq.acc) / 2)
     assert out.average_acc_norm_where_available == pytest.approx((arc.acc_norm + bq.acc) / 2)  # boolq: acc
 
-    s = read_samples(tmp_path / "samples.json.gz")["tasks"]
+    s = read_samples(tmp_path / "samples.json.gz").tasks
     assert sorted(s["arc_easy"], key=int) == [str(i) for i in range(6)]
     for i, rec in s["arc_easy"].items():
-        assert len(rec["ll"]) == 4 and rec["gold"] == int(i) % 4
-        assert rec["acc"] == (int(np.argmax(rec["ll"])) == rec["gold"])
-    assert np.mean([r["acc"] for r in s["arc_easy"].values()]) == pytest.approx(arc.acc)
+        assert len(rec.ll) == 4 and rec.gold == int(i) % 4
+        assert rec.acc == (int(np.argmax(rec.ll)) == rec.gold)
+    assert np.mean([r.acc for r in s["arc_easy"].values()]) == pytest.approx(arc.acc)
     # boolq's label: 0 = "no", 1 = "yes".
-    assert [s["boolq"][str(i)]["gold"] for i in range(6)] == [i % 2 for i in range(6)]
-    assert all(len(r["ll"]) == 2 and r["acc_norm"] is None for r in s["boolq"].values())
+    assert [s["boolq"][str(i)].gold for i in range(6)] == [i % 2 for i in range(6)]
+    assert all(len(r.ll) == 2 and r.acc_norm is None for r in s["boolq"].values())
 
 
 def test_samples_count_the_continuation_tokens_lm_eval_scores(tiny_llama_dir, tiny_eval_data, tmp_path):
@@ -70,12 +70,12 @@ def test_samples_count_the_continuation_tokens_lm_eval_scores(tiny_llama_dir, ti
     evaluate(tiny_llama_dir, tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=4, batch_size=4,
              offline_data_dir=tiny_eval_data, device="cpu")
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    samples = read_samples(tmp_path / "s.json")["tasks"]["arc_easy"]
+    samples = read_samples(tmp_path / "s.json").tasks["arc_easy"]
     n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     for i, row in enumerate(_rows(tiny_eval_data / "arc_easy/test.jsonl")[:4]):
         context = f"Question: {row['question']}\nAnswer:"  # the stock arc prompt
         want = [n(context + " " + c) - n(context) for c in row["choices"]["text"]]
-        assert samples[str(i)]["ntok"] == want and min(want) >= 1
+        assert samples[str(i)].ntok == want and min(want) >= 1
 
 
 def test_evaluate_bad_input(tiny_llama_dir, tiny_eval_data, tmp_path):

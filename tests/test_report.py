@@ -9,9 +9,10 @@ import pytest
 
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
-from streamline.artifacts import (KL, EstimateLog, Evaluation, LlamaCppCheck, ModelInfo, Perplexity, Speed, Stability,
-                                  Summary, TaskScores, TaskStability, TrainLog, TrainStep)
-from streamline.evaluate import SAMPLES_FORMAT, write_samples
+from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, ModelInfo, Perplexity,
+                                  Question, Samples, Speed, Stability, Summary, TaskScores, TaskStability, TrainLog,
+                                  TrainStep)
+from streamline.evaluate import write_samples
 from streamline.plots import pareto_front
 from streamline.report import report
 
@@ -93,10 +94,10 @@ def _stability(per_task: dict[str, float], effective: float = 12.5) -> Stability
                      effective_questions={t: effective for t in per_task}, skipped_tasks=[])
 
 
-def _samples(right: dict) -> dict:
-    return {"format": SAMPLES_FORMAT, "tasks": {t: {str(i): {"ll": [0.0, -1.0], "ntok": [1, 1], "gold": 0,
-                                                              "acc": i in r, "acc_norm": None} for i in range(Q)}
-                                                 for t, r in right.items()}}
+def _samples(right: dict) -> Samples:
+    return Samples(format=SAMPLES_FORMAT, tasks={t: {str(i): Question(ll=[0.0, -1.0], ntok=[1, 1], gold=0, acc=i in r,
+                                                                       acc_norm=None) for i in range(Q)}
+                                                 for t, r in right.items()})
 
 
 def _scores(n: int, span: int, layers: int = 6) -> dict:
@@ -288,6 +289,7 @@ def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     ("eval", lambda e: e["streamline"].update(replacement_layers=0), "network transformer with 0 kept layers"),
     ("stability", lambda s: s["tasks"]["boolq"].update(stability=None), "tasks.boolq.stability"),
     ("train_log", lambda t: t["steps"][0].update(loss="nan?"), "steps.0.loss"),
+    ("samples", lambda s: s["tasks"]["boolq"]["3"].update(acc="yes"), "tasks.boolq.3.acc"),
 ])
 def test_an_edited_artifact_is_one_line_naming_the_field_and_is_moved_aside(artifacts, kind, edit, field):
     """Every artifact the report reads is checked field by field: no KeyError, and no wrong number in the table."""

@@ -9,7 +9,8 @@ import pytest
 
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
-from streamline.evaluate import SAMPLES_FORMAT, write_samples
+from streamline.artifacts import SAMPLES_FORMAT, Samples
+from streamline.evaluate import write_samples
 from streamline.stability import effective_questions, stability_from_opencompass, stability_from_samples
 
 
@@ -65,12 +66,15 @@ def test_effective_questions_constructed():
     assert effective_questions([5.0, 5.0] + [-40.0] * 18) == pytest.approx(2.0)
 
 
-def test_missing_token_counts_are_an_error():
+def test_token_counts_that_do_not_fit_are_an_error():
     s = samples({"t": [True, False]})
-    del s["tasks"]["t"]["0"]["ntok"]
+    s["tasks"]["t"]["0"]["ntok"] = [1]  # one count for two options
     with pytest.raises(StreamlineError, match="token counts"):
         stability_from_samples(s, s)
     assert stability_from_samples(s, s, scale="sum").average == pytest.approx(1.0)
+    del s["tasks"]["t"]["0"]["ntok"]
+    with pytest.raises(StreamlineError, match=r"incomplete \(no valid 'tasks.t.0.ntok'\)"):
+        stability_from_samples(s, s)
 
 
 def test_weights_go_to_the_matching_questions():
@@ -121,8 +125,8 @@ def test_mismatched_questions_raise():
 
 def test_cli_on_samples_files(tmp_path):
     b, a, out = tmp_path / "before.json.gz", tmp_path / "after.json", tmp_path / "stability.json"
-    write_samples(b, samples({"t": [True, True, False, False]}, LL))
-    write_samples(a, samples({"t": [False, False, False, False]}, LL))
+    write_samples(b, Samples.from_json(samples({"t": [True, True, False, False]}, LL)))
+    write_samples(a, Samples.from_json(samples({"t": [False, False, False, False]}, LL)))
     main(["--before", str(b), "--after", str(a), "--out", str(out)])
     assert json.loads(out.read_text())["average"] == pytest.approx((E + E**2) / Z)
     main(["--before", str(b), "--after", str(a), "--out", str(out), "--legacy"])
