@@ -21,6 +21,7 @@ Kept free of torch: every stage that reads an artifact imports this module.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 from .atomic import read_artifact
 from .errors import StreamlineError
-from .layout import UNTRAINED
+from .layout import NETS, UNTRAINED
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ def _parse(cls: type[T], obj: Any) -> T | str:
 
 class Record:
     """to_json/from_json/load for the dataclasses below."""
+    __pydantic_config__ = {"allow_inf_nan": False}  # no stage writes NaN (atomic_write_json refuses it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,6 +112,8 @@ class ModelInfo(Record):
 
     def __post_init__(self) -> None:
         k, net = self.replacement_layers, self.net
+        if net not in NETS:
+            raise ValueError(f"unknown network {net!r} (known: {', '.join(NETS)})")
         if (k == 0) != (net in UNTRAINED) or k < 0 or (k > 1 and net != "transformer"):
             raise ValueError(f"network {net} with {k} kept layers")
         if not self.block or self.block != list(range(self.block[0], self.block[0] + len(self.block))):
@@ -181,6 +185,13 @@ class TrainLog(Record):
     peak_gpu_mb: float | None
     warnings: list[str]
 
+    def __post_init__(self) -> None:
+        if (self.kept == "best") != (self.best_val_loss < self.initial_val_loss):  # how the core decides
+            raise ValueError(f"kept {self.kept} state, with validation {self.initial_val_loss:.5g} -> "
+                             f"{self.best_val_loss:.5g}")
+        if len(self.steps) > self.total_steps:
+            raise ValueError(f"{len(self.steps)} steps logged of {self.total_steps}")
+
 
 @dataclass(frozen=True)
 class EstimateLog(Record):
@@ -208,6 +219,10 @@ class TaskScores(Record):
     headline_metric: str = "acc"
     headline: float | None = None
 
+    def __post_init__(self) -> None:
+        if any(x is not None and not 0 <= x <= 1 for x in (self.acc, self.acc_norm, self.headline)):
+            raise ValueError(f"an accuracy outside [0, 1] ({self.acc}, {self.acc_norm}, {self.headline})")
+
 
 @dataclass(frozen=True)
 class Perplexity(Record):
@@ -219,6 +234,14 @@ class Perplexity(Record):
     nll_per_block: list[float]
     tokens_per_block: list[int]
     wall_time_s: float
+
+    def __post_init__(self) -> None:  # the value is what its blocks give: an edited one is caught
+        if not (len(self.nll_per_block) == len(self.tokens_per_block) == self.blocks
+                and sum(self.tokens_per_block) == self.tokens > 0):
+            raise ValueError(f"perplexity over {self.blocks} blocks of {self.tokens} tokens, with "
+                             f"{len(self.nll_per_block)} NLLs and {sum(self.tokens_per_block)} tokens per block")
+        if not math.isclose(self.value, math.exp(sum(self.nll_per_block) / self.tokens), rel_tol=1e-9):
+            raise ValueError(f"perplexity {self.value} is not what its blocks' NLL gives")
 
 
 @dataclass(frozen=True)
@@ -281,6 +304,10 @@ class Evaluation(Record):
     def __post_init__(self) -> None:
         if set(self.results) != set(self.tasks):
             raise ValueError(f"results for {sorted(self.results)}, tasks {self.tasks}")
+        kl, ppl = self.kl_to_original, self.perplexity
+        if kl and (not ppl or len(kl.kl_per_block) != ppl.blocks
+                   or not math.isclose(kl.value, sum(kl.kl_per_block) / ppl.tokens, rel_tol=1e-9, abs_tol=1e-12)):
+            raise ValueError(f"KL {kl.value} is not what its blocks give")
 
 
 SAMPLES_FORMAT = "streamline-lm-eval-samples/2"

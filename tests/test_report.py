@@ -286,13 +286,19 @@ def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     ("eval", lambda e: e["perplexity"].update(value="12.0"), "perplexity.value"),    # a string, not a number
     ("eval", lambda e: e["results"]["boolq"].update(acc=True), "results.boolq.acc"),  # a bool, not a fraction
     ("eval", lambda e: e.pop("params"), "params"),
+    ("eval", lambda e: e["perplexity"].update(value=5.0), "perplexity 5.0 is not what its blocks' NLL gives"),
+    ("eval", lambda e: e["kl_to_original"].update(value=0.05), "KL 0.05 is not what its blocks give"),
+    ("eval", lambda e: e["results"]["boolq"].update(acc=1.7), r"an accuracy outside \[0, 1\]"),
+    ("train_log", lambda t: t.update(kept="initial"), "kept initial state, with validation 2 -> 1.5"),
+    ("eval", lambda e: e["kl_to_original"]["kl_per_block"].__setitem__(0, float("nan")), "kl_to_original.kl_per_block.0"),
     ("eval", lambda e: e["streamline"].update(replacement_layers=0), "network transformer with 0 kept layers"),
     ("stability", lambda s: s["tasks"]["boolq"].update(stability=None), "tasks.boolq.stability"),
     ("train_log", lambda t: t["steps"][0].update(loss="nan?"), "steps.0.loss"),
     ("samples", lambda s: s["tasks"]["boolq"]["3"].update(acc="yes"), "tasks.boolq.3.acc"),
 ])
 def test_an_edited_artifact_is_one_line_naming_the_field_and_is_moved_aside(artifacts, kind, edit, field):
-    """Every artifact the report reads is checked field by field: no KeyError, and no wrong number in the table."""
+    """Every artifact the report reads is checked field by field, and against itself (a perplexity against its
+    blocks' NLL): no KeyError, and no wrong number in the table."""
     path = Path(artifacts["variants"][2][kind])
     obj = json.loads(path.read_text())
     edit(obj)
