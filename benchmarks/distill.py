@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 from fresh import run_fresh  # benchmarks/fresh.py
+from streamline.layout import Paths, pairs_name
 
 SHARED = """
 import json, resource, sys
-from streamline.layout import Paths, pairs_name
 from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
 from streamline.training.settings import TrainSettings

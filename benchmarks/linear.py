@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from fresh import run_fresh  # benchmarks/fresh.py
+from streamline.layout import Paths, scores_name
 
 CHILD = """
 import json, resource, sys
-from streamline.layout import Paths, scores_name
 from streamline.linear import estimate_linear
 a = json.loads(sys.argv[1])
 stats = estimate_linear(a["model"], a["store"], a["scores"], a["out"], log_json=a["log"])
