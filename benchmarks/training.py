@@ -22,7 +22,7 @@ import torch
 from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_pairs
-from streamline.atomic import read_json
+from streamline.artifacts import read_scores
 from streamline.loading import load_model
 from streamline.training.recipes import build_recipe
 from streamline.training.core import fit
@@ -100,7 +100,7 @@ def main() -> None:
               f"8N={8 * args.rss_samples}; ratio {rss[1] / rss[0]:.3f}  (target <= 1.2)")
 
         # 3. pair extraction runs layers 0..b+n only.
-        scores = read_json(f"{args.results}/n{args.n}/scores.json")
+        scores = read_scores(f"{args.results}/n{args.n}/scores.json")
         ids, mask = data.load_split(args.data, "train")
         ids, mask = np.asarray(ids[:args.samples]), np.asarray(mask[:args.samples])
         model, _ = load_model(args.model, device=args.device)
@@ -116,8 +116,8 @@ def main() -> None:
         summary = extract_pairs(args.model, args.data, f"{args.results}/n{args.n}/scores.json", tmp / "pairs",
                                 train_samples=args.samples, batch_size=args.batch_size, device=args.device)
         ratio = summary["train"]["compute_seconds"] / full  # forward + Zarr writes, model loading excluded
-        target = (scores["block"][-1] + 1) / layers
-        print(f"pair extraction vs full forward: {ratio:.3f} (layers 0..{scores['block'][-1]} of {layers}: "
+        target = (scores.block[-1] + 1) / layers
+        print(f"pair extraction vs full forward: {ratio:.3f} (layers 0..{scores.block[-1]} of {layers}: "
               f"target close to {target:.3f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

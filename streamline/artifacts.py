@@ -6,6 +6,7 @@ A stage never trusts a file another stage wrote: `load` checks every field's typ
 mode), and a torn, incomplete or edited artifact is one line that names the field and moves the file aside
 (so the stage that writes it reruns), never a KeyError or a wrong number deep in a stage.
 
+    BlockScores  scores.json                       score -> replace, linear, extract (pairs), report
     ModelInfo    streamline.json of a model dir    replace, linear, train -> train, export, evaluate, report
     TrainLog     train_log.json                    train -> export (model card), checkpoints, report
     EstimateLog  estimate_log.json                 linear -> report
@@ -128,15 +129,51 @@ def read_info(model_dir: str | Path) -> ModelInfo:
     return ModelInfo.load(Path(model_dir) / "streamline.json", "model dir's streamline.json", aside=model_dir)
 
 
-def read_scores(path: str | Path, *extra: str) -> dict:
-    """A scores.json, checked: n, span, metric and a block of consecutive layers (plus `extra` fields if named)."""
-    def check(s: dict) -> str | None:
-        block = s["block"]
-        ok = block and all(isinstance(i, int) for i in block) and block == list(range(block[0], block[0] + len(block)))
-        return None if ok and len(block) == s["span"] else f"naming no valid block ({block})"
+# ---------------------------------------------------------------- scores.json
 
-    keys = {"n": int, "span": int, "block": list, "metric": str, **{k: (list, int, float, str) for k in extra}}
-    return read_artifact(path, "block scores", keys, check=check)
+@dataclass(frozen=True)
+class WindowScore(Record):
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(frozen=True)
+class BlockScores(Record):
+    """scores.json: the score of every window of `span` consecutive layers, and the block picked (the best
+    window: span = n + k for a replacement of k layers, n for plain removal)."""
+    metric: str
+    higher_is_more_redundant: bool
+    n: int
+    span: int
+    num_layers: int
+    samples: int
+    tokens: int
+    scores: list[WindowScore]        # every window, by start layer
+    best_start: int
+    best_score: float
+    block: list[int]                 # layers best_start..best_start+span-1
+    removed_layers: list[int]        # what disappears if the block's first layer is kept
+    layers_after: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= self.span <= self.num_layers or self.layers_after != self.num_layers - self.n:
+            raise ValueError(f"n {self.n}, span {self.span} and {self.layers_after} layers after do not fit a "
+                             f"{self.num_layers}-layer model")
+        if [(w.start, w.end) for w in self.scores] != [(i, i + self.span - 1)
+                                                       for i in range(self.num_layers - self.span + 1)]:
+            raise ValueError(f"the windows scored are not every {self.span}-layer window of {self.num_layers} layers")
+        values = [w.score for w in self.scores]
+        best = values.index(max(values) if self.higher_is_more_redundant else min(values))  # the first, as argmax
+        if self.block != list(range(best, best + self.span)) or self.best_start != best \
+                or self.best_score != values[best]:
+            raise ValueError(f"block {self.block} is not the best window (layers {best}..{best + self.span - 1})")
+
+
+def read_scores(path: str | Path) -> BlockScores:
+    """A scores.json, checked (its block is the best of its windows); a torn or edited one is moved aside, so
+    scoring reruns."""
+    return BlockScores.load(path, "block scores")
 
 
 # ---------------------------------------------------------------- training

@@ -166,9 +166,9 @@ def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str 
     """
     from .artifacts import read_scores
     scores = read_scores(scores_json)
-    keep = [scores["block"][0], scores["block"][-1] + 1]
+    keep = [scores.block[0], scores.block[-1] + 1]
     out_dir = Path(out_dir)
-    summary = {"block": scores["block"], "layers": keep}
+    summary = {"block": scores.block, "layers": keep}
     for split, count in (("train", train_samples), ("val", None)):
         summary[split] = extract_hidden_states(model_dir, data_dir, out_dir / split, split=split, num_samples=count,
                                                keep=keep, **kwargs)

@@ -29,23 +29,23 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json, read_artifact
-from .artifacts import EstimateLog, ModelInfo, read_scores
+from .artifacts import BlockScores, EstimateLog, ModelInfo, read_scores
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
 
 
-def linear_block(removal_scores: dict) -> list[int]:
+def linear_block(removal_scores: BlockScores) -> list[int]:
     """The best window of n layers that starts at layer 1 or later (layer 0 has no MLP before it)."""
-    if removal_scores["span"] != removal_scores["n"]:
-        raise StreamlineError(f"network: 'linear' needs the removal scores (windows of n = {removal_scores['n']} "
-                              f"layers), got scores over {removal_scores['span']}")
-    windows = [s for s in removal_scores["scores"] if s["start"] >= 1]
+    if removal_scores.span != removal_scores.n:
+        raise StreamlineError(f"network: 'linear' needs the removal scores (windows of n = {removal_scores.n} "
+                              f"layers), got scores over {removal_scores.span}")
+    windows = [w for w in removal_scores.scores if w.start >= 1]
     if not windows:
-        raise StreamlineError(f"layer_intervals: {removal_scores['n']} leaves no window after layer 0 for 'linear'")
-    sign = 1 if removal_scores.get("higher_is_more_redundant", True) else -1
-    best = max(windows, key=lambda s: sign * s["score"])
-    return list(range(best["start"], best["end"] + 1))
+        raise StreamlineError(f"layer_intervals: {removal_scores.n} leaves no window after layer 0 for 'linear'")
+    sign = 1 if removal_scores.higher_is_more_redundant else -1
+    best = max(windows, key=lambda w: sign * w.score)
+    return list(range(best.start, best.end + 1))
 
 
 def store_states(block: list[int]) -> list[int | str]:
@@ -108,7 +108,7 @@ def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_js
                           store_path: str | Path, **kwargs) -> dict:
     """The store the estimate reads: Y, M of layer i-1 and h_{i+n}, for the calibration blocks."""
     from .extract import extract_hidden_states
-    block = linear_block(read_scores(scores_json, "scores"))
+    block = linear_block(read_scores(scores_json))
     return extract_hidden_states(model_dir, data_dir, store_path, split="calib", keep=store_states(block), **kwargs)
 
 
@@ -123,7 +123,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     from .pruned import count_params, save_pruned
 
     start = time.time()
-    scores = read_scores(scores_json, "scores")
+    scores = read_scores(scores_json)
     block = linear_block(scores)
     store = open_store(states)
     store_path = store.path
@@ -146,9 +146,9 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, relative_residual=residual,
                         relative_residual_of_identity=identity, extract_seconds=extract_seconds,
                         estimate_seconds=estimate_seconds, seconds=seconds)
-    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores['n']} layers (linear)", source_model=str(model_dir),
-                     source_layers=source_layers, source_params=source_params, n=scores["n"], block=block,
-                     net="linear", replacement_layers=0, metric=scores["metric"], dtype=dtype,
+    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores.n} layers (linear)", source_model=str(model_dir),
+                     source_layers=source_layers, source_params=source_params, n=scores.n, block=block,
+                     net="linear", replacement_layers=0, metric=scores.metric, dtype=dtype,
                      training={"linear map": f"least squares over {tokens:,} tokens, ridge {ridge:g}, relative "
                                              f"residual {residual:.4g} (1.0 = no better than zero; identity T: "
                                              f"{identity:.4g}), folded into layer {block[0] - 1}'s MLP output "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .atomic import atomic_path
-from .artifacts import Row, TrainStep
+from .artifacts import BlockScores, Row, TrainStep
 from .eval_tasks import TASK_LABELS
 
 
@@ -28,7 +28,7 @@ class Collected:
     """What the report's tables and plots are drawn from."""
     tasks: list[str]
     rows: list[Row]
-    scores: list[dict]
+    scores: list[BlockScores]
     curves: list[Curve]
 
 
@@ -63,15 +63,14 @@ def plot_block_scores(summary: Collected, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
     with figure(path, figsize=(7, 4)) as (fig, ax):
         metric = None
-        for s in sorted(summary.scores, key=lambda s: (s["n"], s["span"])):
-            metric = s.get("metric", metric)
-            xs = [b["start"] for b in s["scores"]]
-            removal = s["span"] == s["n"]  # plain removal scores windows of n; replacements span n + k
-            line, = ax.plot(xs, [b["score"] for b in s["scores"]], marker="." if not removal else None,
+        for s in sorted(summary.scores, key=lambda s: (s.n, s.span)):
+            metric = s.metric
+            xs = [w.start for w in s.scores]
+            removal = s.span == s.n  # plain removal scores windows of n; replacements span n + k
+            line, = ax.plot(xs, [w.score for w in s.scores], marker="." if not removal else None,
                             ls="--" if removal else "-", alpha=0.7 if removal else 1.0,
-                            label=f"n={s['n']} {'removal ' if removal else ''}(span {s['span']})")
-            best = s["best_start"]
-            ax.plot([best], [s["scores"][xs.index(best)]["score"]], "*", ms=12, color=line.get_color())
+                            label=f"n={s.n} {'removal ' if removal else ''}(span {s.span})")
+            ax.plot([s.best_start], [s.best_score], "*", ms=12, color=line.get_color())
         if not ax.lines:
             ax.text(0.5, 0.5, "no block scores", ha="center", va="center", transform=ax.transAxes)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

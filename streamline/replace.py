@@ -21,7 +21,7 @@ from torch import nn
 
 from . import layout
 from .errors import StreamlineError
-from .artifacts import ModelInfo, read_scores
+from .artifacts import BlockScores, ModelInfo, read_scores
 from .loading import load_model
 from .networks import build_network
 from .pruned import count_params, save_pruned
@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 NETS = tuple(n for n in layout.NETS if n != "linear")  # linear is built by linear.py
 
 
-def removed_block(scores: dict, net: str, layers: int = 1) -> list[int]:
+def removed_block(scores: BlockScores, net: str, layers: int = 1) -> list[int]:
     """The layers that disappear or are replaced, checked against the kind of scores given."""
-    expected_span = scores["n"] if net == "none" else scores["n"] + layers
-    if scores["span"] != expected_span:
+    expected_span = scores.n if net == "none" else scores.n + layers
+    if scores.span != expected_span:
         raise StreamlineError(f"network: '{net}' with {layers} replacement layer(s) needs block scores over "
-                              f"{expected_span} layers, got scores over {scores['span']}")
-    return scores["block"]
+                              f"{expected_span} layers, got scores over {scores.span}")
+    return scores.block
 
 
 def make_network(adapter, model, net: str, index: int, seed: int) -> nn.Module:
@@ -77,9 +77,9 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
         adapter.remove_layers(model, block[layers:])
     kept = 0 if net == "none" else layers
     label = net if layers == 1 else f"{net} x{layers}"
-    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores['n']} layers ({label})", source_model=str(model_dir),
-                     source_layers=source_layers, source_params=source_params, n=scores["n"], block=block, net=net,
-                     replacement_layers=kept, metric=scores["metric"], dtype=dtype, seed=seed)
+    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores.n} layers ({label})", source_model=str(model_dir),
+                     source_layers=source_layers, source_params=source_params, n=scores.n, block=block, net=net,
+                     replacement_layers=kept, metric=scores.metric, dtype=dtype, seed=seed)
     info = save_pruned(model, adapter, out_dir, model_dir, info)
     params = count_params(model)
     log.info("%s: layers %d..%d -> %s; %d -> %d layers, %.1fM -> %.1fM params; saved to %s", net, block[0],

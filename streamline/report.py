@@ -170,7 +170,7 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
         rows.append(row)
         if train_log and (train_log.steps or train_log.val):
             curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss))
-    block_scores = [read_scores(s, "scores", "best_start") for s in scores]
+    block_scores = [read_scores(s) for s in scores]
     return Collected(tasks, rows, block_scores, curves)
 
 

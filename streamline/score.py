@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .artifacts import BlockScores, WindowScore
 from .errors import StreamlineError
 from .atomic import atomic_write_json
 from .store import HiddenStore, open_store
@@ -49,7 +50,7 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
 
 
 def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | Path | None = None, *,
-          metric: str = "cosine", span: int | None = None) -> dict:
+          metric: str = "cosine", span: int | None = None) -> BlockScores:
     """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one.
 
     `store_path`: the calibration store, or its manifest."""
@@ -70,16 +71,15 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
     higher_better = METRICS[metric][1]
     best = int(np.argmax(values) if higher_better else np.argmin(values))
     block = list(range(best, best + span))
-    result = {
-        "metric": metric, "higher_is_more_redundant": higher_better, "n": n, "span": span,
-        "num_layers": num_layers, "samples": store.num_samples, "tokens": tokens,
-        "scores": [{"start": i, "end": i + span - 1, "score": float(v)} for i, v in enumerate(values)],
-        "best_start": best, "best_score": float(values[best]),
-        "block": block,  # layers best..best+span-1, replaced by one network (or dropped when span == n)
-        "removed_layers": block[1:] if span == n + 1 else block,  # what disappears if layer `best` is kept
-        "layers_after": num_layers - n,
-    }
-    atomic_write_json(out_json, result)
+    result = BlockScores(
+        metric=metric, higher_is_more_redundant=higher_better, n=n, span=span, num_layers=num_layers,
+        samples=store.num_samples, tokens=tokens,
+        scores=[WindowScore(start=i, end=i + span - 1, score=float(v)) for i, v in enumerate(values)],
+        best_start=best, best_score=float(values[best]),
+        block=block,  # layers best..best+span-1, replaced by one network (or dropped when span == n)
+        removed_layers=block[1:] if span == n + 1 else block,  # what disappears if layer `best` is kept
+        layers_after=num_layers - n)
+    atomic_write_json(out_json, result.to_json())
     log.info("n=%d: best block starts at layer %d (layers %d..%d, %s %.4f); %d -> %d layers", n, best, block[0],
              block[-1], metric, values[best], num_layers, num_layers - n)
     if out_png:
@@ -87,22 +87,22 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
     return result
 
 
-def plot_scores(result: dict, out_png: str | Path) -> None:
+def plot_scores(result: BlockScores, out_png: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    starts = [s["start"] for s in result["scores"]]
-    values = [s["score"] for s in result["scores"]]
+    starts = [w.start for w in result.scores]
+    values = [w.score for w in result.scores]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(starts, values, marker="o", ms=3)
-    ax.axvline(result["best_start"], color="tab:red", ls="--", lw=1)
-    ax.scatter([result["best_start"]], [result["best_score"]], color="tab:red", zorder=3,
-               label=f"best: layers {result['block'][0]}..{result['block'][-1]}")
+    ax.axvline(result.best_start, color="tab:red", ls="--", lw=1)
+    ax.scatter([result.best_start], [result.best_score], color="tab:red", zorder=3,
+               label=f"best: layers {result.block[0]}..{result.block[-1]}")
     ax.set_xlabel("block start layer i")
-    label = "mean cosine(h_i, h_i+%d)" if result["metric"] == "cosine" else "angular distance(h_i, h_i+%d)"
-    ax.set_ylabel(label % result["span"])
-    ax.set_title(f"Block scores, n={result['n']} ({result['num_layers']} layers)")
+    label = "mean cosine(h_i, h_i+%d)" if result.metric == "cosine" else "angular distance(h_i, h_i+%d)"
+    ax.set_ylabel(label % result.span)
+    ax.set_title(f"Block scores, n={result.n} ({result.num_layers} layers)")
     ax.legend(loc="best")
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)

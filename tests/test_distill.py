@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir
+from tiny import make_data_dir, write_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.replace import replace
@@ -213,9 +213,7 @@ def test_disk_preflight_on_a_small_filesystem(tiny_llama_dir, tmp_path):
 
 def test_bad_losses_are_one_line(tiny_llama_dir, tmp_path):
     prepare(tiny_llama_dir, tmp_path, pairs=False)
-    scores = json.loads((tmp_path / "scores.json").read_text())
-    scores.update(span=2, block=scores["block"][:2])
-    (tmp_path / "removal.json").write_text(json.dumps(scores))
+    write_scores(tmp_path / "removal.json", n=2, span=2, best=1)
     replace(tiny_llama_dir, tmp_path / "removal.json", tmp_path / "none", net="none")
     with pytest.raises(StreamlineError, match="loss: 'kd' needs a network to train; network 'none' has none"):
         build_recipe("kd", tmp_path / "none", TrainSettings(**FAST), data_dir=tmp_path / "data")

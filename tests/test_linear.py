@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir
+from tiny import make_data_dir, write_scores
 from streamline.adapters import get_adapter, run_with_capture
+from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.linear import (estimate_linear, extract_linear_states, linear_block, normal_equations,
@@ -21,11 +22,7 @@ from streamline.store import HiddenStore
 
 def removal_scores(path, n=2, best=2, num_layers=6):
     """Removal scores (windows of n) whose best window starts at `best`."""
-    scores = [{"start": i, "end": i + n - 1, "score": 0.9 if i == best else 0.5} for i in range(num_layers - n + 1)]
-    path.write_text(json.dumps({"n": n, "span": n, "metric": "cosine", "higher_is_more_redundant": True,
-                                "scores": scores, "block": list(range(best, best + n)), "best_start": best,
-                                "num_layers": num_layers}))
-    return path
+    return write_scores(path, n=n, span=n, best=best, num_layers=num_layers)
 
 
 @pytest.fixture(params=["llama", "opt"])
@@ -76,14 +73,14 @@ def test_non_finite_states_stop_with_one_line_not_a_ridge_hint():
 
 
 def test_block_zero_is_never_chosen(tmp_path):
-    scores = json.loads(removal_scores(tmp_path / "s.json", best=0).read_text())
+    scores = read_scores(removal_scores(tmp_path / "s.json", best=0))
     assert linear_block(scores) != [0, 1] and linear_block(scores)[0] >= 1
 
 
 def test_folded_model_equals_remove_block_and_apply_t(family_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=12, seq_len=16)
     scores = removal_scores(tmp_path / "s.json")
-    block = linear_block(json.loads(scores.read_text()))
+    block = linear_block(read_scores(scores))
     extract_linear_states(family_dir, data, scores, tmp_path / "states.zarr", device="cpu",
                           manifest=tmp_path / "states.json")
     # by its manifest, as the workflow passes it: the extraction's seconds count in the recipe's time

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import build_tiny_model, make_data_dir
+from tiny import build_tiny_model, make_data_dir, write_scores
 from streamline.schema import SCHEMA
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
@@ -239,7 +239,7 @@ def test_disk_full_while_checkpointing_is_one_line(tmp_path, tiny_llama_dir):
         pytest.skip("unshare not available")
     from streamline.replace import replace
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
-    (tmp_path / "s.json").write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     small = tmp_path / "small"
     small.mkdir()

@@ -6,17 +6,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from tiny import write_scores
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.errors import StreamlineError
 from streamline.pruned import load_pruned
 from streamline.replace import replace
-
-
-def write_scores(path, n, span, best, num_layers=6):
-    block = list(range(best, best + span))
-    path.write_text(json.dumps({"n": n, "span": span, "metric": "cosine", "block": block, "best_start": best,
-                                "num_layers": num_layers}))
-    return path
 
 
 def logits_skipping(model_dir, skip, ids):

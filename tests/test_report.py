@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streamline.cli import main as cli
+from tiny import write_scores
 from streamline.errors import StreamlineError
 from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, ModelInfo, Perplexity,
                                   Question, Samples, Speed, Stability, Summary, TaskScores, TaskStability, TrainLog,
@@ -100,13 +101,6 @@ def _samples(right: dict) -> Samples:
                                                  for t, r in right.items()})
 
 
-def _scores(n: int, span: int, layers: int = 6) -> dict:
-    vals = [0.1 * i for i in range(layers - span + 1)]
-    return {"n": n, "span": span, "metric": "cosine", "num_layers": layers, "best_start": len(vals) - 1,
-            "block": list(range(len(vals) - 1, len(vals) - 1 + span)),
-            "scores": [{"start": i, "end": i + span - 1, "score": v} for i, v in enumerate(vals)]}
-
-
 @pytest.fixture
 def artifacts(tmp_path) -> dict:
     """The files report.smk would name, in made-up places (the report may not assume a layout)."""
@@ -127,7 +121,7 @@ def artifacts(tmp_path) -> dict:
         if logf:
             _write(d / f"{logf[0]}.json", logf[1].to_json())
         rows.append(spec)
-    scores = [_write(root / f"sc{n}{span}.json", _scores(n, span)) for n, span in ((1, 2), (2, 3), (1, 1))]
+    scores = [write_scores(root / f"sc{n}{span}.json", n, span, best=6 - span) for n, span in ((1, 2), (2, 3), (1, 1))]
     return {"baseline": base, "variants": rows, "scores": scores, "out": tmp_path / "out"}
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.score import score
@@ -37,19 +38,19 @@ def manual_scores(store_path, span, fn):
 def test_cosine_scores_match_manual_and_pick_argmax(calib_store, tmp_path):
     result = score(calib_store, 2, tmp_path / "s.json", tmp_path / "s.png")
     expected = manual_scores(calib_store, 3, lambda c: c)
-    got = [s["score"] for s in result["scores"]]
+    got = [s.score for s in result.scores]
     assert got == pytest.approx(expected, abs=1e-5)
     best = max(range(len(expected)), key=expected.__getitem__)
-    assert result["best_start"] == best and result["block"] == [best, best + 1, best + 2]
-    assert result["removed_layers"] == [best + 1, best + 2] and result["layers_after"] == 4
-    assert json.loads((tmp_path / "s.json").read_text()) == result
+    assert result.best_start == best and result.block == [best, best + 1, best + 2]
+    assert result.removed_layers == [best + 1, best + 2] and result.layers_after == 4
+    assert read_scores(tmp_path / "s.json") == result and json.loads((tmp_path / "s.json").read_text()) == result.to_json()
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
 def test_padding_is_excluded(calib_store, tmp_path):
     store = HiddenStore(calib_store, mode="r+")
     # Garbage in padded positions of sample 0 must not move the scores.
-    before = score(calib_store, 1, tmp_path / "a.json")["scores"]
+    before = score(calib_store, 1, tmp_path / "a.json").scores
     valid = store.read_mask(0)
     assert not valid.all()
     for k in range(store.hidden.shape[0]):
@@ -57,16 +58,16 @@ def test_padding_is_excluded(calib_store, tmp_path):
         h[~valid] = torch.randn_like(h[~valid]) * 100
         store.write_range(k, 0, h.numpy()[None])
     store.finish_sample(0, store.mask[0])  # a legitimate rewrite records new checksums
-    after = score(calib_store, 1, tmp_path / "b.json")["scores"]
-    assert [s["score"] for s in after] == pytest.approx([s["score"] for s in before], abs=1e-6)
+    after = score(calib_store, 1, tmp_path / "b.json").scores
+    assert [s.score for s in after] == pytest.approx([s.score for s in before], abs=1e-6)
 
 
 def test_angular_distance_picks_argmin(calib_store, tmp_path):
     result = score(calib_store, 1, tmp_path / "s.json", metric="angular", span=1)
     expected = manual_scores(calib_store, 1, lambda c: torch.arccos(c.clamp(-1, 1)) / math.pi)
-    assert [s["score"] for s in result["scores"]] == pytest.approx(expected, abs=1e-5)
-    assert result["best_start"] == min(range(len(expected)), key=expected.__getitem__)
-    assert result["block"] == result["removed_layers"] == [result["best_start"]]
+    assert [s.score for s in result.scores] == pytest.approx(expected, abs=1e-5)
+    assert result.best_start == min(range(len(expected)), key=expected.__getitem__)
+    assert result.block == result.removed_layers == [result.best_start]
 
 
 @pytest.mark.parametrize("n", [0, 6, 7])
@@ -87,7 +88,7 @@ def test_the_store_is_found_from_its_manifest(calib_store, tmp_path, monkeypatch
     calib_store.rename(moved)  # the manifest says where the store is; a path rebuilt from names would miss it
     manifest = json.loads((tmp_path / "c.json").read_text())
     (tmp_path / "c.json").write_text(json.dumps({**manifest, "store": str(moved)}))
-    assert score(tmp_path / "c.json", 2, tmp_path / "a.json")["scores"] == score(moved, 2, tmp_path / "b.json")["scores"]
+    assert score(tmp_path / "c.json", 2, tmp_path / "a.json").scores == score(moved, 2, tmp_path / "b.json").scores
 
 
 def test_a_file_that_is_not_a_store_manifest_is_one_line(tmp_path):

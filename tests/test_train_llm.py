@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tiny import build_tiny_model, holds_only_the_finished_state, make_data_dir, tiny_model_config
+from tiny import build_tiny_model, holds_only_the_finished_state, make_data_dir, tiny_model_config, write_scores
 from streamline.launch import launch_command
 from streamline.replace import replace
 from streamline.training.model import trainable_parameter_names
@@ -89,8 +89,7 @@ def llm_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm")
     model_dir = build_tiny_model("llama", root / "tiny", layers=6)
     make_data_dir(root / "data", num=32, seq_len=16, vocab=12)  # learnable: 8 token ids
-    (root / "scores.json").write_text(json.dumps({"n": 2, "span": 3, "block": [SLOT, SLOT + 1, SLOT + 2],
-                                                  "metric": "cosine"}))
+    write_scores(root / "scores.json", n=2, span=3, best=SLOT)
     replace(model_dir, root / "scores.json", root / "init", net="transformer")
     return root
 
@@ -216,8 +215,7 @@ def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path,
     from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
     root = llm_setup
-    (tmp_path / "scores.json").write_text(json.dumps({"n": 2, "span": 2 + k, "block": list(range(1, 3 + k)),
-                                                      "metric": "cosine"}))
+    write_scores(tmp_path / "scores.json", n=2, span=2 + k, best=1)
     replace(root / "tiny", tmp_path / "scores.json", tmp_path / "init", net="transformer", layers=k)
     settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=3, lr=1e-2, min_lr=1e-3, val_every=4)
     result = train("llm", tmp_path / "init", tmp_path / "model", tmp_path / "log.json", settings,

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import build_tiny_model, make_data_dir
+from tiny import build_tiny_model, make_data_dir, write_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states, extract_pairs
 from streamline.replace import replace
@@ -86,14 +86,14 @@ def _edit_shape(store: Path, samples: int) -> None:
 
 def test_an_edited_store_shape_is_refused_by_readers_and_rebuilt_by_extraction(calibrated, tiny_llama_dir, tmp_path):
     store, manifest, data = calibrated
-    reference = score(manifest, 2, tmp_path / "ref.json")["scores"]
+    reference = score(manifest, 2, tmp_path / "ref.json").scores
     _edit_shape(store, 4)
     line = one_error_line(cli("score", "--store", manifest, "--n", 2, "--out", tmp_path / "s.json"))
     assert "c.zarr: the store's shape was changed" in line and "run the extraction again" in line
     assert not (tmp_path / "s.json").exists()
     summary = _extract_again(tiny_llama_dir, data, tmp_path)
     assert summary["shape"][1] == 8 and summary["computed_samples"] == 8
-    assert score(manifest, 2, tmp_path / "s.json")["scores"] == reference
+    assert score(manifest, 2, tmp_path / "s.json").scores == reference
 
 
 # --- 3. zero training tokens ----------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_an_edited_store_shape_is_refused_by_readers_and_rebuilt_by_extraction(c
 def test_skipping_every_position_on_the_cli_is_one_line(tiny_llama_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
     score_file = tmp_path / "s.json"
-    score_file.write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(score_file, n=2, span=3, best=1)
     replace(tiny_llama_dir, score_file, tmp_path / "init", net="transformer")
     line = one_error_line(cli("train", "--loss", "mse", "--init", tmp_path / "init", "--data", data, "--out",
                               tmp_path / "out", "--log-json", tmp_path / "log.json", "--skip-first-tokens", 99,
@@ -113,7 +113,7 @@ def test_skipping_every_position_on_the_cli_is_one_line(tiny_llama_dir, tmp_path
 def test_training_blocks_with_no_real_token_are_one_line(tiny_llama_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
     np.save(data / "train_attention_mask.npy", np.zeros((8, 16), dtype=np.uint8))
-    (tmp_path / "s.json").write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     with pytest.raises(StreamlineError, match="step 1 has no token in its loss"):
         train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "log.json", TrainSettings(**FAST),
@@ -300,7 +300,7 @@ def test_kd_top_k_above_the_vocabulary_is_one_line(tmp_path, tiny_llama_dir, tex
     with pytest.raises(StreamlineError, match="kd.top_k: 10000 is more than tiny-llama's 300 tokens"):
         cfg.validate(c)
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
-    (tmp_path / "s.json").write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     line = one_error_line(cli("train", "--loss", "kd", "--init", tmp_path / "init", "--data", data, "--out",
                               tmp_path / "out", "--log-json", tmp_path / "l.json", "--kd-top-k", 10_000,
@@ -345,7 +345,7 @@ def test_a_torn_weights_record_is_one_line_and_the_dir_is_rebuilt(tmp_path, tiny
 @pytest.mark.parametrize("damage", ["torn", "incomplete"])
 def test_a_damaged_init_streamline_json_is_one_line_and_moves_the_dir_aside(tmp_path, tiny_llama_dir, damage):
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
-    (tmp_path / "s.json").write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     info = tmp_path / "init/streamline.json"
     if damage == "torn":
@@ -361,7 +361,7 @@ def test_a_damaged_init_streamline_json_is_one_line_and_moves_the_dir_aside(tmp_
 
 
 def test_an_unrecorded_init_dir_with_an_incomplete_streamline_json_is_one_line(tmp_path, tiny_llama_dir):
-    (tmp_path / "s.json").write_text(json.dumps({"n": 2, "span": 3, "block": [1, 2, 3], "metric": "cosine"}))
+    write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     (tmp_path / "init/streamline-weights.json").unlink()  # a dir copied by hand, without its record
     (tmp_path / "init/streamline.json").write_text(json.dumps({"net": "transformer"}))
@@ -378,6 +378,15 @@ def test_damaged_scores_are_one_line_and_set_aside(tmp_path, tiny_llama_dir, con
                               "transformer", "--out", tmp_path / "init"))
     assert "scores.json: the block scores is" in line and "run the workflow again to rebuild it" in line
     assert not (tmp_path / "scores.json").exists() and not (tmp_path / "init").exists()
+
+
+def test_scores_whose_block_is_not_their_best_window_are_set_aside(tmp_path, tiny_llama_dir):
+    """An edited block of valid layers would prune the wrong layers with exit 0: it must match its windows."""
+    path = write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "block": [2, 3, 4], "best_start": 2}))
+    line = one_error_line(cli("replace", "--model", tiny_llama_dir, "--scores", path, "--net", "transformer",
+                              "--out", tmp_path / "init"))
+    assert "block [2, 3, 4] is not the best window (layers 1..3)" in line and not (tmp_path / "init").exists()
 
 
 def test_a_truncated_token_file_is_one_line(tmp_path, tiny_llama_dir):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -62,7 +63,6 @@ def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int =
     pattern "random": uniform token ids; "arithmetic": each block counts up from a random start by a
     random step of 1..3 (mod vocab), which a tiny model learns (see `trained_llama_dir`).
     """
-    import json
     import numpy as np
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -92,8 +92,20 @@ def sequences(rng, num: int, seq_len: int, vocab: int, pattern: str):
 
 def holds_only_the_finished_state(checkpoint_dir: Path) -> bool:
     """A completed run's checkpoint dir: progress.json marked done and the kept weights, no resumable state."""
-    import json
     names = sorted(p.name for p in Path(checkpoint_dir).iterdir())
     progress = json.loads((Path(checkpoint_dir) / "progress.json").read_text())
     return progress.get("done") is True and len(names) == 2 and names[0].startswith("best-") and \
         names[1] == "progress.json"
+
+
+def write_scores(path: Path, n: int, span: int, best: int, num_layers: int = 6) -> Path:
+    """A scores.json as score writes it, whose best window of `span` layers starts at `best`."""
+    from streamline.artifacts import BlockScores, WindowScore
+    block = list(range(best, best + span))
+    windows = [WindowScore(start=i, end=i + span - 1, score=0.9 if i == best else 0.5)
+               for i in range(num_layers - span + 1)]
+    scores = BlockScores(metric="cosine", higher_is_more_redundant=True, n=n, span=span, num_layers=num_layers,
+                         samples=8, tokens=128, scores=windows, best_start=best, best_score=0.9, block=block,
+                         removed_layers=block[1:] if span == n + 1 else block, layers_after=num_layers - n)
+    path.write_text(json.dumps(scores.to_json()))
+    return path
