@@ -21,7 +21,7 @@ import torch
 
 from streamline.layout import Paths
 from streamline import data
-from streamline.extract import extract_pairs
+from streamline.pairs import extract_pairs
 from streamline.artifacts import read_scores
 from streamline.loading import load_model
 from streamline.training.recipes import build_recipe

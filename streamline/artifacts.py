@@ -1,13 +1,16 @@
-"""The JSON artifacts stages hand to each other, as typed records, each checked before it is used.
+"""The JSON artifacts stages hand to each other, as typed records (records.Record), each checked before use.
 
-Every artifact a stage writes is a frozen dataclass here: the writer builds it and calls `to_json`, every
-reader gets it back through `from_json` or `load`, so a field is named in one place and a new one is one line.
-A stage never trusts a file another stage wrote: `load` checks every field's type (pydantic, strict JSON
-mode), and a torn, incomplete or edited artifact is one line that names the field and moves the file aside
-(so the stage that writes it reruns), never a KeyError or a wrong number deep in a stage.
+Every artifact a stage writes is a frozen dataclass here (streamline.json's ModelInfo in model_info.py, as
+loading a model needs it and nothing else): the writer builds it and calls `to_json`, every reader gets it
+back through `from_json` or `load`, so a field is named in one place and a new one is one line. A stage
+never trusts a file another stage wrote: `load` checks every field's type, and the records check themselves
+(a perplexity against its blocks, the picked block against the scores); a torn, incomplete or edited
+artifact is one line that names the field and moves the file aside (so the stage that writes it reruns),
+never a KeyError or a wrong number deep in a stage.
 
     BlockScores  scores.json                       score -> replace, linear, extract (pairs), report
     ModelInfo    streamline.json of a model dir    replace, linear, train -> train, export, evaluate, report
+                 (model_info.py)
     TrainLog     train_log.json                    train -> export (model card), checkpoints, report
     EstimateLog  estimate_log.json                 linear -> report
     Evaluation   eval.json                         evaluate -> report
@@ -21,112 +24,13 @@ Kept free of torch: every stage that reads an artifact imports this module.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from functools import cache
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from .atomic import read_artifact
-from .errors import StreamlineError
-from .layout import NETS, UNTRAINED
-
-T = TypeVar("T")
-
-
-@cache
-def _adapter(cls: type):
-    from pydantic import TypeAdapter
-    return TypeAdapter(cls)
-
-
-def _problem(error) -> str:
-    """A pydantic ValidationError in words: the first bad field, by its path in the file."""
-    first = error.errors()[0]
-    if first["type"] == "value_error":  # a record's own consistency check (__post_init__)
-        return f"incomplete ({first['ctx']['error']})"
-    where = ".".join(str(p) for p in first["loc"])
-    return f"incomplete (no valid '{where}')" if where else f"not a record of this kind ({first['msg']})"
-
-
-def _parse(cls: type[T], obj: Any) -> T | str:
-    """`obj` (parsed JSON) as `cls`, or the problem in words. Strict JSON mode: no "1" for 1, no 1 for True."""
-    from pydantic import ValidationError
-    try:
-        return _adapter(cls).validate_json(json.dumps(obj, allow_nan=True), strict=True)
-    except ValidationError as e:
-        return _problem(e)
-
-
-class Record:
-    """to_json/from_json/load for the dataclasses below."""
-    __pydantic_config__ = {"allow_inf_nan": False}  # no stage writes NaN (atomic_write_json refuses it)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls: type[T], obj: Any, where: str | Path = "artifact") -> T:
-        parsed = _parse(cls, obj)
-        if isinstance(parsed, str):
-            raise StreamlineError(f"{where}: {parsed}; run the stage that writes it again")
-        return parsed
-
-    @classmethod
-    def load(cls: type[T], path: str | Path, what: str, aside: str | Path | None = None) -> T:
-        """The artifact at `path`, checked; a torn or invalid one is moved aside (`aside`: the file, or the dir
-        it belongs to) with one line naming the bad field."""
-        parsed: list = []
-
-        def check(obj: dict) -> str | None:
-            parsed.append(_parse(cls, obj))
-            return parsed[-1] if isinstance(parsed[-1], str) else None
-
-        read_artifact(path, what, aside=aside, check=check)
-        return parsed[-1]
-
-
-# ---------------------------------------------------------------- streamline.json
-
-@dataclass(frozen=True)
-class ModelInfo(Record):
-    """streamline.json of a model dir a stage wrote (replace, linear, train): what was removed, what replaced
-    it, how it was trained. k (`replacement_layers`) means one thing everywhere: the layers kept in the
-    block's place, 0 for plain removal (`none`) and the folded map (`linear`)."""
-    name: str
-    source_model: str
-    source_layers: int
-    source_params: int
-    n: int
-    block: list[int]
-    net: str
-    replacement_layers: int
-    metric: str
-    dtype: str
-    loss: str | None = None          # None until trained; "mse+kd" for a staged run
-    seed: int | None = None
-    training: dict[str, Any] | None = None  # the model card's training rows
-    final_val: dict[str, float] | None = None
-    params: int | None = None        # set when the dir is saved
-    num_hidden_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        k, net = self.replacement_layers, self.net
-        if net not in NETS:
-            raise ValueError(f"unknown network {net!r} (known: {', '.join(NETS)})")
-        if (k == 0) != (net in UNTRAINED) or k < 0 or (k > 1 and net != "transformer"):
-            raise ValueError(f"network {net} with {k} kept layers")
-        if not self.block or self.block != list(range(self.block[0], self.block[0] + len(self.block))):
-            raise ValueError(f"block {self.block} is not a run of consecutive layers")
-
-
-def read_info(model_dir: str | Path) -> ModelInfo:
-    """A pruned model dir's streamline.json, checked against the dir's record first: a torn or incomplete one
-    moves the dir aside (its stage reruns) with one line."""
-    from .weights import verify
-    verify(model_dir)
-    return ModelInfo.load(Path(model_dir) / "streamline.json", "model dir's streamline.json", aside=model_dir)
+from .model_info import ModelInfo
+from .records import Record
 
 
 # ---------------------------------------------------------------- scores.json

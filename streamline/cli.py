@@ -45,7 +45,7 @@ def cmd_extract_calibration(a: argparse.Namespace) -> None:
 
 
 def cmd_extract_pairs(a: argparse.Namespace) -> None:
-    from .extract import extract_pairs
+    from .pairs import extract_pairs
     extract_pairs(a.model, a.data, a.scores, a.out, train_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
                   level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers, manifest=a.manifest)
 

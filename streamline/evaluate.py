@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamlineError
-from .artifacts import KL, SAMPLES_FORMAT, Evaluation, Perplexity, Question, Samples, TaskScores, read_info
+from .artifacts import KL, SAMPLES_FORMAT, Evaluation, Perplexity, Question, Samples, TaskScores
+from .model_info import read_info
 from .atomic import atomic_write_bytes, atomic_write_json
 
 HEADLINE_METRIC = "acc"

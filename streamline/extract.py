@@ -156,22 +156,3 @@ def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np
         f.result()  # re-raise a failed write
     for n in rows:
         store.finish_sample(n, mask[n].astype(np.uint8))  # mask, then the checksum row: sample n is done
-
-
-def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *,
-                  train_samples: int | None = None, manifest: str | Path | None = None, **kwargs) -> dict:
-    """(h_b, h_{b+n+1}) of the best block for the train and val splits: pairs.zarr/{train,val}.
-
-    Only layers 0..b+n run, never the whole model.
-    """
-    from .artifacts import read_scores
-    scores = read_scores(scores_json)
-    keep = [scores.block[0], scores.block[-1] + 1]
-    out_dir = Path(out_dir)
-    summary = {"block": scores.block, "layers": keep}
-    for split, count in (("train", train_samples), ("val", None)):
-        summary[split] = extract_hidden_states(model_dir, data_dir, out_dir / split, split=split, num_samples=count,
-                                               keep=keep, **kwargs)
-    if manifest:
-        atomic_write_json(manifest, summary)
-    return summary

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json, read_artifact
-from .artifacts import BlockScores, EstimateLog, ModelInfo, read_scores
+from .artifacts import BlockScores, EstimateLog, read_scores
+from .model_info import ModelInfo
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)

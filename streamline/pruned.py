@@ -27,7 +27,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from safetensors import SafetensorError
 
 from . import networks
-from .artifacts import ModelInfo
+from .model_info import ModelInfo
 from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
 from .atomic import atomic_dir, atomic_write_json

@@ -21,7 +21,8 @@ from torch import nn
 
 from . import layout
 from .errors import StreamlineError
-from .artifacts import BlockScores, ModelInfo, read_scores
+from .artifacts import BlockScores, read_scores
+from .model_info import ModelInfo
 from .loading import load_model
 from .networks import build_network
 from .pruned import count_params, save_pruned

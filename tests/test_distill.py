@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from tiny import make_data_dir, write_scores
 from streamline.errors import StreamlineError
-from streamline.extract import extract_hidden_states, extract_pairs
+from streamline.extract import extract_hidden_states
+from streamline.pairs import extract_pairs
 from streamline.replace import replace
 from streamline.score import score
 from streamline.training import losses

@@ -90,7 +90,7 @@ def test_json_artifacts_are_strict(tmp_path):
 # --- 4: stores are complete and verified (see also test_extract.py) -----------------------------------------
 
 def test_training_refuses_a_pair_store_with_a_missing_chunk(tiny_llama_dir, tmp_path):
-    from streamline.extract import extract_pairs
+    from streamline.pairs import extract_pairs
     from streamline.replace import replace
     from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings

@@ -10,9 +10,9 @@ import pytest
 from streamline.cli import main as cli
 from tiny import write_scores
 from streamline.errors import StreamlineError
-from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, ModelInfo, Perplexity,
-                                  Question, Samples, Speed, Stability, Summary, TaskScores, TaskStability, TrainLog,
-                                  TrainStep)
+from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, Perplexity, Question,
+                                  Samples, Speed, Stability, Summary, TaskScores, TaskStability, TrainLog, TrainStep)
+from streamline.model_info import ModelInfo
 from streamline.evaluate import write_samples
 from streamline.plots import pareto_front
 from streamline.report import report

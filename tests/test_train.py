@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tiny import holds_only_the_finished_state, make_data_dir
-from streamline.extract import extract_hidden_states, extract_pairs
+from streamline.extract import extract_hidden_states
+from streamline.pairs import extract_pairs
 from streamline.pruned import load_pruned
 from streamline.replace import replace
 from streamline.score import score

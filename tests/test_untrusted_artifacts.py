@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from tiny import build_tiny_model, make_data_dir, write_scores
 from streamline.errors import StreamlineError
-from streamline.extract import extract_hidden_states, extract_pairs
+from streamline.extract import extract_hidden_states
+from streamline.pairs import extract_pairs
 from streamline.replace import replace
 from streamline.score import score
 from streamline.store import HiddenStore

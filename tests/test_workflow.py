@@ -138,6 +138,9 @@ def test_unknown_architecture(tmp_path, text_corpus):
     ("adapters/llama.py", {"extract_calibration": 1, "score": 2, "extract_pairs": 1, "evaluate_baseline": 1},
      {"download_model", "prepare_data"}),
     ("report.py", {"report": 1}, set()),
+    # the artifact records reach every stage that writes or reads one, never the calibration store
+    ("artifacts.py", {"score": 2, "extract_pairs": 1, "report": 1},
+     {"download_model", "prepare_data", "fetch_eval_data", "extract_calibration"}),
     # the store is read by scoring and MSE training, never by replace or the evaluations (which run the model)
     ("store.py", {"extract_calibration": 1, "extract_pairs": 1, "train_mse": 1},
      {"download_model", "prepare_data", "fetch_eval_data", "evaluate_baseline"}),

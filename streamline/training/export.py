@@ -9,7 +9,8 @@ import torch
 
 from ..adapters import get_adapter
 from ..errors import StreamlineError
-from ..artifacts import TrainLog, read_info
+from ..artifacts import TrainLog
+from ..model_info import read_info
 from ..pruned import TORCH_DTYPES, load_pruned, save_pruned
 
 

@@ -21,7 +21,8 @@ from typing import Callable
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json
 from .core import Recipe, fit
-from ..artifacts import TrainLog, read_info
+from ..artifacts import TrainLog
+from ..model_info import read_info
 from .replacement import Replacement
 from .settings import TrainSettings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StreamlineError
-from ..artifacts import read_info
+from ..model_info import read_info
 from ..layout import NETS, UNTRAINED
 
 TRAINABLE_NETS = tuple(n for n in NETS if n not in UNTRAINED)

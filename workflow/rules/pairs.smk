@@ -6,7 +6,7 @@ rule extract_pairs:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
         scores=lambda w: paths(w.model, w.n).scores(scores_name(kept_of(w.pairs))),
-        code=code("extract.py", "store.py"),
+        code=code("pairs.py", "store.py"),
     output:
         manifest=paths("{model}").pairs("{pairs}"),
     params:

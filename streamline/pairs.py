@@ -1,0 +1,31 @@
+"""Pair stores for MSE training: (h_b, h_{b+n+k}) of the best block, for the train and val splits.
+
+Apart from extract.py, which it calls: the calibration extraction never reads block scores, so editing the
+artifact records reruns the pairs, never the calibration store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifacts import read_scores
+from .atomic import atomic_write_json
+from .extract import extract_hidden_states
+
+
+def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *,
+                  train_samples: int | None = None, manifest: str | Path | None = None, **kwargs) -> dict:
+    """(h_b, h_{b+n+1}) of the best block for the train and val splits: pairs.zarr/{train,val}.
+
+    Only layers 0..b+n run, never the whole model.
+    """
+    scores = read_scores(scores_json)
+    keep = [scores.block[0], scores.block[-1] + 1]
+    out_dir = Path(out_dir)
+    summary = {"block": scores.block, "layers": keep}
+    for split, count in (("train", train_samples), ("val", None)):
+        summary[split] = extract_hidden_states(model_dir, data_dir, out_dir / split, split=split, num_samples=count,
+                                               keep=keep, **kwargs)
+    if manifest:
+        atomic_write_json(manifest, summary)
+    return summary
