@@ -181,7 +181,8 @@ class Perplexity(Record):
                 and sum(self.tokens_per_block) == self.tokens > 0):
             raise ValueError(f"perplexity over {self.blocks} blocks of {self.tokens} tokens, with "
                              f"{len(self.nll_per_block)} NLLs and {sum(self.tokens_per_block)} tokens per block")
-        if not math.isclose(self.value, math.exp(sum(self.nll_per_block) / self.tokens), rel_tol=1e-9):
+        mean = sum(self.nll_per_block) / self.tokens  # compared in log space: exp of an edited mean can overflow
+        if self.value <= 0 or not math.isclose(math.log(self.value), mean, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(f"perplexity {self.value} is not what its blocks' NLL gives")
 
 
@@ -275,6 +276,9 @@ class Samples(Record):
     def __post_init__(self) -> None:
         if self.format != SAMPLES_FORMAT:
             raise ValueError(f"format {self.format!r}, not {SAMPLES_FORMAT}: evaluate again")
+        empty = [t for t, questions in self.tasks.items() if not questions]
+        if empty:
+            raise ValueError(f"no questions for {empty}")
 
 
 @dataclass(frozen=True)

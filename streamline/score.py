@@ -63,6 +63,9 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
     if not 1 <= n < num_layers:
         raise StreamlineError(f"layer_intervals: {n} is out of range for a {num_layers}-layer model "
                               f"(allowed: 1..{num_layers - 1})")
+    if not n <= span <= num_layers:
+        raise StreamlineError(f"span: {span} layers cannot hold a block of n = {n} in a {num_layers}-layer model "
+                              f"(allowed: {n}..{num_layers})")
     values, tokens = block_scores(store, span, metric)
     if not np.isfinite(values).all():  # np.argmax would pick the first NaN
         i = int(np.flatnonzero(~np.isfinite(values))[0])

@@ -281,6 +281,8 @@ def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     ("eval", lambda e: e["results"]["boolq"].update(acc=True), "results.boolq.acc"),  # a bool, not a fraction
     ("eval", lambda e: e.pop("params"), "params"),
     ("eval", lambda e: e["perplexity"].update(value=5.0), "perplexity 5.0 is not what its blocks' NLL gives"),
+    ("eval", lambda e: e["perplexity"].update(nll_per_block=[1e6] * 4), "is not what its blocks' NLL gives"),
+    ("samples", lambda s: s["tasks"].update(boolq={}), r"no questions for \['boolq'\]"),
     ("eval", lambda e: e["kl_to_original"].update(value=0.05), "KL 0.05 is not what its blocks give"),
     ("eval", lambda e: e["results"]["boolq"].update(acc=1.7), r"an accuracy outside \[0, 1\]"),
     ("train_log", lambda t: t.update(kept="initial"), "kept initial state, with validation 2 -> 1.5"),
