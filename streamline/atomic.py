@@ -57,7 +57,6 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
     A damaged artifact is moved aside (`aside`: the file itself, or the dir it belongs to) so that the stage
     that writes it reruns.
     """
-    import time
     from .errors import StreamlineError
     path = Path(path)
     if not path.is_file():
@@ -75,11 +74,11 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
         problem = check(obj)
     if problem is None:
         return obj
+    from .ownership import move_aside
     aside = Path(aside) if aside is not None else path
-    moved = aside.with_name(f"{aside.name}.corrupt-{int(time.time())}")
     try:
-        aside.rename(moved)
-        where = f"moved {aside.name} aside to {moved.name}; run the workflow again to rebuild it"
+        moved = move_aside(aside)
+        where = f"moved {aside.name} aside to {moved}; run the workflow again to rebuild it"
     except OSError:
         where = "run the stage that writes it again"
     raise StreamlineError(f"{path}: the {what} is {problem}; {where}")
@@ -106,18 +105,29 @@ def exclusive(target: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a scratch dir next to `path`; it replaces `path` only if the block finishes."""
+def atomic_dir(path: str | Path, what: str = "output directory") -> Iterator[Path]:
+    """Yield a scratch dir next to `path`; it replaces `path` only if the block finishes.
+
+    Only a directory streamline wrote is ever replaced (ownership.py): a user's directory at `path`, or at
+    its scratch sibling, is refused in one line before any work. Through a symlink, the directory it points
+    to is the one replaced, so the link (and the disk it points to) stays.
+    """
+    from .errors import StreamlineError
+    from .ownership import clear, mark, require_owned, target
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    require_owned(path, what)
+    real = target(path)
+    tmp = real.with_name(real.name + ".partial")
+    if tmp.is_symlink():
+        raise StreamlineError(f"{tmp}: a symlink where streamline keeps its scratch dir for {path}; remove it")
+    clear(tmp, f"scratch dir of {path}")  # left by an interrupted run
     tmp.mkdir(parents=True)
+    mark(tmp, what)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    if real.exists():
+        clear(real, what)
+    os.replace(tmp, real)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .errors import StreamlineError
 from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
 from .atomic import atomic_dir, atomic_write_json
+from .ownership import require_owned
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
     """Write token blocks for calib/train/val to out_dir atomically; return the meta dict."""
     from transformers import AutoTokenizer
 
+    require_owned(out_dir, "data directory")  # before tokenising: a user's directory is never replaced
     missing = [s for s in SPLITS if s not in counts]
     if missing:
         raise StreamlineError(f"{COUNT_KEYS[missing[0]]}: no block count given for the {missing[0]} split")
@@ -298,7 +300,7 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
                             "tokenizer_name": tokenizer.name_or_path, "vocab_size": len(tokenizer),
                             "eos_token_id": eos, "pad_token_id": pad}
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "data directory") as tmp:
         blocks = {s: _Blocks(tmp, s, counts[s], seq_len, pack, eos, pad) for s in SPLITS}
         if source == SLIMPAJAMA:
             _fill_slimpajama(source, blocks, tokenizer, seed, meta)

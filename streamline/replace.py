@@ -21,6 +21,7 @@ from torch import nn
 
 from . import layout
 from .errors import StreamlineError
+from .ownership import require_owned
 from .artifacts import BlockScores, read_scores
 from .model_info import ModelInfo
 from .loading import load_model
@@ -66,6 +67,7 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     if layers < 1 or (layers > 1 and net != "transformer"):
         raise StreamlineError(f"replacement_layers: {layers} is not allowed with network '{net}' "
                               f"(transformer: k >= 1; ffn, swiglu, none: 1)")
+    require_owned(out_dir, "model directory")  # before any work: a user's directory is never replaced
     scores = read_scores(scores_json)
     block = removed_block(scores, net, layers)
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from .errors import StreamlineError
+from .ownership import clear, mark, require_owned, target
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ class HiddenStore:
                          level: int, attrs: dict) -> "HiddenStore":
         """Open a store written with the same `attrs`, or start a fresh one if anything differs."""
         path = Path(path)
-        if path.exists():
+        require_owned(path, "hidden-state store")  # a user's directory is refused, never emptied
+        if (path / "zarr.json").is_file():
             try:
                 saved = json.loads((path / "zarr.json").read_text())["attributes"]
                 same = saved.get("fingerprint") == attrs["fingerprint"] and saved.get("format") == FORMAT
@@ -150,9 +151,12 @@ class HiddenStore:
                                 str(e).split(": ", 1)[-1] if isinstance(e, StreamlineError) else type(e).__name__)
             else:
                 log.info("%s was written with other inputs; starting it afresh", path)
-            shutil.rmtree(path)
+        clear(path, "hidden-state store")
         k, n, t, h = shape
-        group = zarr.open_group(str(path), mode="w")
+        real = target(path)  # through a symlink (a store moved to another disk): written where it points
+        real.mkdir(parents=True, exist_ok=True)
+        mark(real, "hidden-state store")  # first: from here on the directory is streamline's to restart
+        group = zarr.open_group(str(real), mode="a")
         common = {"compressors": compressors(codec, level), "config": {"write_empty_chunks": True}}
         group.create_array("hidden", shape=shape, chunks=(1, 1, t, h), dtype=STORAGE_DTYPES[dtype], fill_value=0,
                            **common)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json
+from .ownership import move_aside
 
 RECORD = "streamline-weights.json"
 PATTERNS = ("config.json", "streamline.json", "*.safetensors", "*.bin")
@@ -114,10 +114,9 @@ def verify(model_dir: str | Path) -> dict | None:
             if fresh[name]["sha256"] != saved[name]["sha256"]:
                 problem = f"{name} does not match what the stage that wrote it recorded"
     if problem:
-        aside = model_dir.with_name(f"{model_dir.name}.corrupt-{int(time.time())}")
-        model_dir.rename(aside)
-        raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {aside.name}; run the workflow again "
-                              f"to rebuild it")
+        aside = move_aside(model_dir)
+        raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {aside} (the last damaged copy kept); "
+                              f"run the workflow again to rebuild it")
     if fresh != saved:  # same content, new stat (a copy, a touch, a record of the older layout): hash once only
         _rewrite_files(model_dir, fresh)
     return fresh

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..artifacts import TrainLog, TrainStep
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json, exclusive, read_json
+from ..ownership import mark, move_aside, require_owned
 from ..weights import sha256_file
 from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed, weights_only_loads
 from .model import ReplacedModel
@@ -166,8 +167,12 @@ class Checkpoints:
         self.save_kwargs, self.load_kwargs = checkpoint_kwargs(accelerator)
 
     def locked(self):
-        """Refuse to share the checkpoint dir with a live run (an orphaned job, a second snakemake)."""
-        return exclusive(self.dir) if self.dir is not None and self.accelerator.is_main_process else nullcontext()
+        """Refuse to share the checkpoint dir with a live run (an orphaned job, a second snakemake), or to use a
+        directory streamline did not write (its state-*/best-* files would be deleted as leftovers)."""
+        if self.dir is None or not self.accelerator.is_main_process:
+            return nullcontext()
+        require_owned(self.dir, "checkpoint directory")
+        return exclusive(self.dir)
 
     def _progress(self) -> dict | None:
         """progress.json if it was made with the same inputs; Unreadable if it is torn or names missing files."""
@@ -233,6 +238,7 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         if self.dir and main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            mark(self.dir, "checkpoint directory")
             if found is None:
                 (self.dir / PROGRESS).unlink(missing_ok=True)
             self._clean({p.split("/")[0] for p in keep})  # leftovers of a checkpoint being written when the run died
@@ -241,9 +247,7 @@ class Checkpoints:
 
     def _set_aside(self, main: bool) -> None:
         if main and self.dir is not None and self.dir.exists():
-            aside = self.dir.with_name(f"{self.dir.name}.unreadable-{int(time.time())}")
-            self.dir.rename(aside)
-            log.warning("moved it to %s", aside)
+            log.warning("moved it to %s", move_aside(self.dir, "unreadable"))
 
     def save(self, step: int, state: dict, best_state: dict | None) -> None:
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import StreamlineError
+from ..ownership import require_owned
 from ..atomic import atomic_write_json
 from .core import Recipe, fit
 from ..artifacts import TrainLog
@@ -135,6 +136,9 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
     """
     from .export import export_model
 
+    require_owned(out_dir, "model directory")  # before hours of training, not at the export
+    if checkpoint_dir is not None:
+        require_owned(checkpoint_dir, "checkpoint directory")
     recipe = build_recipe(loss, init_dir, settings, data_dir=data_dir, pairs_dir=pairs_dir, teacher_dir=teacher_dir)
     earlier = read_info(init_dir).loss
     recipe.loss = f"{earlier}+{loss}" if earlier else loss
