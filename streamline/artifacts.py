@@ -87,7 +87,8 @@ class TrainStep(Record):
     step: int
     loss: float
     lr: float
-    grad_norm: float | None
+    grad_norm: float | None          # None: not measured (DeepSpeed), or a step fp16's loss scaler skipped
+    skipped: bool = False            # fp16: the loss scaler skipped this step (its gradients overflowed)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,11 @@ class TrainLog(Record):
     peak_rss_mb: float
     peak_gpu_mb: float | None
     warnings: list[str]
+    skipped_steps: int = 0           # fp16: optimizer steps the loss scaler skipped
 
     def __post_init__(self) -> None:
+        if self.skipped_steps != sum(s.skipped for s in self.steps):
+            raise ValueError(f"{self.skipped_steps} skipped steps, {sum(s.skipped for s in self.steps)} logged")
         if (self.kept == "best") != (self.best_val_loss < self.initial_val_loss):  # how the core decides
             raise ValueError(f"kept {self.kept} state, with validation {self.initial_val_loss:.5g} -> "
                              f"{self.best_val_loss:.5g}")

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,8 +45,35 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
+MAX_JSON_BYTES = 256 << 20  # no stage writes a JSON artifact near this (a whole-split samples file: a few MB)
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def read_json_bytes(path: str | Path) -> bytes:
+    """A JSON artifact's bytes (decompressed if its name ends in .gz), refusing one over MAX_JSON_BYTES instead
+    of reading a planted or runaway file of gigabytes whole (a gzip bomb included)."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        f = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise TooLarge(f"over {MAX_JSON_BYTES >> 20} MB")
+    return data
+
+
+def loads(data: bytes | str) -> Any:
+    """json.loads, with nesting too deep for Python's parser (RecursionError) read as invalid JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return loads(read_json_bytes(path))
 
 
 def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | None = None,
@@ -62,10 +90,11 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
     if not path.is_file():
         raise StreamlineError(f"{path}: no {what} here (run the stage that writes it)")
     try:
-        data = path.read_bytes()
-        obj = json.loads(gzip.decompress(data) if path.name.endswith(".gz") else data)
+        obj = loads(read_json_bytes(path))
         problem = None if isinstance(obj, dict) else "not a JSON object"
-    except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+    except TooLarge as e:
+        obj, problem = None, f"too large ({e}; no stage writes one that size)"
+    except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error):
         obj, problem = None, "torn (not valid JSON)"
     for key, kind in (keys or {}).items():
         if problem is None and (not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool)):
@@ -74,11 +103,11 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
         problem = check(obj)
     if problem is None:
         return obj
-    from .ownership import move_aside
+    from .ownership import move_aside, shown
     aside = Path(aside) if aside is not None else path
     try:
         moved = move_aside(aside)
-        where = f"moved {aside.name} aside to {moved}; run the workflow again to rebuild it"
+        where = f"moved {aside.name} aside to {shown(moved, aside)}; run the workflow again to rebuild it"
     except OSError:
         where = "run the stage that writes it again"
     raise StreamlineError(f"{path}: the {what} is {problem}; {where}")

@@ -163,6 +163,7 @@ def cmd_check_config(a: argparse.Namespace) -> None:
     conf = cfg.load(a.config, a.schema, overrides)
     if a.model_dir:
         cfg.check_model(conf, a.model_dir)
+    cfg.check_training_machine(conf)
     print(f"{a.config}: ok")
 
 
@@ -431,21 +432,47 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log
     launched = "LOCAL_RANK" in os.environ
-    setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING,
-                  mode="a" if launched else "w")
     try:
+        # Appended, never truncated: a second job started on the same outputs (snakemake --nolock -f) stops on
+        # the store's or checkpoint's lock without erasing the running job's log.
+        setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING, mode="a")
+        if args.log and rank == 0 and not launched:
+            log.info("=== streamline %s ===", args.command)
         code = args.func(args)
     except StreamlineError as e:
         return report_error(args, f"streamline {args.command}: error: {e}", rank)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            what = "read-only filesystem" if e.errno == errno.EROFS else "permission denied"
+            return report_error(args, f"streamline {args.command}: error: cannot write {e.filename or 'a file'} "
+                                      f"({what}); make it writable or pick another path", rank)
         if e.errno != errno.ENOSPC:
-            raise
+            if not launched:
+                raise
+            return report_crash(args, e, rank)
         written = e.filename or getattr(args, "out", None) or getattr(args, "checkpoint_dir", None) or "."
         where = Path(written).absolute()
         free = shutil.disk_usage(next(p for p in [where, *where.parents] if p.exists())).free
         return report_error(args, f"streamline {args.command}: error: disk full writing {written} ({free / 1e9:.2f} "
                                   f"GB free there); free space and run again (completed work is kept)", rank)
+    except Exception as e:  # a bug, or a library's failure, inside a launched worker: one line, the rest logged
+        if not launched:
+            raise
+        return report_crash(args, e, rank)
     return code if isinstance(code, int) else 0
+
+
+def report_crash(args: argparse.Namespace, error: BaseException, rank: int) -> int:
+    """A launched worker's unexpected exception: its traceback goes to the log (per process), and one line
+    naming the exception and that log to the launcher, which shows it instead of torchrun's report."""
+    import traceback
+    where = f"{args.log}.rank{rank}" if args.log and rank else args.log
+    if where:
+        with open(where, "a") as f:
+            f.write("".join(traceback.format_exception(error)))
+    detail = str(error).splitlines()[0] if str(error) else ""
+    return report_error(args, f"streamline {args.command}: error: {type(error).__name__}{': ' if detail else ''}"
+                              f"{detail} (process {rank}; traceback in {where or 'the job log'})", rank)
 
 
 def report_error(args: argparse.Namespace, line: str, rank: int) -> int:
@@ -453,8 +480,11 @@ def report_error(args: argparse.Namespace, line: str, rank: int) -> int:
     launch` hands it to the launcher instead (launch.ERROR_FILE), which shows it once for all processes."""
     from .launch import ERROR_FILE
     if args.log and rank == 0:
-        with open(args.log, "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(args.log, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass  # the log itself cannot be written: the line still reaches stderr
     if os.environ.get(ERROR_FILE) and "LOCAL_RANK" in os.environ:
         with open(os.environ[ERROR_FILE], "a") as f:
             f.write(line + "\n")

@@ -40,10 +40,16 @@ NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 TEXT_KEYS = {"model_name", "model_alias", "name", "source", "data", "accelerate_config", "text_fields", "tasks"}
 
 
+WORDS = {"true": True, "false": False, "null": None, "~": None}  # as YAML reads them ("none" stays a word)
+
+
 def _coerce_numbers(node: dict) -> None:
-    """`snakemake --config 'layer_intervals=[4,8]' 'llm={num_processes: 2}'` passes nested values as
-    strings; turn number-shaped strings back into numbers (never in the keys that hold text)."""
+    """`snakemake --config 'layer_intervals=[4,8]' 'eval={offline: true, limit: null}'` passes nested values as
+    strings; turn number-, boolean- and null-shaped strings back into what YAML would have read (never in the
+    keys that hold text)."""
     def convert(v):
+        if isinstance(v, str) and v.strip().lower() in WORDS:
+            return WORDS[v.strip().lower()]
         if isinstance(v, str) and NUMBER.match(v.strip()):
             return int(v) if re.fullmatch(r"-?\d+", v.strip()) else float(v)
         if isinstance(v, list):
@@ -105,6 +111,30 @@ def check_export(config: dict) -> None:
         raise StreamlineError(f"export.gguf: {outtype} cannot export network {custom[0]}, a custom layer that needs "
                               f"remote code, which llama.cpp cannot run (allowed with export.gguf: transformer, "
                               f"none, linear; or export.gguf: none)")
+
+
+def check_training_machine(config: dict, local: bool = True, repo: str | Path | None = None) -> None:
+    """The whole-model losses run under accelerate with llm.accelerate_config: a malformed file, or fp16 on a
+    machine without a GPU, would fail only once a training job starts. The file is checked at every parse. The
+    GPU only where the jobs run on this machine (`local`, known once Snakemake has chosen its executor: the
+    Snakefile asks in `onstart`, so a dry run on a laptop or a cluster's login node plans an fp16 preset, and on
+    a cluster the job's node decides, where `streamline launch` refuses it in one line)."""
+    if not {"llm", "kd"} & set(_values(config["loss"])):
+        return
+    from .launch import check_accelerate_config, gpu_count
+    check_accelerate_config(resolve_accelerate_config(config["llm"]["accelerate_config"], repo))
+    if local and config["dtype"] == "float16" and gpu_count() == 0:
+        raise StreamlineError("dtype: float16 trains the llm and kd losses only on a GPU (DeepSpeed and DDP have no "
+                              "fp16 on a CPU), and this machine shows none (allowed here: bfloat16, float32)")
+
+
+def resolve_accelerate_config(value: str, repo: str | Path | None = None) -> Path:
+    """llm.accelerate_config as given (absolute, or relative to the working dir), else relative to the repository
+    `repo` (the workflow's; default: this package's checkout), so configs/accelerate/... works from any dir."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(repo or Path(__file__).resolve().parents[1]) / path
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:

@@ -83,10 +83,10 @@ def load_gguf(path: str | Path, n_ctx: int, logits_all: bool, threads: int | Non
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                    logits_all=logits_all, n_threads=threads, n_threads_batch=threads, verbose=False)
     except (ValueError, RuntimeError, OSError) as e:  # a truncated or foreign file: llama.cpp refuses to load it
-        from .ownership import move_aside
+        from .ownership import move_aside, shown
         aside = move_aside(path)  # so that the export that wrote it reruns
         raise StreamlineError(f"{path}: llama.cpp cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                              f"); moved it to {aside}; run the workflow again to export it again") from None
+                              f"); moved it to {shown(aside, path)}; run the workflow again to export it again") from None
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

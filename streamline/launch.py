@@ -18,6 +18,7 @@ the Snakemake rule calls) detects the machine at run time, on the node the job l
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -62,6 +63,55 @@ def read_config(config_file: str | Path) -> dict:
     if not isinstance(config, dict):
         raise StreamlineError(f"llm.accelerate_config: {path} is not a mapping of accelerate settings")
     return config
+
+
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def check_accelerate_config(config_file: str | Path, cache_file: str | Path | None = None) -> None:
+    """The accelerate config, read by accelerate itself (unknown keys, a distributed_type or mixed precision it
+    does not know) plus its DeepSpeed section: one line naming the file, before any job starts.
+
+    accelerate's config classes take seconds to import, so a file that passed is remembered by its content
+    (in `cache_file`, default .snakemake/streamline/accelerate-configs.json beside Snakemake's own records, so
+    a dry run writes nothing under resources/) and costs nothing at the next parse.
+    """
+    import hashlib
+    import json
+    config = read_config(config_file)
+    digest = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
+    cache = Path(cache_file or ".snakemake/streamline/accelerate-configs.json")
+    try:
+        if digest in json.loads(cache.read_text()):
+            return
+    except (OSError, ValueError, TypeError):
+        pass
+    from accelerate.commands.config.config_args import ClusterConfig
+    where = f"llm.accelerate_config: {config_file}"
+    try:
+        ClusterConfig.from_yaml_file(str(config_file))
+    except (ValueError, TypeError, KeyError) as e:
+        raise StreamlineError(f"{where} is not a valid accelerate config ({str(e).splitlines()[0]})") from None
+    ds = config.get("deepspeed_config")
+    if str(config.get("distributed_type", "")).upper() == "DEEPSPEED":
+        if not isinstance(ds, dict):
+            raise StreamlineError(f"{where}: distributed_type DEEPSPEED needs a deepspeed_config mapping")
+        if "deepspeed_config_file" not in ds and ds.get("zero_stage") not in ZERO_STAGES:
+            raise StreamlineError(f"{where}: deepspeed_config.zero_stage is {ds.get('zero_stage')!r} (allowed: "
+                                  f"{', '.join(map(str, ZERO_STAGES))})")
+    n = config.get("num_processes", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
+        raise StreamlineError(f"{where}: num_processes is {n!r} (allowed: an integer >= 1)")
+    try:
+        known = json.loads(cache.read_text())
+        known = known if isinstance(known, list) else []
+    except (OSError, ValueError):
+        known = []
+    try:
+        from .atomic import atomic_write_json
+        atomic_write_json(cache, sorted(set(known) | {digest}))
+    except OSError:
+        pass  # checked again next time
 
 
 def distributed_type(config_file: str | Path) -> str:
@@ -129,16 +179,36 @@ def die_with_parent() -> None:
 ERROR_FILE = "STREAMLINE_ERROR_FILE"  # where a launched worker writes its one-line error
 
 
+def _log_of(module_args: list[str]) -> str | None:
+    """The --log file the workers write (a global option, before the stage's name)."""
+    for i, arg in enumerate(module_args):
+        if arg == "--log" and i + 1 < len(module_args):
+            return module_args[i + 1]
+        if arg.startswith("--log="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# Where the launcher's own failure report begins (torchrun's ChildFailedError, accelerate's CalledProcessError):
+# from there on its stderr is kept for the log, not shown.
+REPORT_START = re.compile(rb"^(Traceback \(most recent call last\)|E\d{4} \d\d:\d\d:\d\d|\[rank\d+\]:E|W\d{4} .*"
+                          rb"Sending process \d+ closing signal)", re.M)
+
+
 def run(config_file: str, num_processes: int | None, module_args: list[str], mixed_precision: str | None = None,
         print_only: bool = False) -> int:
     """`streamline launch`: run the accelerate launcher as a child, its stderr passed through as it comes.
 
-    A worker that stops on bad input writes its one line to ERROR_FILE; from then on the launcher's own
-    report (torchrun's ChildFailedError, ~30 lines) is held back, and that one line is the error shown.
-    Signals (Ctrl-C, a Slurm cancel) are passed on to the launcher, which passes them to the workers.
+    Every failure ends in one line. A worker that stops (on bad input, or on an unexpected exception, whose
+    traceback it logs) writes its line to ERROR_FILE; from then on, or from the first line of the launcher's
+    own report (torchrun's ChildFailedError, ~30-80 lines), stderr is held back and appended to the workers'
+    log, and the one line shown is the worker's, or, for a process that died without a word (killed, out of
+    memory), one naming its exit status and the log. Signals (Ctrl-C, a Slurm cancel) are passed on to the
+    launcher, which passes them to the workers.
     """
     import signal
     import tempfile
+    check_mixed_precision(config_file, mixed_precision)
     cmd = launch_command(config_file, num_processes, module_args, mixed_precision=mixed_precision)
     if print_only:
         import shlex
@@ -151,18 +221,44 @@ def run(config_file: str, num_processes: int | None, module_args: list[str], mix
                             preexec_fn=die_with_parent)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _: proc.send_signal(s))
+    held = bytearray()
     try:
-        held_back = False
         while chunk := os.read(proc.stderr.fileno(), 1 << 16):
-            held_back = held_back or os.path.getsize(error_file) > 0
-            if not held_back:
+            if not held and os.path.getsize(error_file) == 0 and not REPORT_START.search(chunk):
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.buffer.flush()
+                continue
+            if not held and (start := REPORT_START.search(chunk)):  # show what came before the report
+                sys.stderr.buffer.write(chunk[:start.start()])
+                sys.stderr.buffer.flush()
+                chunk = chunk[start.start():]
+            held += chunk
         code = proc.wait()
         error = Path(error_file).read_text().splitlines()
     finally:
         os.unlink(error_file)
-    if code != 0 and error:
+    log_file = _log_of(module_args)
+    if held and log_file:
+        with open(log_file, "ab") as f:
+            f.write(b"--- the launcher's report ---\n" + bytes(held))
+    if code == 0:
+        if held:  # a warning that looked like a report: nothing failed, so show it after all
+            sys.stderr.buffer.write(bytes(held))
+        return 0
+    if error:
         print(error[0], file=sys.stderr)  # the worker's own line, once
         return 2
-    return code
+    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    signals = {9: " (SIGKILL: out of memory, or killed from outside?)", 15: " (SIGTERM)"}
+    where = f"; its output is in {log_file}" if log_file and held else (f"; see {log_file}" if log_file else "")
+    print(f"streamline launch: error: the training processes failed ({how}{signals.get(-code, '')}) without "
+          f"saying why{where}", file=sys.stderr)
+    return 2
+
+
+def check_mixed_precision(config_file: str | Path, mixed_precision: str | None) -> None:
+    """fp16 training needs a GPU: DeepSpeed has no fp16 on CPU, and it would fail only once the workers start."""
+    wanted = (mixed_precision or str(read_config(config_file).get("mixed_precision", "no"))).lower()
+    if wanted == "fp16" and gpu_count() == 0:
+        raise StreamlineError("dtype: float16 trains the llm and kd losses only on a GPU (DeepSpeed and DDP have "
+                              "no fp16 on a CPU), and this machine shows none; use dtype: bfloat16 or float32 here")

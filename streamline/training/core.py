@@ -222,6 +222,7 @@ class Checkpoints:
                 else:
                     try:
                         with weights_only_loads():
+                            _check_random_states(self.dir / saved["state_dir"])
                             self.accelerator.load_state(str(self.dir / saved["state_dir"]), **self.load_kwargs)
                     except Exception as e:  # verified, yet it does not load: its state may be half applied
                         self._set_aside(main)
@@ -304,6 +305,17 @@ class Checkpoints:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _check_random_states(state_dir: Path) -> None:
+    """Load every process's random state as accelerate will: accelerate logs "Could not load random states" and
+    carries on when one fails, and the resumed run would silently stop being reproducible. Every process checks
+    all of them, so all agree on setting the checkpoint aside."""
+    from accelerate.utils import load
+    for path in sorted(state_dir.glob("random_states_*.pkl")):
+        states = load(path)
+        if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(states):
+            raise ValueError(f"{path.name} holds no random states")
+
+
 # --- the loop -------------------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[TrainLog, dict], None], *,
@@ -363,19 +375,22 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
                                       f"data's attention masks and train.skip_first_tokens")
             grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
+            # fp16's loss scaler skips a step whose gradients overflowed (routine in an fp16 run's first steps)
+            skipped = bool(accelerator.optimizer_step_was_skipped)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
             state["tokens"] += tokens
             step = state["step"]
-            norm = None if grad_norm is None else float(grad_norm)
-            overflow = accelerator.mixed_precision == "fp16"  # fp16's loss scaler skips steps with inf gradients
-            if not math.isfinite(train_loss) or (norm is not None and not math.isfinite(norm) and not overflow):
+            norm = None if grad_norm is None or skipped else float(grad_norm)
+            if not math.isfinite(train_loss) or (norm is not None and not math.isfinite(norm)):
                 what = f"training loss is {train_loss}" if not math.isfinite(train_loss) else f"gradient norm is {norm}"
                 raise StreamlineError(f"train: the {what} (NaN/Inf) at step {step}: the model overflows in this dtype "
                                       f"or the lr is too high; try dtype: float32 or a lower lr")
-            state["steps"].append({"step": step, "loss": train_loss, "lr": lr,
-                                   "grad_norm": norm})
+            if skipped:
+                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                log.info("step %d skipped by the fp16 loss scaler (gradients overflowed; the scale is lowered)", step)
+            state["steps"].append({"step": step, "loss": train_loss, "lr": lr, "grad_norm": norm, "skipped": skipped})
             if step % plan.val_every == 0 or step == plan.steps:
                 metrics, improved = _validation(accelerator, module, recipe, s, state)
                 current = gather_trainable(accelerator, module, names) if improved else None  # collective
@@ -491,4 +506,4 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
                                  / max(seconds - val_seconds, 1e-9), 2),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
         peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        warnings=warnings)
+        skipped_steps=state.get("skipped_steps", 0), warnings=warnings)

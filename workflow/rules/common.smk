@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+from streamline.config import resolve_accelerate_config
 from streamline.download import model_slug
 from streamline.imports import stage_files
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
@@ -74,10 +75,10 @@ def variants():
 
 
 def accelerate_config():
-    """llm.accelerate_config as given if it exists (absolute, or relative to the working dir), else relative
-    to the repository (configs/accelerate/... works from any working dir)."""
-    path = Path(config["llm"]["accelerate_config"]).expanduser()
-    return str(path if path.is_absolute() or path.exists() else os.path.relpath(Path(workflow.basedir).parent / path))
+    """llm.accelerate_config (config.resolve_accelerate_config), relative to the working dir unless given absolute."""
+    value = config["llm"]["accelerate_config"]
+    path = resolve_accelerate_config(value, Path(workflow.basedir).parent)
+    return str(path) if Path(value).expanduser().is_absolute() else os.path.relpath(path)
 
 
 def eval_data_dir():
