@@ -15,12 +15,41 @@ from .errors import StreamlineError
 log = logging.getLogger("streamline")
 
 
-def setup_logging(log_file: str | None, level: int = logging.INFO, mode: str = "w") -> None:
-    """Log lines to stderr and, if given, to a file (mode "a" for multi-process writers resuming)."""
+class KeptLogHandler(logging.FileHandler):
+    """A log file that survives being replaced under a running job.
+
+    Snakemake deletes a job's log before the job starts, also when a second job is started on a running job's
+    outputs (`snakemake --nolock -f`; that job then stops on the running one's lock). The running job would go
+    on writing into the deleted file, and its log would be gone. This handler notices that the path no longer
+    is its file, and carries everything it wrote over to the file now at the path, then keeps writing there.
+    """
+
+    def __init__(self, filename: str):
+        super().__init__(filename, mode="a+")  # readable too: its content can be carried over
+        self._inode = os.fstat(self.stream.fileno()).st_ino
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            moved = os.stat(self.baseFilename).st_ino != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved and self.stream is not None:
+            self.stream.flush()
+            self.stream.seek(0)
+            kept = self.stream.read()
+            self.stream.close()
+            self.stream = open(self.baseFilename, "a+", encoding=self.encoding)
+            self.stream.write(kept)
+            self._inode = os.fstat(self.stream.fileno()).st_ino
+        super().emit(record)
+
+
+def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
+    """Log lines to stderr and, if given, appended to a file (KeptLogHandler: never truncated or lost)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode=mode))
+        handlers.append(KeptLogHandler(log_file))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=handlers, force=True)
 
@@ -435,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Appended, never truncated: a second job started on the same outputs (snakemake --nolock -f) stops on
         # the store's or checkpoint's lock without erasing the running job's log.
-        setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING, mode="a")
+        setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
         if args.log and rank == 0 and not launched:
             log.info("=== streamline %s ===", args.command)
         code = args.func(args)

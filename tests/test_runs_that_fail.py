@@ -208,3 +208,24 @@ def test_a_second_job_on_a_locked_checkpoint_leaves_the_running_jobs_log(tmp_pat
                    "--min-lr", "1e-4")
     assert "being written by another running process" in one_error_line(proc)
     assert log.read_text().startswith("12:00:00 streamline: step 700/1000 of the running job\n")
+
+
+def test_a_running_jobs_log_survives_snakemake_deleting_it(tmp_path):
+    """`snakemake --nolock -f` deletes the log of the job it starts again before that job runs, while the first
+    job is still writing it; the second job's one line lands in a new file. The first job carries its log over."""
+    log = tmp_path / "train.log"
+    script = ("import logging, sys, time\nfrom streamline.cli import setup_logging\n"
+              f"setup_logging({str(log)!r})\nlog = logging.getLogger('streamline')\n"
+              "log.info('step 1 of the running job')\n"
+              "while not __import__('os').path.exists(sys.argv[1]): time.sleep(0.05)\n"
+              "log.info('step 2 of the running job')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "go")])
+    while "step 1" not in (log.read_text() if log.exists() else ""):
+        pass
+    log.unlink()  # what Snakemake does to a job's log before running it
+    log.write_text("streamline train: error: the checkpoint is being written by another running process\n")
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "another running process" in text and "step 1 of the running job" in text
+    assert "step 2 of the running job" in text
