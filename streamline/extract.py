@@ -24,6 +24,7 @@ from .loading import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
 from .ownership import require_owned
 from .store import STORAGE_DTYPES, HiddenStore, to_storage
+from .versions import VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, 
                  codec: str, level: int) -> str:
     meta = (Path(data_dir) / "meta.json").read_bytes()
     text = f"{model_fingerprint(model_dir)}|{hashlib.sha256(meta).hexdigest()}|{split}|{num_samples}|{keep}|{dtype}|{codec}|{level}"
+    if VERSIONS["extract"] > 1:  # a store of another extraction version is restarted (version 1: the stores of old)
+        text += f"|v{VERSIONS['extract']}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -133,51 +134,79 @@ def test_unknown_architecture(tmp_path, text_corpus):
                                                     "(supported: llama, mistral, opt, qwen2)")
 
 
-@pytest.mark.parametrize("module, expected, untouched", [
-    ("score.py", {"score": 2, "report": 1}, UPSTREAM_OF_SCORING),
-    ("adapters/llama.py", {"extract_calibration": 1, "score": 2, "extract_pairs": 1, "evaluate_baseline": 1},
-     {"download_model", "prepare_data"}),
-    ("report.py", {"report": 1}, set()),
-    # the artifact records reach every stage that writes or reads one, never the calibration store
-    ("artifacts.py", {"score": 2, "extract_pairs": 1, "report": 1},
-     {"download_model", "prepare_data", "fetch_eval_data", "extract_calibration"}),
-    # the store is read by scoring and MSE training, never by replace or the evaluations (which run the model)
-    ("store.py", {"extract_calibration": 1, "extract_pairs": 1, "train_mse": 1},
-     {"download_model", "prepare_data", "fetch_eval_data", "evaluate_baseline"}),
-    # the training settings reach the train rules only (the CLI imports them lazily)
-    ("training/settings.py", {"train_mse": 1, "evaluate_variant": 1, "report": 1},
-     UPSTREAM_OF_SCORING | {"score", "extract_pairs", "replace"}),
-])
-def test_a_code_edit_reruns_the_stages_that_run_it_and_nothing_else(done, module, expected, untouched):
-    """Rules take every package file their stage runs as input (the package's import graph). The edit lands in
-    the copy of the package that the workflow tests run (workflow_utils.package_copy), never in the checkout."""
+def _edited(path, new_text: str):
+    """Edit a file of the package copy the workflow tests run (never the checkout); restore it after."""
+    import contextlib
     import os
+
+    @contextlib.contextmanager
+    def edit():
+        text, before = path.read_text(), path.stat()
+        path.write_text(new_text)
+        try:
+            yield
+        finally:
+            path.write_text(text)
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return edit()
+
+
+@pytest.mark.parametrize("module", ["cli.py", "store.py", "score.py", "adapters/llama.py", "artifacts.py",
+                                    "training/settings.py", "report.py"])
+def test_a_code_edit_alone_reruns_nothing(done, module):
+    """A refactor, a help text, an upgrade that only refactored: no rule reruns for a file its code imports."""
     from workflow_utils import package_copy
     path = package_copy() / module
-    text, before = path.read_text(), path.stat()
-    # Snakemake compares checksums of small inputs, so a real edit, not just a newer mtime.
-    path.write_text(text + "\n# edited\n")
-    try:
+    with _edited(path, path.read_text() + "\n# edited: a refactor\n"):
+        assert planned_rules(done) == {}
+
+
+@pytest.mark.parametrize("stage, expected, untouched", [
+    ("score", {"score": 2}, UPSTREAM_OF_SCORING),
+    ("extract", {"extract_calibration": 1, "score": 2, "extract_pairs": 1}, {"download_model", "prepare_data",
+                                                                             "evaluate_baseline"}),
+    ("report", {"report": 1}, set()),
+    ("train", {"train_mse": 1, "evaluate_variant": 1, "stability": 1, "report": 1},
+     UPSTREAM_OF_SCORING | {"score", "extract_pairs", "replace"}),
+    ("evaluate", {"evaluate_baseline": 1, "evaluate_variant": 2, "stability": 2, "report": 1},
+     {"download_model", "prepare_data", "extract_calibration", "score", "replace", "train_mse"}),
+])
+def test_a_version_bump_reruns_that_stage_onward(done, stage, expected, untouched):
+    from workflow_utils import package_copy
+    path = package_copy() / "versions.py"
+    text = path.read_text()
+    with _edited(path, text.replace(f'"{stage}": 1,', f'"{stage}": 2,')):
         plan = planned_rules(done)
-    finally:
-        path.write_text(text)
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert {rule: plan.get(rule) for rule in expected} == expected, plan
     assert not untouched & plan.keys(), plan
-    if module == "report.py":
+    if stage == "report":
         assert plan == expected
 
 
-def test_code_inputs_of_replace_and_evaluation_leave_out_the_store_and_the_training_settings():
-    from streamline.imports import stage_files
-    for modules in (("replace", "networks", "pruned"), ("evaluate", "eval_tasks", "speed", "loading", "pruned"),
-                    ("download", "pypi", "weights")):
-        files = {f.split("streamline/", 1)[1] for f in stage_files(*modules)}
-        assert not {"store.py", "training/settings.py"} & files, (modules, files)
+def test_a_rerun_that_writes_the_same_scores_stops_there(tmp_path_factory, tiny_workflow):
+    """Early cutoff: a score version bump (say, a store.py change judged to alter nothing) reruns scoring; the
+    scores come out byte-identical, so replace, training and evaluation do not rerun."""
+    import shutil
+    from workflow_utils import package_copy
+    work = tmp_path_factory.mktemp("cutoff") / "w"
+    shutil.copytree(tiny_workflow[0], work, symlinks=True)
+    before = {p: p.stat().st_mtime_ns for p in (work / "results/tiny/n2").rglob("*") if p.is_file()}
+    path = package_copy() / "versions.py"
+    with _edited(path, path.read_text().replace('"score": 1,', '"score": 2,')):
+        proc = snakemake(work, "--printshellcmds")
+        assert planned_rules(work) == {}
+    ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", proc.stdout + proc.stderr, re.M))
+    assert ran <= {"score", "all"} and "score" in ran, "\n".join(
+        line for line in (proc.stdout + proc.stderr).splitlines() if "reason" in line or "rule" in line)
+    scores = work / "results/tiny/n2/scores.json"
+    assert scores.stat().st_mtime_ns != before[scores]  # it did rerun
+    unchanged = [p for p in before if "scores" not in p.name and p.stat().st_mtime_ns == before[p]]
+    assert work / "results/tiny/n2/ffn-mse/train_log.json" in unchanged
+    assert work / "results/tiny/n2/ffn-mse/eval.json" in unchanged
 
 
 def test_the_package_has_no_import_cycle():
-    from streamline.imports import PACKAGE, imports_of, module_name
+    from import_graph import PACKAGE, imports_of, module_name
     graph = {module_name(p): imports_of(module_name(p)) for p in PACKAGE.rglob("*.py")}
     state: dict[str, int] = {}
 

@@ -38,6 +38,7 @@ from ..artifacts import TrainLog, TrainStep
 from ..errors import StreamlineError
 from ..atomic import atomic_write_json, exclusive, read_json
 from ..ownership import mark, move_aside, require_owned
+from ..versions import VERSIONS
 from ..weights import sha256_file
 from .distributed import accelerator_for, checkpoint_kwargs, gather_trainable, is_deepspeed, weights_only_loads
 from .model import ReplacedModel
@@ -84,14 +85,6 @@ def make_plan(n: int, s: TrainSettings, world: int = 1, rank: int = 0) -> Plan:
     val_every = s.val_every or max(1, steps // 10)
     return Plan(micro, s.gradient_accumulation_step, steps, round(s.warmup_ratio * steps), val_every,
                 s.checkpoint_every or val_every)
-
-
-def code_identity() -> str:
-    """The training code's content: a checkpoint (or a finished run) made by other code is never taken up."""
-    import hashlib
-    from ..imports import closure
-    text = "".join(f.read_text() for f in closure("training.recipes"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.optim.AdamW:
@@ -338,7 +331,8 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
     initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
     optimizer = make_optimizer([p for p in recipe.module.parameters() if p.requires_grad], s)
     scheduler = make_schedule(optimizer, plan, s)
-    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs, "code": code_identity(),
+    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs,
+                   "version": VERSIONS["train"],  # a checkpoint made by training code of another version is not resumed
                    "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
                    "mixed_precision": accelerator.mixed_precision}
     ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint)

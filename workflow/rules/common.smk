@@ -4,20 +4,13 @@ from pathlib import Path
 
 from streamline.config import resolve_accelerate_config
 from streamline.download import model_slug
-from streamline.imports import stage_files
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
 from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY
 from streamline.layout import pairs_name, parse_replacement, scores_name, variant_pattern
 from streamline.layout import variants as layout_variants
 from streamline.training.settings import workflow_flags
+from streamline.versions import VERSIONS
 from streamline.weights import source_identity
-
-def code(*modules):
-    """Every package file a stage runs (the import closure of its modules, and the CLI) as inputs: editing
-    any of them reruns that stage onward, and nothing else (Snakemake compares their checksums). Relative to
-    the working dir, so that moving or copying the project (checkout and results together) reruns nothing."""
-    return [os.path.relpath(f) for f in stage_files(*(m.removesuffix(".py").replace("/", ".") for m in modules))]
-
 
 def torch_threads():
     """Threads for a stage that runs torch (Snakemake exports them as OMP_NUM_THREADS; with no threads
@@ -57,6 +50,25 @@ def paths(m=None, n="{n}"):
 
 def data_dir(m=None):
     return paths(m).data_dir(config["data"]["name"])
+
+
+def scores_input(m, n, name):
+    """A block-scores file as the input of what depends on it (early cutoff). `score` is a checkpoint: when a
+    rerun of it (its version bumped, its store rebuilt) writes the very bytes that were there, Snakemake
+    re-evaluates the jobs behind it after it finishes, finds the file's checksum equal to the one they recorded,
+    and does not rerun them. (A dry run cannot know the bytes in advance, so it lists them.) A file not written
+    yet is a plain input, so a dry run of a fresh workflow still shows every job."""
+    path = paths(m, n).scores(name)
+    if not os.path.exists(path):
+        return path
+    return checkpoints.score.get(model=m, n=str(n), scores=name).output.scores
+
+
+def block_of(w):
+    """The scores that picked a variant's block, as an input of every rule that works on the variant: each is
+    then a direct dependent of the `score` checkpoint, and Snakemake's re-evaluation after it (which reaches
+    direct dependents only) cuts off the whole chain, not just its first rule."""
+    return scores_input(w.model, w.n, scores_name(Variant.parse(w.variant).k))
 
 
 def layer_intervals():

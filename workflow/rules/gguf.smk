@@ -8,10 +8,10 @@
 rule export_gguf_baseline:
     input:
         model=lambda w: model_dir(w.model),
-        code=code("gguf_export.py"),
     output:
         paths("{model}").baseline_gguf,
     params:
+        version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
     log:
         Paths("{model}", None).log("export_gguf_baseline"),
@@ -22,10 +22,11 @@ rule export_gguf_baseline:
 rule export_gguf_variant:
     input:
         model=lambda w: paths(w.model, w.n).model_out(Variant.parse(w.variant)),
-        code=code("gguf_export.py"),
+        block=block_of,
     output:
         paths("{model}").gguf("{variant}"),
     params:
+        version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
     log:
         paths("{model}").log("export_gguf_{variant}"),
@@ -37,10 +38,11 @@ rule gguf_check_baseline:
     input:
         gguf=paths("{model}").baseline_gguf,
         data=lambda w: data_dir(w.model),
-        code=code("gguf_check.py"),
     output:
         paths("{model}").baseline_gguf_check,
     threads: torch_threads()
+    params:
+        version=VERSIONS["gguf-check"],
     log:
         Paths("{model}", None).log("gguf_check_baseline"),
     shell:
@@ -51,11 +53,13 @@ rule gguf_check_variant:
     input:
         gguf=paths("{model}").gguf("{variant}"),
         original=paths("{model}").baseline_gguf,
+        block=block_of,
         data=lambda w: data_dir(w.model),
-        code=code("gguf_check.py"),
     output:
         paths("{model}").gguf_check("{variant}"),
     threads: torch_threads()
+    params:
+        version=VERSIONS["gguf-check"],
     log:
         paths("{model}").log("gguf_check_{variant}"),
     shell:

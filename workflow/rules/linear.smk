@@ -5,11 +5,11 @@ rule extract_linear:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
-        scores=paths("{model}").scores(scores_name(0)),
-        code=code("linear.py", "extract.py", "store.py"),
+        scores=lambda w: scores_input(w.model, w.n, scores_name(0)),
     output:
         manifest=paths("{model}").linear_states,
     params:
+        version=VERSIONS["extract"],
         store=paths("{model}").linear_states_store,
         num_samples=config["cosine_num_data"],
         dtype=config["dtype"],
@@ -32,12 +32,12 @@ rule linear:
     input:
         model=lambda w: model_dir(w.model),
         states=paths("{model}").linear_states,
-        scores=paths("{model}").scores(scores_name(0)),
-        code=code("linear.py", "store.py", "pruned.py"),
+        scores=lambda w: scores_input(w.model, w.n, scores_name(0)),
     output:
         model=directory(paths("{model}").init("linear")),
         log=paths("{model}").estimate_log("linear"),
     params:
+        version=VERSIONS["linear"],
         ridge=config["linear"]["ridge"],
         dtype=config["dtype"],
     threads: torch_threads()

@@ -5,11 +5,11 @@ rule extract_pairs:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: data_dir(w.model),
-        scores=lambda w: paths(w.model, w.n).scores(scores_name(kept_of(w.pairs))),
-        code=code("pairs.py", "store.py"),
+        scores=lambda w: scores_input(w.model, w.n, scores_name(kept_of(w.pairs))),
     output:
         manifest=paths("{model}").pairs("{pairs}"),
     params:
+        version=VERSIONS["extract"],
         store=paths("{model}").pairs_store("{pairs}"),
         num_samples=config["train_num_data"],
         dtype=config["dtype"],

@@ -3,11 +3,11 @@
 rule replace:
     input:
         model=lambda w: model_dir(w.model),
-        scores=lambda w: paths(w.model, w.n).scores(scores_name(parse_replacement(w.net)[1])),
-        code=code("replace.py", "networks.py", "pruned.py"),
+        scores=lambda w: scores_input(w.model, w.n, scores_name(parse_replacement(w.net)[1])),
     output:
         directory(paths("{model}").init("{net}")),
     params:
+        version=VERSIONS["replace"],
         net=lambda w: parse_replacement(w.net)[0],
         layers=lambda w: max(1, parse_replacement(w.net)[1]),
         dtype=config["dtype"],

@@ -25,12 +25,12 @@ def report_manifest():
 
 def report_inputs(wildcards):
     m = report_manifest()
-    inputs = {"baseline_eval": m["baseline"]["eval"], "baseline_samples": m["baseline"]["samples"],
-              "code": code("report.py", "stats.py", "plots.py")}
+    inputs = {"baseline_eval": m["baseline"]["eval"], "baseline_samples": m["baseline"]["samples"]}
     for i, row in enumerate([m["baseline"], *m["rows"]]):
         inputs.update({f"row{i}_{kind}": row[kind] for kind in ("eval", "samples", "stability", "gguf") if row.get(kind)})
-    for i, path in enumerate(m["scores"]):
-        inputs[f"scores{i}"] = path
+    names = sorted({(n, scores_name(v.k)) for n in layer_intervals() for v in variants()})
+    for i, (n, name) in enumerate(names):
+        inputs[f"scores{i}"] = scores_input(model(), n, name)
     return inputs
 
 
@@ -49,6 +49,7 @@ rule report:
         task_accuracy=report(f"{PLOTS_DIR}/{PLOTS['task_accuracy']}", caption="../report/task_accuracy.rst",
                              category="2. Plots"),
     params:
+        version=VERSIONS["report"],
         manifest=json.dumps(report_manifest()),
         plots_dir=PLOTS_DIR,
     log:

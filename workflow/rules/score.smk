@@ -1,13 +1,14 @@
 # Block scores from the one calibration store: spans of n+1 layers (scores.json, one replacement
 # layer), n+k (scores_k{k}.json, k layers kept) and n (removal_scores.json, plain removal).
-rule score:
+# A checkpoint, so that a rerun writing the same scores stops there (common.smk: scores_input).
+checkpoint score:
     input:
         calibration=lambda w: paths(w.model).calibration,
-        code=code("score.py"),
     output:
         scores=paths("{model}").scores("{scores}"),
         plot=paths("{model}").scores_plot("{scores}"),
     params:
+        version=VERSIONS["score"],
         span=lambda w: int(w.n) + kept_of(w.scores),  # n layers removed, k kept
         metric=config["metric"],
     threads: torch_threads()

@@ -3,10 +3,11 @@ rule stability:
     input:
         before=paths("{model}").baseline_samples,
         after=paths("{model}").samples("{variant}"),
-        code=code("stability.py"),
+        block=block_of,
     output:
         paths("{model}").stability("{variant}"),
     params:
+        version=VERSIONS["stability"],
         metric="acc",
     log:
         paths("{model}").log("stability_{variant}"),

@@ -1,14 +1,11 @@
 # Training the replacement network (streamline train). The checkpoint dir is not an output: it must
 # survive a killed job so that training resumes.
-TRAIN_CODE = code("training/recipes.py")
-
-
 def train_inputs(w):
     """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
     original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store."""
     v, p = Variant.parse(w.variant), paths(w.model, w.n)
     inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
-              "model": model_dir(w.model), "code": TRAIN_CODE}
+              "model": model_dir(w.model)}
     if v.loss == "mse" and config["pairs"]["mode"] == "store":
         inputs["pairs"] = p.pairs(pairs_name(v.k))
     return inputs
@@ -22,9 +19,11 @@ TRAINED = dict(model=directory(paths("{model}").trained_model("{variant}")), log
 rule train_mse:
     input:
         unpack(train_inputs),
+        block=block_of,  # a separate entry: while the score checkpoint reruns, only it waits
     output:
         **TRAINED,
     params:
+        version=VERSIONS["train"],
         pairs=lambda w, input: ["--pairs", input.pairs] if "pairs" in input.keys() else [],  # the store's manifest
         checkpoint=paths("{model}").checkpoint("{variant}"),
         flags=workflow_flags(config, "mse"),  # every key that changes the weights: a change reruns training
@@ -47,9 +46,11 @@ rule train_mse:
 rule train_end_to_end:
     input:
         unpack(train_inputs),
+        block=block_of,  # a separate entry: while the score checkpoint reruns, only it waits
     output:
         **TRAINED,
     params:
+        version=VERSIONS["train"],
         accelerate_config=accelerate_config(),
         mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[config["dtype"]],
         checkpoint=paths("{model}").checkpoint("{variant}"),

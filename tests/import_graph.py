@@ -1,10 +1,4 @@
-"""The package's own import graph, read from the source (ast): which files a stage runs.
-
-The workflow lists, as inputs of each rule, the files its stage module imports, transitively (function-level
-imports included: a stage runs them), plus the CLI that dispatches to it (only its module-level imports:
-it imports every stage lazily). Editing an adapter therefore reruns extraction onward, and editing
-report.py reruns the report only. The same graph lets a test assert that the package has no import cycle.
-"""
+"""The package's own import graph, read from the source (ast): a test asserts it has no cycle."""
 
 from __future__ import annotations
 
@@ -12,7 +6,7 @@ import ast
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent / "streamline"
 NAME = PACKAGE.name
 
 
@@ -61,22 +55,3 @@ def imports_of(module: str, top_level_only: bool = False) -> frozenset[str]:
     if path.name == "__init__.py" and "iter_modules(__path__)" in path.read_text():  # a registry (adapters/)
         found |= {module_name(f) for f in path.parent.glob("*.py") if f.name != "__init__.py"}
     return frozenset(m for m in found if module_path(m) and m != module)
-
-
-def closure(*modules: str) -> list[Path]:
-    """Files of `modules` and of everything they import from the package, with their packages' __init__.py."""
-    seen, todo = set(), [m if m.startswith(NAME) else f"{NAME}.{m}" for m in modules]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo += list(imports_of(module))
-        todo += [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]  # parent packages run too
-    return sorted({module_path(m) for m in seen})
-
-
-def stage_files(*modules: str) -> list[str]:
-    """What a rule runs: its stage modules' closure, plus the CLI and what the CLI imports at module level."""
-    files = set(closure(*modules, *imports_of(f"{NAME}.cli", top_level_only=True))) | {module_path(f"{NAME}.cli")}
-    return sorted(str(f) for f in files)
