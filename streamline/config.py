@@ -100,7 +100,7 @@ def check_eval(config: dict) -> None:
     ev = config["eval"]
     ev.setdefault("tasks", list(PAPER_TASKS))
     if ev["offline"]:
-        check_task_names(ev["tasks"], key="eval.tasks")
+        check_task_names(ev["tasks"], key="eval.tasks", data_dir=ev.get("data") or None)
 
 
 def check_export(config: dict) -> None:
@@ -153,13 +153,13 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     if skip >= seq_len:
         raise StreamlineError(f"train.skip_first_tokens: {skip} leaves no position of a {seq_len}-token block in the "
                               f"loss (allowed: 0..{seq_len - 1})")
-    check_eval(config)
-    check_export(config)
-    check_source("data.source", config["data"]["source"])
     data = config["eval"].get("data")
     if config["eval"]["offline"] and data and not Path(data).expanduser().is_dir():
         raise StreamlineError(f"eval.data: {data} is not a directory (write one with `streamline fetch-eval-data "
                               f"--out DIR`, or set eval.data: null)")
+    check_eval(config)
+    check_export(config)
+    check_source("data.source", config["data"]["source"])
     if check_source("model_name", config["model_name"]) == "local" and Path(config["model_name"]).is_dir():
         check_model(config, config["model_name"])
     return config

@@ -12,7 +12,10 @@ OpenBookQA gives about 69 instead. `acc_norm` is recorded too wherever lm-eval r
 
 The samples file keeps, per question, each option's summed log-likelihood (`ll`, as lm-eval scores
 it) and its number of continuation tokens (`ntok`, tokenised by lm-eval's own model wrapper), so
-stability can put the options on a per-token scale.
+stability can put the options on a per-token scale; for a generative task (GSM8K), the answer lm-eval's
+first filter extracted and its exact match (the headline: `exact_match` under that filter). MMLU's 57
+subject tasks are one task here (lm-eval's size-weighted group mean, its questions numbered across the
+subjects). lm-eval's model is `scorer.PackedLM` (`scorer="packed"`, the default) or its own HFLM.
 """
 
 from __future__ import annotations
@@ -69,18 +72,48 @@ def _gold_index(task, doc: dict) -> int:
 
 def continuation_tokens(lm, context: str, continuation: str) -> int:
     """How many tokens lm-eval scores for `continuation` after `context` (its loglikelihood's split)."""
-    if context == "":
-        enc = lm.tok_encode(continuation, add_special_tokens=False)
-        return len(enc) - (1 if enc and enc[0] == lm.prefix_token_id else 0)
-    return len(lm._encode_pair(context, continuation)[1])
+    from .scorer import encode_request
+    return len(encode_request(lm, context, continuation)[1])
 
 
-def _task_samples(lm, task, samples: list[dict]) -> dict[str, Question]:
-    return {str(s["doc_id"]): Question(
+def _question(lm, task, s: dict) -> Question:
+    """One question of lm-eval's samples: per-option log-likelihoods (multiple choice) or the extracted answer."""
+    if task.OUTPUT_TYPE == "generate_until":  # filtered_resps: the answer the filter extracted, or its fallback
+        return Question(ll=[], ntok=None, gold=None, acc=bool(s["exact_match"]), acc_norm=None,
+                        answer=str(s["filtered_resps"][0]))
+    return Question(
         ll=[float(r[0]) for r in s["filtered_resps"]],  # per option: summed log-likelihood
         ntok=[continuation_tokens(lm, *args) for args in s["arguments"]],
         gold=_gold_index(task, s["doc"]), acc=bool(s["acc"]),
-        acc_norm=bool(s["acc_norm"]) if "acc_norm" in s else None) for s in samples}
+        acc_norm=bool(s["acc_norm"]) if "acc_norm" in s else None)
+
+
+def _task_samples(lm, leaves: dict, samples: dict[str, list[dict]]) -> dict[str, Question]:
+    """A task's questions by doc id; a task made of subjects numbers its questions across the subjects (each
+    subject's whole split takes the ids after the previous one's), so ids do not depend on the limit."""
+    out, offset = {}, 0
+    for leaf, task in leaves.items():
+        rows = samples[leaf]
+        headline = rows[0].get("filter", "none")  # a generative task's first filter: stock's strict match
+        out.update({str(offset + int(s["doc_id"])): _question(lm, task, s) for s in rows
+                    if s.get("filter", "none") == headline})
+        offset += len(task.eval_docs)
+    return out
+
+
+def _scores(r: dict, n: int, generative: bool) -> TaskScores:
+    """lm-eval's numbers for one task (or a group): acc and acc_norm, or exact match under each answer filter."""
+    if generative:
+        filters = [k.split(",", 1)[1] for k in r if k.startswith("exact_match,")]
+        em = {f: _num(r[f"exact_match,{f}"]) for f in filters}
+        return TaskScores(n=n, exact_match=em[filters[0]], exact_match_stderr=_num(r.get(f"exact_match_stderr,{filters[0]}")),
+                          answer_filter=filters[0], exact_match_filters=em, headline_metric="exact_match",
+                          headline=em[filters[0]])
+    metrics = {}
+    for m in ("acc", "acc_norm"):
+        if f"{m},none" in r:
+            metrics[m], metrics[f"{m}_stderr"] = _num(r[f"{m},none"]), _num(r.get(f"{m}_stderr,none"))
+    return TaskScores(n=n, **metrics, headline_metric=HEADLINE_METRIC, headline=metrics.get(HEADLINE_METRIC))
 
 
 def write_samples(path: Path, samples: Samples) -> None:
@@ -105,35 +138,43 @@ def _mean(xs: list[float | None]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+SCORERS = ("packed", "hf")
+
+
+def make_lm(model, tokenizer, batch_size: int, scorer: str = "packed"):
+    """lm-eval's model wrapper around a loaded model: `packed` (scorer.PackedLM, one pass per question) or
+    `hf` (lm-eval's own HFLM, one pass per option); same requests, same results."""
+    from lm_eval.models.huggingface import HFLM
+    from .scorer import PackedLM
+    if scorer not in SCORERS:
+        raise StreamlineError(f"scorer: {scorer!r} is not one of {', '.join(SCORERS)}")
+    return (PackedLM if scorer == "packed" else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
 def run_lm_eval(model, tokenizer, tasks: list[str], *, limit, batch_size: int, data_dir: Path | None,
-                device: str) -> tuple[dict[str, TaskScores], dict, str | None]:
+                device: str, scorer: str = "packed") -> tuple[dict[str, TaskScores], dict, str | None]:
     """lm-eval on a loaded model: (per-task results, per-question samples, lm-eval version)."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from .eval_tasks import load_tasks
 
     with tempfile.TemporaryDirectory(prefix="streamline-tasks-") as scratch:
-        tm, task_objs = load_tasks(tasks, data_dir, Path(scratch))
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(task_objs.values()), task_manager=tm,
-                                      limit=limit, device=device, log_samples=True)
+        tm, top, leaves = load_tasks(tasks, data_dir, Path(scratch))
+        lm = make_lm(model, tokenizer, batch_size, scorer)
+        res = lm_eval.simple_evaluate(model=lm, tasks=top, task_manager=tm, limit=limit, device=device,
+                                      log_samples=True)
     results, samples = {}, {}
-    for name, task in task_objs.items():
-        r = res["results"][name]
-        metrics = {}
-        for m in ("acc", "acc_norm"):
-            if f"{m},none" in r:
-                metrics[m], metrics[f"{m}_stderr"] = _num(r[f"{m},none"]), _num(r.get(f"{m}_stderr,none"))
-        results[name] = TaskScores(n=len(res["samples"][name]), **metrics, headline_metric=HEADLINE_METRIC,
-                                   headline=metrics.get(HEADLINE_METRIC))
-        samples[name] = _task_samples(lm, task, res["samples"][name])
+    for name, tasks_of in leaves.items():
+        samples[name] = _task_samples(lm, tasks_of, res["samples"])
+        generative = any(t.OUTPUT_TYPE == "generate_until" for t in tasks_of.values())
+        r = res.get("groups", {}).get(name) or res["results"][name]  # a group's size-weighted mean, as stock
+        results[name] = _scores(r, len(samples[name]), generative)
     return results, samples, getattr(lm_eval, "__version__", None) or res.get("lm_eval_version")
 
 
 def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list[str],
              limit: int | float | None, batch_size: int, offline_data_dir: Path | None,
              device: str = "auto", dtype: str = "auto", ppl_data_dir: Path | None = None,
-             ppl_split: str = "val", original_dir: Path | None = None) -> Evaluation:
+             ppl_split: str = "val", original_dir: Path | None = None, scorer: str = "packed") -> Evaluation:
     """Run lm-eval on an HF model dir; write eval.json and the per-question samples file.
 
     With `ppl_data_dir`, eval.json also records perplexity on that prepared data dir's `ppl_split`
@@ -149,7 +190,7 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         raise StreamlineError("tasks: empty task list")
     if offline_data_dir is not None:
         from .eval_tasks import check_task_names
-        check_task_names(tasks)  # before any model is loaded
+        check_task_names(tasks, data_dir=offline_data_dir)  # before any model is loaded
         if not Path(offline_data_dir).is_dir():
             raise StreamlineError(f"{offline_data_dir}: offline eval data dir not found (run `streamline fetch-eval-data`)")
     blocks = None
@@ -160,7 +201,8 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
     t0 = time.time()
     model = load_for_eval(model_dir, device, dtype)
     results, samples, version = run_lm_eval(model, AutoTokenizer.from_pretrained(model_dir), tasks, limit=limit,
-                                            batch_size=batch_size, data_dir=offline_data_dir, device=str(model.device))
+                                            batch_size=batch_size, data_dir=offline_data_dir, device=str(model.device),
+                                            scorer=scorer)
     write_samples(samples_path, Samples(format=SAMPLES_FORMAT, model_dir=str(model_dir), tasks=samples,
                                         headline_metric={t: HEADLINE_METRIC for t in results}))
     held_out = {}
@@ -174,8 +216,9 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         offline_data_dir=str(offline_data_dir) if offline_data_dir is not None else None,
         splits=_splits(list(results), offline_data_dir),
         device=str(model.device), dtype=dtype, batch_size=batch_size, lm_eval_version=version, results=results,
+        scorer=scorer,
         average=_mean([r.headline for r in results.values()]),
-        average_acc_norm_where_available=_mean([r.acc if r.acc_norm is None else r.acc_norm
+        average_acc_norm_where_available=_mean([r.headline if r.acc_norm is None else r.acc_norm
                                                 for r in results.values()]),
         samples_path=str(samples_path), num_hidden_layers=int(model.config.num_hidden_layers),
         params=count_params(model),

