@@ -81,14 +81,20 @@ def n_values(config: dict) -> list[int]:
     return _values(config["layer_intervals"])
 
 
+def _layered(nets: list[str]) -> list[str]:
+    """The networks that keep k of the block's layers (layout.NETWORKS): replacement_layers applies to them only."""
+    from .layout import NETWORKS
+    return [n for n in nets if NETWORKS[n].kept == "layers"]
+
+
 def k_values(config: dict) -> list[int]:
     """Layers kept by a transformer replacement; other nets keep one network (k applies to transformer only)."""
-    return _values(config["replacement_layers"]) if "transformer" in _values(config["network"]) else [1]
+    return _values(config["replacement_layers"]) if _layered(_values(config["network"])) else [1]
 
 
 def check_replacement_layers(config: dict) -> None:
     ks, nets = _values(config["replacement_layers"]), _values(config["network"])
-    if max(ks) > 1 and "transformer" not in nets:
+    if max(ks) > 1 and not _layered(nets):
         raise StreamlineError(f"replacement_layers: {max(ks)} applies to network: transformer only; "
                               f"{', '.join(nets)} keep one network (allowed with {', '.join(nets)}: 1)")
 
@@ -106,7 +112,8 @@ def check_eval(config: dict) -> None:
 def check_export(config: dict) -> None:
     """export.gguf needs models llama.cpp can run without remote code: ffn and swiglu hold a custom layer."""
     outtype = config["export"]["gguf"]
-    custom = [net for net in _values(config["network"]) if net in ("ffn", "swiglu")]
+    from .layout import NETWORKS
+    custom = [net for net in _values(config["network"]) if NETWORKS[net].custom]
     if outtype != "none" and custom:
         raise StreamlineError(f"export.gguf: {outtype} cannot export network {custom[0]}, a custom layer that needs "
                               f"remote code, which llama.cpp cannot run (allowed with export.gguf: transformer, "
@@ -119,7 +126,8 @@ def check_training_machine(config: dict, local: bool = True, repo: str | Path | 
     GPU only where the jobs run on this machine (`local`, known once Snakemake has chosen its executor: the
     Snakefile asks in `onstart`, so a dry run on a laptop or a cluster's login node plans an fp16 preset, and on
     a cluster the job's node decides, where `streamline launch` refuses it in one line)."""
-    if not {"llm", "kd"} & set(_values(config["loss"])):
+    from .layout import WHOLE_MODEL_LOSSES
+    if not set(WHOLE_MODEL_LOSSES) & set(_values(config["loss"])):
         return
     from .launch import check_accelerate_config, gpu_count
     check_accelerate_config(resolve_accelerate_config(config["llm"]["accelerate_config"], repo))

@@ -19,10 +19,62 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NETS = ("transformer", "ffn", "swiglu", "none", "linear")
-UNTRAINED = ("none", "linear")  # training-free: the init dir is the model
-LOSSES = ("mse", "llm", "kd")
+# --- the networks and the losses: one table each -------------------------------------------------------
+# Everything else is derived from these rows: the variant names and their rules, the (net, k) rule, which rules
+# train a loss, which networks need remote code, which command builds a replacement. A new network is its module
+# and one row here; a new loss its function in training/losses.py, its recipe and one row.
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    kept: str          # what stays of the block: "layers" (k >= 1 of its decoder layers), "one" (one network,
+                       # k = 1), "nothing" (k = 0: training-free, the init dir is the model)
+    custom: bool       # a layer of streamline's own (networks.py): loaded with remote code, not a plain model
+    built_by: str      # the command that builds its init dir: replace | linear
+
+    @property
+    def trained(self) -> bool:
+        return self.kept != "nothing"
+
+    def allows(self, k: int) -> bool:
+        """The (net, k) rule, written once."""
+        return {"layers": k >= 1, "one": k == 1, "nothing": k == 0}[self.kept]
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    whole_model: bool  # trains the whole replaced model under `accelerate launch` (train_end_to_end), not the
+                       # network alone on stored pairs (train_mse)
+    source: str        # what it trains on: "pairs" (h_b -> h_b+n+k, stored or computed online) | "tokens"
+    teacher: bool      # needs the original block (distillation)
+    stage_two: bool    # may start from the MSE-trained network (train.init_from: mse)
+
+
+NETWORKS: dict[str, Network] = {net.name: net for net in (
+    Network("transformer", kept="layers", custom=False, built_by="replace"),
+    Network("ffn", kept="one", custom=True, built_by="replace"),
+    Network("swiglu", kept="one", custom=True, built_by="replace"),
+    Network("none", kept="nothing", custom=False, built_by="replace"),
+    Network("linear", kept="nothing", custom=False, built_by="linear"),
+)}
+
+LOSS_TABLE: dict[str, Loss] = {loss.name: loss for loss in (
+    Loss("mse", whole_model=False, source="pairs", teacher=False, stage_two=False),
+    Loss("llm", whole_model=True, source="tokens", teacher=False, stage_two=True),
+    Loss("kd", whole_model=True, source="tokens", teacher=True, stage_two=True),
+)}
+
+NETS = tuple(NETWORKS)
+UNTRAINED = tuple(n for n, net in NETWORKS.items() if not net.trained)  # training-free: the init dir is the model
+LOSSES = tuple(LOSS_TABLE)
+WHOLE_MODEL_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if loss.whole_model)  # rule train_end_to_end
+NETWORK_ALONE_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if not loss.whole_model)  # rule train_mse
 STARTS = ("inherit", "mse")     # train.init_from
+
+
+def allowed_k(net: str, k: int) -> bool:
+    return net in NETWORKS and NETWORKS[net].allows(k)
 
 
 @dataclass(frozen=True)
@@ -36,11 +88,11 @@ class Variant:
         problem = None
         if self.net not in NETS:
             problem = f"unknown network {self.net!r}"
-        elif (self.net in UNTRAINED) != (self.k == 0) or (self.k > 1 and self.net != "transformer") or self.k < 0:
+        elif not allowed_k(self.net, self.k):
             problem = f"{self.net} cannot keep {self.k} layers"
-        elif (self.net in UNTRAINED) != (self.loss is None) or (self.loss is not None and self.loss not in LOSSES):
+        elif NETWORKS[self.net].trained != (self.loss is not None) or (self.loss is not None and self.loss not in LOSSES):
             problem = f"{self.net} cannot be trained with loss {self.loss!r}"
-        elif self.init_from not in STARTS or (self.init_from == "mse" and self.loss in (None, "mse")):
+        elif self.init_from not in STARTS or (self.init_from == "mse" and not (self.loss and LOSS_TABLE[self.loss].stage_two)):
             problem = f"a {self.loss} run cannot start from {self.init_from!r}"
         if problem:
             raise ValueError(f"not a variant: {problem}")
@@ -48,7 +100,7 @@ class Variant:
     @property
     def replacement(self) -> str:
         """The untrained replacement's directory name: transformer (k = 1), transformerx{k}, ffn, swiglu, none, linear."""
-        return f"transformerx{self.k}" if self.net == "transformer" and self.k > 1 else self.net
+        return f"{self.net}x{self.k}" if NETWORKS[self.net].kept == "layers" and self.k > 1 else self.net
 
     @property
     def name(self) -> str:
@@ -82,7 +134,7 @@ def parse_replacement(name: str) -> tuple[str, int]:
     if not m:
         raise ValueError(f"not a replacement name: {name!r}")
     if m["k"]:
-        return "transformer", int(m["k"])
+        return m["layered"], int(m["k"])
     return name, 0 if name in UNTRAINED else 1
 
 
@@ -91,13 +143,13 @@ def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str
     staged runs exist for the whole-model losses only)."""
     out = []
     for net in nets:
-        if net in UNTRAINED:
+        if not NETWORKS[net].trained:
             out.append(Variant(net, 0))
             continue
-        for k in (ks if net == "transformer" else [1]):
+        for k in (ks if NETWORKS[net].kept == "layers" else [1]):
             for loss in losses:
                 for start in starts:
-                    if start == "inherit" or loss != "mse":
+                    if start == "inherit" or LOSS_TABLE[loss].stage_two:
                         out.append(Variant(net, k, loss, start))
     return list(dict.fromkeys(out))
 
@@ -128,19 +180,21 @@ def kept_of(name: str) -> int:
 # --- wildcard patterns (the inverse of the names above, for Snakemake) ------------------------------------
 
 K_RE = r"[2-9]|[1-9]\d+"  # k > 1 only: transformerx1 is spelled transformer
-TRAINED_RE = "|".join(rf"transformer(?:x(?:{K_RE}))?" if n == "transformer" else n
-                      for n in NETS if n not in UNTRAINED)
-REPLACEMENT_RE = rf"transformerx(?P<k>{K_RE})|{'|'.join(NETS)}"
-REPLACED_RE = rf"{TRAINED_RE}|none"  # what `streamline replace` builds (linear has a rule of its own)
+LAYERED = [n for n, net in NETWORKS.items() if net.kept == "layers"]  # spelled {net}x{k} for k > 1
+TRAINED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n for n in NETS if n not in UNTRAINED)
+REPLACEMENT_RE = rf"(?P<layered>{'|'.join(LAYERED)})x(?P<k>{K_RE})|{'|'.join(NETS)}"
+REPLACED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n  # what `streamline replace` builds
+                       for n, net in NETWORKS.items() if net.built_by == "replace")
 SCORES_RE = rf"scores|scores_k(?:{K_RE})|removal_scores"
 PAIRS_RE = rf"pairs|pairs_k(?:{K_RE})"
 
 
 def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None, trained: bool = True) -> str:
     """A regex (no groups) for the variant names of `losses`; staged: only (True) / never (False) mse+{loss}
-    (a staged run starts from the MSE-trained network, so mse+mse does not exist)."""
+    (a second stage starts from the MSE-trained network: only the losses whose row allows it)."""
     prefix = {None: r"(?:mse\+)?", True: r"mse\+", False: ""}[staged]
-    ends = [f"{prefix}{loss}" if loss != "mse" else "mse" for loss in losses if loss != "mse" or staged is not True]
+    ends = [f"{prefix}{loss}" if LOSS_TABLE[loss].stage_two else loss for loss in losses
+            if LOSS_TABLE[loss].stage_two or staged is not True]
     pattern = rf"(?:{TRAINED_RE})-(?:{'|'.join(ends)})"
     return pattern if trained else rf"{'|'.join(UNTRAINED)}|{pattern}"
 

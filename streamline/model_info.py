@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .layout import NETS, UNTRAINED
+from .layout import NETS, allowed_k
 from .records import Record
 
 
@@ -38,7 +38,7 @@ class ModelInfo(Record):
         k, net = self.replacement_layers, self.net
         if net not in NETS:
             raise ValueError(f"unknown network {net!r} (known: {', '.join(NETS)})")
-        if (k == 0) != (net in UNTRAINED) or k < 0 or (k > 1 and net != "transformer"):
+        if not allowed_k(net, k):
             raise ValueError(f"network {net} with {k} kept layers")
         if not self.block or self.block != list(range(self.block[0], self.block[0] + len(self.block))):
             raise ValueError(f"block {self.block} is not a run of consecutive layers")

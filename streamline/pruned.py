@@ -31,6 +31,7 @@ from .model_info import ModelInfo
 from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
 from .atomic import atomic_dir, atomic_write_json
+from .layout import NETWORKS
 from .weights import origin_of, record
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def _replacement(info: ModelInfo) -> str:
         return "`none` (plain removal)"
     if info.net == "linear":
         return f"`linear` (a least-squares map folded into layer {first - 1})"
-    if info.net != "transformer":
+    if NETWORKS[info.net].custom:
         return f"`{info.net}` at layer slot {first}"
     return f"`transformer`: layer{'s' if k > 1 else ''} {first}..{first + k - 1} kept" if k > 1 else \
         f"`transformer` at layer slot {first}"
@@ -172,7 +173,7 @@ def model_card(info: ModelInfo, origin: str | None = None) -> str:
     for key, value in (info.training or {}).items():
         lines.append(f"| {key.replace('_', ' ')} | {value} |")
     lines += ["", "## Loading", ""]
-    if info.net in ("ffn", "swiglu"):
+    if NETWORKS[info.net].custom:
         lines += ["This model holds a custom replacement network (see `modeling_streamline.py`):", "",
                   "```python", "from transformers import AutoModelForCausalLM",
                   "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",

@@ -30,7 +30,7 @@ from .pruned import count_params, save_pruned
 
 log = logging.getLogger(__name__)
 
-NETS = tuple(n for n in layout.NETS if n != "linear")  # linear is built by linear.py
+NETS = tuple(n for n, net in layout.NETWORKS.items() if net.built_by == "replace")  # linear: by linear.py
 
 
 def removed_block(scores: BlockScores, net: str, layers: int = 1) -> list[int]:
@@ -64,7 +64,7 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     """`layers` (k) transformer layers kept; ffn, swiglu and none take k = 1 (one network, or nothing)."""
     if net not in NETS:
         raise StreamlineError(f"network: unknown network '{net}' (allowed: {', '.join(NETS)})")
-    if layers < 1 or (layers > 1 and net != "transformer"):
+    if layers < 1 or (layers > 1 and layout.NETWORKS[net].kept != "layers"):  # the others: one network, or none
         raise StreamlineError(f"replacement_layers: {layers} is not allowed with network '{net}' "
                               f"(transformer: k >= 1; ffn, swiglu, none: 1)")
     require_owned(out_dir, "model directory")  # before any work: a user's directory is never replaced
@@ -72,13 +72,11 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     block = removed_block(scores, net, layers)
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
-    if net == "none":
-        adapter.remove_layers(model, block)
-    else:
-        if net != "transformer":
-            adapter.layers(model)[block[0]] = make_network(adapter, model, net, block[0], seed)
-        adapter.remove_layers(model, block[layers:])
-    kept = 0 if net == "none" else layers
+    row = layout.NETWORKS[net]
+    kept = layers if row.trained else 0
+    if row.custom:  # a network of streamline's own in the block's first slot; else the block's own layers
+        adapter.layers(model)[block[0]] = make_network(adapter, model, net, block[0], seed)
+    adapter.remove_layers(model, block[kept:])
     label = net if layers == 1 else f"{net} x{layers}"
     info = ModelInfo(name=f"{Path(model_dir).name} minus {scores.n} layers ({label})", source_model=str(model_dir),
                      source_layers=source_layers, source_params=source_params, n=scores.n, block=block, net=net,
@@ -86,7 +84,7 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     info = save_pruned(model, adapter, out_dir, model_dir, info)
     params = count_params(model)
     log.info("%s: layers %d..%d -> %s; %d -> %d layers, %.1fM -> %.1fM params; saved to %s", net, block[0],
-             block[-1], "removed" if net == "none" else f"layers {block[0]}..{block[0] + kept - 1} kept as the "
-             f"{label} network" if net == "transformer" else f"one {net}", source_layers,
+             block[-1], "removed" if not kept else f"one {net}" if row.custom else f"layers {block[0]}.."
+             f"{block[0] + kept - 1} kept as the {label} network", source_layers,
              model.config.num_hidden_layers, source_params / 1e6, params / 1e6, out_dir)
     return info

@@ -28,10 +28,9 @@ def test_choices_are_the_packages():
     from streamline.training.recipes import RECIPES
     assert schema_enum("network") == [*NETS, "linear"] == list(layout.NETS)  # linear: built by linear.py
     assert set(TRAINABLE_NETS) == set(NETS) - {"none"}
-    assert schema_enum("loss") == list(LOSSES) == list(RECIPES) == list(layout.LOSSES)  # one entry per loss
-    assert schema_enum("network") == list(layout.NETS)
-    from streamline.networks import NETWORKS  # the custom networks: every trainable net but the model's own layers
-    assert set(NETWORKS) == set(TRAINABLE_NETS) - {"transformer"}
+    assert schema_enum("loss") == list(LOSSES) == list(RECIPES) == list(layout.LOSS_TABLE)  # one entry per loss
+    from streamline.networks import NETWORKS  # the custom networks: the table's custom rows, each a class
+    assert set(NETWORKS) == {n for n, net in layout.NETWORKS.items() if net.custom}
     assert P["train"]["properties"]["mse_loss"]["enum"] == list(MSE_LOSSES)
     assert schema_enum("metric") == list(METRICS)
     assert set(schema_enum("dtype")) == set(STORAGE_DTYPES)

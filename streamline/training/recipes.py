@@ -23,6 +23,7 @@ from ..ownership import require_owned
 from ..atomic import atomic_write_json
 from .core import Recipe, fit
 from ..artifacts import TrainLog
+from ..layout import LOSS_TABLE
 from ..model_info import read_info
 from .replacement import Replacement
 from .settings import TrainSettings
@@ -32,11 +33,10 @@ MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # mo
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss as a recipe: what it trains on, its objective, and how runs are judged."""
-    source: str                                  # "pairs" (a pair store, or online from token blocks) | "tokens"
+    """A loss as a recipe: its objective and how runs are judged (what it trains on, and whether it needs the
+    teacher, are its row in layout.LOSS_TABLE)."""
     objective: Callable[[TrainSettings], Callable]  # the loss function, configured by the settings
     validation: tuple[str, ...]                  # metrics on held-out data; the first picks the kept state
-    teacher: bool = False                        # needs the original block (distillation's teacher)
 
 
 def _mse(s: TrainSettings) -> Callable:
@@ -54,14 +54,14 @@ def _kd(s: TrainSettings) -> Callable:
     return partial(losses.kd, temperature=s.kd_temperature, alpha=s.kd_alpha, top_k=s.kd_top_k)
 
 
-# A new loss is one entry here, its function in losses.py, and its name in the schema's `loss` enum (the
-# settings' LOSSES and the schema are checked against this registry in test_schema_agrees).
+# A new loss is its function in losses.py, one entry here, one row in layout.LOSS_TABLE and its name in the
+# schema's `loss` enum (test_schema_agrees checks that they name the same losses).
 # A validation metric named after the loss itself is its objective on held-out samples of its own kind; ce and
 # kl run the whole pruned model on the val blocks. MSE is judged by ce: the MSE can fall while the model gets worse.
 RECIPES: dict[str, LossSpec] = {
-    "mse": LossSpec("pairs", _mse, ("ce", "mse")),
-    "llm": LossSpec("tokens", _ce, ("ce",)),
-    "kd": LossSpec("tokens", _kd, ("kl", "ce"), teacher=True),
+    "mse": LossSpec(_mse, ("ce", "mse")),
+    "llm": LossSpec(_ce, ("ce",)),
+    "kd": LossSpec(_kd, ("kl", "ce")),
 }
 
 
@@ -75,7 +75,7 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
 
     if loss not in RECIPES:
         raise StreamlineError(f"loss: unknown loss '{loss}' (allowed: {', '.join(RECIPES)})")
-    spec = RECIPES[loss]
+    spec, row = RECIPES[loss], LOSS_TABLE[loss]
     r = Replacement.read(init_dir)
     r.require_trainable(loss)
     vocab = load_config(init_dir).vocab_size
@@ -84,8 +84,8 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
     # content, not paths: a moved project resumes its checkpoints, another init never does
     inputs = {"init": model_fingerprint(init_dir), "data": val_blocks.fingerprint}
     objective = spec.objective(s)
-    online = spec.source == "pairs" and pairs_dir is None  # pairs computed by the frozen prefix and the block
-    if spec.source == "pairs" and not online:
+    online = row.source == "pairs" and pairs_dir is None  # pairs computed by the frozen prefix and the block
+    if row.source == "pairs" and not online:
         train, val_own = _pair_samples(pairs_dir, r, init_dir, s)
         inputs["pairs"] = [train.fingerprint, val_own.fingerprint]
     else:
@@ -94,7 +94,7 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
     judges = {"ce": (losses.ce, val_blocks), "kl": (losses.kl, val_blocks), loss: (objective, val_own)}
     validation = {m: judges[m] for m in spec.validation}
     teacher_layers = teacher_config = None
-    if spec.teacher or online:
+    if row.teacher or online:
         teacher_dir = teacher_dir or r.source_model
         teacher_config = load_config(teacher_dir)
         teacher_layers = load_layers(teacher_dir, r.block, r.dtype)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ..errors import StreamlineError
 from ..model_info import read_info
-from ..layout import NETS, UNTRAINED
+from ..layout import NETWORKS
 
-TRAINABLE_NETS = tuple(n for n in NETS if n not in UNTRAINED)
+TRAINABLE_NETS = tuple(n for n, net in NETWORKS.items() if net.trained)
 
 
 @dataclass(frozen=True)

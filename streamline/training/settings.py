@@ -12,7 +12,8 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import StreamlineError
-from ..layout import LOSSES  # the names (re-exported); recipes.RECIPES holds what each loss is
+from ..layout import LOSSES, WHOLE_MODEL_LOSSES  # the names (re-exported); layout.LOSS_TABLE and recipes.RECIPES
+#                                                  hold what each loss is
 from ..schema import schema_default
 
 MSE_LOSSES = ("plain", "robust", "normalized", "cosine")
@@ -71,7 +72,7 @@ class TrainSettings:
     skip_first_tokens: int = _opt("mse: leave the first k positions (the attention sink) out of the loss",
                                   key="train.skip_first_tokens", check=_non_negative, losses=("mse",))
     train_samples: int = _opt("train on the first N training blocks only; 0 = all", default=0, check=_non_negative,
-                              losses=("llm", "kd"))
+                              losses=WHOLE_MODEL_LOSSES)
     # kd
     kd_temperature: float = _opt("kd: softmax temperature T of teacher and student", key="kd.temperature",
                                  check=_positive, losses=("kd",))

@@ -28,7 +28,7 @@ rule train_mse:
         checkpoint=paths("{model}").checkpoint("{variant}"),
         flags=workflow_flags(config, "mse"),  # every key that changes the weights: a change reruns training
     wildcard_constraints:
-        variant=variant_pattern(("mse",), staged=False),
+        variant=variant_pattern(NETWORK_ALONE_LOSSES, staged=False),
     resources:
         gpu=1,
     threads: torch_threads()
@@ -57,7 +57,7 @@ rule train_end_to_end:
         loss=lambda w: Variant.parse(w.variant).loss,
         flags=lambda w: workflow_flags(config, Variant.parse(w.variant).loss),
     wildcard_constraints:
-        variant=variant_pattern(("llm", "kd")),
+        variant=variant_pattern(WHOLE_MODEL_LOSSES),
     resources:
         gpu=config["llm"]["num_processes"],
     threads: torch_threads()
