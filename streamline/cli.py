@@ -436,7 +436,9 @@ def _add_check_config(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import DISTRIBUTION, __version__
     parser = argparse.ArgumentParser(prog="streamline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     parser.add_argument("--log", help="also write log lines to this file")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_download(sub)
@@ -461,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import foreign_install
     from .launch import die_with_parent
+    if problem := foreign_install():
+        print(f"streamline: error: {problem}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log
