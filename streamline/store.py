@@ -94,6 +94,23 @@ def from_storage(a: np.ndarray, logical_dtype: str) -> torch.Tensor:
     return t.view(torch.bfloat16) if logical_dtype == "bfloat16" else t
 
 
+def settle() -> None:
+    """After a zarr read failed, let the reads still in flight on zarr's event loop finish and collect their
+    errors: a read of many chunks runs them concurrently, and one chunk that does not decode ends the call while
+    the others go on. Left pending, they print "Task was destroyed but it is pending!" and their own tracebacks
+    to stderr as the process exits on its one-line error."""
+    import asyncio
+    from zarr.core.sync import _get_loop
+
+    async def the_others() -> None:
+        me = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me), return_exceptions=True)
+    try:
+        asyncio.run_coroutine_threadsafe(the_others(), _get_loop()).result(timeout=60)
+    except Exception:  # settling is a courtesy: never hide the error being reported
+        pass
+
+
 def crc(a: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
 
@@ -225,6 +242,7 @@ class HiddenStore:
                 return False
             return all(crc(self.hidden[k, n]) == sums[k] for k in range(self.num_states))
         except Exception:  # an unreadable chunk (truncated, garbage that does not decode)
+            settle()
             return False
 
     def missing_samples(self, verify: bool = True, threads: int = 4) -> list[int]:
@@ -257,6 +275,7 @@ class HiddenStore:
         try:
             return self.checksum[:]
         except Exception as e:  # garbage in the table's chunks: nothing says which samples are done
+            settle()
             raise StreamlineError(f"{self.path}: the checksum table cannot be read ({type(e).__name__}); run "
                                   f"the extraction again to repair the store") from None
 
@@ -268,6 +287,7 @@ class HiddenStore:
         try:
             return array[index]
         except Exception as e:  # a truncated or garbage chunk that does not decode
+            settle()
             raise self._damaged(n, k, f"cannot be read ({type(e).__name__})") from None
 
     def _verified(self, a: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -286,6 +306,7 @@ class HiddenStore:
         try:
             a = self.hidden[:, n]  # one call: zarr reads the K chunks concurrently
         except Exception:  # find the chunk that does not decode, and name it
+            settle()
             a = np.stack([self._read(self.hidden, (k, n), n, k) for k in range(self.num_states)])
         for k in range(self.num_states):
             self._verified(a[k], n, k)
