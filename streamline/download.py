@@ -48,8 +48,9 @@ def model_slug(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "model"
 
 
-def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
-    """Write an HF dir for `model_name` to out_dir atomically; return out_dir."""
+def download_model(model_name: str, out_dir: Path, cache_dir: Path, base_model: str | None = None) -> Path:
+    """Write an HF dir for `model_name` to out_dir atomically; return out_dir. `base_model`: the hub id of the
+    model (for the model cards of what is pruned from it); a hub model_name is its own."""
     kind = source_kind(model_name)
     out_dir = Path(out_dir)
     require_owned(out_dir, "model directory")  # before a download or a conversion
@@ -70,7 +71,8 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path) -> Path:
             convert_gguf(src, tmp)
         else:
             raise StreamlineError(f"model_name: {model_name} is neither a model directory nor a .gguf file")
-        record(tmp, origin=model_name)  # what this stage wrote (later loads verify against it), and from where
+        # what this stage wrote (later loads verify against it), from where, and which hub model it is
+        record(tmp, origin=model_name, base_model=base_model or (model_name if kind == "hub" else None))
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     log.info("model %s -> %s (%.1f MB) in %.1f s", model_name, out_dir, size / 1e6, time.perf_counter() - t0)
     return out_dir

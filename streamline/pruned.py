@@ -32,7 +32,7 @@ from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
 from .atomic import atomic_dir, atomic_write_json
 from .layout import NETWORKS
-from .weights import origin_of, record
+from .weights import lineage_of, record
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,9 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
                 shutil.copy2(source_dir / name, tmp / name)
         info = dataclasses.replace(info, params=count_params(model), num_hidden_layers=model.config.num_hidden_layers)
         atomic_write_json(tmp / "streamline.json", info.to_json())
-        origin = origin_of(source_dir)
-        (tmp / "README.md").write_text(model_card(info, origin))
-        record(tmp, origin=origin)
+        origin, base_model = lineage_of(source_dir)
+        (tmp / "README.md").write_text(model_card(info, origin, base_model))
+        record(tmp, origin=origin, base_model=base_model)
     return info
 
 
@@ -149,20 +149,19 @@ def _replacement(info: ModelInfo) -> str:
         f"`transformer` at layer slot {first}"
 
 
-def model_card(info: ModelInfo, origin: str | None = None) -> str:
-    """The model card: huggingface_hub's ModelCardData (with base_model lineage for a hub source), then the table."""
+def model_card(info: ModelInfo, origin: str | None = None, base_model: str | None = None) -> str:
+    """The model card: huggingface_hub's ModelCardData (base_model: the hub id the download recorded), then the
+    table, how to load it, and what to check before using it."""
     from huggingface_hub import ModelCardData
-    from .pypi import source_kind
-    hub = origin is not None and source_kind(origin) == "hub"
     data = ModelCardData(library_name="transformers", tags=["pruned", "llm-streamline", "streamline"],
-                         base_model=origin if hub else None)
-    source = origin or info.source_model
+                         base_model=base_model)
+    source = base_model or origin or info.source_model
     lines = [
         f"# {info.name}", "",
-        f"Layer-pruned from `{source}` with [streamline](https://github.com/) "
-        "(a re-implementation of LLM-Streamline, ICLR 2025).", "",
+        f"Layer-pruned from `{source}` with streamline (the `llm-streamline` package, a re-implementation of "
+        "LLM-Streamline, ICLR 2025).", "",
         "| | |", "|---|---|",
-        f"| source model | `{source}` |",
+        f"| source model | `{source}` |" + (f" (from `{origin}`)" if origin and origin != source else ""),
         f"| layers | {info.source_layers} → {info.num_hidden_layers} |",
         f"| removed block | layers {info.block[0]}..{info.block[-1]} (n = {info.n}) |",
         f"| replacement | {_replacement(info)} |",
@@ -184,4 +183,9 @@ def model_card(info: ModelInfo, origin: str | None = None) -> str:
     else:
         lines += ["A plain model of its family:", "", "```python", "from transformers import AutoModelForCausalLM",
                   "model = AutoModelForCausalLM.from_pretrained(path)", "```"]
+    lines += ["", "## Before you use it", "",
+              "Removing layers removes capability, and this card was written before the model was evaluated: "
+              "read its evaluation (`eval.json`, and `summary.md` of the run) first. A small model with a large "
+              "share of its layers removed, such as the offline demo's SmolLM2-135M-Instruct with 8 of 30 layers "
+              "gone (held-out perplexity 60.6 → 239), demonstrates the pipeline; it is not a usable chat model."]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"

@@ -54,14 +54,15 @@ def _entry(path: Path, known: dict | None = None) -> dict:
     return {**stat, "sha256": sha256_file(path)}
 
 
-def record(model_dir: str | Path, origin: str | None = None) -> dict:
+def record(model_dir: str | Path, origin: str | None = None, base_model: str | None = None) -> dict:
     """Write the record of what a stage wrote (call it last, inside the dir's atomic write).
 
-    `origin`: the model_name it all came from (a hub id, a pypi:// spec or a path), for the model card's lineage.
+    `origin`: the model_name it all came from (a hub id, a pypi:// spec or a path); `base_model`: the hub id of
+    the model it is (the config's base_model, or a hub origin), for the model card's lineage.
     """
     model_dir = Path(model_dir)
     entries = {f.name: _entry(f) for f in _files(model_dir)}
-    atomic_write_json(model_dir / RECORD, {"origin": origin, "files": entries})
+    atomic_write_json(model_dir / RECORD, {"origin": origin, "base_model": base_model, "files": entries})
     return entries
 
 
@@ -85,12 +86,18 @@ def _read_record(model_dir: Path) -> dict | None:
     return files
 
 
+def lineage_of(model_dir: str | Path) -> tuple[str | None, str | None]:
+    """(origin, base_model) a dir written by streamline recorded: where it came from, and its hub id if known."""
+    try:
+        saved = json.loads((Path(model_dir) / RECORD).read_text())
+        return saved.get("origin"), saved.get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+
+
 def origin_of(model_dir: str | Path) -> str | None:
     """The model_name a dir written by streamline came from, if recorded."""
-    try:
-        return json.loads((Path(model_dir) / RECORD).read_text()).get("origin")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return lineage_of(model_dir)[0]
 
 
 def verify(model_dir: str | Path) -> dict | None:

@@ -32,3 +32,22 @@ def test_the_unrelated_streamline_project_installed_beside_it_is_one_line(tmp_pa
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "-d",
                            str(tmp_path), "-n", "--cores", "1"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode != 0 and "config error: a distribution named 'streamline' (1.3.0)" in proc.stderr
+
+
+def test_the_model_card_names_its_base_model_and_warns_before_use(tmp_path, tiny_llama_dir):
+    import yaml
+    from tiny import write_scores
+    from test_reliability import cli
+    scores = write_scores(tmp_path / "s.json", n=2, span=2, best=1)
+    for base, expected in (("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                           (None, None)):
+        out = tmp_path / f"model-{bool(base)}"
+        args = ["download", "--model-name", tiny_llama_dir, "--out", out, "--cache", tmp_path / "cache"]
+        assert cli(*args, *(["--base-model", base] if base else [])).returncode == 0
+        assert cli("replace", "--model", out, "--scores", scores, "--net", "none", "--out", out.with_suffix(".init"),
+                   ).returncode == 0
+        card = (out.with_suffix(".init") / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---")[1])
+        assert meta.get("base_model") == expected
+        assert "## Before you use it" in card and "not a usable chat model" in card
+        assert "https://github.com/)" not in card  # no placeholder link

@@ -10,8 +10,10 @@ rule download_model:
         model_name=config["model_name"],
         content=model_source_identity(),
         cache=CACHE,
+        base_model=["--base-model", config["base_model"]] if config["base_model"] else [],
     threads: torch_threads()
     log:
         Paths("{model}", None).log("download"),
     shell:
         "streamline --log {log} download --model-name {params.model_name:q} --out {output} --cache {params.cache}"
+        " {params.base_model:q}"
