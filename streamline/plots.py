@@ -14,13 +14,18 @@ from .artifacts import BlockScores, Row, TrainStep
 from .eval_tasks import TASK_LABELS
 
 
+TRAIN_LABELS = {"mse": r"MSE to $h_{b+n+k}$", "llm": "next-token loss", "kd": "KL to the original"}
+VAL_LABELS = {"ce": "next-token loss (held out)", "kl": "KL to the original (held out)", "mse": "MSE (held out)"}
+
+
 @dataclass(frozen=True)
 class Curve:
     """A trained row's training curve."""
     label: str
     steps: list[TrainStep]
     val: list[dict]
-    loss: str | None
+    loss: str | None          # the loss trained on (mse, llm, kd, mse+kd)
+    select: str = "loss"      # the validation metric that picks the kept state (ce: held-out next-token loss)
 
 
 @dataclass(frozen=True)
@@ -93,19 +98,24 @@ def plot_training(summary: Collected, path: Path) -> None:
         if not logs:
             axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
         for ax, tl in zip(axes.flat, logs):
+            # the training loss and the validation metric that picks the kept state are different quantities
+            # (an MSE run is judged by the held-out next-token loss): one axis each
+            val_ax = ax.twinx()
             if tl.steps:
-                ax.plot([s.step for s in tl.steps], [s.loss for s in tl.steps], label="train", alpha=0.8)
+                ax.plot([s.step for s in tl.steps], [s.loss for s in tl.steps], alpha=0.8, color="C0")
             if tl.val:
-                ax.plot([v["step"] for v in tl.val], [v["loss"] for v in tl.val], "o--", label="val")
+                val_ax.plot([v["step"] for v in tl.val], [v["loss"] for v in tl.val], "o--", color="C1")
             ax.set_title(tl.label, fontsize=9)
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel(f"{tl.loss or ''} loss".strip())
-            losses = [s.loss for s in tl.steps] + [v["loss"] for v in tl.val]
-            if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
-                ax.set_yscale("log")
+            stage = (tl.loss or "loss").split("+")[-1]  # mse+kd: this stage trained with kd
+            ax.set_ylabel(f"train {TRAIN_LABELS.get(stage, stage)}", color="C0")
+            val_ax.set_ylabel(f"validation {VAL_LABELS.get(tl.select, tl.select)}", color="C1")
+            for axis, values in ((ax, [s.loss for s in tl.steps]), (val_ax, [v["loss"] for v in tl.val])):
+                if values and min(values) > 0 and max(values) / min(values) > 20:
+                    axis.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle("Training loss of the replacement network")
+        fig.suptitle("Training of the replacement network: its loss (left) and the validation that picks the kept "
+                     "state (right)", fontsize=10)
         fig.tight_layout()
 
 

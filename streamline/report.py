@@ -169,7 +169,7 @@ def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: li
         row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
         rows.append(row)
         if train_log and (train_log.steps or train_log.val):
-            curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss))
+            curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss, train_log.select))
     block_scores = [read_scores(s) for s in scores]
     return Collected(tasks, rows, block_scores, curves)
 

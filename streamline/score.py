@@ -103,7 +103,7 @@ def plot_scores(result: BlockScores, out_png: str | Path) -> None:
     ax.scatter([result.best_start], [result.best_score], color="tab:red", zorder=3,
                label=f"best: layers {result.block[0]}..{result.block[-1]}")
     ax.set_xlabel("block start layer i")
-    label = "mean cosine(h_i, h_i+%d)" if result.metric == "cosine" else "angular distance(h_i, h_i+%d)"
+    label = r"mean cosine($h_i$, $h_{i+%d}$)" if result.metric == "cosine" else r"angular distance($h_i$, $h_{i+%d}$)"
     ax.set_ylabel(label % result.span)
     ax.set_title(f"Block scores, n={result.n} ({result.num_layers} layers)")
     ax.legend(loc="best")
