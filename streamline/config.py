@@ -19,6 +19,14 @@ from .schema import SCHEMA
 
 def _schema_error(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "config"
+    if error.validator == "additionalProperties":  # a typo: name the key, and the known one it is closest to
+        import difflib
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        where = f"{key}." if key != "config" else ""
+        hints = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)
+        return (f"{where}{unknown[0]}: not a config key" + (f" (did you mean {where}{hints[0]}?)" if hints else "")
+                + f"; the keys{' of ' + key if where else ''} are listed in README.md's config table")
     if error.validator == "oneOf":  # say what each alternative wanted, not just "not valid under any"
         return f"{key}: {error.instance!r} is not valid: expected " + " or ".join(
             _describe(s) for s in error.validator_value)
@@ -60,6 +68,23 @@ def _coerce_numbers(node: dict) -> None:
     for key, value in node.items():
         if key not in TEXT_KEYS or isinstance(value, dict):
             node[key] = convert(value)
+
+
+def where(error: Exception, overrides: dict, files: list) -> str:
+    """A config error with where its key was set: `--config` if the command line set it, else the config file."""
+    text = str(error)
+    top = text.split(":", 1)[0].split(".")[0].split(" ")[0]
+    unique = list(dict.fromkeys(str(Path(f).resolve()) for f in files))
+    source = "set by --config" if top in (overrides or {}) else f"in {', '.join(unique) or 'config.yaml'}"
+    return f"{text} ({source})"
+
+
+def save_validated(config: dict, path: str | Path) -> None:
+    """The validated config (defaults filled) where jobs can read it: the model's own checks, which need its
+    config.json, run again before the first job that reads the model (the calibration extraction), so a
+    layer_intervals the model cannot have stops the run right after the download, not after the extraction."""
+    from .atomic import atomic_write_json
+    atomic_write_json(path, config)
 
 
 def check_source(key: str, value: str) -> str:

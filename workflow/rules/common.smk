@@ -5,7 +5,7 @@ from pathlib import Path
 from streamline.config import resolve_accelerate_config
 from streamline.download import model_slug
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
-from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY
+from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY, VALIDATED_CONFIG
 from streamline.layout import WHOLE_MODEL_LOSSES, NETWORK_ALONE_LOSSES, pairs_name, parse_replacement, scores_name, variant_pattern
 from streamline.layout import variants as layout_variants
 from streamline.training.settings import workflow_flags

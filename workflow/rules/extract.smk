@@ -20,6 +20,9 @@ rule extract_calibration:
     log:
         Paths("{model}", None).log("extract_calibration"),
     shell:
+        # n, k and seq_len against the model's own config, now that it is on disk (not a param: changing n must
+        # not rerun the extraction, which does not depend on it)
+        f"streamline --log {{log}} check-config {VALIDATED_CONFIG} --model-dir {{input.model}} && "
         "streamline --log {log} extract-calibration --model {input.model} --data {input.data}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
         " --dtype {params.dtype} --codec {params.codec} --level {params.level}"
