@@ -44,8 +44,8 @@ def record_opens(folder: str | Path) -> None:
             if rel is not None:
                 written = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE_FLAGS)
                 (writes if written else reads).add(rel)
-        elif event in ("os.rename", "os.mkdir"):  # a rename's target, a dir made: what this process wrote
-            rel = _relative(args[1] if event == "os.rename" else args[0], root)
+        elif event == "os.rename" or (event == "os.mkdir" and not os.path.exists(args[0])):
+            rel = _relative(args[1] if event == "os.rename" else args[0], root)  # a rename's target, a new dir
             if rel is not None:
                 writes.add(rel)
 
