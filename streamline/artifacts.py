@@ -633,7 +633,9 @@ class VariantRow(Row):
 
 @dataclass(frozen=True)
 class Summary(Record):
-    """summary.json: every row, unrounded, and what the tables say in words."""
+    """summary.json: every row, unrounded, and what the tables say in words. Unsigned: no stage reads it, and its
+    content is the user's, as it always was."""
+    signed = False
     tasks: list[str]
     rows: list[VariantRow | Row]  # the baseline first
     within_noise: list[str]

@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, TypeVar
 
 from annotated_types import Ge, Interval
 
@@ -46,14 +46,15 @@ def digest(obj: dict) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_record(path: str | Path, obj: dict) -> None:
-    """`obj` as a signed JSON file (gzipped if the name ends in .gz), atomically. Strict JSON: a NaN or Inf
-    is refused (one line naming the file), never written."""
+def write_record(path: str | Path, obj: dict, signed: bool = True) -> None:
+    """`obj` as a JSON file signed with its digest (gzipped if the name ends in .gz), atomically. Strict JSON: a
+    NaN or Inf is refused (one line naming the file), never written."""
     try:
         obj = json.loads(json.dumps(obj, allow_nan=False))  # as a reader will see it (str keys, lists)
     except ValueError:
         raise StreamlineError(f"{path}: the stage computed a NaN or Inf; refusing to write it") from None
-    data = (json.dumps({**obj, DIGEST: digest(obj)}, indent=None if str(path).endswith(".gz") else 2) + "\n").encode()
+    obj = {**obj, DIGEST: digest(obj)} if signed else obj
+    data = (json.dumps(obj, indent=None if str(path).endswith(".gz") else 2) + "\n").encode()
     atomic_write_bytes(path, gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
 
 
@@ -93,13 +94,14 @@ def _parse(cls: type[T], obj: Any) -> T | str:
 class Record:
     """to_json, write, from_json, checked and load for the dataclasses that subclass it."""
     __pydantic_config__ = {"allow_inf_nan": False}  # no stage writes NaN (the writers refuse it)
+    signed: ClassVar[bool] = True  # False for a file no stage reads (summary.json): written as it is
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def write(self, path: str | Path) -> None:
         """The record as its file, signed with its digest (gzipped if the name ends in .gz), atomically."""
-        write_record(path, self.to_json())
+        write_record(path, self.to_json(), self.signed)
 
     @classmethod
     def from_json(cls: type[T], obj: Any, where: str | Path = "artifact",
@@ -113,8 +115,9 @@ class Record:
     @classmethod
     def checked(cls: type[T], obj: Any) -> T | str:
         """A record read from its file: its digest, then its fields; the record, or the problem in words."""
-        problem = unsigned_problem(obj) if isinstance(obj, dict) else "not a JSON object"
-        return problem or _parse(cls, {k: v for k, v in obj.items() if k != DIGEST})
+        if not isinstance(obj, dict):
+            return "not a JSON object"
+        return (cls.signed and unsigned_problem(obj)) or _parse(cls, {k: v for k, v in obj.items() if k != DIGEST})
 
     @classmethod
     def load(cls: type[T], path: str | Path, what: str, aside: str | Path | None = None,

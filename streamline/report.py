@@ -29,7 +29,7 @@ import numpy as np
 from . import stats
 from .artifacts import (BaselineFiles, EstimateLog, Evaluation, LlamaCppCheck, ReportManifest, Row, Samples,
                         Stability, Summary, TrainFacts, TrainLog, VariantFiles, VariantRow, read_samples, read_scores)
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_text
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
 from .layout import PLOTS
@@ -414,6 +414,6 @@ def report(manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir:
     atomic_write_text(out_md, markdown(collected))
     if out_html is not None:
         atomic_write_text(out_html, html_page(collected))
-    atomic_write_json(out_json, summary.to_json())  # last: the table is complete once summary.json exists
+    summary.write(out_json)  # last: the table is complete once summary.json exists
     log.info("report: %d rows over %d tasks -> %s", len(collected.rows), len(collected.tasks), out_md)
     return summary

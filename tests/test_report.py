@@ -148,7 +148,8 @@ def test_rows_take_their_facts_from_the_artifacts(artifacts):
     summary = _run(artifacts)
     saved = json.loads((artifacts["out"] / "summary.json").read_text())
     assert Summary.from_json(saved) == summary  # summary.json reads back as the rows the report built
-    assert saved == summary.to_json()
+    assert saved == summary.to_json()  # unsigned: the user's file, its content as it always was
+    assert Summary.load(artifacts["out"] / "summary.json", "summary") == summary  # as the README reads it
     rows = {r.variant: r for r in summary.rows}
     assert list(rows) == ["baseline", *VARIANTS] and summary.tasks == TASKS
     assert [r.pruned for r in summary.rows] == [False, True, True, True, True]
@@ -265,23 +266,8 @@ def test_report_cli(artifacts):
 def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     """With export.gguf the manifest names each row's gguf.json: its llama.cpp perplexity and speedup show up."""
     root = Path(artifacts["variants"][0]["eval"]).parent.parent
-    def check(ppl: float, speed: LlamaCppSpeed | None = None) -> dict:
-        import math
-        return LlamaCppCheck(gguf="m.gguf", file_type=1, layers=4, data_dir="d", split="val", blocks=4, tokens=40,
-                             gguf_ppl=ppl, gguf_nll_per_block=[math.log(ppl) * 10] * 4, gguf_tokens_per_block=[10] * 4,
-                             llama_cpp_python="0.3.36", extra_buffers=False, ppl_seconds=1.0, speed_llamacpp=speed,
-                             speedup_llamacpp=speed and speed.speedup, speedup_llamacpp_ideal=speed and speed.ideal
-                             ).to_json()
-
-    speed = LlamaCppSpeed(engine="llama.cpp", threads=2, batch=1, prefill_tokens=16, decode_prompt_tokens=32,
-                          decode_steps=32, repeats=3, prefill_tokens_per_s={"pruned": 133.0, "original": 100.0},
-                          decode_tokens_per_s={"pruned": 12.8, "original": 10.0},
-                          flops_per_token={"pruned": 100.0, "original": 136.0},
-                          decode_weight_bytes={"pruned": 100, "original": 127},
-                          speedup={"prefill": 1.33, "decode": 1.28}, ideal={"prefill": 1.36, "decode": 1.27},
-                          wall_time_s=1.0)
-    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", check(10.01)))
-    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", check(14.9, speed)))
+    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", llamacpp_check(10.01)))
+    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", llamacpp_check(14.9, LLAMACPP_SPEED)))
     summary = _run(artifacts)
     rows = {r.variant: r for r in summary.rows}
     assert rows["baseline"].gguf_ppl == 10.01 and rows["ffn-mse"].speedup_llamacpp["prefill"] == 1.33
@@ -291,6 +277,26 @@ def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     _write(root / "v1/gguf.json", {"speedup_llamacpp": {}})  # torn: no perplexity
     with pytest.raises(StreamlineError, match="gguf.json: the llama.cpp check is incomplete"):
         _run(artifacts)
+
+
+LLAMACPP_SPEED = LlamaCppSpeed(engine="llama.cpp", threads=2, batch=1, prefill_tokens=16, decode_prompt_tokens=32,
+                               decode_steps=32, repeats=3, prefill_tokens_per_s={"pruned": 133.0, "original": 100.0},
+                               decode_tokens_per_s={"pruned": 12.8, "original": 10.0},
+                               flops_per_token={"pruned": 100.0, "original": 136.0},
+                               decode_weight_bytes={"pruned": 100, "original": 127},
+                               speedup={"prefill": 1.33, "decode": 1.28}, ideal={"prefill": 1.36, "decode": 1.27},
+                               wall_time_s=1.0)
+
+
+def llamacpp_check(ppl: float, speed: LlamaCppSpeed | None = None) -> dict:
+    """gguf.json as gguf-check writes it: perplexity `ppl` over 4 blocks of 10 tokens, and (with the original's
+    GGUF) its speed."""
+    import math
+    return LlamaCppCheck(gguf="m.gguf", file_type=1, layers=4, data_dir="d", split="val", blocks=4, tokens=40,
+                         gguf_ppl=ppl, gguf_nll_per_block=[math.log(ppl) * 10] * 4, gguf_tokens_per_block=[10] * 4,
+                         llama_cpp_python="0.3.36", extra_buffers=False, ppl_seconds=1.0, speed_llamacpp=speed,
+                         speedup_llamacpp=speed and speed.speedup, speedup_llamacpp_ideal=speed and speed.ideal
+                         ).to_json()
 
 
 @pytest.mark.parametrize("kind, edit, field", [
