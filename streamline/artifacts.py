@@ -206,11 +206,11 @@ class Progress(Record):
         if self.best_file not in self.files or not (self.done or any(f.startswith(f"{self.state_dir}/")
                                                                      for f in self.files)):
             raise ValueError("it names files it has no checksum for")
-        problem = None
-        if self.result is not None:
+        if self.result is not None:  # done: the state kept is the one its log says
             kept = self.result.best_step if self.result.kept == "best" else 0
             problem = None if self.state.best_step == kept else f"kept step {self.state.best_step}, its log says {kept}"
-        problem = problem if self.done else self.state.resumable_problem()
+        else:
+            problem = self.state.resumable_problem()
         if problem:
             raise ValueError(problem)
 
@@ -313,7 +313,8 @@ class Throughput(Record):
                 # throughput: pruned / original; cost (FLOPs, bytes): original / pruned
                 ratio = pair["pruned"] / pair["original"] if name == "speedup" else pair["original"] / pair["pruned"]
                 if kind not in stated or not _close(stated[kind], ratio):
-                    raise ValueError(f"{kind} {name} {stated.get(kind)} is not what its measurements give ({ratio:.6g})")
+                    raise ValueError(f"{kind} {name} {stated.get(kind)} is not what its measurements give "
+                                     f"({ratio:.6g})")
 
 
 @dataclass(frozen=True)
@@ -516,7 +517,8 @@ class LlamaCppCheck(Record):
                                                                             self.gguf_ppl / self.hf_ppl))):
             raise ValueError(f"gguf_ppl_ratio_to_hf {self.gguf_ppl_ratio_to_hf} is not gguf_ppl / hf_ppl")
         speed = self.speed_llamacpp
-        if (self.speedup_llamacpp, self.speedup_llamacpp_ideal) != ((speed.speedup, speed.ideal) if speed else (None, None)):
+        expected = (speed.speedup, speed.ideal) if speed else (None, None)
+        if (self.speedup_llamacpp, self.speedup_llamacpp_ideal) != expected:
             raise ValueError("speedup_llamacpp is not its speed_llamacpp's")
 
 
@@ -554,6 +556,7 @@ class ReportManifest(Record):
     baseline: BaselineFiles
     rows: list[VariantFiles]
     scores: list[str]                # block-score files, to plot
+
 
 @dataclass(frozen=True)
 class TrainFacts(Record):
