@@ -41,13 +41,17 @@ data.mkdir()
 for split in ("calib", "train", "val"):
     np.save(data / f"{split}_input_ids.npy", rng.integers(3, 128000, size=(N, T)).astype(np.int32))
     np.save(data / f"{split}_attention_mask.npy", np.ones((N, T), dtype=np.uint8))
-(data / "meta.json").write_text(json.dumps({"source": "random", "seq_len": T, "counts": {"calib": N}}))
 
 from streamline import data as sdata  # noqa: E402
+from streamline.manifests import DataMeta  # noqa: E402
 from streamline.adapters import get_adapter  # noqa: E402
 from streamline.extract import extract_hidden_states  # noqa: E402
 from streamline.loading import load_model  # noqa: E402
 from streamline.store import HiddenStore  # noqa: E402
+
+counts = {split: N for split in ("calib", "train", "val")}
+DataMeta(source="random", seq_len=T, pack=True, seed=0, counts=counts, tokens={s: N * T for s in counts},
+         documents=counts).write(data / "meta.json")
 
 results = {"model": "Llama-3.1-8B widths, 8 layers, bf16", "samples": N, "tokens_per_sample": T}
 model, adapter = load_model(work / "model", dtype="bfloat16", device="cuda")

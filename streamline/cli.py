@@ -407,8 +407,8 @@ def _add_report(sub) -> None:
     p.add_argument("--manifest", required=True, metavar="JSON|@FILE",
                    help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
                         '[{"name", "eval", "samples", "stability", "train_log", "estimate_log", "gguf"}, ...], '
-                        '"scores": [block-score files to plot]}; logs that do not exist are skipped, gguf (a '
-                        'gguf.json) may be null')
+                        '"scores": [block-score files to plot]}; a row names its train_log (trained) or '
+                        'estimate_log (linear), or neither; gguf (a gguf.json) may be null')
     p.add_argument("--json", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--html")
@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem := foreign_install():
         print(f"streamline: error: {problem}", file=sys.stderr)
         return 2
+    if os.environ.get("STREAMLINE_AUDIT"):  # the declared-inputs test: record the files this stage opens
+        from .audit import record_opens
+        record_opens(os.environ["STREAMLINE_AUDIT"])
     args = build_parser().parse_args(argv)
     die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log

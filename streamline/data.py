@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
-from .atomic import atomic_dir, atomic_write_json
+from .atomic import atomic_dir
+from .manifests import DataMeta, read_meta
 from .ownership import require_owned
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
             b.close()
         meta["tokens"] = {s: b.tokens for s, b in blocks.items()}
         meta["documents"] = {s: b.docs for s, b in blocks.items()}
-        atomic_write_json(tmp / "meta.json", meta)
+        DataMeta(**meta).write(tmp / "meta.json")
     mb = sum(f.stat().st_size for f in out_dir.glob("*.npy")) / 1e6
     log.info("data %s -> %s: blocks of %d tokens %s from documents %s, %.1f MB", source, out_dir, seq_len,
              {s: counts[s] for s in SPLITS}, meta["documents"], mb)
@@ -351,12 +352,14 @@ def _fill_slimpajama(source: str, blocks: dict[str, _Blocks], tokenizer, seed: i
 
 
 def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids int32 [N, seq_len], attention_mask uint8 [N, seq_len]), memory-mapped read-only."""
+    """(input_ids int32 [N, seq_len], attention_mask uint8 [N, seq_len]), memory-mapped read-only, of the shape
+    meta.json records (checked: an edited meta.json moves the data dir aside)."""
     if split not in SPLITS:
         raise StreamlineError(f"split: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     data_dir = Path(data_dir)
     if not (data_dir / "meta.json").is_file():
         raise StreamlineError(f"{data_dir}: not a prepared data dir (no meta.json)")
+    meta = read_meta(data_dir)
     arrays = []
     for name, kinds in ((f"{split}_input_ids.npy", "iu"), (f"{split}_attention_mask.npy", "iub")):
         try:
@@ -369,9 +372,9 @@ def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                                   f"run prepare-data again")
         arrays.append(a)
     ids, mask = arrays
-    if ids.shape != mask.shape:
-        raise StreamlineError(f"{data_dir}: {split} input_ids {ids.shape} and attention_mask {mask.shape} differ; "
-                              f"run prepare-data again")
+    if ids.shape != mask.shape or ids.shape != (meta.counts[split], meta.seq_len):
+        raise StreamlineError(f"{data_dir}: {split} input_ids {ids.shape} and attention_mask {mask.shape}, meta.json "
+                              f"records {meta.counts[split]} blocks of {meta.seq_len}; run prepare-data again")
     return ids, mask
 
 

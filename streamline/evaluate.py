@@ -11,17 +11,17 @@ Headline metric: plain `acc` for every task. The paper's lm-eval numbers (Llama-
 OpenBookQA gives about 69 instead. `acc_norm` is recorded too wherever lm-eval reports it.
 
 The samples file keeps, per question, each option's summed log-likelihood (`ll`, as lm-eval scores
-it) and its number of continuation tokens (`ntok`, tokenised by lm-eval's own model wrapper), so
-stability can put the options on a per-token scale; for a generative task (GSM8K), the answer lm-eval's
-first filter extracted and its exact match (the headline: `exact_match` under that filter). MMLU's 57
-subject tasks are one task here (lm-eval's size-weighted group mean, its questions numbered across the
-subjects). lm-eval's model is `scorer.PackedLM` (`scorer="packed"`, the default) or its own HFLM.
+it), its number of continuation tokens (`ntok`, tokenised by lm-eval's own model wrapper), so
+stability can put the options on a per-token scale, and its length in characters (`nchar`, lm-eval's
+acc_norm divisor), so that every flag can be recomputed from the log-likelihoods (artifacts.Question); for a
+generative task (GSM8K), the answer lm-eval's first filter extracted and its exact match (the headline:
+`exact_match` under that filter). MMLU's 57 subject tasks are one task here (lm-eval's size-weighted group
+mean, its questions numbered across the subjects). lm-eval's model is `scorer.PackedLM` (`scorer="packed"`,
+the default) or its own HFLM.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import tempfile
@@ -34,7 +34,6 @@ import numpy as np
 from .errors import StreamlineError
 from .artifacts import KL, SAMPLES_FORMAT, Evaluation, Perplexity, Question, Samples, TaskScores
 from .model_info import read_info
-from .atomic import atomic_write_bytes, atomic_write_json
 
 HEADLINE_METRIC = "acc"
 SPEED_BATCH = 4  # blocks per timed prefill (and sequences per decode step); both models get the same
@@ -59,15 +58,16 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "auto"):
 
 # ---------------------------------------------------------------- samples
 
-def _gold_index(task, doc: dict) -> int:
-    """The gold option index exactly as lm-eval's multiple-choice process_results derives it."""
+def _gold_index(task, doc: dict, choices: list[str], where: str) -> int | list[int]:
+    """The gold option index (a list of them for multiple-target tasks) exactly as lm-eval's multiple-choice
+    process_results derives it; a gold that is not among the choices (lm-eval's -100) is one line."""
     gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
-    if isinstance(gold, list):  # multiple-target tasks: keep the first gold
-        gold = gold[0]
-    if isinstance(gold, str):
-        choices = task.doc_to_choice(doc)
-        gold = choices.index(gold) if gold in choices else -100
-    return int(gold)
+    golds = [choices.index(g) if g in choices else -100 if isinstance(g, str) else int(g)
+             for g in (gold if isinstance(gold, list) else [gold])]
+    if not all(0 <= g < len(choices) for g in golds):
+        raise StreamlineError(f"tasks: {where}: lm-eval finds no gold answer among its {len(choices)} choices "
+                              f"(gold {gold!r}); check the task's data")
+    return golds if isinstance(gold, list) else golds[0]
 
 
 def continuation_tokens(lm, context: str, continuation: str) -> int:
@@ -76,15 +76,20 @@ def continuation_tokens(lm, context: str, continuation: str) -> int:
     return len(encode_request(lm, context, continuation)[1])
 
 
-def _question(lm, task, s: dict) -> Question:
-    """One question of lm-eval's samples: per-option log-likelihoods (multiple choice) or the extracted answer."""
-    if task.OUTPUT_TYPE == "generate_until":  # filtered_resps: the answer the filter extracted, or its fallback
+def _question(lm, task, name: str, s: dict) -> Question:
+    """One lm-eval sample as a Question: for multiple choice, per option (the conditional ones only, as lm-eval's
+    acc takes them) its summed log-likelihood, tokens and characters; for a generative task, the answer its
+    filter extracted, or its fallback."""
+    if task.OUTPUT_TYPE == "generate_until":
         return Question(ll=[], ntok=None, gold=None, acc=bool(s["exact_match"]), acc_norm=None,
                         answer=str(s["filtered_resps"][0]))
+    choices = task.doc_to_choice(s["doc"])
+    options = len(choices)
     return Question(
-        ll=[float(r[0]) for r in s["filtered_resps"]],  # per option: summed log-likelihood
-        ntok=[continuation_tokens(lm, *args) for args in s["arguments"]],
-        gold=_gold_index(task, s["doc"]), acc=bool(s["acc"]),
+        ll=[float(r[0]) for r in s["filtered_resps"][:options]],
+        ntok=[continuation_tokens(lm, *args) for args in s["arguments"][:options]],
+        nchar=[len(c) for c in choices],
+        gold=_gold_index(task, s["doc"], choices, f"{name} question {s['doc_id']}"), acc=bool(s["acc"]),
         acc_norm=bool(s["acc_norm"]) if "acc_norm" in s else None)
 
 
@@ -95,7 +100,7 @@ def _task_samples(lm, leaves: dict, samples: dict[str, list[dict]]) -> dict[str,
     for leaf, task in leaves.items():
         rows = samples[leaf]
         headline = rows[0].get("filter", "none")  # a generative task's first filter: stock's strict match
-        out.update({str(offset + int(s["doc_id"])): _question(lm, task, s) for s in rows
+        out.update({str(offset + int(s["doc_id"])): _question(lm, task, leaf, s) for s in rows
                     if s.get("filter", "none") == headline})
         offset += len(task.eval_docs)
     return out
@@ -114,17 +119,6 @@ def _scores(r: dict, n: int, generative: bool) -> TaskScores:
         if f"{m},none" in r:
             metrics[m], metrics[f"{m}_stderr"] = _num(r[f"{m},none"]), _num(r.get(f"{m}_stderr,none"))
     return TaskScores(n=n, **metrics, headline_metric=HEADLINE_METRIC, headline=metrics.get(HEADLINE_METRIC))
-
-
-def write_samples(path: Path, samples: Samples) -> None:
-    """Atomic JSON, gzipped when the name ends in .gz."""
-    data = json.dumps(samples.to_json()).encode()
-    atomic_write_bytes(path, gzip.compress(data, mtime=0) if Path(path).name.endswith(".gz") else data)
-
-
-def read_samples(path: Path) -> Samples:
-    """A samples file, checked question by question; a torn or edited one is moved aside (evaluate reruns)."""
-    return Samples.load(path, "samples file")
 
 
 # ---------------------------------------------------------------- lm-eval
@@ -203,8 +197,8 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
     results, samples, version = run_lm_eval(model, AutoTokenizer.from_pretrained(model_dir), tasks, limit=limit,
                                             batch_size=batch_size, data_dir=offline_data_dir, device=str(model.device),
                                             scorer=scorer)
-    write_samples(samples_path, Samples(format=SAMPLES_FORMAT, model_dir=str(model_dir), tasks=samples,
-                                        headline_metric={t: HEADLINE_METRIC for t in results}))
+    Samples(format=SAMPLES_FORMAT, model_dir=str(model_dir), tasks=samples,
+            headline_metric={t: r.headline_metric for t, r in results.items()}).write(samples_path)
     held_out = {}
     if blocks is not None:
         original = None
@@ -224,7 +218,7 @@ def evaluate(model_dir: Path, out_json: Path, samples_path: Path, *, tasks: list
         params=count_params(model),
         streamline=read_info(model_dir) if (model_dir / "streamline.json").is_file() else None,
         **held_out, wall_time_s=round(time.time() - t0, 2))
-    atomic_write_json(out_json, out.to_json())
+    out.write(out_json)
     return out
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from . import data
 from .errors import StreamlineError
-from .atomic import atomic_write_json, exclusive
+from .atomic import exclusive
+from .manifests import StoreManifest
 from .loading import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
 from .ownership import require_owned
@@ -94,7 +95,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
                    "compute_seconds": round(compute_seconds, 3),
                    "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
         if manifest:
-            atomic_write_json(manifest, summary)
+            StoreManifest(**summary).write(manifest)
         log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
         return summary
 

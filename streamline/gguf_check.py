@@ -28,7 +28,6 @@ from typing import Any, Iterator
 import numpy as np
 
 from .artifacts import LlamaCppCheck, LlamaCppSpeed
-from .atomic import atomic_write_json
 from .errors import StreamlineError
 
 log = logging.getLogger(__name__)
@@ -233,7 +232,7 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
                      speedup_llamacpp_ideal=speed.ideal)
     result = LlamaCppCheck(**facts)
     if out is not None:
-        atomic_write_json(out, result.to_json())
+        result.write(out)
     speed = result.speed_llamacpp
     log.info("%s: llama.cpp perplexity %.3f%s%s", gguf_file, result.gguf_ppl,
              f" (HF {result.hf_ppl:.3f})" if result.hf_ppl is not None else "",

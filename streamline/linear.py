@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from .errors import StreamlineError
 from .ownership import require_owned
-from .atomic import atomic_write_json, read_artifact
 from .artifacts import BlockScores, EstimateLog, read_scores
+from .manifests import read_store_manifest
 from .model_info import ModelInfo
 from .store import HiddenStore, open_store
 
@@ -142,8 +142,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     fold(model, adapter, block, t)
-    extract_seconds = (read_artifact(states, "store manifest", {"seconds": (int, float)})["seconds"]
-                       if Path(states).suffix == ".json" else 0.0)
+    extract_seconds = read_store_manifest(states).seconds if Path(states).suffix == ".json" else 0.0
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
     stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, relative_residual=residual,
@@ -157,7 +156,7 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
                                              f"{identity:.4g}), folded into layer {block[0] - 1}'s MLP output "
                                              f"projection"})
     save_pruned(model, adapter, out_dir, model_dir, info)
-    atomic_write_json(log_json, stats.to_json())
+    stats.write(log_json)
     log.info("linear: layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
              "%.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s", block[0], block[-1], block[0] - 1, tokens,
              ridge, residual, identity, source_layers, model.config.num_hidden_layers, count_params(model) / 1e6,

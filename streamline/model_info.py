@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import NETS, allowed_k
-from .records import Record
+from .records import Count, Record
 
 
 @dataclass(frozen=True)
@@ -19,20 +19,20 @@ class ModelInfo(Record):
     block's place, 0 for plain removal (`none`) and the folded map (`linear`)."""
     name: str
     source_model: str
-    source_layers: int
-    source_params: int
-    n: int
-    block: list[int]
+    source_layers: Count
+    source_params: Count
+    n: Count
+    block: list[Count]
     net: str
-    replacement_layers: int
+    replacement_layers: Count
     metric: str
     dtype: str
     loss: str | None = None          # None until trained; "mse+kd" for a staged run
     seed: int | None = None
     training: dict[str, Any] | None = None  # the model card's training rows
     final_val: dict[str, float] | None = None
-    params: int | None = None        # set when the dir is saved
-    num_hidden_layers: int | None = None
+    params: Count | None = None      # set when the dir is saved
+    num_hidden_layers: Count | None = None
 
     def __post_init__(self) -> None:
         k, net = self.replacement_layers, self.net

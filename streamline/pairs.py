@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifacts import read_scores
-from .atomic import atomic_write_json
 from .extract import extract_hidden_states
+from .manifests import PairsManifest
 
 
 def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path, out_dir: str | Path, *,
@@ -27,5 +27,5 @@ def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str 
         summary[split] = extract_hidden_states(model_dir, data_dir, out_dir / split, split=split, num_samples=count,
                                                keep=keep, **kwargs)
     if manifest:
-        atomic_write_json(manifest, summary)
+        PairsManifest.from_json(summary, manifest).write(manifest)
     return summary

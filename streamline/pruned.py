@@ -30,7 +30,7 @@ from . import networks
 from .model_info import ModelInfo
 from .errors import StreamlineError
 from .adapters import Adapter, get_adapter
-from .atomic import atomic_dir, atomic_write_json
+from .atomic import atomic_dir
 from .layout import NETWORKS
 from .weights import lineage_of, record
 
@@ -130,7 +130,7 @@ def save_pruned(model: PreTrainedModel, adapter: Adapter, out_dir: str | Path, s
             if (source_dir / name).exists():
                 shutil.copy2(source_dir / name, tmp / name)
         info = dataclasses.replace(info, params=count_params(model), num_hidden_layers=model.config.num_hidden_layers)
-        atomic_write_json(tmp / "streamline.json", info.to_json())
+        info.write(tmp / "streamline.json")
         origin, base_model = lineage_of(source_dir)
         (tmp / "README.md").write_text(model_card(info, origin, base_model))
         record(tmp, origin=origin, base_model=base_model)

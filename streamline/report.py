@@ -1,11 +1,14 @@
 """Report stage: one table over the baseline and every pruned variant, with intervals, plus plots.
 
-Its inputs come from the rule (report.smk) in one manifest: {"baseline": {name, eval, samples}, "rows":
-[{name, eval, samples, stability, train_log, estimate_log}, ...], "scores": [block-score files]}; a row's
-train_log.json or estimate_log.json is read where one exists. Every fact about a row (n,
-net, loss, replacement layers k, block, layers, params, training tokens and time) is read from
-those artifacts (eval.json carries the model dir's streamline.json); only the row's display name
-comes from the rule.
+Its inputs come from the rule (report.smk) in one manifest (artifacts.ReportManifest): {"baseline": {name,
+eval, samples}, "rows": [{name, eval, samples, stability, train_log | estimate_log}, ...], "scores":
+[block-score files]}, every file a declared input of the rule: a row's train_log.json (trained) or
+estimate_log.json (linear) is named only where the variant has one. Every fact about a row (n, net, loss,
+replacement layers k, block, layers, params, training tokens and time) is read from those artifacts
+(eval.json carries the model dir's streamline.json); only the row's display name comes from the rule.
+An eval.json is cross-checked against its samples (each task's accuracies), a stability.json against both
+samples files (question counts, agreement): a mismatch is one line and moves the eval.json or
+stability.json aside, so that its stage reruns.
 
 Writes summary.json (every number, unrounded), summary.md and summary.html (the tables, rounded,
 any training warnings, and which differences are within noise, in words), and four plots: block
@@ -24,22 +27,15 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .artifacts import (EstimateLog, Evaluation, LlamaCppCheck, Row, Samples, Stability, Summary, TrainFacts,
-                        TrainLog, VariantRow, read_scores)
-from .atomic import atomic_write_json, atomic_write_text
+from .artifacts import (BaselineFiles, EstimateLog, Evaluation, LlamaCppCheck, ReportManifest, Row, Samples,
+                        Stability, Summary, TrainFacts, TrainLog, VariantFiles, VariantRow, read_samples, read_scores)
+from .atomic import atomic_write_text
 from .errors import StreamlineError
 from .eval_tasks import TASK_LABELS
-from .evaluate import read_samples
 from .layout import PLOTS
 from .plots import Collected, Curve, fmt_params, plot_accuracy, plot_block_scores, plot_pareto, plot_training
 
 log = logging.getLogger(__name__)
-
-
-def _need(spec: dict, key: str, what: str) -> str:
-    if not spec.get(key):
-        raise StreamlineError(f"{what}: no {key}= given")
-    return spec[key]
 
 
 def _correct(samples: Samples, tasks: list[str], path: str) -> dict[str, dict[str, bool]]:
@@ -55,15 +51,15 @@ def _mean(xs: list[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _training(spec: dict) -> tuple[TrainFacts | None, TrainLog | None]:
-    """(the row's training facts, its train log) from train_log.json or estimate_log.json, whichever exists."""
-    if spec.get("train_log") and Path(spec["train_log"]).is_file():
-        tl = TrainLog.load(spec["train_log"], "train log")
+def _training(spec: VariantFiles) -> tuple[TrainFacts | None, TrainLog | None]:
+    """(the row's training facts, its train log) from its train_log.json or estimate_log.json, if it has one."""
+    if spec.train_log:
+        tl = TrainLog.load(spec.train_log, "train log")
         return TrainFacts(kind="trained", tokens=tl.train_tokens, seconds=tl.seconds, total_steps=tl.total_steps,
                           initial_val_loss=tl.initial_val_loss, best_val_loss=tl.best_val_loss,
                           best_step=tl.best_step, kept=tl.kept, warnings=list(tl.warnings)), tl
-    if spec.get("estimate_log") and Path(spec["estimate_log"]).is_file():
-        el = EstimateLog.load(spec["estimate_log"], "estimate log")
+    if spec.estimate_log:
+        el = EstimateLog.load(spec.estimate_log, "estimate log")
         return TrainFacts(kind="estimated", tokens=None, seconds=el.seconds, total_steps=None, initial_val_loss=None,
                           best_val_loss=None, best_step=None, kept=None, warnings=[]), None
     return None, None
@@ -104,18 +100,18 @@ def _llamacpp(path: str | None) -> dict[str, Any]:
             "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal}
 
 
-def _variant_row(spec: dict, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,
+def _variant_row(spec: VariantFiles, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,
                  base_correct: dict, train: TrainFacts | None) -> VariantRow:
     info = ev.streamline
     if info is None:
-        raise StreamlineError(f"{spec['eval']}: evaluates a model dir without streamline.json, not a pruned variant")
+        raise StreamlineError(f"{spec.eval}: evaluates a model dir without streamline.json, not a pruned variant")
     params = ev.params or info.params
     src_params = base.params or info.source_params
     ppl = ev.perplexity.value if ev.perplexity else None
     kl, speed = ev.kl_to_original, ev.speed
     tokens_per_block = ev.perplexity.tokens_per_block if ev.perplexity else []
     return VariantRow(
-        model=base.model, n=info.n, variant=spec["name"], label=f"n={info.n} {spec['name']}",
+        model=base.model, n=info.n, variant=spec.name, label=f"n={info.n} {spec.name}",
         net=info.net, loss=info.loss,
         replacement_layers=info.replacement_layers,  # k kept in the block's place: 0 for none and linear
         block=info.block, layers=ev.num_hidden_layers or info.num_hidden_layers, params=params,
@@ -135,7 +131,7 @@ def _variant_row(spec: dict, ev: Evaluation, st: Stability, correct: dict, base:
                "prefill_tokens": speed.prefill_tokens, "decode_steps": speed.decode_steps,
                "prefill_tokens_per_s": speed.prefill_tokens_per_s,
                "decode_tokens_per_s": speed.decode_tokens_per_s} if speed else None,
-        train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.get("gguf")))
+        train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.gguf))
 
 
 def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None:
@@ -147,30 +143,37 @@ def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None
                                       p.tokens_per_block, transform=np.exp)
 
 
-def collect(baseline: dict[str, str], variants: list[dict[str, str]], scores: list[Path]) -> Collected:
+def _evaluation(files: BaselineFiles | VariantFiles, what: str) -> tuple[Evaluation, Samples]:
+    """eval.json and its samples file, each checked, and against each other (eval.json's accuracies are what
+    its samples' flags give; a mismatch moves eval.json aside, so that evaluate rewrites both)."""
+    samples = read_samples(files.samples)
+    return Evaluation.load(files.eval, what, check=lambda ev: ev.disagreement(samples)), samples
+
+
+def collect(manifest: ReportManifest) -> Collected:
     """Every row of the table, plus what the plots need, from the files the rule names."""
-    base_ev = Evaluation.load(_need(baseline, "eval", "--baseline"), "baseline evaluation")
+    baseline = manifest.baseline
+    base_ev, base_samples = _evaluation(baseline, "baseline evaluation")
     tasks = list(base_ev.tasks)
-    base_samples = _need(baseline, "samples", "--baseline")
-    base_correct = _correct(read_samples(base_samples), tasks, base_samples)
-    name = baseline.get("name") or Path(base_ev.model_dir).name
-    base = _base_row(name, base_ev, base_correct, baseline.get("gguf"))
+    base_correct = _correct(base_samples, tasks, baseline.samples)
+    name = baseline.name or Path(base_ev.model_dir).name
+    base = _base_row(name, base_ev, base_correct, baseline.gguf)
     rows, curves = [base], []
-    for spec in variants:
-        what = f"variant {spec.get('name')}"
-        _need(spec, "name", "--variant")
-        ev = Evaluation.load(_need(spec, "eval", what), f"evaluation of {what}")
-        st = Stability.load(_need(spec, "stability", what), f"stability of {what}")
+    for spec in manifest.rows:
+        what = f"variant {spec.name}"
+        ev, samples = _evaluation(spec, f"evaluation of {what}")
+        st = Stability.load(spec.stability, f"stability of {what}",
+                            check=lambda st: st.disagreement(base_samples, samples))
         if set(ev.tasks) != set(tasks) or ev.limit != base_ev.limit:
-            raise StreamlineError(f"{spec['eval']}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
+            raise StreamlineError(f"{spec.eval}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
                                   f"on {tasks} (limit {base_ev.limit}); evaluate both the same way")
-        correct = _correct(read_samples(_need(spec, "samples", what)), tasks, spec["samples"])
+        correct = _correct(samples, tasks, spec.samples)
         train, train_log = _training(spec)
         row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
         rows.append(row)
         if train_log and (train_log.steps or train_log.val):
             curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss, train_log.select))
-    block_scores = [read_scores(s) for s in scores]
+    block_scores = [read_scores(s) for s in manifest.scores]
     return Collected(tasks, rows, block_scores, curves)
 
 
@@ -386,28 +389,21 @@ def html_page(summary: Collected) -> str:
 
 # ---------------------------------------------------------------- entry point
 
-def read_manifest(text: str) -> dict[str, Any]:
+def read_manifest(text: str) -> ReportManifest:
     """The rule's manifest (JSON), checked: one line for anything that is not what report.smk writes."""
     import json
     try:
         manifest = json.loads(text)
     except ValueError:
         raise StreamlineError("--manifest: not valid JSON") from None
-    files = (str, type(None))
-    ok = (isinstance(manifest, dict) and isinstance(manifest.get("baseline"), dict)
-          and isinstance(manifest.get("rows"), list) and isinstance(manifest.get("scores"), list)
-          and all(isinstance(v, files) for v in manifest["baseline"].values())
-          and all(isinstance(r, dict) and all(isinstance(v, files) for v in r.values()) for r in manifest["rows"])
-          and all(isinstance(s, str) for s in manifest["scores"]))
-    if not ok:
-        raise StreamlineError('--manifest: expected {"baseline": {name, eval, samples}, "rows": [{name, eval, '
-                              'samples, stability, train_log?, estimate_log?}, ...], "scores": [files]}')
-    return manifest
+    return ReportManifest.from_json(manifest, "--manifest", then='expected {"baseline": {name, eval, samples}, '
+                                    '"rows": [{name, eval, samples, stability, train_log?, estimate_log?}, ...], '
+                                    '"scores": [files]}')
 
 
-def report(manifest: dict[str, Any], *, out_json: Path, out_md: Path, plots_dir: Path,
+def report(manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir: Path,
            out_html: Path | None = None) -> Summary:
-    collected = collect(manifest["baseline"], manifest["rows"], [Path(s) for s in manifest["scores"]])
+    collected = collect(manifest)
     plots_dir = Path(plots_dir)
     plot_block_scores(collected, plots_dir / PLOTS["block_scores"])
     plot_training(collected, plots_dir / PLOTS["training_loss"])
@@ -418,6 +414,6 @@ def report(manifest: dict[str, Any], *, out_json: Path, out_md: Path, plots_dir:
     atomic_write_text(out_md, markdown(collected))
     if out_html is not None:
         atomic_write_text(out_html, html_page(collected))
-    atomic_write_json(out_json, summary.to_json())  # last: the table is complete once summary.json exists
+    summary.write(out_json)  # last: the table is complete once summary.json exists
     log.info("report: %d rows over %d tasks -> %s", len(collected.rows), len(collected.tasks), out_md)
     return summary

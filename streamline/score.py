@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from .artifacts import BlockScores, WindowScore
 from .errors import StreamlineError
-from .atomic import atomic_write_json
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
         block=block,  # layers best..best+span-1, replaced by one network (or dropped when span == n)
         removed_layers=block[1:] if span == n + 1 else block,  # what disappears if layer `best` is kept
         layers_after=num_layers - n)
-    atomic_write_json(out_json, result.to_json())
+    result.write(out_json)
     log.info("n=%d: best block starts at layer %d (layers %d..%d, %s %.4f); %d -> %d layers", n, best, block[0],
              block[-1], metric, values[best], num_layers, num_layers - n)
     if out_png:

@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamlineError
-from .evaluate import read_samples
-from .artifacts import Question, Samples, Stability, TaskStability
+from .artifacts import Question, Samples, Stability, TaskStability, read_samples
 from .atomic import atomic_write_json
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
@@ -230,12 +229,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.opencompass:
         result: dict = {"legacy": args.legacy, "datasets": stability_from_opencompass(*args.opencompass, legacy=args.legacy)}
+        if args.out:
+            atomic_write_json(args.out, result)
     else:
         if args.after is None:
             raise StreamlineError("--after: required with --before")
-        result = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric,
-                                        scale=args.scale).to_json()
-    if args.out:
-        atomic_write_json(args.out, result)
+        stability = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric,
+                                           scale=args.scale)
+        if args.out:
+            stability.write(args.out)  # signed: the report reads it
+        result = stability.to_json()
     print(json.dumps(result, indent=2))
     return result

@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from .errors import StreamlineError
 from .ownership import clear, mark, require_owned, target
+from .manifests import StoreManifest, read_store_manifest
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,10 @@ STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint1
 FORMAT = 2  # 2: with the checksum array (stores of format 1 are started afresh)
 
 
-def _manifest_entry(path: Path, split: str | None) -> dict:
+def _manifest_entry(path: Path, split: str | None) -> StoreManifest:
     if not path.is_file():
         raise StreamlineError(f"{path}: no such store manifest (run the extraction that writes it)")
-    try:
-        entry = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise StreamlineError(f"{path}: the store manifest is not valid JSON (run its extraction again)") from None
-    entry = entry.get(split) if split and isinstance(entry, dict) else entry
-    if not isinstance(entry, dict) or not isinstance(entry.get("store"), str) or not entry["store"]:
-        where = f"'{split}.store'" if split else "'store'"
-        raise StreamlineError(f"{path}: not a store manifest (it has no {where} path); run its extraction again")
-    return entry
+    return read_store_manifest(path, split)
 
 
 def store_dir(path: str | Path, split: str | None = None) -> Path:
@@ -56,7 +49,7 @@ def store_dir(path: str | Path, split: str | None = None) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         return path / split if split else path
-    return Path(_manifest_entry(path, split)["store"])
+    return Path(_manifest_entry(path, split).store)
 
 
 def open_store(path: str | Path, split: str | None = None) -> "HiddenStore":
@@ -66,9 +59,7 @@ def open_store(path: str | Path, split: str | None = None) -> "HiddenStore":
     if path.suffix != ".json":
         return HiddenStore(store_dir(path, split)).require_complete()
     entry = _manifest_entry(path, split)
-    if not isinstance(entry.get("shape"), list):
-        raise StreamlineError(f"{path}: the store manifest records no shape; run its extraction again")
-    return HiddenStore(entry["store"]).require_complete().check_shape(entry["shape"], path)
+    return HiddenStore(entry.store).require_complete().check_shape(entry.shape, path)
 
 
 def compressors(codec: str, level: int = 3):

@@ -64,11 +64,12 @@ def data_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_workflow(tmp_path_factory, tiny_llama_dir, text_corpus):
     """The whole DAG run once on the tiny Llama (variants: plain removal and an ffn net), shared by the
-    workflow tests; tests that change config.yaml must restore it (see workflow_utils)."""
+    workflow tests; tests that change config.yaml must restore it (see workflow_utils). Each job records the
+    files it opens (streamline/audit.py) into the third element, for the declared-inputs test."""
     from workflow_utils import make_eval_data, snakemake, tiny_config, write_config
     eval_data = make_eval_data(tmp_path_factory.mktemp("eval_data"))
     config = tiny_config(tiny_llama_dir, text_corpus, eval_data=eval_data, network=["none", "ffn"])
-    workdir = tmp_path_factory.mktemp("workflow")
+    workdir, audit = tmp_path_factory.mktemp("workflow"), tmp_path_factory.mktemp("audit")
     write_config(workdir, config)
-    snakemake(workdir)
-    return workdir, config
+    snakemake(workdir, env={"STREAMLINE_AUDIT": str(audit)})
+    return workdir, config, audit

@@ -13,6 +13,7 @@ import pytest
 from streamline.data import (SLIMPAJAMA_PROPORTIONS, domain_quotas, domain_rounds, load_split, prepare_data,
                              read_local_documents, sample_by_domain)
 from streamline.errors import StreamlineError
+from streamline.manifests import DataMeta, read_meta
 
 COUNTS = {"calib": 3, "train": 8, "val": 2}
 
@@ -39,9 +40,9 @@ def test_shapes_dtypes_and_meta(tiny_llama_dir, text_corpus, tmp_path):
         assert ids.shape == mask.shape == (n, 32) and ids.dtype == np.int32 and mask.dtype == np.uint8
         assert isinstance(ids, np.memmap) and mask.all()
         assert meta["tokens"][s] == n * 32
-    saved = json.loads((tmp_path / "d" / "meta.json").read_text())
-    assert saved == meta and saved["corpus_documents"] == 400 and saved["seq_len"] == 32
-    assert sum(saved["documents"].values()) <= 400 and not (tmp_path / "d.partial").exists()
+    saved = read_meta(tmp_path / "d")  # signed, and read back as written
+    assert saved == DataMeta(**meta) and saved.corpus_documents == 400 and saved.seq_len == 32
+    assert sum(saved.documents.values()) <= 400 and not (tmp_path / "d.partial").exists()
 
 
 def test_deterministic_and_disjoint(tiny_llama_dir, tiny_tokenizer, text_corpus, tmp_path):

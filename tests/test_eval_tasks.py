@@ -327,7 +327,8 @@ def _fake_data_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_evaluate_real_seven_tasks(tiny_llama_dir, real_data, tmp_path):
-    from streamline.evaluate import evaluate, read_samples
+    from streamline.artifacts import read_samples
+    from streamline.evaluate import evaluate
     out = evaluate(tiny_llama_dir, tmp_path / "eval.json", tmp_path / "samples.json.gz", tasks=PAPER_TASKS,
                    limit=5, batch_size=8, offline_data_dir=real_data, device="cpu")
     assert out.tasks == PAPER_TASKS and out.splits == {t: OFFLINE_TASKS[t].split for t in PAPER_TASKS}

@@ -12,7 +12,8 @@ import torch
 
 from streamline.artifacts import Evaluation
 from streamline.errors import StreamlineError
-from streamline.evaluate import evaluate, perplexity, read_samples, score_blocks
+from streamline.artifacts import read_samples
+from streamline.evaluate import evaluate, perplexity, score_blocks
 from streamline.speed import decode_weight_bytes, flops_per_token, measure_speedup
 from workflow_utils import make_eval_data
 

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tiny import write_scores
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.errors import StreamlineError
+from streamline.records import digest
 from streamline.pruned import load_pruned
 from streamline.replace import replace
 
@@ -57,7 +58,8 @@ def test_untrained_transformer_equals_original_with_rest_of_block_skipped(model_
     card = (tmp_path / "out" / "README.md").read_text()
     assert "layers 1..3 (n = 2)" in card and "6 → 4" in card
     meta = json.loads((tmp_path / "out" / "streamline.json").read_text())
-    assert meta["params"] < meta["source_params"] and info.block == [1, 2, 3] and meta == info.to_json()
+    assert meta["params"] < meta["source_params"] and info.block == [1, 2, 3] and meta == {
+        **info.to_json(), "digest": digest(info.to_json())}
 
 
 def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(model_dir, tmp_path):

@@ -10,12 +10,13 @@ import pytest
 from streamline.cli import main as cli
 from tiny import write_scores
 from streamline.errors import StreamlineError
-from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, Perplexity, Question,
-                                  Samples, Speed, Stability, Summary, TaskScores, TaskStability, TrainLog, TrainStep)
+from streamline.artifacts import (KL, SAMPLES_FORMAT, EstimateLog, Evaluation, LlamaCppCheck, LlamaCppSpeed,
+                                  Perplexity, Question, Samples, Speed, Stability, Summary, TaskScores, TaskStability,
+                                  TrainLog, TrainStep)
 from streamline.model_info import ModelInfo
-from streamline.evaluate import write_samples
+from streamline.records import digest
 from streamline.plots import pareto_front
-from streamline.report import report
+from streamline.report import read_manifest, report
 
 TASKS = ["arc_easy", "boolq"]
 Q = 20
@@ -60,8 +61,10 @@ VARIANTS = {
 
 
 def _write(path: Path, obj: dict) -> Path:
+    """`obj` written signed, as its stage writes it (or as an edit that also rewrites the digest, which the checks
+    behind the digest must catch: NaN included)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+    path.write_text(json.dumps({**obj, "digest": digest(obj)}))
     return path
 
 
@@ -75,7 +78,8 @@ def _eval(right: dict, params: int, layers: int, ppl: float, info: ModelInfo | N
         model_dir="x/model" if pruned else "resources/models/m", tasks=TASKS, limit=Q, offline_data_dir="eval-data",
         splits={t: "validation" for t in TASKS}, device="cpu", dtype="float32", batch_size=4, lm_eval_version="0.4",
         results={t: TaskScores(n=Q, acc=len(r) / Q, headline=len(r) / Q) for t, r in right.items()},
-        average=sum(len(r) / Q for r in right.values()) / len(right), average_acc_norm_where_available=None,
+        average=sum(len(r) / Q for r in right.values()) / len(right),
+        average_acc_norm_where_available=sum(len(r) / Q for r in right.values()) / len(right),
         samples_path="samples.json.gz", num_hidden_layers=layers, params=params, streamline=info,
         perplexity=Perplexity(value=math.exp(sum(nll) / 40), data_dir="d", split="val", blocks=blocks, tokens=40,
                               nll_per_block=nll, tokens_per_block=[10] * blocks, wall_time_s=1.0),
@@ -88,17 +92,21 @@ def _eval(right: dict, params: int, layers: int, ppl: float, info: ModelInfo | N
                     wall_time_s=1.0) if pruned else None)
 
 
-def _stability(per_task: dict[str, float], effective: float = 12.5) -> Stability:
+def _stability(per_task: dict[str, float], right: dict, effective: float = 12.5) -> Stability:
+    """stability.json of a variant whose questions answered right are `right` (its agreement with the baseline
+    follows from them)."""
+    agree = {t: sum((i in BASE_RIGHT[t]) == (i in right[t]) for i in range(Q)) / Q for t in per_task}
     return Stability(metric="acc", legacy=False, scale="per_token", average=sum(per_task.values()) / len(per_task),
-                     tasks={t: TaskStability(stability=s, agreement=s, n=Q, effective_questions=effective,
+                     tasks={t: TaskStability(stability=s, agreement=agree[t], n=Q, effective_questions=effective,
                                              sigma_min=0.1, sigma_max=1.0) for t, s in per_task.items()},
                      effective_questions={t: effective for t in per_task}, skipped_tasks=[])
 
 
 def _samples(right: dict) -> Samples:
-    return Samples(format=SAMPLES_FORMAT, tasks={t: {str(i): Question(ll=[0.0, -1.0], ntok=[1, 1], gold=0, acc=i in r,
-                                                                       acc_norm=None) for i in range(Q)}
-                                                 for t, r in right.items()})
+    """Option 0 is the likelier: a question is answered right where gold is 0."""
+    return Samples(format=SAMPLES_FORMAT, tasks={t: {str(i): Question(ll=[0.0, -1.0], ntok=[1, 1], gold=0 if i in r
+                                                                       else 1, acc=i in r, acc_norm=None)
+                                                      for i in range(Q)} for t, r in right.items()})
 
 
 @pytest.fixture
@@ -106,7 +114,7 @@ def artifacts(tmp_path) -> dict:
     """The files report.smk would name, in made-up places (the report may not assume a layout)."""
     root = tmp_path / "anywhere"
     base = {"name": "m", "eval": str(_write(root / "b/e.json", _eval(BASE_RIGHT, BASE_PARAMS, 6, 10.0).to_json()))}
-    write_samples(root / "b/s.json.gz", _samples(BASE_RIGHT))
+    _samples(BASE_RIGHT).write(root / "b/s.json.gz")
     base["samples"] = str(root / "b/s.json.gz")
     rows = []
     for i, (name, (info, right, params, layers, ppl, logf)) in enumerate(VARIANTS.items()):
@@ -114,12 +122,12 @@ def artifacts(tmp_path) -> dict:
         info = ModelInfo(name=f"m minus {info['n']}", source_model="m", source_layers=6, source_params=BASE_PARAMS,
                          metric="cosine", dtype="float32", params=params, num_hidden_layers=layers, **info)
         spec = {"name": name, "eval": str(_write(d / "eval.json", _eval(right, params, layers, ppl, info).to_json())),
-                "stability": str(_write(d / "stability.json", _stability({"arc_easy": 0.9, "boolq": 0.8}).to_json())),
-                "samples": str(d / "samples.json"),
-                "train_log": str(d / "train_log.json"), "estimate_log": str(d / "estimate_log.json")}
-        write_samples(d / "samples.json", _samples(right))
-        if logf:
-            _write(d / f"{logf[0]}.json", logf[1].to_json())
+                "stability": str(_write(d / "stability.json", _stability({"arc_easy": 0.9, "boolq": 0.8},
+                                                                         right).to_json())),
+                "samples": str(d / "samples.json")}
+        _samples(right).write(d / "samples.json")
+        if logf:  # as report.smk names it: the variant's own log only
+            spec[logf[0]] = str(_write(d / f"{logf[0]}.json", logf[1].to_json()))
         rows.append(spec)
     scores = [write_scores(root / f"sc{n}{span}.json", n, span, best=6 - span) for n, span in ((1, 2), (2, 3), (1, 1))]
     return {"baseline": base, "variants": rows, "scores": scores, "out": tmp_path / "out"}
@@ -127,7 +135,7 @@ def artifacts(tmp_path) -> dict:
 
 def _run(a: dict) -> dict:
     out = a["out"]
-    return report(_manifest(a), out_json=out / "summary.json", out_md=out / "summary.md",
+    return report(read_manifest(json.dumps(_manifest(a))), out_json=out / "summary.json", out_md=out / "summary.md",
                   out_html=out / "summary.html", plots_dir=out / "plots")
 
 
@@ -140,7 +148,8 @@ def test_rows_take_their_facts_from_the_artifacts(artifacts):
     summary = _run(artifacts)
     saved = json.loads((artifacts["out"] / "summary.json").read_text())
     assert Summary.from_json(saved) == summary  # summary.json reads back as the rows the report built
-    assert saved == summary.to_json()
+    assert saved == summary.to_json()  # unsigned: the user's file, its content as it always was
+    assert Summary.load(artifacts["out"] / "summary.json", "summary") == summary  # as the README reads it
     rows = {r.variant: r for r in summary.rows}
     assert list(rows) == ["baseline", *VARIANTS] and summary.tasks == TASKS
     assert [r.pruned for r in summary.rows] == [False, True, True, True, True]
@@ -257,14 +266,8 @@ def test_report_cli(artifacts):
 def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     """With export.gguf the manifest names each row's gguf.json: its llama.cpp perplexity and speedup show up."""
     root = Path(artifacts["variants"][0]["eval"]).parent.parent
-    def check(ppl: float, **speed) -> dict:
-        return LlamaCppCheck(gguf="m.gguf", file_type=1, layers=4, data_dir="d", split="val", blocks=4, tokens=40,
-                             gguf_ppl=ppl, gguf_nll_per_block=[1.0] * 4, gguf_tokens_per_block=[10] * 4,
-                             llama_cpp_python="0.3.36", extra_buffers=False, ppl_seconds=1.0, **speed).to_json()
-
-    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", check(10.01)))
-    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", check(
-        14.9, speedup_llamacpp={"prefill": 1.33, "decode": 1.28}, speedup_llamacpp_ideal={"prefill": 1.36, "decode": 1.27})))
+    artifacts["baseline"]["gguf"] = str(_write(root / "b/gguf.json", llamacpp_check(10.01)))
+    artifacts["variants"][1]["gguf"] = str(_write(root / "v1/gguf.json", llamacpp_check(14.9, LLAMACPP_SPEED)))
     summary = _run(artifacts)
     rows = {r.variant: r for r in summary.rows}
     assert rows["baseline"].gguf_ppl == 10.01 and rows["ffn-mse"].speedup_llamacpp["prefill"] == 1.33
@@ -274,6 +277,26 @@ def test_llamacpp_figures_reach_the_rows_and_the_table(artifacts):
     _write(root / "v1/gguf.json", {"speedup_llamacpp": {}})  # torn: no perplexity
     with pytest.raises(StreamlineError, match="gguf.json: the llama.cpp check is incomplete"):
         _run(artifacts)
+
+
+LLAMACPP_SPEED = LlamaCppSpeed(engine="llama.cpp", threads=2, batch=1, prefill_tokens=16, decode_prompt_tokens=32,
+                               decode_steps=32, repeats=3, prefill_tokens_per_s={"pruned": 133.0, "original": 100.0},
+                               decode_tokens_per_s={"pruned": 12.8, "original": 10.0},
+                               flops_per_token={"pruned": 100.0, "original": 136.0},
+                               decode_weight_bytes={"pruned": 100, "original": 127},
+                               speedup={"prefill": 1.33, "decode": 1.28}, ideal={"prefill": 1.36, "decode": 1.27},
+                               wall_time_s=1.0)
+
+
+def llamacpp_check(ppl: float, speed: LlamaCppSpeed | None = None) -> dict:
+    """gguf.json as gguf-check writes it: perplexity `ppl` over 4 blocks of 10 tokens, and (with the original's
+    GGUF) its speed."""
+    import math
+    return LlamaCppCheck(gguf="m.gguf", file_type=1, layers=4, data_dir="d", split="val", blocks=4, tokens=40,
+                         gguf_ppl=ppl, gguf_nll_per_block=[math.log(ppl) * 10] * 4, gguf_tokens_per_block=[10] * 4,
+                         llama_cpp_python="0.3.36", extra_buffers=False, ppl_seconds=1.0, speed_llamacpp=speed,
+                         speedup_llamacpp=speed and speed.speedup, speedup_llamacpp_ideal=speed and speed.ideal
+                         ).to_json()
 
 
 @pytest.mark.parametrize("kind, edit, field", [
@@ -298,7 +321,7 @@ def test_an_edited_artifact_is_one_line_naming_the_field_and_is_moved_aside(arti
     path = Path(artifacts["variants"][2][kind])
     obj = json.loads(path.read_text())
     edit(obj)
-    path.write_text(json.dumps(obj))
+    _write(path, obj)  # with its digest rewritten: the checks behind the digest catch it
     with pytest.raises(StreamlineError, match=rf"{path.name}: the .* is incomplete \(.*{field}.*\); moved "
                                               rf"{path.name} aside"):
         _run(artifacts)

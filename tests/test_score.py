@@ -8,6 +8,7 @@ import torch
 
 from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
+from streamline.records import digest, write_record
 from streamline.extract import extract_hidden_states
 from streamline.score import score
 from streamline.store import HiddenStore
@@ -43,7 +44,8 @@ def test_cosine_scores_match_manual_and_pick_argmax(calib_store, tmp_path):
     best = max(range(len(expected)), key=expected.__getitem__)
     assert result.best_start == best and result.block == [best, best + 1, best + 2]
     assert result.removed_layers == [best + 1, best + 2] and result.layers_after == 4
-    assert read_scores(tmp_path / "s.json") == result and json.loads((tmp_path / "s.json").read_text()) == result.to_json()
+    assert read_scores(tmp_path / "s.json") == result and json.loads((tmp_path / "s.json").read_text()) == {
+        **result.to_json(), "digest": digest(result.to_json())}
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
@@ -87,16 +89,16 @@ def test_the_store_is_found_from_its_manifest(calib_store, tmp_path, monkeypatch
     moved.parent.mkdir()
     calib_store.rename(moved)  # the manifest says where the store is; a path rebuilt from names would miss it
     manifest = json.loads((tmp_path / "c.json").read_text())
-    (tmp_path / "c.json").write_text(json.dumps({**manifest, "store": str(moved)}))
+    write_record(tmp_path / "c.json", {**manifest, "store": str(moved)})  # as if extracted there
     assert score(tmp_path / "c.json", 2, tmp_path / "a.json").scores == score(moved, 2, tmp_path / "b.json").scores
 
 
 def test_a_file_that_is_not_a_store_manifest_is_one_line(tmp_path):
-    (tmp_path / "scores.json").write_text(json.dumps({"block": [1, 2]}))
-    with pytest.raises(StreamlineError, match="scores.json: not a store manifest"):
+    write_record(tmp_path / "scores.json", {"block": [1, 2]})
+    with pytest.raises(StreamlineError, match=r"scores.json: the store manifest is incomplete \(no valid 'store'\)"):
         score(tmp_path / "scores.json", 2, tmp_path / "s.json")
     with pytest.raises(StreamlineError, match="no such store manifest"):
         score(tmp_path / "nothing.json", 2, tmp_path / "s.json")
     (tmp_path / "torn.json").write_text('{"store": "c.za')
-    with pytest.raises(StreamlineError, match="torn.json: the store manifest is not valid JSON"):
+    with pytest.raises(StreamlineError, match=r"torn.json: the store manifest is torn \(not valid JSON\)"):
         score(tmp_path / "torn.json", 2, tmp_path / "s.json")

@@ -10,7 +10,6 @@ import pytest
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
 from streamline.artifacts import SAMPLES_FORMAT, Samples
-from streamline.evaluate import write_samples
 from streamline.stability import effective_questions, stability_from_opencompass, stability_from_samples
 
 
@@ -29,10 +28,14 @@ Z = 2 * E + 1 + E**2  # sum of exp(sigma)
 
 
 def samples(correct: dict[str, list[bool]], ll=None, acc_norm=None, ntok=None) -> dict:
+    """A samples file whose questions are answered right where `correct` says: gold is the likeliest option
+    there, another one elsewhere."""
     tasks = {}
     for task, flags in correct.items():
         lls = ll if ll is not None else [[0.0, -1.0]] * len(flags)
-        tasks[task] = {str(i): {"ll": lls[i], "ntok": ntok[i] if ntok else [1] * len(lls[i]), "gold": 0, "acc": c,
+        best = [x.index(max(x)) for x in lls]
+        tasks[task] = {str(i): {"ll": lls[i], "ntok": ntok[i] if ntok else [1] * len(lls[i]),
+                                "gold": best[i] if c else (best[i] + 1) % len(lls[i]), "acc": c,
                                 "acc_norm": None if acc_norm is None else acc_norm[i]}
                        for i, c in enumerate(flags)}
     return {"format": SAMPLES_FORMAT, "tasks": tasks}
@@ -68,7 +71,10 @@ def test_effective_questions_constructed():
 
 def test_token_counts_that_do_not_fit_are_an_error():
     s = samples({"t": [True, False]})
-    s["tasks"]["t"]["0"]["ntok"] = [1]  # one count for two options
+    s["tasks"]["t"]["0"]["ntok"] = [1]  # one count for two options: refused by the record, on any scale
+    with pytest.raises(StreamlineError, match=r"token counts \[1\] and lengths None do not fit 2 options"):
+        stability_from_samples(s, s, scale="sum")
+    s["tasks"]["t"]["0"]["ntok"] = None  # none recorded: the per-token scale needs them
     with pytest.raises(StreamlineError, match="token counts"):
         stability_from_samples(s, s)
     assert stability_from_samples(s, s, scale="sum").average == pytest.approx(1.0)
@@ -125,8 +131,8 @@ def test_mismatched_questions_raise():
 
 def test_cli_on_samples_files(tmp_path):
     b, a, out = tmp_path / "before.json.gz", tmp_path / "after.json", tmp_path / "stability.json"
-    write_samples(b, Samples.from_json(samples({"t": [True, True, False, False]}, LL)))
-    write_samples(a, Samples.from_json(samples({"t": [False, False, False, False]}, LL)))
+    Samples.from_json(samples({"t": [True, True, False, False]}, LL)).write(b)
+    Samples.from_json(samples({"t": [False, False, False, False]}, LL)).write(a)
     main(["--before", str(b), "--after", str(a), "--out", str(out)])
     assert json.loads(out.read_text())["average"] == pytest.approx((E + E**2) / Z)
     main(["--before", str(b), "--after", str(a), "--out", str(out), "--legacy"])

@@ -29,7 +29,7 @@ UPDATE = os.environ.get("STREAMLINE_UPDATE_STAGE_OUTPUTS") == "1"
 RTOL = 1e-4  # tensors and floats: what a different CPU's rounding may move, far below what a change in method does
 # JSON keys that measure the machine or the clock, not the method
 VOLATILE = re.compile(r"seconds|wall|time|per_second|tokens_per_s|rss|peak|speed|throughput|threads|device|"
-                      r"version$|lm_eval|llama_cpp|date|host|resumed|computed_samples|^gb$|fingerprint")
+                      r"version$|lm_eval|llama_cpp|date|host|resumed|computed_samples|^gb$|fingerprint|^digest$")
 
 
 # ---------------------------------------------------------------- signatures

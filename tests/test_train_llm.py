@@ -252,7 +252,8 @@ def test_a_pickle_planted_in_a_deepspeed_checkpoint_never_runs(llm_setup, tmp_pa
             return (os.system, (f"touch {marker}",))
     target.write_bytes(pickle.dumps({"module": Planted()}))
     saved["files"][str(target.relative_to(ckpt))] = hashlib.sha256(target.read_bytes()).hexdigest()
-    progress.write_text(json.dumps(saved))
+    from streamline.records import write_record
+    write_record(progress, saved)  # its digest forged too
     out = subprocess.run(_command(root, "deepspeed", name), env=_env(root), capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and not marker.exists()
     assert "passed its checksums but cannot be loaded" in out.stderr and not (root / name / "model").exists()

@@ -23,6 +23,7 @@ from tiny import build_tiny_model, make_data_dir, write_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.pairs import extract_pairs
+from streamline.records import write_record
 from streamline.replace import replace
 from streamline.score import score
 from streamline.store import HiddenStore
@@ -201,10 +202,14 @@ def test_an_edited_progress_file_is_set_aside_not_a_traceback(mse_setup, edit):
     else:  # a finished run's log, edited: it would be written out as this run's train log
         ref = json.loads((root / "ref.json").read_text())
         progress.update(done=True, result={**ref, "train_tokens": "many"})
-    (ck / "progress.json").write_text(json.dumps(progress))
+    if edit == "done without a result":  # by hand: its digest no longer matches, which is caught first
+        (ck / "progress.json").write_text(json.dumps(progress))
+    else:  # its digest rewritten too: the checks behind it catch it
+        write_record(ck / "progress.json", progress)
     proc = _resume(root, args, name)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "cannot be read" in proc.stderr and "starting afresh" in proc.stderr
+    assert ("does not match its digest" in proc.stderr) == (edit == "done without a result")
     assert json.loads((root / name / "log.json").read_text())["resumed_at_step"] is None
     assert _same_weights(root / name / "model", root / "ref")
 
@@ -224,9 +229,9 @@ def _plant(ck: Path, marker: Path, forge_checksum: bool) -> None:
     progress = json.loads((ck / "progress.json").read_text())
     target = ck / progress["state_dir"] / "optimizer.bin"
     target.write_bytes(pickle.dumps(_Planted(marker)))
-    if forge_checksum:  # someone who can write results/ can also rewrite progress.json
+    if forge_checksum:  # someone who can write results/ can also rewrite progress.json, and its digest
         progress["files"][str(target.relative_to(ck))] = hashlib.sha256(target.read_bytes()).hexdigest()
-        (ck / "progress.json").write_text(json.dumps(progress))
+        write_record(ck / "progress.json", progress)
 
 
 def test_a_planted_pickle_is_never_loaded(mse_setup, tmp_path):
@@ -292,9 +297,9 @@ def test_a_damaged_zarr_json_is_one_line_and_extraction_is_never_stuck(calibrate
 
 
 def test_a_manifest_whose_store_is_not_a_path_is_one_line(tmp_path):
-    (tmp_path / "m.json").write_text(json.dumps({"store": 5}))
+    write_record(tmp_path / "m.json", {"store": 5})
     line = one_error_line(cli("score", "--store", tmp_path / "m.json", "--n", 2, "--out", tmp_path / "s.json"))
-    assert "m.json: not a store manifest" in line
+    assert "m.json: the store manifest is incomplete (no valid 'store')" in line
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -381,7 +386,7 @@ def test_an_unrecorded_init_dir_with_an_incomplete_streamline_json_is_one_line(t
     write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     (tmp_path / "init/streamline-weights.json").unlink()  # a dir copied by hand, without its record
-    (tmp_path / "init/streamline.json").write_text(json.dumps({"net": "transformer"}))
+    write_record(tmp_path / "init/streamline.json", {"net": "transformer"})
     with pytest.raises(StreamlineError, match=r"streamline.json: the model dir's streamline.json is incomplete "
                                               r"\(no valid 'name'\); moved init aside"):
         train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "l.json", TrainSettings(**FAST),
@@ -400,7 +405,7 @@ def test_damaged_scores_are_one_line_and_set_aside(tmp_path, tiny_llama_dir, con
 def test_scores_whose_block_is_not_their_best_window_are_set_aside(tmp_path, tiny_llama_dir):
     """An edited block of valid layers would prune the wrong layers with exit 0: it must match its windows."""
     path = write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
-    path.write_text(json.dumps({**json.loads(path.read_text()), "block": [2, 3, 4], "best_start": 2}))
+    write_record(path, {**json.loads(path.read_text()), "block": [2, 3, 4], "best_start": 2})  # digest too
     line = one_error_line(cli("replace", "--model", tiny_llama_dir, "--scores", path, "--net", "transformer",
                               "--out", tmp_path / "init"))
     assert "block [2, 3, 4] is not the best window (layers 1..3)" in line and not (tmp_path / "init").exists()
@@ -528,3 +533,98 @@ def test_a_moved_project_reruns_nothing(tmp_path, tiny_llama_dir, text_corpus):
     moved.parent.mkdir()
     project.rename(moved)
     assert "Nothing to be done" in run(moved, "-n")
+
+
+# --- a checkpoint's progress.json: its step and its best are what the run saved (fourth round) -----------------
+
+@pytest.mark.parametrize("edit", ["step beyond the plan", "best below its validations", "best NaN"])
+def test_a_progress_file_out_of_range_is_set_aside_and_training_reruns(mse_setup, edit):
+    """progress.json's step set to 10^9 skipped every step (exit 0); its best set to -1e300 kept the step-0
+    weights; a NaN best was taken as computed. Each is set aside now, and the run trains afresh, even with
+    its digest rewritten too (a stale digest alone sets it aside: test_an_edited_progress_file_...)."""
+    root, args = mse_setup
+    name = edit.replace(" ", "-").replace(",", "")
+    ck = _killed_run(root, args, name)
+    progress = json.loads((ck / "progress.json").read_text())
+    if edit.startswith("step"):
+        progress["state"]["step"] = 10**9
+    else:
+        progress["state"]["best"] = -1e300 if edit.startswith("best below") else float("nan")
+    from streamline.records import digest
+    (ck / "progress.json").write_text(json.dumps({**progress, "digest": digest(progress)}))  # NaN: not strict
+    proc = _resume(root, args, name)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "cannot be read" in proc.stderr and "starting afresh" in proc.stderr
+    assert json.loads((root / name / "log.json").read_text())["resumed_at_step"] is None
+    assert _same_weights(root / name / "model", root / "ref")
+    assert list((root / name).glob("ck.unreadable-*"))
+
+
+# --- every file a stage reads is an input of its rule ------------------------------------------------------------
+
+def _jobs(workdir: Path) -> dict[str, dict]:
+    """The workflow's jobs that have run, by log file: rule, declared inputs and outputs (--detailed-summary)."""
+    lines = snakemake(workdir, "--detailed-summary").stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    head, jobs = lines[start].split("\t"), {}
+    for line in lines[start + 1:]:
+        row = dict(zip(head, line.split("\t")))
+        job = jobs.setdefault(row["log-file(s)"], {"rule": row["rule"], "inputs": set(), "outputs": set()})
+        job["inputs"] |= {p.strip() for p in row["input-file(s)"].split(",") if p.strip() not in ("", "-")}
+        job["outputs"].add(row["output_file"])
+    return jobs
+
+
+def _stores(workdir: Path, inputs: set[str]) -> set[str]:
+    """The stores named by the declared manifests: their files count as declared."""
+    stores = set()
+    for path in (p for p in inputs if p.endswith(".json") and (workdir / p).is_file()):
+        manifest = json.loads((workdir / path).read_text())
+        stores |= {e["store"] for e in (manifest, manifest.get("train"), manifest.get("val"))
+                   if isinstance(e, dict) and isinstance(e.get("store"), str)}
+    return stores
+
+
+def _within(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def test_every_file_a_stage_opens_is_an_input_of_its_rule(tiny_workflow):
+    """Each job of the tiny workflow recorded the files it opened under results/ and resources/ (audit.py). A
+    file it read must be a declared input (or inside a declared dir, or in the store a declared manifest names):
+    else Snakemake never reruns the job when that file changes. The job's own outputs (and their .partial
+    scratch) and whatever it wrote itself (its checkpoints) are its own."""
+    workdir, _, audit = tiny_workflow
+    jobs = _jobs(workdir)
+    undeclared, rules = {}, set()
+    for record in (json.loads(f.read_text()) for f in audit.glob("*.json")):
+        argv = record["argv"]
+        job = jobs[argv[argv.index("--log") + 1]]
+        rules.add(job["rule"])
+        own = job["outputs"] | {f"{o}.partial" for o in job["outputs"]} | set(record["writes"])
+        declared = job["inputs"] | _stores(workdir, job["inputs"])
+        bad = [p for p in record["reads"] if not _within(p, declared | own)]
+        if bad:
+            undeclared[job["rule"]] = bad
+    assert {"extract_calibration", "score", "extract_pairs", "train_mse", "evaluate_variant", "stability",
+            "report"} <= rules  # every kind of stage was watched
+    assert not undeclared, f"read but not declared as inputs: {undeclared}"
+
+
+def test_every_file_the_report_reads_is_an_input_of_its_rule(tmp_path, tiny_llama_dir, text_corpus):
+    """Every file of the report's manifest (train_log.json, estimate_log.json and gguf.json included) is an input
+    of the report rule, for every kind of variant: an edit of any of them reruns the report."""
+    import shlex
+    from workflow_utils import make_eval_data
+    config = tiny_config(tiny_llama_dir, text_corpus, eval_data=make_eval_data(tmp_path / "eval"),
+                         network=["none", "transformer", "linear"], loss=["mse", "llm"], export={"gguf": "f16"})
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", "-p", "results/summary.json")
+    text = proc.stdout + proc.stderr
+    job = text[text.index("rule report:"):]
+    inputs = {p.strip() for p in job.split("input:", 1)[1].split("\n", 1)[0].split(",")}
+    command = shlex.split(job.split("Shell command:", 1)[1].split("\n", 1)[0])
+    manifest = json.loads(command[command.index("--manifest") + 1])
+    files = {f for spec in [manifest["baseline"], *manifest["rows"]] for key, f in spec.items() if key != "name" and f}
+    assert {Path(f).name for f in files} >= {"train_log.json", "estimate_log.json", "gguf.json", "stability.json"}
+    assert files | set(manifest["scores"]) <= inputs, sorted((files | set(manifest["scores"])) - inputs)

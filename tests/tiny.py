@@ -67,8 +67,9 @@ def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int =
     import numpy as np
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
+    from streamline.manifests import DataMeta
     meta = {"source": f"synthetic:{pattern}", "seq_len": seq_len, "pack": False, "seed": seed,
-            "counts": {}, "tokens": {}, "documents": {}}
+            "counts": {}, "tokens": {}, "documents": {}, "vocab_size": vocab}
     for split in ("calib", "train", "val"):
         ids = sequences(rng, num, seq_len, vocab, pattern)
         mask = np.ones_like(ids, dtype=np.uint8)
@@ -79,7 +80,7 @@ def make_data_dir(path: Path, num: int = 10, seq_len: int = 16, pad_every: int =
         np.save(path / f"{split}_input_ids.npy", ids)
         np.save(path / f"{split}_attention_mask.npy", mask)
         meta["counts"][split], meta["tokens"][split], meta["documents"][split] = num, int(mask.sum()), num
-    (path / "meta.json").write_text(json.dumps(meta))
+    DataMeta(**meta).write(path / "meta.json")
     return path
 
 
@@ -108,5 +109,5 @@ def write_scores(path: Path, n: int, span: int, best: int, num_layers: int = 6) 
     scores = BlockScores(metric="cosine", higher_is_more_redundant=True, n=n, span=span, num_layers=num_layers,
                          samples=8, tokens=128, scores=windows, best_start=best, best_score=0.9, block=block,
                          removed_layers=block[1:] if span == n + 1 else block, layers_after=num_layers - n)
-    path.write_text(json.dumps(scores.to_json()))
+    scores.write(path)
     return path

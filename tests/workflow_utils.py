@@ -87,12 +87,14 @@ def workflow_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [copy, os.environ.get("PYTHONPATH")]))}
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     # --configfile takes several values: keep an option after it so a target in `args` is not swallowed.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
     # cwd: the workdir, not the checkout, whose streamline/ would shadow the copy (python -m puts cwd first)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=workflow_env(), cwd=workdir)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**workflow_env(), **(env or {})},
+                          cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

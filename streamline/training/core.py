@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from ..artifacts import TrainLog, TrainStep
+from ..artifacts import Progress, TrainLog, TrainStep
 from ..errors import StreamlineError
-from ..atomic import atomic_write_json, exclusive, read_json
+from ..atomic import exclusive, read_json
 from ..ownership import mark, move_aside, require_owned
 from ..versions import VERSIONS
 from ..weights import sha256_file
@@ -147,16 +147,17 @@ class Unreadable(Exception):
 class Checkpoints:
     """accelerate checkpoints of the trainable state, plus the best state and the log so far.
 
-    progress.json, written last, names the complete checkpoint and the SHA-256 of each of its files; a
-    resume verifies every file against it before loading anything, so a damaged or replaced file is set
-    aside without leaving any of its state behind. When training is done, the dir keeps only the final
+    progress.json, written last (signed: artifacts.Progress), names the complete checkpoint and the SHA-256 of
+    each of its files; a resume checks it (its digest, a step within the plan, a best that is its validations'
+    best) and verifies every file against it before loading anything, so a damaged, edited or replaced file is
+    set aside without leaving any of its state behind. When training is done, the dir keeps only the final
     kept weights and the log (`done`): a run whose outputs Snakemake discarded (Ctrl-C of Snakemake while
     the job finished) exports them again instead of training from step 0.
     """
 
-    def __init__(self, directory: str | Path | None, accelerator, fingerprint: dict):
+    def __init__(self, directory: str | Path | None, accelerator, fingerprint: dict, total_steps: int):
         self.dir = Path(directory) if directory else None
-        self.accelerator, self.fingerprint = accelerator, fingerprint
+        self.accelerator, self.fingerprint, self.total_steps = accelerator, fingerprint, total_steps
         self.save_kwargs, self.load_kwargs = checkpoint_kwargs(accelerator)
 
     def locked(self):
@@ -167,35 +168,23 @@ class Checkpoints:
         require_owned(self.dir, "checkpoint directory")
         return exclusive(self.dir)
 
-    def _progress(self) -> dict | None:
-        """progress.json if it was made with the same inputs; Unreadable if it is torn or names missing files."""
+    def _progress(self) -> Progress | None:
+        """progress.json if it was made with the same inputs; Unreadable if it is torn, changed, out of range
+        (a step beyond the plan, a NaN) or names missing files."""
         if self.dir is None or not (self.dir / PROGRESS).exists():
             return None
         try:
-            saved = read_json(self.dir / PROGRESS)
-            files, fingerprint = saved["files"], saved["fingerprint"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise Unreadable(f"{PROGRESS} is torn or of another format ({type(e).__name__})") from None
-        if not isinstance(files, dict) or not files:
-            raise Unreadable(f"{PROGRESS} records no files")
-        done = saved.get("done") is True
-        needed = {"best_file": str, "state": dict, **({"result": dict} if done else {"state_dir": str})}
-        missing = [k for k, kind in needed.items() if not isinstance(saved.get(k), kind)]
-        if missing:
-            raise Unreadable(f"{PROGRESS} has no valid {missing[0]!r}")
-        # every file the resume reads must be one whose checksum is recorded
-        if saved["best_file"] not in files or (not done and not any(f.startswith(saved["state_dir"] + "/")
-                                                                    for f in files)):
-            raise Unreadable(f"{PROGRESS} names files it has no checksum for")
-        if fingerprint != self.fingerprint:
+            saved = Progress.checked(read_json(self.dir / PROGRESS))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Unreadable(f"{PROGRESS} is torn ({type(e).__name__})") from None
+        if isinstance(saved, str):  # its digest, its fields, its best against its validations
+            raise Unreadable(f"{PROGRESS} is {saved}")
+        if saved.fingerprint != self.fingerprint:
             log.info("checkpoint %s was made with other inputs, settings or code; starting afresh", self.dir)
             return None
-        if done:
-            try:
-                saved["result"] = TrainLog.from_json(saved["result"], f"{PROGRESS}'s train log")
-            except StreamlineError as e:
-                raise Unreadable(str(e)) from None
-        for name, digest in files.items():  # before anything is loaded
+        if saved.state.step >= self.total_steps and not saved.done:  # checkpoints are saved before the last step
+            raise Unreadable(f"{PROGRESS} is at step {saved.state.step} of a {self.total_steps}-step run")
+        for name, digest in saved.files.items():  # before anything is loaded
             path = self.dir / name
             if not path.is_file() or sha256_file(path) != digest:
                 raise Unreadable(f"{name} is {'missing' if not path.is_file() else 'not what was saved'}")
@@ -209,21 +198,22 @@ class Checkpoints:
         try:
             saved = self._progress()
             if saved is not None:
-                best = load_file(self.dir / saved["best_file"]) if main else None
-                if saved.get("done"):
-                    found = (saved["state"], best, saved["result"])
+                best = load_file(self.dir / saved.best_file) if main else None
+                state = saved.state.to_json()  # the loop's state, as it saved it
+                if saved.done:
+                    found = (state, best, saved.result)
                 else:
                     try:
                         with weights_only_loads():
-                            _check_random_states(self.dir / saved["state_dir"])
-                            self.accelerator.load_state(str(self.dir / saved["state_dir"]), **self.load_kwargs)
+                            _check_random_states(self.dir / saved.state_dir)
+                            self.accelerator.load_state(str(self.dir / saved.state_dir), **self.load_kwargs)
                     except Exception as e:  # verified, yet it does not load: its state may be half applied
                         self._set_aside(main)
                         raise StreamlineError(f"train: checkpoint {self.dir} passed its checksums but cannot be "
                                               f"loaded ({type(e).__name__}); it was set aside: run again to start "
                                               f"afresh") from None
-                    found = (saved["state"], best, None)
-                keep = set(saved["files"]) | {saved["best_file"]}
+                    found = (state, best, None)
+                keep = set(saved.files) | {saved.best_file}
         except (Unreadable, OSError, ValueError) as e:  # nothing was loaded: start afresh in this process
             log.warning("checkpoint %s cannot be read (%s); setting it aside and starting afresh", self.dir,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -277,7 +267,8 @@ class Checkpoints:
 
     def _write_progress(self, entry: dict, files: list[Path]) -> None:
         digests = {str(f.relative_to(self.dir)): sha256_file(f) for f in files}
-        atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, **entry, "files": digests})
+        Progress.from_json({"fingerprint": self.fingerprint, **entry, "files": digests}, PROGRESS).write(
+            self.dir / PROGRESS)
 
     def finish(self, result: TrainLog, kept_state: dict) -> None:
         """Keep only the exported weights and the log: enough to export again, nothing to resume from."""
@@ -335,7 +326,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
                    "version": VERSIONS["train"],  # a checkpoint made by training code of another version is not resumed
                    "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
                    "mixed_precision": accelerator.mixed_precision}
-    ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint)
+    ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint, plan.steps)
     ckpt.bytes_needed = 4 * 4 * sum(p.numel() for p in recipe.module.parameters() if p.requires_grad)
     module, optimizer, scheduler = accelerator.prepare(recipe.module.to(accelerator.device), optimizer, scheduler)
     params = [p for p in module.parameters() if p.requires_grad]

@@ -20,7 +20,6 @@ from typing import Callable
 
 from ..errors import StreamlineError
 from ..ownership import require_owned
-from ..atomic import atomic_write_json
 from .core import Recipe, fit
 from ..artifacts import TrainLog
 from ..layout import LOSS_TABLE
@@ -145,7 +144,7 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
 
     def finish(result: TrainLog, state: dict) -> None:
         export_model(init_dir, out_dir, state, result)
-        atomic_write_json(log_json, result.to_json())
+        result.write(log_json)
 
     return fit(recipe, settings, finish, checkpoint_dir=checkpoint_dir,
                mixed_precision=mixed_precision(loss, recipe.module.replacement.dtype))
