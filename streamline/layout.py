@@ -167,6 +167,11 @@ def pairs_name(k: int) -> str:
     return "pairs" if k == 1 else f"pairs_k{k}"
 
 
+def last_loss(trained_with: str) -> str:
+    """The loss of a training's last stage: mse+kd was trained with kd (a train log's `loss`)."""
+    return trained_with.rpartition("+")[2]
+
+
 def kept_of(name: str) -> int:
     """k of a scores or pairs name (the inverse of scores_name and pairs_name)."""
     if name == "removal_scores":

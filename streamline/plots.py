@@ -12,6 +12,7 @@ from typing import Any, Iterator
 from .atomic import atomic_path
 from .artifacts import BlockScores, Row, TrainStep
 from .eval_tasks import TASK_LABELS
+from .layout import last_loss
 
 
 TRAIN_LABELS = {"mse": r"MSE to $h_{b+n+k}$", "llm": "next-token loss", "kd": "KL to the original"}
@@ -107,7 +108,7 @@ def plot_training(summary: Collected, path: Path) -> None:
                 val_ax.plot([v["step"] for v in tl.val], [v["loss"] for v in tl.val], "o--", color="C1")
             ax.set_title(tl.label, fontsize=9)
             ax.set_xlabel("optimizer step")
-            stage = (tl.loss or "loss").split("+")[-1]  # mse+kd: this stage trained with kd
+            stage = last_loss(tl.loss or "loss")
             ax.set_ylabel(f"train {TRAIN_LABELS.get(stage, stage)}", color="C0")
             val_ax.set_ylabel(f"validation {VAL_LABELS.get(tl.select, tl.select)}", color="C1")
             for axis, values in ((ax, [s.loss for s in tl.steps]), (val_ax, [v["loss"] for v in tl.val])):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,19 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tiny import CORPUS, build_tiny_model, build_tokenizer, make_data_dir, sequences
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command run in-process (streamline.cli.main) sets the root logger up on the stderr pytest captured
+    for that test; put the handlers back after it, so no later test logs into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="session")

@@ -145,7 +145,7 @@ def test_model_card_names_the_hub_base_model(tiny_llama_dir, tmp_path):
     from huggingface_hub import ModelCard
     from streamline.weights import record
     shutil.copytree(tiny_llama_dir, tmp_path / "model")
-    record(tmp_path / "model", origin="meta-llama/Llama-3.1-8B")  # as the download stage records it
+    record(tmp_path / "model", origin="meta-llama/Llama-3.1-8B", base_model="meta-llama/Llama-3.1-8B")  # as download does
     replace(tmp_path / "model", write_scores(tmp_path / "s.json", n=2, span=3, best=1), tmp_path / "out",
             net="transformer")
     card = ModelCard.load(tmp_path / "out" / "README.md")

@@ -162,8 +162,7 @@ def pipeline(tmp_path_factory, tiny_llama_dir, text_corpus) -> tuple[Path, dict[
     manifest = {"baseline": {"name": "tiny", "eval": str(r / "base.json"), "samples": str(r / "base.json.gz"),
                              "gguf": None},
                 "rows": [{"name": "transformer-mse", "eval": str(r / "var.json"), "samples": str(r / "var.json.gz"),
-                          "stability": str(r / "stab.json"), "train_log": str(r / "t-mse.json"),
-                          "estimate_log": str(r / "none.json"), "gguf": None}],
+                          "stability": str(r / "stab.json"), "train_log": str(r / "t-mse.json"), "gguf": None}],
                 "scores": [str(r / "scores.json")]}
     run("report", "--manifest", json.dumps(manifest), "--json", r / "summary.json", "--md", r / "summary.md",
         "--plots-dir", r / "plots")
