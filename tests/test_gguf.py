@@ -188,6 +188,10 @@ def test_a_swiglu_network_exports_as_an_attention_free_deci_layer(tmp_path, tiny
                           ("down_proj", "ffn_down")]:
         np.testing.assert_array_equal(tensors[f"blk.1.{name}.weight"], hf[f"model.layers.1.{hf_name}.weight"])
     assert len(tensors) == 2 + 1 + 9 * 3 + 4
+    from streamline.gguf_check import gguf_costs  # the ideal speedup counts attention in attention layers only
+    matrices = sum(t.size for name, t in tensors.items() if name.startswith("blk.") and t.ndim == 2)
+    head = tensors["output.weight"].size
+    assert gguf_costs(tmp_path / "m.gguf", 16)["flops_per_token"] == 2 * matrices + 3 * 4 * 4 * 16 * 8 + 2 * head / 16
 
 
 def test_per_layer_arrays_and_weights_must_agree_with_the_layer_count(tmp_path, tiny_llama_dir):
