@@ -28,8 +28,9 @@ def build_tokenizer(special_tokens: tuple[str, ...] = ("<unk>", "<s>", "</s>", "
     tok.train_from_iterator(CORPUS, trainer)
     tok.decoder = decoders.ByteLevel()
     unk, bos, eos, pad = special_tokens
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, bos_token=bos, eos_token=eos,
-                                   pad_token=pad, chat_template=chat_template)
+    chat = {"chat_template": chat_template} if chat_template else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   **chat)
 
 
 # SmolLM2's chat format: ChatML, whose <|im_start|> is also the BOS token and <|im_end|> the EOS.
