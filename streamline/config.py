@@ -135,14 +135,16 @@ def check_eval(config: dict) -> None:
 
 
 def check_export(config: dict) -> None:
-    """export.gguf needs models llama.cpp can run without remote code: ffn and swiglu hold a custom layer."""
+    """export.gguf needs networks llama.cpp runs exactly (gguf_export.NOT_EXPORTABLE says which it cannot, and why)."""
     outtype = config["export"]["gguf"]
-    from .layout import NETWORKS
-    custom = [net for net in _values(config["network"]) if NETWORKS[net].custom]
-    if outtype != "none" and custom:
-        raise StreamlineError(f"export.gguf: {outtype} cannot export network {custom[0]}, a custom layer that needs "
-                              f"remote code, which llama.cpp cannot run (allowed with export.gguf: transformer, "
-                              f"none, linear; or export.gguf: none)")
+    if outtype == "none":
+        return
+    from .gguf_export import EXPORTABLE, NOT_EXPORTABLE
+    refused = [net for net in _values(config["network"]) if net in NOT_EXPORTABLE]
+    if refused:
+        net = refused[0]
+        raise StreamlineError(f"export.gguf: {outtype} cannot export network {net}: {NOT_EXPORTABLE[net]} (allowed "
+                              f"with export.gguf: {EXPORTABLE}; or export.gguf: none)")
 
 
 def check_training_machine(config: dict, local: bool = True, repo: str | Path | None = None) -> None:

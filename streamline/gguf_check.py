@@ -143,20 +143,26 @@ def _decode_seconds(llm, prompt: list[int], steps: list[int]) -> float:
     return time.perf_counter() - t0
 
 
+def _hparam(reader, key: str, default: Any = None) -> Any:
+    """`{architecture}.{key}` of a GGUF (llama or deci); a per-layer array comes back as a list."""
+    field = reader.fields.get(f"{reader.fields['general.architecture'].contents()}.{key}")
+    return default if field is None else field.contents()
+
+
 def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
     """FLOPs per token of a seq_len prefill and weight bytes per decode step, from the file's tensors."""
     import gguf
     reader = gguf.GGUFReader(str(path))
-    field = lambda key: reader.fields[key].contents()  # noqa: E731
-    layers, heads = field("llama.block_count"), field("llama.attention.head_count")
-    head_dim = field("llama.attention.key_length") if "llama.attention.key_length" in reader.fields else \
-        field("llama.embedding_length") // heads
+    layers = int(_hparam(reader, "block_count"))
+    heads = _hparam(reader, "attention.head_count")
+    heads = heads if isinstance(heads, list) else [heads] * layers  # deci: per layer, 0 for attention-free ones
+    head_dim = _hparam(reader, "attention.key_length") or _hparam(reader, "embedding_length") // max(heads)
     tensors = {t.name: t for t in reader.tensors}
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"  # tied: the embedding
     layer_weights = sum(int(t.n_elements) for name, t in tensors.items()
                         if name.startswith("blk.") and len(t.shape) == 2)
     # the layers' matrices at every position, q.k and attn.v over the block, the head at the last position only
-    flops = 2 * layer_weights + layers * 4 * seq_len * heads * head_dim + 2 * int(tensors[head].n_elements) / seq_len
+    flops = 2 * layer_weights + sum(heads) * 4 * seq_len * head_dim + 2 * int(tensors[head].n_elements) / seq_len
     tied = head == "token_embd.weight"
     read = sum(int(t.n_bytes) for name, t in tensors.items() if name != "token_embd.weight" or tied)
     return {"flops_per_token": float(flops), "decode_weight_bytes": read}
@@ -208,7 +214,7 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
     reader = gguf.GGUFReader(str(gguf_file))
     facts: dict[str, Any] = dict(
         gguf=str(gguf_file), file_type=int(reader.fields["general.file_type"].contents()),
-        layers=int(reader.fields["llama.block_count"].contents()), data_dir=str(data_dir), split=split,
+        layers=int(_hparam(reader, "block_count")), data_dir=str(data_dir), split=split,
         blocks=int(len(ids)), tokens=ppl["tokens"], gguf_ppl=ppl["perplexity"], gguf_nll_per_block=ppl["nll_per_block"],
         gguf_tokens_per_block=ppl["tokens_per_block"], llama_cpp_python=getattr(llama_cpp, "__version__", None),
         extra_buffers=extra_buffers, ppl_seconds=round(time.perf_counter() - t0, 2))

@@ -1,15 +1,19 @@
-"""Export a plain Hugging Face Llama-family model dir (what streamline writes) to a GGUF file for llama.cpp.
+"""Export a Llama-family HF model dir (what streamline writes) to a GGUF file for llama.cpp.
 
-The pruned models streamline writes are ordinary `LlamaForCausalLM` dirs with fewer layers, so the
-conversion is llama.cpp's own "llama" architecture: metadata from config.json, the tokenizer from
-tokenizer.json, and the weights renamed to llama.cpp's tensor names. Two details decide whether the
-result computes what the HF model computes:
+Most pruned models streamline writes are ordinary `LlamaForCausalLM` dirs with fewer layers, written as
+llama.cpp's own "llama" architecture: metadata from config.json, the tokenizer (gguf_vocab.py), and the weights
+renamed to llama.cpp's tensor names. A `swiglu` variant holds one layer without attention, x + SwiGLU(RMSNorm(x));
+llama.cpp's "deci" architecture (Nemotron-NAS) runs exactly that: a layer whose head count is 0 is the residual
+plus its FFN, and head counts and FFN widths are per-layer arrays. Details that decide whether the result
+computes what the HF model computes:
 
 - llama.cpp applies rotary embeddings to interleaved pairs (x0, x1), (x2, x3), ... while HF Llama
   rotates the two halves of each head (x_i, x_{i+d/2}); the q and k projections are therefore
   permuted row-wise per head (`permute_rotary`), as llama.cpp's own converter does.
 - A model with tied embeddings (SmolLM2) has no lm_head tensor; llama.cpp then reuses token_embd
   as the output matrix when `output.weight` is absent, so nothing is written for it.
+- `ffn` (Linear-ReLU-Linear, no gate) has no exact form: deci's FFN is always SiLU-gated. It is refused, never
+  approximated.
 
 Tensors are streamed one at a time (header and tensor table first, then each tensor's data), so
 memory stays at one tensor whatever the model size, and the file is written under a temp name and
@@ -30,6 +34,8 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import StreamlineError
+from .gguf_vocab import add_tokenizer
+from .layout import NETS
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +55,48 @@ HF_TO_GGUF_LAYER = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+# The replacement network's weights in its layer slot (networks.ResidualSwiGLU), as a deci attention-free layer.
+SWIGLU_TO_GGUF = {"norm": "ffn_norm", "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+# Replacement networks llama.cpp cannot run exactly, and why (the others export: transformer, none, linear as
+# plain llama, swiglu as deci).
+NOT_EXPORTABLE = {"ffn": "its Linear-ReLU-Linear has no gate, and llama.cpp's attention-free (deci) layer runs "
+                         "only a SiLU-gated FFN"}
+EXPORTABLE = ", ".join(net for net in NETS if net not in NOT_EXPORTABLE)
 HF_TO_GGUF_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 
 
+def replacement(model_config: dict) -> dict | None:
+    """The spec of the custom network a streamline dir holds in one layer slot (networks.py), or None."""
+    return (model_config.get("streamline") or {}).get("replacement")
+
+
 def check_exportable(model_config: dict, where: str = "model_name") -> None:
-    """One line when llama.cpp cannot run this model through our export (an OPT, a custom replacement)."""
-    model_type = model_config.get("model_type", "unknown")
-    if model_type.startswith("streamline_"):
-        raise StreamlineError(f"export.gguf: {where} holds a custom replacement network ({model_type}, remote code); "
-                              f"llama.cpp cannot run it (allowed with export.gguf: network transformer, none, linear)")
+    """One line when llama.cpp cannot run this model exactly through our export (an OPT, an `ffn` network)."""
+    spec = replacement(model_config)
+    model_type = model_config["streamline"]["base_model_type"] if spec else model_config.get("model_type", "unknown")
     if model_type not in GGUF_MODEL_TYPES:
         raise StreamlineError(f"export.gguf: {where} is a '{model_type}' model, which the GGUF export does not "
                               f"support (supported: {', '.join(GGUF_MODEL_TYPES)}; set export.gguf: none)")
+    if spec:
+        _check_network(spec, model_config, where)
     rope = rope_settings(model_config)
     if rope["type"] not in ("default", "linear", "llama3"):
         raise StreamlineError(f"export.gguf: {where} uses rope scaling '{rope['type']}', which the GGUF export does "
                               f"not write (supported: default, linear, llama3)")
+
+
+def _check_network(spec: dict, model_config: dict, where: str) -> None:
+    net = spec["net"]
+    if net in NOT_EXPORTABLE:
+        raise StreamlineError(f"export.gguf: {where} holds an `{net}` network, which llama.cpp cannot run exactly: "
+                              f"{NOT_EXPORTABLE[net]} (exportable: {EXPORTABLE})")
+    if spec["norm"] != "rms" or float(spec["eps"]) != float(model_config["rms_norm_eps"]):
+        raise StreamlineError(f"export.gguf: {where}'s {net} network normalises with {spec['norm']} eps {spec['eps']}; "
+                              f"llama.cpp's deci layer applies the model's RMSNorm, eps {model_config['rms_norm_eps']}")
+    if spec["index"] == 0:
+        raise StreamlineError(f"export.gguf: {where}'s {net} network is layer 0; llama.cpp's deci architecture takes "
+                              f"the attention head size from layer 0, so it cannot be attention-free")
 
 
 def rope_settings(model_config: dict) -> dict[str, Any]:
@@ -103,13 +134,15 @@ def unpermute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def gguf_name(hf_name: str) -> str | None:
-    """llama.cpp's tensor name for an HF Llama weight; None for buffers llama.cpp recomputes."""
+def gguf_name(hf_name: str, replaced: int | None = None) -> str | None:
+    """llama.cpp's tensor name for an HF Llama weight (layer `replaced` holding a swiglu network); None for
+    buffers llama.cpp recomputes."""
     if hf_name.endswith("rotary_emb.inv_freq"):
         return None
     match = LAYER_NAME.match(hf_name)
-    if match and match.group(2) in HF_TO_GGUF_LAYER:
-        return f"blk.{match.group(1)}.{HF_TO_GGUF_LAYER[match.group(2)]}.weight"
+    names = SWIGLU_TO_GGUF if match and int(match.group(1)) == replaced else HF_TO_GGUF_LAYER
+    if match and match.group(2) in names:
+        return f"blk.{match.group(1)}.{names[match.group(2)]}.weight"
     stem = hf_name.removesuffix(".weight")
     if hf_name.endswith(".weight") and stem in HF_TO_GGUF_GLOBAL:
         return f"{HF_TO_GGUF_GLOBAL[stem]}.weight"
@@ -163,60 +196,17 @@ def _encode(array: np.ndarray, qtype) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype)
 
 
-def _pre_tokenizer(tokenizer_json: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer's split rules, for the shapes we recognise; 'default' else
-    (text tokenised inside llama.cpp may then differ; token ids fed directly, as gguf-check does, are exact)."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
-    if kinds == [("ByteLevel", None, True)]:
-        return "gpt-2"  # llama.cpp's name for GPT-2's split rules
-    if kinds == [("Digits", True, None), ("ByteLevel", None, True)]:
-        return "smollm"  # SmolLM/SmolLM2: digits split one by one, then GPT-2's byte-level rules
-    log.warning("pre-tokenizer %s not recognised; writing 'default' (feed token ids for exact results)", kinds)
-    return "default"
+def layer_shapes(cfg: dict) -> list[tuple[int, int, int]]:
+    """(attention heads, kv heads, FFN width) of every layer; a swiglu network's slot has no attention."""
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    spec = replacement(cfg)
+    attention = (heads, kv_heads, int(cfg["intermediate_size"]))
+    return [(0, 0, int(spec["inner"])) if spec and i == spec["index"] else attention
+            for i in range(int(cfg["num_hidden_layers"]))]
 
 
-def _add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
-    """Token list, types, merges and special ids. The list is padded to the model's vocab_size, as llama.cpp
-    requires one entry per embedding row."""
-    import gguf
-    from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
-    try:
-        vocab = BpeVocab(model_dir)  # byte-level BPE (GPT-2 style: SmolLM2, Llama-3)
-        pre = _pre_tokenizer(json.loads((model_dir / "tokenizer.json").read_text()))
-    except FileNotFoundError:
-        try:
-            vocab = LlamaHfVocab(model_dir)  # sentencepiece-style BPE with byte fallback (Llama-2)
-            pre = "default"
-            # Checked on a synthetic tokenizer only: logits from token ids match, but llama.cpp's SPM merges by
-            # score, and text it tokenises itself split differently there.
-            log.warning("%s: sentencepiece-style tokenizer; text tokenised inside llama.cpp may differ from HF's "
-                        "(token ids are exact)", model_dir)
-        except FileNotFoundError:
-            raise StreamlineError(f"{model_dir}: no tokenizer.json the GGUF export can read") from None
-    tokens, types = [], []
-    for text, _score, kind in vocab.all_tokens():
-        tokens.append(text if isinstance(text, bytes) else text.encode())
-        types.append(kind)
-    if len(tokens) > vocab_size:
-        raise StreamlineError(f"{model_dir}: the tokenizer has {len(tokens)} tokens, more than the model's "
-                              f"vocab_size {vocab_size}")
-    for i in range(len(tokens), vocab_size):  # embedding rows no token uses
-        tokens.append(f"[PAD{i}]".encode())
-        types.append(gguf.TokenType.UNUSED)
-    writer.add_tokenizer_model(vocab.tokenizer_model)
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    if vocab.tokenizer_model == "llama":
-        writer.add_token_scores([score for _text, score, _kind in vocab.all_tokens()] +
-                                [-1000.0] * (vocab_size - vocab.vocab_size))
-    SpecialVocab(model_dir, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab_size).add_to_gguf(
-        writer, quiet=True)
-
-
-def _add_hparams(writer, cfg: dict, name: str, outtype: str) -> None:
+def _add_hparams(writer, cfg: dict, shapes: list[tuple[int, int, int]], name: str, outtype: str) -> None:
     import gguf
     heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
@@ -224,10 +214,16 @@ def _add_hparams(writer, cfg: dict, name: str, outtype: str) -> None:
     writer.add_name(name)
     writer.add_context_length(int(cfg["max_position_embeddings"]))
     writer.add_embedding_length(int(cfg["hidden_size"]))
-    writer.add_block_count(int(cfg["num_hidden_layers"]))
-    writer.add_feed_forward_length(int(cfg["intermediate_size"]))
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(int(cfg.get("num_key_value_heads") or heads))
+    writer.add_block_count(len(shapes))
+    if writer.arch == "deci":  # per-layer arrays, one entry per block (llama.cpp refuses other lengths)
+        per_layer = [list(column) for column in zip(*shapes)]
+        writer.add_head_count(per_layer[0])
+        writer.add_head_count_kv(per_layer[1])
+        writer.add_feed_forward_length(per_layer[2])
+    else:
+        writer.add_head_count(shapes[0][0])
+        writer.add_head_count_kv(shapes[0][1])
+        writer.add_feed_forward_length(shapes[0][2])
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
@@ -245,7 +241,8 @@ def _add_hparams(writer, cfg: dict, name: str, outtype: str) -> None:
 
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> dict[str, Any]:
-    """Write `out_file` (GGUF, llama architecture) from the HF model dir; return a summary of what was written."""
+    """Write `out_file` (GGUF: llama architecture, or deci for a swiglu network) from the HF model dir; return a
+    summary of what was written."""
     import gguf
 
     model_dir, out_file = Path(model_dir), Path(out_file)
@@ -256,6 +253,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     cfg = json.loads((model_dir / "config.json").read_text())
     check_exportable(cfg, where=str(model_dir))
     t0 = time.perf_counter()
+    spec = replacement(cfg)
+    shapes = layer_shapes(cfg)
     heads = int(cfg["num_attention_heads"])
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
 
@@ -263,7 +262,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     # Each entry: (HF name, or an array computed here; GGUF name; shape in HF order; ggml type).
     plan: list[tuple[str | np.ndarray, str, tuple[int, ...], Any]] = []
     for hf_name, lazy in _tensors(model_dir):
-        name = gguf_name(hf_name)
+        name = gguf_name(hf_name, replaced=spec["index"] if spec else None)
         if name is None:
             continue
         shape = tuple(lazy.get_shape())
@@ -276,16 +275,20 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     names = {p[1] for p in plan}
     if "output.weight" not in names and not cfg.get("tie_word_embeddings", False):
         raise StreamlineError(f"{model_dir}: no lm_head weight and tie_word_embeddings is false")
-    expected = {f"blk.{i}.{t}.weight" for i in range(int(cfg["num_hidden_layers"])) for t in HF_TO_GGUF_LAYER.values()}
+    expected = {f"blk.{i}.{t}.weight" for i, (h, _kv, _ff) in enumerate(shapes)
+                for t in (HF_TO_GGUF_LAYER if h else SWIGLU_TO_GGUF).values()}
     if missing := sorted(expected - names):
         raise StreamlineError(f"{model_dir}: {len(missing)} layer weights missing for "
                               f"{cfg['num_hidden_layers']} layers (first: {missing[0]})")
+    if extra := sorted(n for n in names - expected if n.startswith("blk.")):
+        raise StreamlineError(f"{model_dir}: {extra[0]} has no slot in the config's {cfg['num_hidden_layers']} "
+                              f"layers (num_hidden_layers and the weights disagree)")
 
     with atomic_path(out_file) as tmp:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _add_hparams(writer, cfg, name=model_dir.name if model_dir.name not in ("model", "init") else
+        writer = gguf.GGUFWriter(tmp, "deci" if spec else "llama")
+        _add_hparams(writer, cfg, shapes, name=model_dir.name if model_dir.name not in ("model", "init") else
                      model_dir.parent.name, outtype=outtype)
-        _add_tokenizer(writer, model_dir, int(cfg["vocab_size"]))
+        add_tokenizer(writer, model_dir, int(cfg["vocab_size"]))
         for _hf, name, shape, qtype in plan:
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
             nbytes = math.prod(shape) // block * type_size
@@ -302,7 +305,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
                 weight = permute_rotary(weight, kv_heads)
             writer.write_tensor_data(_encode(weight, qtype))
         writer.close()
-    summary = {"model_dir": str(model_dir), "gguf": str(out_file), "outtype": outtype, "tensors": len(plan),
+    summary = {"model_dir": str(model_dir), "gguf": str(out_file), "architecture": "deci" if spec else "llama",
+               "outtype": outtype, "tensors": len(plan),
                "bytes": out_file.stat().st_size, "layers": int(cfg["num_hidden_layers"]),
                "tied_embeddings": "output.weight" not in names, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("wrote %s (%s, %d tensors, %.1f MB) in %.1f s", out_file, outtype, len(plan), summary["bytes"] / 1e6,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, PreTrainedTokenizerFast
 
 CORPUS = [
@@ -18,16 +18,55 @@ CORPUS = [
 ] * 20
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+def build_tokenizer(special_tokens: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>"),
+                    chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style); the first four special tokens are unk, BOS, EOS and pad, ids 0..3."""
+    tok = Tokenizer(models.BPE(unk_token=special_tokens[0]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    from tokenizers import decoders
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>")
+    unk, bos, eos, pad = special_tokens
+    chat = {"chat_template": chat_template} if chat_template else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   **chat)
+
+
+# SmolLM2's chat format: ChatML, whose <|im_start|> is also the BOS token and <|im_end|> the EOS.
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA2_CHAT = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + "
+               "message['content'].strip() + ' [/INST]' }}{% else %}{{ ' ' + message['content'].strip() + ' ' + "
+               "eos_token }}{% endif %}{% endfor %}")
+
+
+def build_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE with ChatML's special tokens in the base vocab, as SmolLM2 has them."""
+    return build_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"), chat_template=CHATML)
+
+
+def build_spm_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-2-style tokenizer.json: BPE with byte fallback over text whose spaces are '▁' (one prepended), BOS
+    added, and the merges transformers writes when it converts a sentencepiece model: every pair of tokens that
+    joins into a token, ordered by that token's id (sentencepiece's score order)."""
+    from transformers.tokenization_utils_base import generate_merges
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trained = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    trained.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trained.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials + byte_tokens))
+    vocab = trained.get_vocab()
+    merges = generate_merges(vocab, skip_tokens=specials + byte_tokens)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = trained.normalizer
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[
+        ("<s>", 1)])
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   chat_template=LLAMA2_CHAT)
 
 
 def tiny_model_config(family: str, vocab_size: int, layers: int = 6, positions: int = 256):
@@ -42,9 +81,9 @@ def tiny_model_config(family: str, vocab_size: int, layers: int = 6, positions: 
     raise ValueError(family)
 
 
-def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0, positions: int = 256) -> Path:
-    """`positions`: the context window (few-shot generation needs prompt + 256 generated tokens)."""
-    tok = build_tokenizer()
+def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0,
+                     tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    tok = tokenizer or build_tokenizer()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_model_config(family, len(tok), layers, positions))
     # Random init gives near-identical layers; scale weights up so blocks differ measurably.
