@@ -395,6 +395,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         tokens = int(accelerator.reduce(torch.tensor(state["tokens"], device=accelerator.device), reduction="sum"))
         result = _result(recipe, s, plan, state, accelerator, seconds, tokens, resumed_at)
         del module, optimizer, scheduler
+        recipe.module = None  # the export reads the init dir afresh: never two copies of the model at once
         accelerator.free_memory()
         if main:
             kept_state = initial_state if result.kept == "initial" else best_state
