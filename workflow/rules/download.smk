@@ -10,6 +10,8 @@ rule download_model:
         model_name=config["model_name"],
         content=model_source_identity(),
         cache=CACHE,
+    resources:
+        **planned("download_model"),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("download"),

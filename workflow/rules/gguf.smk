@@ -13,6 +13,8 @@ rule export_gguf_baseline:
         paths("{model}").baseline_gguf,
     params:
         outtype=config["export"]["gguf"],
+    resources:
+        **planned("export_gguf_baseline"),
     log:
         Paths("{model}", None).log("export_gguf_baseline"),
     shell:
@@ -27,6 +29,8 @@ rule export_gguf_variant:
         paths("{model}").gguf("{variant}"),
     params:
         outtype=config["export"]["gguf"],
+    resources:
+        **planned("export_gguf_variant"),
     log:
         paths("{model}").log("export_gguf_{variant}"),
     shell:
@@ -40,6 +44,8 @@ rule gguf_check_baseline:
         code=code("gguf_check.py"),
     output:
         paths("{model}").baseline_gguf_check,
+    resources:
+        **planned("gguf_check_baseline"),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("gguf_check_baseline"),
@@ -55,6 +61,8 @@ rule gguf_check_variant:
         code=code("gguf_check.py"),
     output:
         paths("{model}").gguf_check("{variant}"),
+    resources:
+        **planned("gguf_check_variant"),
     threads: torch_threads()
     log:
         paths("{model}").log("gguf_check_{variant}"),

@@ -51,6 +51,8 @@ rule report:
     params:
         manifest=json.dumps(report_manifest()),
         plots_dir=PLOTS_DIR,
+    resources:
+        **planned("report"),
     log:
         REPORT_LOG,
     shell:

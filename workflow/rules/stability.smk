@@ -8,6 +8,8 @@ rule stability:
         paths("{model}").stability("{variant}"),
     params:
         metric="acc",
+    resources:
+        **planned("stability"),
     log:
         paths("{model}").log("stability_{variant}"),
     shell:
