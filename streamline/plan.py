@@ -47,8 +47,11 @@ THROUGHPUT_CACHE = f"{CACHE}/throughput.json"
 # Resident memory of a stage's processes before they hold any data (the interpreter, torch and the libraries
 # the stage imports), measured on this repository's stages. "launch" is a training job under `streamline
 # launch`: the launcher, accelerate's launcher and the worker.
-BASE_RSS = {"light": 0.12 * GB, "store": 0.35 * GB, "torch": 0.45 * GB, "eval": 0.9 * GB, "launch": 1.3 * GB,
+BASE_RSS = {"light": 0.12 * GB, "store": 0.35 * GB, "torch": 0.45 * GB, "eval": 0.9 * GB, "launch": 1.55 * GB,
             "llamacpp": 0.25 * GB}
+# What DeepSpeed ZeRO-2 (bf16, one process) holds per trained parameter beyond plain mixed precision: its fp32
+# gradient partition and flat bf16 copies of the weights and gradients (measured on the 8B-width rehearsal).
+DEEPSPEED_EXTRA_BYTES = 13
 CUDA_RSS = 1.6 * GB        # host memory of the CUDA runtime and its kernels, where a stage runs on a GPU
 CUDA_CONTEXT = 0.6 * GB    # GPU memory the CUDA context takes before any tensor
 LOGIT_CHUNK = {"cpu": 3 * 2**24 * 4, "cuda": 3 * 2**27 * 4}  # chunked logits, their softmax, their gradient
@@ -217,16 +220,21 @@ class Model:
     def params(self, layers: int | None = None) -> int:
         return self.sizes.params(layers)
 
-    def weights(self, layers: int | None = None, *, head: bool = True, tokens: int | None = None,
-                extra_params: int = 0) -> float:
-        """Bytes of the weights a stage reads, in the compute dtype: `layers` decoder layers, the LM head if
-        `head`, and of the embedding table only the rows `tokens` look up (None: all of it; a tied head reads all)."""
+    def weights(self, layers: int | None = None, *, head: bool = True, tokens: int | None = None) -> float:
+        """Bytes of the weights a stage reads, in the compute dtype: `layers` decoder layers, the LM head if `head`,
+        and of the embedding table only the rows `tokens` tokens look up (None: all of them)."""
         s = self.sizes
         n = s.layers if layers is None else layers
-        whole = tokens is None or (head and s.head_params == 0)
-        table = s.embed_params * (1 if whole else min(s.vocab, tokens) / s.vocab)
-        return (n * s.layer_params + table + s.other_params + (s.head_params if head else 0) + extra_params) * \
-            self.compute
+        params = n * s.layer_params + s.embed_params + s.other_params + (s.head_params if head else 0)
+        return params * self.compute - (0.0 if tokens is None else self.unread_rows(tokens, head))
+
+    def unread_rows(self, tokens: int, head: bool = True) -> float:
+        """Bytes of the embedding rows that `tokens` tokens never look up (none when the table is also the head
+        that a stage runs)."""
+        s = self.sizes
+        if head and s.head_params == 0:
+            return 0.0
+        return s.embed_params * max(0.0, 1 - tokens / s.vocab) * self.compute
 
     def forward_flops(self, tokens: int, seq_len: int, layers: int | None = None, head: bool = True) -> float:
         s = self.sizes
@@ -346,11 +354,13 @@ def model_write_need(m: Model, params: int, tp: Throughput, work: float = 0.0, s
 
 
 def linear_need(m: Model, *, pruned_params: int, samples: int, seq_len: int, tp: Throughput) -> Need:
+    """The normal equations, then the fold (one projection in float64, before the model is read whole to be saved)."""
     s = m.sizes
     normal = 2 * s.hidden ** 2 * 8 + 4 * seq_len * s.hidden * 8  # M^T M, M^T R and one sample's states, float64
     fold = 2 * s.hidden * s.inner * 8                             # the MLP's projection in float64, and its product
     flops = 2 * samples * seq_len * 2 * s.hidden ** 2 + s.hidden ** 3
-    return model_write_need(m, pruned_params, tp, normal + fold, tp.forward(flops))
+    need = model_write_need(m, pruned_params, tp, normal, tp.forward(flops))
+    return replace(need, ram=max(need.ram, BASE_RSS["torch"] + normal + fold + s.layer_params * m.compute))
 
 
 def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, layers_after: int, teacher_layers: int,
@@ -361,9 +371,8 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
     optimizer, the kept states, one micro-batch's activations and, for kd or online pairs, the original block."""
     s = m.sizes
     tokens = batch * seq_len
-    # fp32 master weights, their gradients, Adam's two moments; the initial and the best state in the model's
-    # dtype; DeepSpeed adds its own copy in the model's dtype and gradients in it
-    state = net_params * (4 * 4 + 2 * m.compute + (2 * m.compute if deepspeed else 0))
+    # fp32 master weights, their gradients, Adam's two moments; the initial and the best state in the model's dtype
+    state = net_params * (4 * 4 + 2 * m.compute + (DEEPSPEED_EXTRA_BYTES if deepspeed else 0))
     teacher = teacher_layers * s.layer_params * m.compute
     if loss == "mse":  # the network alone, in fp32, on stored pairs (or on the prefix's output, online)
         act = net_params / s.layer_params * tokens * (4 * s.inner + 10 * s.hidden) * 4 + 6 * tokens * s.hidden * 4
@@ -372,7 +381,8 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
         act += 4 * tokens * s.hidden * 4 + LOGIT_CHUNK[device] + (tokens * s.hidden * m.compute if loss == "kd" else 0)
     val = val_blocks * seq_len * s.hidden * m.compute  # the frozen prefix's output on the val blocks, cached
     work = state + act + val + teacher
-    weights = pruned_params * m.compute
+    model = pruned_params * m.compute
+    weights = model - m.unread_rows((blocks + val_blocks) * seq_len)  # what the steps read of it
     # time: the step's FLOPs over the training tokens, the validations (the whole pruned model on the val blocks)
     train_tokens = blocks * seq_len * epochs
     suffix = m.forward_flops(train_tokens, seq_len, layers_after, head=True) + 2 * net_params * train_tokens
@@ -393,9 +403,9 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
     checkpoint = net_params * (12 + (2 * m.compute if deepspeed else 0))
     kept = net_params * m.compute
     saved = (steps - 1) // (checkpoint_every or val_every or max(1, steps // 10))
-    seconds = (STARTUP_SECONDS + tp.train(flops) / processes + tp.forward(val_flops) + tp.model_write(weights) +
+    seconds = (STARTUP_SECONDS + tp.train(flops) / processes + tp.forward(val_flops) + tp.model_write(model) +
                tp.write(saved * (checkpoint + kept)))
-    disk = weights + min(2, saved) * checkpoint + kept  # the exported model, the checkpoints, the kept state
+    disk = model + min(2, saved) * checkpoint + kept  # the exported model, the checkpoints, the kept state
     keys = {"batch": "batch_size", "disk": "train.checkpoint_every" if saved else "train_num_data"}
     base = BASE_RSS["launch" if loss != "mse" else "torch"]
     one = hosted(device, base, weights, work, disk, seconds, keys, gpus=processes, compute=m.compute)
@@ -409,11 +419,12 @@ def evaluate_need(m: Model, *, pruned_params: int | None, questions: int, batch:
                   device: str, tp: Throughput) -> Need:
     """lm-eval and the held-out perplexity of a model; for a variant also the original (KL and speed)."""
     s = m.sizes
-    weights = m.weights() + (0 if pruned_params is None else pruned_params * m.compute)
+    tokens = questions * 4 * 100 + val_blocks * seq_len
+    weights = m.weights(tokens=tokens) + (0 if pruned_params is None else
+                                          pruned_params * m.compute - m.unread_rows(tokens))
     ctx = min(seq_len, 512)
     # lm-eval's logits for one batch of requests and their log-softmax; our perplexity's chunked logits
     work = batch * ctx * s.vocab * (m.compute + 4) + m.activations(batch * ctx, ctx) + LOGIT_CHUNK["cpu"]
-    tokens = questions * 4 * 100 + val_blocks * seq_len
     layers = None if pruned_params is None else round((pruned_params - s.params(0)) / s.layer_params)
     flops = m.forward_flops(tokens, ctx, layers)
     seconds = STARTUP_SECONDS + tp.forward(flops)
@@ -746,20 +757,25 @@ def check_fits(plan: Plan, *, ram: float | None = None, disk: float | None = Non
 SKIP_CHECK = "STREAMLINE_NO_FIT_CHECK"  # set (to 1) to let a stage start whatever is free
 
 
-def require(stage: str, need: Need, where: str | Path, disk: float | None = None) -> None:
-    """Before a stage writes: stop in one line if the free RAM (or GPU memory) or disk is below its plan.
-    `disk`: the bytes still to write, if less than the plan's (a resumed store)."""
+def require(stage: str | None, need: Need, where: str | Path, disk: float | None = None) -> None:
+    """Before a stage writes: stop in one line if the free RAM or disk is below its plan (`stage`: its name, where
+    the line does not already say it). `disk`: the bytes still to write, if less than the plan's (a resumed store)."""
     if os.environ.get(SKIP_CHECK):
         return
+    prefix = f"{stage}: " if stage else ""
     disk = need.disk if disk is None else disk
     free = free_disk(where)
     if disk > free:
-        raise StreamlineError(f"{stage}: needs {disk / GB:.2f} GB of disk for {where} and {free / GB:.2f} GB is free "
-                              f"there; free space and run again")
+        raise StreamlineError(f"{prefix}needs {_gb(disk)} of disk for {where} and {_gb(free)} is free there; free "
+                              f"space and run again")
     avail = available_ram()
     if need.ram > avail:
-        raise StreamlineError(f"{stage}: needs {need.ram / GB:.2f} GB of RAM and {avail / GB:.2f} GB is available "
-                              f"now; stop other jobs or give it more memory (or set {SKIP_CHECK}=1 to try anyway)")
+        raise StreamlineError(f"{prefix}needs {_gb(need.ram)} of RAM and {_gb(avail)} is available now; stop other "
+                              f"jobs or give it more memory (or set {SKIP_CHECK}=1 to try anyway)")
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / GB:.2f} GB" if nbytes >= 0.01 * GB else f"{nbytes / MB:.2f} MB"
 
 
 # --------------------------------------------------------------------------------------- the command
@@ -887,5 +903,5 @@ def check_stage(command: str, a) -> None:
     if found is None:
         return
     need, out = found
-    written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
-    require(command, need, out, disk=max(0.0, need.disk - written) if command.startswith("extract") else None)
+    # a store's extraction checks its disk itself (what is left to write, and the way out: extract.check_disk)
+    require(None, need, out, disk=0.0 if command.startswith("extract") else None)
