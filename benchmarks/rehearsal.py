@@ -96,25 +96,32 @@ def compare(config_path: Path, workdir: Path, jobs: dict[str, dict]) -> list[dic
         rows.append({"rule": job.rule, "label": job.label, "out": job.out, "plan": job.need.to_json(),
                      "measured": None if m is None else {"ram_bytes": m["peak_rss_bytes"],
                                                           "disk_bytes": m["peak_disk_bytes"],
-                                                          "seconds": m["seconds"], "rc": m["rc"]}})
+                                                          "seconds": m["seconds"], "cpu_seconds": m["cpu_seconds"],
+                                                          "rc": m["rc"]}})
     return rows, plan
 
 
 def print_table(rows: list[dict], plan) -> None:
+    """Markdown: each job's plan next to what was measured, and measured / plan. The plan's time is the job alone on
+    this machine; on a machine that other jobs share, its wall time is longer, so it is shown next to the job's CPU
+    seconds: alone on 2 cores a job takes between half of them (both cores busy throughout) and all of them."""
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else "–"
+
+    def num(x, scale=1e9, digits=2):
+        return "–" if x is None else f"{x / scale:.{digits}f}"
     print(f"plan: {plan.assumptions}")
     print("| job | RAM plan GB | RAM measured GB | ratio | disk plan GB | disk measured GB | ratio | time plan s | "
-          "time measured s | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU s | plan / CPU s | wall s (shared) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p, m = r["plan"], r["measured"] or {}
-        ram, disk, sec = m.get("ram_bytes"), m.get("disk_bytes"), m.get("seconds")
-        print(f"| {r['rule']} {r['label']} | {p['ram_bytes'] / 1e9:.2f} | "
-              f"{'–' if ram is None else f'{ram / 1e9:.2f}'} | {ratio(ram, p['ram_bytes'])} | "
-              f"{p['disk_bytes'] / 1e9:.3f} | {'–' if disk is None else f'{disk / 1e9:.3f}'} | "
-              f"{ratio(disk, p['disk_bytes']) if p['disk_bytes'] > 1e6 else '(small)'} | {p['seconds']:.0f} | "
-              f"{'–' if sec is None else f'{sec:.0f}'} | {ratio(sec, p['seconds'])} |")
+        ram, disk, cpu, wall = m.get("ram_bytes"), m.get("disk_bytes"), m.get("cpu_seconds"), m.get("seconds")
+        failed = " (failed)" if m.get("rc") else ""
+        print(f"| {r['rule']} {r['label']}{failed} | {num(p['ram_bytes'])} | {num(ram)} | {ratio(ram, p['ram_bytes'])} | "
+              f"{num(p['disk_bytes'], digits=3)} | {num(disk, digits=3)} | "
+              f"{ratio(disk, p['disk_bytes']) if p['disk_bytes'] > 1e7 else '(small)'} | {p['seconds']:.0f} | "
+              f"{num(cpu, 1, 0)} | {ratio(p['seconds'], cpu)} | {num(wall, 1, 0)} |")
 
 
 def main() -> None:

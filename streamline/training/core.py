@@ -321,6 +321,8 @@ def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[TrainLog, dict], Non
 def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkpoint_dir) -> TrainLog:
     main = accelerator.is_main_process
     torch.manual_seed(s.seed)
+    if accelerator.device.type == "cuda":  # fp32 matmuls (the MSE network, fp32 master weights) on the tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = True
     plan = make_plan(len(recipe.train), s, accelerator.num_processes, accelerator.process_index)
     names = recipe.module.trainable
     initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
