@@ -461,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_launch(sub)
     _add_check_config(sub)
+    from .plan import add_parser as add_plan
+    add_plan(sub)
     return parser
 
 
@@ -483,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
         if args.log and rank == 0 and not launched:
             log.info("=== streamline %s ===", args.command)
+        if rank == 0 and args.command != "plan":
+            from .plan import check_stage  # lazily: only stages that write check
+            check_stage(args.command, args)  # its RAM and disk plan against what is free now
         code = args.func(args)
     except StreamlineError as e:
         return report_error(args, f"streamline {args.command}: error: {e}", rank)

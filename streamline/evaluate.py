@@ -259,6 +259,26 @@ def perplexity(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch_s
     return score_blocks(model, input_ids, attention_mask, batch_size)["perplexity"]
 
 
+CHUNK_LOGITS = 2 ** 24  # logits alive at once (64 MB in fp32): 8 x 2048 x 128,256 of them whole would be 8.4 GB
+
+
+def _log_probs(model, original, ids, mask):
+    """((row, positions), fp32 log-probabilities of the next token, the original's or None) for chunks of at most
+    CHUNK_LOGITS logits: the base models run once per batch, the LM heads one chunk of positions at a time."""
+    import torch
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    ref_hidden = None if original is None else \
+        original.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    rows = max(1, CHUNK_LOGITS // model.config.vocab_size)
+    for row in range(ids.shape[0]):
+        for start in range(0, ids.shape[1] - 1, rows):
+            pos = slice(start, min(start + rows, ids.shape[1] - 1))
+            logp = torch.log_softmax(model.get_output_embeddings()(hidden[row, pos]).float(), -1)
+            ref = None if original is None else \
+                torch.log_softmax(original.get_output_embeddings()(ref_hidden[row, pos]).float(), -1)
+            yield (row, pos), logp, ref
+
+
 def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch_size: int,
                  original=None) -> dict[str, Any]:
     """Next-token NLL per block, perplexity, and (with `original`) per-token KL(original || model).
@@ -278,15 +298,18 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
             # np.array copies: the blocks may be read-only memory maps.
             ids = torch.from_numpy(np.array(input_ids[i:i + batch_size], dtype=np.int64)).to(model.device)
             mask = torch.from_numpy(np.array(attention_mask[i:i + batch_size], dtype=np.int64)).to(model.device)
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
             keep = mask[:, 1:].bool()
-            nll += (-logp.gather(-1, ids[:, 1:, None])[..., 0] * keep).double().sum(1).tolist()
             tokens += keep.sum(1).tolist()
+            block_nll = torch.zeros(len(ids), dtype=torch.float64, device=model.device)
+            block_kl = torch.zeros_like(block_nll)
+            for (row, pos), logp, ref in _log_probs(model, original, ids, mask):
+                block_nll[row] -= (logp.gather(-1, ids[row, 1:][pos, None])[:, 0] * keep[row, pos]).double().sum()
+                if ref is not None:
+                    per_pos = torch.nn.functional.kl_div(logp, ref, log_target=True, reduction="none").sum(-1)
+                    block_kl[row] += (per_pos * keep[row, pos]).double().sum()
+            nll += block_nll.tolist()
             if original is not None:
-                ref = torch.log_softmax(original(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-                per_pos = torch.nn.functional.kl_div(logp, ref, log_target=True, reduction="none").sum(-1)
-                kl += (per_pos * keep).double().sum(1).tolist()
-                del ref
+                kl += block_kl.tolist()
     count = int(sum(tokens))
     if count == 0:
         raise StreamlineError("attention_mask: no unmasked tokens to score")

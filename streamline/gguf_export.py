@@ -15,8 +15,9 @@ computes what the HF model computes:
 - `ffn` (Linear-ReLU-Linear, no gate) has no exact form: deci's FFN is always SiLU-gated. It is refused, never
   approximated.
 
-Tensors are streamed one at a time (header and tensor table first, then each tensor's data), so
-memory stays at one tensor whatever the model size, and the file is written under a temp name and
+Tensors are streamed one at a time (header and tensor table first, then each tensor's data), and each is
+converted a block of rows at a time, so memory stays at one tensor as stored plus its encoding whatever the
+model size (never a float32 copy of a 128k-row embedding), and the file is written under a temp name and
 renamed: a killed export never leaves a `model.gguf` that looks complete.
 """
 
@@ -169,14 +170,33 @@ def _tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
                 yield name, f.get_slice(name)
 
 
-def _load(model_dir: Path, hf_name: str) -> np.ndarray:
-    """One tensor as float32 numpy (via torch: numpy has no bfloat16)."""
+def _load(model_dir: Path, hf_name: str):
+    """One tensor as stored (a torch tensor: numpy has no bfloat16)."""
     from safetensors import safe_open
     for path in _weight_files(model_dir):
         with safe_open(path, framework="pt") as f:
             if hf_name in f.keys():
-                return f.get_tensor(hf_name).float().numpy()
+                return f.get_tensor(hf_name)
     raise KeyError(hf_name)
+
+
+ENCODE_VALUES = 2 ** 24  # values converted to float32 at once: a 128k-row embedding is never held whole in fp32
+
+
+def _encode_rows(weight, qtype) -> np.ndarray:
+    """A stored tensor in its GGML type, converted and encoded a block of rows at a time (every type we write
+    encodes rows independently), so memory holds the source and the result, never a float32 copy of it."""
+    if isinstance(weight, np.ndarray):
+        return _encode(weight, qtype)
+    rows = weight.shape[0]
+    step = max(1, ENCODE_VALUES // max(1, weight[0].numel()))
+    out = None
+    for start in range(0, rows, step):
+        part = _encode(weight[start:start + step].float().numpy(), qtype)
+        if out is None:
+            out = np.empty((rows, *part.shape[1:]), dtype=part.dtype)
+        out[start:start + step] = part
+    return out
 
 
 def _storage_type(gguf_tensor: str, shape: tuple[int, ...], outtype: str):
@@ -299,11 +319,10 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
         writer.write_ti_data_to_file()
         for source, name, shape, qtype in plan:
             weight = source if isinstance(source, np.ndarray) else _load(model_dir, source)
-            if name.endswith("attn_q.weight"):
-                weight = permute_rotary(weight, heads)
-            elif name.endswith("attn_k.weight"):
-                weight = permute_rotary(weight, kv_heads)
-            writer.write_tensor_data(_encode(weight, qtype))
+            if name.endswith(("attn_q.weight", "attn_k.weight")):  # a head's rows move: permuted whole (small)
+                weight = permute_rotary(weight.float().numpy(), heads if name.endswith("attn_q.weight") else kv_heads)
+            writer.write_tensor_data(_encode_rows(weight, qtype))
+            del weight
         writer.close()
     summary = {"model_dir": str(model_dir), "gguf": str(out_file), "architecture": "deci" if spec else "llama",
                "outtype": outtype, "tensors": len(plan),

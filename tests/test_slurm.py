@@ -150,10 +150,14 @@ def test_tiny_workflow_on_slurm(slurm, tmp_path, tiny_llama_dir, text_corpus, re
     jobs = {job_id: slurm.show_job(job_id) for job_id in submitted}
     for job_id, job in jobs.items():
         assert job.get("JobState") == "COMPLETED" and job.get("ExitCode") == "0:0", (job_id, job)
-    # - and the GPU rule was given the (fake) GPU, with the cpus and memory the profile asks for.
+    # - and the GPU rule was given the (fake) GPU, the cpus the profile asks for, and the memory of the resource
+    #   plan (on a cluster the GPU stages are planned on GPUs: `streamline plan --device cuda`).
     extract_ids = [p.stem for p in slurm_logs.values() if "rule_extract_calibration" in p.parts]
     assert len(extract_ids) == 1, extract_ids
     extract = jobs[extract_ids[0]]
     wanted = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["extract_calibration"]
+    from streamline.plan import plan_for_config
+    planned = next(j.need for j in plan_for_config(workdir / "config.yaml", device="cuda", root=workdir).jobs
+                   if j.rule == "extract_calibration").resources()
     assert extract.get("JOB_GRES") == "gpu:1" and extract.get("TresPerJob") == "gres:gpu:1", extract
-    assert extract["CPUs/Task"] == str(wanted["cpus_per_task"]) and extract["Mem"] == str(wanted["mem_mb"]), extract
+    assert extract["CPUs/Task"] == str(wanted["cpus_per_task"]) and extract["Mem"] == str(planned["mem_mb"]), extract

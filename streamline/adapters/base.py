@@ -7,6 +7,7 @@ Each family (Llama-like, OPT, ...) is one module in this package with a subclass
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 # torch and transformers are imported inside methods: the Snakefile consults this registry at
@@ -21,10 +22,44 @@ class StopForward(Exception):
     """Raised from a hook to end a forward pass once the last needed layer has run."""
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """A model's widths and parameter counts, from its config.json alone (plain arithmetic: the resource plan
+    runs at every Snakefile parse)."""
+    layers: int
+    hidden: int
+    inner: int             # the MLP's width
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layer_params: int      # one decoder layer
+    embed_params: int      # the input embedding table (a lookup reads one row per token)
+    head_params: int       # the LM head's matrix; 0 when it is tied to the embeddings
+    other_params: int      # final norm, learned positions, projections
+
+    def params(self, layers: int | None = None) -> int:
+        """Every parameter of the model with `layers` decoder layers (default: all of them)."""
+        n = self.layers if layers is None else layers
+        return n * self.layer_params + self.embed_params + self.head_params + self.other_params
+
+    def layer_flops(self, tokens: int, seq_len: int) -> float:
+        """Forward FLOPs of one decoder layer on `tokens` tokens in blocks of seq_len: its matmuls, and the
+        causal attention's two products (half of the T x T scores)."""
+        return 2.0 * self.layer_params * tokens + 2.0 * self.heads * self.head_dim * seq_len * tokens
+
+    def head_flops(self, tokens: int) -> float:
+        return 2.0 * self.vocab * self.hidden * tokens
+
+
 class Adapter:
     model_types: tuple[str, ...] = ()
     layers_path: str = ""  # attribute path of the decoder layer list, e.g. "model.layers"
     mlp_net: str = ""      # the lightweight net whose shape equals this family's own MLP
+
+    def sizes(self, config: dict) -> Sizes:
+        """Widths and parameter counts from a config.json's fields."""
+        raise NotImplementedError
 
     def network_spec(self, config: PretrainedConfig, net: str) -> dict:
         """Sizes, norm and activation of an `ffn` or `swiglu` replacement for this family."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Adapter
+from .base import Adapter, Sizes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -22,6 +22,17 @@ class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2")
     layers_path = "model.layers"
     mlp_net = "swiglu"
+
+    def sizes(self, config: dict) -> Sizes:
+        h, inner, heads = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"]
+        kv = config.get("num_key_value_heads") or heads
+        d = config.get("head_dim") or h // heads
+        attn = h * heads * d * 2 + h * kv * d * 2 + (heads * d + 2 * kv * d + h) * bool(config.get("attention_bias"))
+        mlp = 3 * h * inner + (2 * inner + h) * bool(config.get("mlp_bias"))
+        vocab = config["vocab_size"]
+        return Sizes(layers=config["num_hidden_layers"], hidden=h, inner=inner, heads=heads, kv_heads=kv, head_dim=d,
+                     vocab=vocab, layer_params=attn + mlp + 2 * h, embed_params=vocab * h,
+                     head_params=0 if config.get("tie_word_embeddings") else vocab * h, other_params=h)
 
     def network_spec(self, config, net: str) -> dict:
         return {"net": net, "hidden": config.hidden_size, "inner": config.intermediate_size, "act": "relu",

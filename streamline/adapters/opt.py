@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Adapter
+from .base import Adapter, Sizes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,6 +15,18 @@ class OPTAdapter(Adapter):
     model_types = ("opt",)
     layers_path = "model.decoder.layers"
     mlp_net = "ffn"  # OPT's MLP is fc1 -> ReLU -> fc2 after final_layer_norm
+
+    def sizes(self, config: dict) -> Sizes:
+        h, inner, heads = config["hidden_size"], config["ffn_dim"], config["num_attention_heads"]
+        bias = bool(config.get("enable_bias", True))
+        layer = 4 * h * h + 2 * h * inner + (4 * h + inner + h) * bias + 4 * h  # attention, fc1/fc2, two layer norms
+        vocab, proj = config["vocab_size"], config.get("word_embed_proj_dim") or h
+        positions = (config["max_position_embeddings"] + 2) * h  # OPT's learned positions are offset by 2
+        final_norm = 2 * h if config.get("do_layer_norm_before", True) else 0
+        other = positions + final_norm + (2 * proj * h if proj != h else 0)
+        return Sizes(layers=config["num_hidden_layers"], hidden=h, inner=inner, heads=heads, kv_heads=heads,
+                     head_dim=h // heads, vocab=vocab, layer_params=layer, embed_params=vocab * proj,
+                     head_params=0 if config.get("tie_word_embeddings", True) else vocab * proj, other_params=other)
 
     def network_spec(self, config, net: str) -> dict:
         return {"net": net, "hidden": config.hidden_size, "inner": config.ffn_dim,

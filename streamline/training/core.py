@@ -317,6 +317,8 @@ def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[TrainLog, dict], Non
 def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkpoint_dir) -> TrainLog:
     main = accelerator.is_main_process
     torch.manual_seed(s.seed)
+    if accelerator.device.type == "cuda":  # fp32 matmuls (the MSE network, fp32 master weights) on the tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = True
     plan = make_plan(len(recipe.train), s, accelerator.num_processes, accelerator.process_index)
     names = recipe.module.trainable
     initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
@@ -395,6 +397,7 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         tokens = int(accelerator.reduce(torch.tensor(state["tokens"], device=accelerator.device), reduction="sum"))
         result = _result(recipe, s, plan, state, accelerator, seconds, tokens, resumed_at)
         del module, optimizer, scheduler
+        recipe.module = None  # the export reads the init dir afresh: never two copies of the model at once
         accelerator.free_memory()
         if main:
             kept_state = initial_state if result.kept == "initial" else best_state

@@ -77,12 +77,13 @@ def is_deepspeed(accelerator) -> bool:
 
 
 def gather_trainable(accelerator, module, names: list[str]) -> dict[str, torch.Tensor] | None:
-    """fp32 copy of the network's weights (DeepSpeed: its fp32 master copy), on the main process only.
+    """The network's weights (DeepSpeed: from its fp32 master copy) in the model's dtype, as the export writes
+    them, on the main process only.
 
     Collective under DeepSpeed: every process must call it. Names are those of the pruned model.
     """
-    model = accelerator.unwrap_model(module).model
-    params = dict(model.named_parameters())
+    replaced = accelerator.unwrap_model(module)
+    params = dict(replaced.model.named_parameters())
     out = {}
     for n in names:
         full = None
@@ -90,7 +91,7 @@ def gather_trainable(accelerator, module, names: list[str]) -> dict[str, torch.T
             from deepspeed.utils import safe_get_full_fp32_param
             full = safe_get_full_fp32_param(params[n])
         if accelerator.is_main_process:
-            out[n] = (params[n].detach() if full is None else full).float().cpu().clone()
+            out[n] = (params[n].detach() if full is None else full).to(dtype=replaced.dtype, device="cpu", copy=True)
     return out if accelerator.is_main_process else None
 
 

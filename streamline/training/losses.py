@@ -91,6 +91,9 @@ def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: i
 # states is taken at once: at most one chunk's logits exist at any time, and nothing is recomputed later.
 
 CHUNK_LOGITS = 2 ** 24  # logits alive at once (64 MB in fp32); positions per chunk = this // vocabulary size
+# On a GPU a 128-row chunk (Llama-3's vocabulary) is too small a matmul to keep the tensor cores busy, and the
+# per-chunk launches add up: chunks there hold 8x more (512 MB of fp32 logits, ~1,000 positions).
+CHUNK_LOGITS_GPU = 2 ** 27
 
 
 class _SumOverChunks(torch.autograd.Function):
@@ -125,7 +128,7 @@ def sum_over_chunks(head: Callable[[torch.Tensor], torch.Tensor], vocab_size: in
     returns a scalar. The backward pass only multiplies the gradients taken chunk by chunk.
     """
     flat = hidden.reshape(-1, hidden.shape[-1])
-    rows = max(1, CHUNK_LOGITS // vocab_size)
+    rows = max(1, (CHUNK_LOGITS_GPU if flat.is_cuda else CHUNK_LOGITS) // vocab_size)
     return _SumOverChunks.apply(flat, lambda part, chunk: fn(head(part), chunk), rows)
 
 

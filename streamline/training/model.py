@@ -117,7 +117,15 @@ class ReplacedModel(nn.Module):
         with torch.no_grad():
             return self.teacher(hidden, attention_mask)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's own dtype: what the export writes the network's weights in."""
+        from ..pruned import TORCH_DTYPES
+        return TORCH_DTYPES[self.replacement.dtype]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """fp32 copies of the network's weights, by their names in the pruned model."""
+        """Copies of the network's weights in the model's dtype, by their names in the pruned model: exact for the
+        initial weights (read in that dtype), and the rounding the export would apply to the fp32 master weights,
+        so a bf16 model's kept states take half the memory of fp32 copies."""
         params = dict(self.model.named_parameters())
-        return {n: params[n].detach().float().cpu().clone() for n in self.trainable}
+        return {n: params[n].detach().to(dtype=self.dtype, device="cpu", copy=True) for n in self.trainable}

@@ -1,5 +1,7 @@
 # Paths and input helpers shared by the rules. Every path of the artifact contract is here.
 import os
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 from streamline.config import resolve_accelerate_config
@@ -8,6 +10,8 @@ from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE
 from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY, VALIDATED_CONFIG
 from streamline.layout import WHOLE_MODEL_LOSSES, NETWORK_ALONE_LOSSES, pairs_name, parse_replacement, scores_name, variant_pattern
 from streamline.layout import variants as layout_variants
+from streamline.errors import StreamlineError
+from streamline.plan import check_jobs, model_fields, planner_for
 from streamline.training.settings import workflow_flags
 from streamline.versions import VERSIONS
 from streamline.weights import source_identity
@@ -137,3 +141,47 @@ wildcard_constraints:
     variant=variant_pattern(trained=False),
     scores=SCORES_RE,
     pairs=PAIRS_RE,
+
+
+# --- the resource plan (streamline/plan.py; `streamline plan` prints it) -----------------------------------------
+
+@lru_cache(maxsize=1)
+def planner():
+    """This config's resource plan, made when the first job's resources are asked for (by then Snakemake knows
+    its executor: on a cluster the GPU stages are planned on GPUs); None while the model's shapes are unknown."""
+    return planner_for(config, model_dir(), device=None if workflow.local_exec else "cuda")
+
+
+@lru_cache(maxsize=1)
+def shapes_known():
+    return model_fields(config["model_name"], model_dir()) is not None
+
+
+def job_need(rule, wildcards):
+    n = int(wildcards.n) if "n" in wildcards.keys() else None
+    name = next((wildcards[k] for k in ("variant", "net", "scores", "pairs") if k in wildcards.keys()), None)
+    return planner().need(rule, n, name)
+
+
+def planned(rule, **unplanned):
+    """A rule's resources, per job, from the resource plan: mem_mb, disk_mb, runtime (minutes) and gpu (GPUs:
+    processes for train_end_to_end). While the model's shapes are unknown: `unplanned` and the profile's sizes."""
+    if not shapes_known():
+        return unplanned
+    return {key: (lambda wildcards, key=key: job_need(rule, wildcards).resources()[key])
+            for key in ("mem_mb", "disk_mb", "runtime", "gpu")}
+
+
+onstart:
+    # Before any job runs: every job still to run must fit this machine's RAM (or --resources mem_mb) and the
+    # jobs together the free disk; else one line naming the job and the config key to change.
+    if planner() is not None:
+        limit = workflow.global_resources.get("mem_mb")
+        try:
+            check_jobs([(" ".join([job.rule.name, *job.wildcards]), job_need(job.rule.name, job.wildcards))
+                        for job in workflow.dag.needrun_jobs() if job.rule.name != "all"],
+                       ram=limit.value * 1e6 if limit is not None and limit.value is not None else None,
+                       check_ram=workflow.local_exec)
+        except StreamlineError as e:
+            sys.stderr.write(f"plan error: {e}\n")
+            sys.exit(1)

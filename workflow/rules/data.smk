@@ -14,6 +14,8 @@ rule prepare_data:
         train=config["train_num_data"],
         val=config["data"]["val_num_data"],
         seed=config["seed"],
+    resources:
+        **planned("prepare_data"),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("data_{corpus}"),

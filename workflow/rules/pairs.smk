@@ -16,7 +16,7 @@ rule extract_pairs:
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
     resources:
-        gpu=1,
+        **planned("extract_pairs", gpu=1),
     threads: torch_threads()
     log:
         paths("{model}").log("extract_{pairs}"),

@@ -12,6 +12,8 @@ rule replace:
         layers=lambda w: max(1, parse_replacement(w.net)[1]),
         dtype=config["dtype"],
         seed=config["seed"],
+    resources:
+        **planned("replace"),
     threads: torch_threads()
     log:
         paths("{model}").log("replace_{net}"),

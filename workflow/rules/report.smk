@@ -55,6 +55,8 @@ rule report:
         version=VERSIONS["report"],
         manifest=json.dumps(report_manifest()),
         plots_dir=PLOTS_DIR,
+    resources:
+        **planned("report"),
     log:
         REPORT_LOG,
     shell:

@@ -11,6 +11,8 @@ checkpoint score:
         version=VERSIONS["score"],
         span=lambda w: int(w.n) + kept_of(w.scores),  # n layers removed, k kept
         metric=config["metric"],
+    resources:
+        **planned("score"),
     threads: torch_threads()
     log:
         paths("{model}").log("{scores}"),

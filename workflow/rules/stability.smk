@@ -9,6 +9,8 @@ rule stability:
     params:
         version=VERSIONS["stability"],
         metric="acc",
+    resources:
+        **planned("stability"),
     log:
         paths("{model}").log("stability_{variant}"),
     shell:

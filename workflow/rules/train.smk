@@ -30,7 +30,7 @@ rule train_mse:
     wildcard_constraints:
         variant=variant_pattern(NETWORK_ALONE_LOSSES, staged=False),
     resources:
-        gpu=1,
+        **planned("train_mse", gpu=1),
     threads: torch_threads()
     log:
         paths("{model}").log("train_{variant}"),
@@ -59,7 +59,7 @@ rule train_end_to_end:
     wildcard_constraints:
         variant=variant_pattern(WHOLE_MODEL_LOSSES),
     resources:
-        gpu=config["llm"]["num_processes"],
+        **planned("train_end_to_end", gpu=config["llm"]["num_processes"]),
     threads: torch_threads()
     log:
         paths("{model}").log("train_{variant}"),
