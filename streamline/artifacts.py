@@ -312,6 +312,12 @@ class Throughput(Record):
     speedup: dict[str, float]               # {"prefill", "decode"}: original's time / pruned's
     ideal: dict[str, float]                 # FLOPs ratio (prefill), weight-bytes ratio (decode)
     wall_time_s: float
+    # how far to trust the speedups (timing.py): each phase's spread of repeats, the load average, and why the
+    # figures are noise (None: nothing says so)
+    spread: dict[str, float] | None = field(default=None, kw_only=True)
+    load: float | None = field(default=None, kw_only=True)
+    cores: Count | None = field(default=None, kw_only=True)
+    noise: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:  # a speedup is its two throughputs' ratio, an ideal its two costs'
         ratios = {"speedup": (self.prefill_tokens_per_s, self.decode_tokens_per_s),
@@ -642,6 +648,9 @@ class Row(Record):
     gguf_ppl: float | None
     speedup_llamacpp: dict[str, float] | None
     speedup_llamacpp_ideal: dict[str, float] | None
+    # why the speedups above are noise (timing.py: the repeats' spread, the machine's load), None if nothing says so
+    speed_noise: str | None = field(default=None, kw_only=True)
+    speed_llamacpp_noise: str | None = field(default=None, kw_only=True)
 
     @property
     def pruned(self) -> bool:

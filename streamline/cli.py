@@ -44,12 +44,30 @@ class KeptLogHandler(logging.FileHandler):
         super().emit(record)
 
 
-def setup_logging(log_file: str | None, level: int = logging.INFO) -> None:
-    """Log lines to stderr and, if given, appended to a file (KeptLogHandler: never truncated or lost)."""
+class QuietLibraries(logging.Filter):
+    """The libraries' lines a user does not need (--verbose shows them): lm-eval's ~25 INFO lines per evaluation,
+    accelerate's lines per checkpoint, and lm-eval warnings that read like misconfiguration but are how streamline
+    drives it (a model object passed as `pretrained`, the offline tasks' default aggregations)."""
+    LIBRARIES = ("lm_eval", "lm-eval", "accelerate", "deepspeed", "datasets", "httpx", "huggingface_hub")
+    EXPECTED = ("`pretrained` model kwarg is not of type", "Passed an already-initialized model",
+                "is defined, but aggregation is not", "is defined, but higher_is_better is not")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] not in self.LIBRARIES:
+            return True
+        return record.levelno >= logging.WARNING and not any(m in record.getMessage() for m in self.EXPECTED)
+
+
+def setup_logging(log_file: str | None, level: int = logging.INFO, verbose: bool = False) -> None:
+    """Log lines to stderr and, if given, appended to a file (KeptLogHandler: never truncated or lost); without
+    `verbose`, the libraries' routine lines are left out (QuietLibraries)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(KeptLogHandler(log_file))
+    if not verbose:
+        for handler in handlers:
+            handler.addFilter(QuietLibraries())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=handlers, force=True)
 
@@ -442,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamline", description=__doc__)
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     parser.add_argument("--log", help="also write log lines to this file")
+    parser.add_argument("--verbose", action="store_true", default=os.environ.get("STREAMLINE_VERBOSE") == "1",
+                        help="also show the libraries' routine lines (lm-eval, accelerate, DeepSpeed); "
+                             "STREAMLINE_VERBOSE=1 does the same for every job of a workflow")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_download(sub)
     _add_prepare_data(sub)
@@ -479,10 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch only rank 0 writes the log
     launched = "LOCAL_RANK" in os.environ
+    if args.verbose:
+        os.environ["STREAMLINE_VERBOSE"] = "1"  # the workers `streamline launch` starts inherit it
     try:
         # Appended, never truncated: a second job started on the same outputs (snakemake --nolock -f) stops on
         # the store's or checkpoint's lock without erasing the running job's log.
-        setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
+        setup_logging(args.log if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING, args.verbose)
         if args.log and rank == 0 and not launched:
             log.info("=== streamline %s ===", args.command)
         if rank == 0 and args.command != "plan":

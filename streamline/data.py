@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
+from . import progress
 
 from .errors import StreamlineError
 from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
@@ -234,7 +234,7 @@ def _fill(docs: Iterable[tuple[str, str | None]], blocks: list[_Blocks], tokeniz
     """
     pending = [b for b in blocks if not b.full]
     read = 0
-    bar = tqdm(total=sum(b.n for b in pending), desc=desc, unit="block", disable=not pending)
+    bar = progress.bar(total=sum(b.n for b in pending), desc=desc, unit="block", disable=not pending)
     it = iter(docs)
     while pending and (batch := list(itertools.islice(it, 256))):
         batch = [d for d in batch if d[0].strip()]  # an empty document would be a lone eos

@@ -292,8 +292,10 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise StreamlineError(f"input_ids: shape {input_ids.shape} does not match attention_mask {attention_mask.shape}")
     check_token_ids(input_ids, model.config.vocab_size, "the held-out blocks")
+    from . import progress
     nll, kl, tokens = [], [], []
-    with torch.no_grad():
+    what = "held-out perplexity and KL" if original is not None else "held-out perplexity"
+    with torch.no_grad(), progress.bar(total=len(input_ids), desc=what, unit="block") as bar:
         for i in range(0, len(input_ids), batch_size):
             # np.array copies: the blocks may be read-only memory maps.
             ids = torch.from_numpy(np.array(input_ids[i:i + batch_size], dtype=np.int64)).to(model.device)
@@ -310,6 +312,7 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
             nll += block_nll.tolist()
             if original is not None:
                 kl += block_kl.tolist()
+            bar.update(len(ids))
     count = int(sum(tokens))
     if count == 0:
         raise StreamlineError("attention_mask: no unmasked tokens to score")

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from . import data
+from . import data, progress
 from .errors import StreamlineError
 from .atomic import exclusive
 from .manifests import StoreManifest
@@ -120,7 +118,7 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
     slot = {k: i for i, k in enumerate(keep)}
     pending: list[Future] = []
     pending_masks: list[int] = []
-    bar = tqdm(total=len(todo), unit="sample", desc="extract", dynamic_ncols=True)
+    bar = progress.bar(total=len(todo), unit="sample", desc=f"extract {store.path.name}")
     start = time.time()
     with ThreadPoolExecutor(max_workers=writers) as pool:
         for b in range(0, len(todo), batch_size):
@@ -142,7 +140,8 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
             _finish(store, pending, pending_masks, mask)
             pending, pending_masks = futures, rows
             bar.update(len(rows))
-            bar.set_postfix_str(f"{bar.n * bytes_per_sample / 1e6 / max(time.time() - start, 1e-9):.0f} MB/s")
+            done = (bar.n - bar.initial) * bytes_per_sample / 1e6
+            bar.set_postfix_str(progress.rate(done / max(time.time() - start, 1e-9), "MB"))
         _finish(store, pending, pending_masks, mask)
     bar.close()
 

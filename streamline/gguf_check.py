@@ -101,24 +101,26 @@ def block_logits(llm, ids: np.ndarray) -> np.ndarray:
     return np.array(llm.scores[:len(ids)], dtype=np.float32)
 
 
-def gguf_perplexity(llm, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, Any]:
+def gguf_perplexity(llm, input_ids: np.ndarray, attention_mask: np.ndarray, where: str = "the data") -> dict[str, Any]:
     """exp(mean next-token NLL) over the predicted tokens whose target is unmasked (blocks are right-padded,
-    so that is the unmasked prefix of each block), with the NLL per block."""
+    so that is the unmasked prefix of each block), with the NLL per block. `where`: the split, for errors."""
     nll, tokens = [], []
-    for ids, mask in zip(np.asarray(input_ids), np.asarray(attention_mask)):
+    for index, (ids, mask) in enumerate(zip(np.asarray(input_ids), np.asarray(attention_mask))):
         n = int(mask.sum())
         if n < 2:
             nll.append(0.0)
             tokens.append(0)
             continue
         if not mask[:n].all():
-            raise StreamlineError("attention_mask: a block is not right-padded; llama.cpp scoring needs a prefix")
+            raise StreamlineError(f"{where}: block {index}'s attention_mask is not right-padded (llama.cpp scores "
+                                  f"a prefix of real tokens); prepare the data again with streamline prepare-data")
         logp = _log_softmax(block_logits(llm, ids[:n])[:-1])
         nll.append(float(-logp[np.arange(n - 1), ids[1:n]].sum()))
         tokens.append(n - 1)
     count = sum(tokens)
     if count == 0:
-        raise StreamlineError("attention_mask: no unmasked tokens to score")
+        raise StreamlineError(f"{where}: no unmasked tokens to score; prepare the data again with streamline "
+                              f"prepare-data")
     ppl = math.exp(sum(nll) / count)
     if not math.isfinite(ppl):
         raise StreamlineError(f"llama.cpp perplexity is not finite ({ppl}); the export is broken")
@@ -149,6 +151,20 @@ def _hparam(reader, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
+def check_data_fits(reader, gguf_file: str | Path, ids: np.ndarray, where: str) -> None:
+    """Token ids outside the GGUF's vocabulary make llama.cpp abort the process, and blocks longer than its
+    context are positions it never trained on: either means the data was prepared for another model."""
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].contents())
+    context = _hparam(reader, "context_length")
+    top = int(np.asarray(ids).max(initial=0))
+    if top >= vocab:
+        raise StreamlineError(f"{where}: token id {top} is outside {Path(gguf_file).name}'s vocabulary of {vocab}; "
+                              f"the data was tokenised for another model: prepare it with this model's tokenizer")
+    if context is not None and ids.shape[1] > int(context):
+        raise StreamlineError(f"{where}: blocks of {ids.shape[1]} tokens exceed {Path(gguf_file).name}'s context of "
+                              f"{int(context)}; lower seq_len")
+
+
 def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
     """FLOPs per token of a seq_len prefill and weight bytes per decode step, from the file's tensors."""
     import gguf
@@ -172,15 +188,16 @@ def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original
                              *, threads: int, decode_steps: int = 32, prompt_tokens: int = 32,
                              repeats: int = 3) -> LlamaCppSpeed:
     """Prefill and decode tokens/s of both models in llama.cpp, their ratios, and the ideal ratios."""
-    from .speed import _best_alternating  # the same protocol as PyTorch's speed: warm-up, alternate, best of
+    from . import timing  # the same protocol as PyTorch's speed: warm-up, alternate, best of, noise
     t_start = time.perf_counter()
     block = [int(t) for t in ids]
     # the block's own tokens, cycled when it is shorter than prompt + steps (the models' context holds both)
     stream = [block[i % len(block)] for i in range(prompt_tokens + decode_steps)]
     prompt, steps = stream[:prompt_tokens], stream[prompt_tokens:]
     models = {"pruned": pruned, "original": original}
-    prefill = _best_alternating(lambda m: _prefill_seconds(m, block), models, repeats)
-    decode = _best_alternating(lambda m: _decode_seconds(m, prompt, steps), models, repeats)
+    timed = timing.time_phases({"prefill": lambda m: _prefill_seconds(m, block),
+                                "decode": lambda m: _decode_seconds(m, prompt, steps)}, models, repeats, threads)
+    prefill, decode = timed.best["prefill"], timed.best["decode"]
     costs = {"pruned": gguf_costs(pruned_path, len(block)), "original": gguf_costs(original_path, len(block))}
     return LlamaCppSpeed(
         engine="llama.cpp", threads=threads, batch=1, prefill_tokens=len(block), decode_prompt_tokens=prompt_tokens,
@@ -192,7 +209,7 @@ def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original
         speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
         ideal={"prefill": costs["original"]["flops_per_token"] / costs["pruned"]["flops_per_token"],
                "decode": costs["original"]["decode_weight_bytes"] / costs["pruned"]["decode_weight_bytes"]},
-        wall_time_s=round(time.perf_counter() - t_start, 2))
+        wall_time_s=round(time.perf_counter() - t_start, 2), **timed.trust())
 
 
 def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | None = None, *,
@@ -207,11 +224,13 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
     llama_cpp = _llama_cpp()
     ids, mask = load_split(Path(data_dir), split)
     seq_len = int(ids.shape[1])
+    where = f"{data_dir} ({split})"
+    reader = gguf.GGUFReader(str(gguf_file))
+    check_data_fits(reader, gguf_file, ids, where)
     t0 = time.perf_counter()
     scorer = load_gguf(gguf_file, seq_len, logits_all=True, threads=threads, extra_buffers=extra_buffers)
-    ppl = gguf_perplexity(scorer, ids, mask)
+    ppl = gguf_perplexity(scorer, ids, mask, where)
     scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
-    reader = gguf.GGUFReader(str(gguf_file))
     facts: dict[str, Any] = dict(
         gguf=str(gguf_file), file_type=int(reader.fields["general.file_type"].contents()),
         layers=int(_hparam(reader, "block_count")), data_dir=str(data_dir), split=split,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from . import progress
 
 from .errors import StreamlineError
 from .ownership import require_owned
@@ -63,7 +63,7 @@ def normal_equations(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor, fl
     mtm = torch.zeros(h, h, dtype=torch.float64)
     mtr = torch.zeros(h, h, dtype=torch.float64)
     rr, tokens = 0.0, 0
-    for n in tqdm(range(store.num_samples), desc="linear: normal equations", unit="sample", dynamic_ncols=True):
+    for n in progress.bar(range(store.num_samples), desc="linear: normal equations", unit="sample"):
         valid = store.read_mask(n)
         y, m, target = (store.read(k, n)[valid].double() for k in range(3))
         r = target - y

@@ -172,7 +172,8 @@ def plot_pareto(summary: Collected, path: Path) -> None:
             for (x, y), r in zip(pts, shown):
                 _errorbar(ax, x, y, getattr(r, ci_key), scale, color="black" if not r.pruned else None)
                 s = (r.speedup or {}).get("prefill")
-                ax.annotate(r.variant + (f"\n{s:.2f}x prefill" if s and r.pruned else ""),
+                noise = " (noise)" if r.pruned and r.speed_noise else ""
+                ax.annotate(r.variant + (f"\n{s:.2f}x prefill{noise}" if s and r.pruned else ""),
                             (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
             front = pareto_front(pts, higher)
             if len(front) > 1:

@@ -97,7 +97,8 @@ def _llamacpp(path: str | None) -> dict[str, Any]:
         return {"gguf_ppl": None, "speedup_llamacpp": None, "speedup_llamacpp_ideal": None}
     g = LlamaCppCheck.load(path, "llama.cpp check")
     return {"gguf_ppl": g.gguf_ppl, "speedup_llamacpp": g.speedup_llamacpp,
-            "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal}
+            "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal,
+            "speed_llamacpp_noise": g.speed_llamacpp.noise if g.speed_llamacpp else None}
 
 
 def _variant_row(spec: VariantFiles, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,
@@ -130,8 +131,9 @@ def _variant_row(spec: VariantFiles, ev: Evaluation, st: Stability, correct: dic
         speed={"device": speed.device, "threads": speed.threads, "batch": speed.batch,
                "prefill_tokens": speed.prefill_tokens, "decode_steps": speed.decode_steps,
                "prefill_tokens_per_s": speed.prefill_tokens_per_s,
-               "decode_tokens_per_s": speed.decode_tokens_per_s} if speed else None,
-        train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.gguf))
+               "decode_tokens_per_s": speed.decode_tokens_per_s, "spread": speed.spread, "load": speed.load,
+               "cores": speed.cores} if speed else None,
+        speed_noise=speed.noise if speed else None, train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.gguf))
 
 
 def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None:
@@ -237,7 +239,18 @@ def _speed(row: Row, kind: str) -> str:
     s, ideal = row.speedup or {}, row.speedup_ideal or {}
     if s.get(kind) is None:
         return "–"
-    return f"{s[kind]:.2f}x ({ideal[kind]:.2f}x)" if ideal.get(kind) is not None else f"{s[kind]:.2f}x"
+    shown = f"{s[kind]:.2f}x ({ideal[kind]:.2f}x)" if ideal.get(kind) is not None else f"{s[kind]:.2f}x"
+    return shown + (" noise" if row.speed_noise else "")
+
+
+def _noise_note(rows: list[Row], attribute: str) -> str:
+    """What the rows whose speed figures are noise say about it, and how to measure properly."""
+    noisy = [f"{r.label}: {getattr(r, attribute)}" for r in rows if getattr(r, attribute)]
+    if not noisy:
+        return ""
+    return (" noise: timed on a busy or unsteady machine, so the figure says little about the model ("
+            + "; ".join(noisy) + "); measure on an idle machine (python benchmarks/speedup.py), or on the GPU "
+            "the model will serve on.").replace("{", "{{").replace("}", "}}")
 
 
 def _head(r: Row) -> list[str]:
@@ -273,7 +286,8 @@ def sections(summary: Collected) -> list[tuple[str, list[str], list[list[str]], 
         "flips: questions whose correctness changed (%). stability: softmax(σ)-weighted agreement of correctness with "
         "the original (%), σ from per-token option NLLs. val ppl: perplexity on the held-out validation blocks; "
         "KL: mean per-token KL(original ‖ pruned) on the same blocks, nats. prefill/decode: measured speedup over the "
-        "original (same batch and device, one run), the ideal (FLOPs ratio, weight-bytes ratio) in brackets.",
+        "original (same batch and device, one run), the ideal (FLOPs ratio, weight-bytes ratio) in brackets."
+        + _noise_note(rows, "speed_noise"),
     )
     acc = ("Accuracy per task (%), 95% interval", key + names + ["Avg"],
            [_head(r) + [_pct(r.tasks.get(t)) + _ci(r.accuracy_ci95.get(t)) for t in tasks]
@@ -302,13 +316,15 @@ def sections(summary: Collected) -> list[tuple[str, list[str], list[list[str]], 
     if engine:
         def llamacpp(r: Row, kind: str) -> str:
             s, ideal = r.speedup_llamacpp or {}, r.speedup_llamacpp_ideal or {}
-            return "–" if s.get(kind) is None else f"{s[kind]:.2f}x ({ideal.get(kind, float('nan')):.2f}x)"
+            return "–" if s.get(kind) is None else (f"{s[kind]:.2f}x ({ideal.get(kind, float('nan')):.2f}x)"
+                                                     + (" noise" if r.speed_llamacpp_noise else ""))
         out.append(("Inside llama.cpp (export.gguf)", key + ["val ppl (streamline)", "val ppl (llama.cpp)",
                                                            "prefill (ideal)", "decode (ideal)"],
                     [_head(r) + [_num(r.perplexity, ".2f"), _num(r.gguf_ppl, ".2f"), llamacpp(r, "prefill"),
                                  llamacpp(r, "decode")] for r in engine],
                     "The exported GGUF run by llama.cpp on the same held-out blocks (token ids fed directly), and its "
-                    "measured speedup over the original's GGUF in llama.cpp, the ideal in brackets."))
+                    "measured speedup over the original's GGUF in llama.cpp, the ideal in brackets."
+                    + _noise_note(engine, "speed_llamacpp_noise")))
     trained = [r for r in pruned if r.train and r.train.kind == "trained"]
     if trained:
         out.append(("Training", key + ["initial val loss", "best val loss", "best step", "steps", "kept"],

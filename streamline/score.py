@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from . import progress
 
 from .artifacts import BlockScores, WindowScore
 from .errors import StreamlineError
@@ -38,7 +38,7 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
     fn = METRICS[metric][0]
     total = torch.zeros(num_states - span, dtype=torch.float64)
     tokens = 0
-    for n in tqdm(range(store.num_samples), desc="score", unit="sample", dynamic_ncols=True):
+    for n in progress.bar(range(store.num_samples), desc="score", unit="sample"):
         hs = store.read_sample(n).float()           # [K, T, H]
         valid = store.read_mask(n)                   # [T]
         hs = hs[:, valid]

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from . import timing
 from .artifacts import Speed
 
 
@@ -55,17 +56,6 @@ def _decode_seconds(model, prompt: torch.Tensor, steps: int) -> float:
         cache, tok = getattr(out, arg), out.logits[:, -1:].argmax(-1)
     _sync(prompt.device)
     return time.perf_counter() - t0
-
-
-def _best_alternating(fn, models: dict, repeats: int) -> dict[str, float]:
-    """min over `repeats` of fn(model), the models taking turns; one untimed warm-up each."""
-    for m in models.values():
-        fn(m)
-    best = {k: float("inf") for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            best[k] = min(best[k], fn(m))
-    return best
 
 
 @torch.inference_mode()
@@ -110,16 +100,18 @@ def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *,
     b, t = batch.shape
     prompt = batch[:, :min(prompt_tokens, t)]
     models = {"pruned": pruned, "original": original}
-    prefill = _best_alternating(lambda m: _prefill_seconds(m, batch), models, repeats)
-    decode = _best_alternating(lambda m: _decode_seconds(m, prompt, decode_steps), models, repeats)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    timed = timing.time_phases({"prefill": lambda m: _prefill_seconds(m, batch),
+                                "decode": lambda m: _decode_seconds(m, prompt, decode_steps)}, models, repeats, threads)
+    prefill, decode = timed.best["prefill"], timed.best["decode"]
     flops = {k: flops_per_token(m, t) for k, m in models.items()}
     weight_bytes = {k: decode_weight_bytes(m) for k, m in models.items()}
     return Speed(
-        device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None, batch=b,
+        device=str(device), threads=threads, batch=b,
         prefill_tokens=t, decode_prompt_tokens=int(prompt.shape[1]), decode_steps=decode_steps, repeats=repeats,
         prefill_tokens_per_s={k: b * t / s for k, s in prefill.items()},
         decode_tokens_per_s={k: b * decode_steps / s for k, s in decode.items()},
         flops_per_token=flops, decode_weight_bytes=weight_bytes,
         speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
         ideal={"prefill": flops["original"] / flops["pruned"], "decode": weight_bytes["original"] / weight_bytes["pruned"]},
-        wall_time_s=round(time.perf_counter() - t_start, 2))
+        wall_time_s=round(time.perf_counter() - t_start, 2), **timed.trust())

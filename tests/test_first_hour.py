@@ -84,3 +84,64 @@ def test_a_config_typo_names_the_file_the_key_and_the_closest_known_key(tmp_path
     proc = snakemake(tmp_path, "-n", "--config", "eval={limitt: 5}", check=False)
     assert "config error: eval.limitt: not a config key (did you mean eval.limit?)" in proc.stderr
     assert "(set by --config)" in proc.stderr
+
+
+def _schema_keys(properties: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, spec in properties.items():
+        nested = spec.get("properties") if isinstance(spec, dict) and spec.get("type") == "object" else None
+        keys |= _schema_keys(nested, f"{prefix}{name}.") if nested else {prefix + name}
+    return keys
+
+
+def test_the_readme_config_table_names_every_key_of_the_schema_and_no_other():
+    """The README's table of config keys is the user's reference: a key added to (or dropped from) the schema
+    without its row fails here."""
+    import re
+    from streamline.schema import load_schema
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| key | default | meaning |"):]
+    table = table[:table.index("\n\n")]
+    documented = {key for row in table.splitlines()[2:] for key in re.findall(r"`([\w.]+)`", row.split(" | ")[0])}
+    schema = _schema_keys(load_schema()["properties"])
+    assert not schema - documented, f"keys of the schema missing from the README's table: {sorted(schema - documented)}"
+    assert not documented - schema, f"README rows for keys the schema lacks: {sorted(documented - schema)}"
+
+
+def test_the_log_file_leaves_out_the_libraries_routine_lines_unless_verbose(tmp_path):
+    """lm-eval's INFO lines and its warnings about how streamline drives it (which read like misconfiguration)
+    stay out of the job's log; its other warnings, and every line of streamline's own, stay in."""
+    import logging
+    from streamline.cli import setup_logging
+    lines = {"streamline.evaluate": (logging.INFO, "evaluating 7 tasks"),
+             "lm_eval.api.task": (logging.INFO, "Building contexts for boolq on rank 0..."),
+             "lm_eval.models.huggingface": (logging.WARNING, "`pretrained` model kwarg is not of type `str`. Many..."),
+             "accelerate.checkpointing": (logging.INFO, "Model weights saved in /x/model.safetensors"),
+             "lm_eval.evaluator": (logging.WARNING, "task boolq: the split has no rows")}
+    for verbose in (False, True):
+        log_file = tmp_path / f"verbose-{verbose}.log"
+        setup_logging(str(log_file), verbose=verbose)
+        for name, (level, message) in lines.items():
+            logging.getLogger(name).log(level, message)
+        text = log_file.read_text()
+        kept = {name for name, (_, message) in lines.items() if message in text}
+        assert kept == (set(lines) if verbose else {"streamline.evaluate", "lm_eval.evaluator"}), text
+
+
+def test_a_long_stage_logs_its_progress_with_counts_rate_and_eta(tmp_path, monkeypatch):
+    """A tqdm bar reaches only the console; the log file Snakemake points to gets a line every LOG_EVERY
+    seconds (30) and one at the end: done of total, the rate (with the digits it needs) and the ETA."""
+    import logging
+    from streamline import progress
+    from streamline.cli import setup_logging
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    setup_logging(str(tmp_path / "stage.log"))
+    with progress.bar(total=4, desc="extract pairs.zarr", unit="sample") as bar:
+        for _ in range(4):
+            bar.update(1)
+            bar.set_postfix_str(progress.rate(0.31, "MB"))
+    logging.getLogger().handlers[-1].flush()
+    lines = [line for line in (tmp_path / "stage.log").read_text().splitlines() if "extract pairs.zarr" in line]
+    assert len(lines) >= 4
+    assert "extract pairs.zarr: 1/4 samples (25%)" in lines[0] and "ETA" in lines[0] and "0.31 MB/s" in lines[1]
+    assert "4/4 samples (100%)" in lines[-1] and "ETA" not in lines[-1]

@@ -509,6 +509,30 @@ def test_llamacpp_perplexity_agrees_with_streamlines(tmp_path, tiny_llama_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fault, message", [
+    ("vocab", r"data \(val\): token id \d+ is outside m.gguf's vocabulary of 300; the data was tokenised for "
+              r"another model"),
+    ("left-padded", r"data \(val\): block 0's attention_mask is not right-padded .*prepare the data again"),
+])
+def test_data_that_does_not_fit_the_gguf_is_one_line(tmp_path, tiny_llama_dir, fault, message):
+    """Ids outside the GGUF's vocabulary abort llama.cpp's process (no Python error at all), and a block with
+    a hole in its mask cannot be scored as a prefix: each stops in one line naming the data and the fix."""
+    pytest.importorskip("llama_cpp")
+    import re
+    data = make_data_dir(tmp_path / "data", num=3, seq_len=16, vocab=5000 if fault == "vocab" else 300)
+    if fault == "left-padded":
+        mask = np.load(data / "val_attention_mask.npy")
+        mask[0, :4] = 0
+        np.save(data / "val_attention_mask.npy", mask)
+    export_gguf(tiny_llama_dir, tmp_path / "m.gguf", "f16")
+    line = one_error_line(subprocess.run([sys.executable, "-m", "streamline.cli", "gguf-check", "--gguf",
+                                          str(tmp_path / "m.gguf"), "--data", str(data), "--out",
+                                          str(tmp_path / "g.json")], capture_output=True, text=True, timeout=300))
+    assert re.search(message, line), line
+    assert not (tmp_path / "g.json").exists() and (tmp_path / "m.gguf").exists()  # the export is not to blame
+
+
+@pytest.mark.slow
 def test_a_truncated_gguf_is_one_line_and_set_aside_for_its_export_to_rerun(tmp_path, tiny_llama_dir):
     pytest.importorskip("llama_cpp")
     data = make_data_dir(tmp_path / "data", num=2, seq_len=16)

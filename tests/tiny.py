@@ -82,7 +82,8 @@ def tiny_model_config(family: str, vocab_size: int, layers: int = 6, positions: 
 
 
 def build_tiny_model(family: str, out: Path, layers: int = 6, seed: int = 0,
-                     tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+                     tokenizer: PreTrainedTokenizerFast | None = None, positions: int = 256) -> Path:
+    """`positions`: the context window (few-shot generation needs prompt + 256 generated tokens)."""
     tok = tokenizer or build_tokenizer()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_model_config(family, len(tok), layers, positions))

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from tqdm import tqdm
 
+from .. import progress
 from ..artifacts import Progress, TrainLog, TrainStep
 from ..errors import StreamlineError
 from ..atomic import exclusive, read_json
@@ -350,8 +350,8 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         start = time.time()
         if not state["val"]:
             log.info("initial validation: %s", _fmt(_validation(accelerator, module, recipe, s, state)[0]))
-        bar = tqdm(total=plan.steps, initial=state["step"], desc=f"train {recipe.module.replacement.net}-{recipe.loss}",
-                   unit="step", dynamic_ncols=True, disable=not main)
+        bar = progress.bar(total=plan.steps, initial=state["step"], unit="step", disable=not main,
+                           desc=f"train {recipe.module.replacement.net}-{recipe.loss}")
         batches = read_ahead(recipe.train, plan.micro[state["step"] * plan.gas:], s.prefetch)
         while state["step"] < plan.steps:
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
