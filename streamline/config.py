@@ -5,6 +5,7 @@ Every problem becomes one line that names the key and what is allowed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -247,3 +248,25 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA, overrides: dict[str
     config = yaml.safe_load(Path(path).read_text()) or {}
     config.update(overrides or {})
     return validate(config, schema_path)
+
+
+# --- the command: streamline check-config -------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the config file (config.yaml, a preset)")
+    p.add_argument("--set", nargs="*", help="KEY=VALUE overrides, like snakemake --config")
+    p.add_argument("--schema", default=str(SCHEMA), help="default: the schema the workflow validates against")
+    p.add_argument("--model-dir", help="also check n and the architecture against this model")
+
+
+def run(a: argparse.Namespace) -> None:
+    import yaml
+    overrides = {}
+    for item in a.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    conf = load(a.config, a.schema, overrides)
+    if a.model_dir:
+        check_model(conf, a.model_dir)
+    check_training_machine(conf)
+    print(f"{a.config}: ok")

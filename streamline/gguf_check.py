@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -265,3 +266,29 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
                  speed.speedup["prefill"], speed.ideal["prefill"], speed.speedup["decode"], speed.ideal["decode"])
              if speed else "")
     return result
+
+
+# --- the command: streamline gguf-check ---------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import SPLITS, positive_int
+    p.add_argument("--gguf", required=True, help="the GGUF to check")
+    p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
+    p.add_argument("--out", help="gguf.json")
+    p.add_argument("--original-gguf", help="the original model's GGUF: adds prefill/decode speedup over it")
+    p.add_argument("--hf-model", help="the HF dir the GGUF came from: adds streamline's own perplexity of it")
+    p.add_argument("--split", default="val", choices=SPLITS, help="the split of --data")
+    p.add_argument("--threads", type=positive_int, help="llama.cpp threads (default: every core this process may use)")
+    p.add_argument("--decode-steps", type=positive_int, default=32, help="tokens timed one at a time")
+    p.add_argument("--prompt-tokens", type=positive_int, default=32, help="the untimed prompt before them")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timings per model (the best counts)")
+    p.add_argument("--extra-buffers", action="store_true", help="use ggml's AMX/repacked CPU weights (off: quantised "
+                                                                 "models segfault in its AMX kernel on some Xeons)")
+
+
+def run(a: argparse.Namespace) -> None:
+    import json
+    result = gguf_check(a.gguf, a.data, a.out, original_gguf=a.original_gguf, hf_model=a.hf_model, split=a.split,
+                        threads=a.threads, decode_steps=a.decode_steps, prompt_tokens=a.prompt_tokens,
+                        repeats=a.repeats, extra_buffers=a.extra_buffers)
+    print(json.dumps({k: v for k, v in result.to_json().items() if not k.startswith(("gguf_nll", "gguf_tokens"))}))

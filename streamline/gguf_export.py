@@ -23,6 +23,7 @@ renamed: a killed export never leaves a `model.gguf` that looks complete.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -331,3 +332,15 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     log.info("wrote %s (%s, %d tensors, %.1f MB) in %.1f s", out_file, outtype, len(plan), summary["bytes"] / 1e6,
              summary["seconds"])
     return summary
+
+
+# --- the command: streamline export-gguf --------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=f"HF model dir (the original, or a variant of {EXPORTABLE})")
+    p.add_argument("--out", required=True, help="model.gguf")
+    p.add_argument("--outtype", default="f16", choices=OUTTYPES, help="the GGUF's weight type")
+
+
+def run(a: argparse.Namespace) -> None:
+    export_gguf(a.model, a.out, a.outtype)

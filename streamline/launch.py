@@ -17,6 +17,7 @@ the Snakemake rule calls) detects the machine at run time, on the node the job l
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -262,3 +263,19 @@ def check_mixed_precision(config_file: str | Path, mixed_precision: str | None) 
     if wanted == "fp16" and gpu_count() == 0:
         raise StreamlineError("dtype: float16 trains the llm and kd losses only on a GPU (DeepSpeed and DDP have "
                               "no fp16 on a CPU), and this machine shows none; use dtype: bfloat16 or float32 here")
+
+
+# --- the command: streamline launch -------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import positive_int
+    p.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
+    p.add_argument("--num-processes", type=positive_int, help="default: one per visible GPU, else the config's")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="streamline arguments for every process (after --)")
+
+
+def run_command(a: argparse.Namespace) -> int:
+    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    return run(a.config, a.num_processes, args, mixed_precision=a.mixed_precision, print_only=a.print)

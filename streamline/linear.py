@@ -19,6 +19,7 @@ of the base family with L-n layers and no extra parameter (Shopkhoev et al. 2025
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import time
@@ -162,3 +163,33 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
              ridge, residual, identity, source_layers, model.config.num_hidden_layers, count_params(model) / 1e6,
              seconds)
     return stats
+
+
+# --- the commands: streamline extract-linear, streamline linear ---------------------------------------------
+
+def add_extract_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import add_extraction_arguments
+    add_extraction_arguments(p)
+    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
+
+
+def run_extract(a: argparse.Namespace) -> None:
+    extract_linear_states(a.model, a.data, a.scores, a.out, num_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
+                          level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers,
+                          manifest=a.manifest)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import DTYPES
+    p.add_argument("--model", required=True, help="the original HF model dir")
+    p.add_argument("--store", required=True, help="the store extract-linear wrote, or its manifest (whose "
+                                                  "extraction seconds then count in the recipe's time)")
+    p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
+    p.add_argument("--out", required=True, help="the pruned model dir to write")
+    p.add_argument("--log-json", required=True, help="the estimate's log (estimate_log.json)")
+    p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written model")
+
+
+def run(a: argparse.Namespace) -> None:
+    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype)

@@ -6,6 +6,7 @@ artifact records reruns the pairs, never the calibration store.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .artifacts import read_scores
@@ -29,3 +30,16 @@ def extract_pairs(model_dir: str | Path, data_dir: str | Path, scores_json: str 
     if manifest:
         PairsManifest.from_json(summary, manifest).write(manifest)
     return summary
+
+
+# --- the command: streamline extract-pairs ------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import add_extraction_arguments
+    add_extraction_arguments(p)
+    p.add_argument("--scores", required=True, help="scores.json naming the best block")
+
+
+def run(a: argparse.Namespace) -> None:
+    extract_pairs(a.model, a.data, a.scores, a.out, train_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
+                  level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers, manifest=a.manifest)

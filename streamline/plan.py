@@ -787,9 +787,8 @@ def _gb(nbytes: float) -> str:
 
 # --------------------------------------------------------------------------------------- the command
 
-def add_parser(sub) -> None:
-    """`streamline plan` (the subcommand lives here, with what it runs)."""
-    p = sub.add_parser("plan", help="what every job of a config needs (RAM, GPU memory, disk, time), before it runs")
+def add_arguments(p) -> None:
+    """`streamline plan`."""
     p.add_argument("--configfile", required=True, help="config.yaml or a preset (configs/*.yaml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, like snakemake --config")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where the GPU stages run (default: cuda if this "
@@ -798,10 +797,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", help="also write the plan as JSON")
     p.add_argument("--check", action="store_true", help="also refuse (exit 2, one line) a plan this machine "
                                                         "cannot hold")
-    p.set_defaults(func=cmd_plan)
 
 
-def cmd_plan(a) -> None:
+def run(a) -> None:
     import yaml
     if a.measure:
         measure_cpu()

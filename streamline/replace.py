@@ -13,6 +13,7 @@ and the other n layers are deleted, so the model keeps L-n layers:
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -88,3 +89,22 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
              f"{block[0] + kept - 1} kept as the {label} network", source_layers,
              model.config.num_hidden_layers, source_params / 1e6, params / 1e6, out_dir)
     return info
+
+
+# --- the command: streamline replace ------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .arguments import DTYPES
+    from .layout import NETWORKS
+    p.add_argument("--model", required=True, help="the original HF model dir")
+    p.add_argument("--scores", required=True, help="scores.json naming the best block")
+    p.add_argument("--net", required=True, choices=[n for n, net in NETWORKS.items() if net.built_by == "replace"],
+                   help="the network in the block's place")
+    p.add_argument("--layers", type=int, default=1, help="k: transformer layers kept (the scores must span n+k)")
+    p.add_argument("--out", required=True, help="the replaced (untrained) model dir to write")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written model")
+    p.add_argument("--seed", type=int, default=42, help="initialisation of a new network (ffn, swiglu)")
+
+
+def run(a: argparse.Namespace) -> None:
+    replace(a.model, a.scores, a.out, net=a.net, layers=a.layers, dtype=a.dtype, seed=a.seed)

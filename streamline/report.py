@@ -18,6 +18,7 @@ parameters). Accuracy is lm-eval `acc` (evaluate.py); the intervals are describe
 
 from __future__ import annotations
 
+import argparse
 import html
 import logging
 import math
@@ -433,3 +434,25 @@ def report(manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir:
     summary.write(out_json)  # last: the table is complete once summary.json exists
     log.info("report: %d rows over %d tasks -> %s", len(collected.rows), len(collected.tasks), out_md)
     return summary
+
+
+# --- the command: streamline report -------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, metavar="JSON|@FILE",
+                   help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
+                        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log", "gguf"}, ...], '
+                        '"scores": [block-score files to plot]}; a row names its train_log (trained) or '
+                        'estimate_log (linear), or neither; gguf (a gguf.json) may be null')
+    p.add_argument("--json", required=True, help="summary.json")
+    p.add_argument("--md", required=True, help="summary.md")
+    p.add_argument("--html", help="summary.html")
+    p.add_argument("--plots-dir", required=True, help="where the plots go")
+
+
+def run(a: argparse.Namespace) -> None:
+    if a.manifest.startswith("@") and not Path(a.manifest[1:]).is_file():
+        raise StreamlineError(f"--manifest: {a.manifest[1:]} is not a file")
+    text = Path(a.manifest[1:]).read_text() if a.manifest.startswith("@") else a.manifest
+    report(read_manifest(text), out_json=Path(a.json), out_md=Path(a.md),
+           out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))

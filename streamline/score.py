@@ -6,6 +6,7 @@ replaces span = n+1 layers by one network (n removed net); plain removal drops s
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from pathlib import Path
@@ -112,3 +113,18 @@ def plot_scores(result: BlockScores, out_png: str | Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(out_png)
+
+
+# --- the command: streamline score --------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="the calibration store, or its manifest")
+    p.add_argument("--n", type=int, required=True, help="layers removed (layer_intervals)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "angular"], help="how alike two states are")
+    p.add_argument("--span", type=int, help="layers per block (default n+1; n for plain removal)")
+    p.add_argument("--out", required=True, help="scores.json")
+    p.add_argument("--plot", help="also draw the scores (a .png)")
+
+
+def run(a: argparse.Namespace) -> None:
+    score(a.store, a.n, a.out, a.plot, metric=a.metric, span=a.span)

@@ -145,3 +145,28 @@ def test_a_long_stage_logs_its_progress_with_counts_rate_and_eta(tmp_path, monke
     assert len(lines) >= 4
     assert "extract pairs.zarr: 1/4 samples (25%)" in lines[0] and "ETA" in lines[0] and "0.31 MB/s" in lines[1]
     assert "4/4 samples (100%)" in lines[-1] and "ETA" not in lines[-1]
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    """`streamline COMMAND --help` is the reference at the terminal: no option without its help text. Each
+    command's arguments live with its stage (cli.COMMANDS names the module)."""
+    import argparse
+    from streamline.cli import COMMANDS, build_parser
+    silent = []
+    for name in COMMANDS:
+        sub = next(a for a in build_parser(name)._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[name]._actions:
+            if not isinstance(action, argparse._HelpAction) and not action.help:
+                silent.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not silent, f"options without help: {silent}"
+
+
+def test_the_top_level_help_imports_no_stage():
+    """`streamline --help` lists every command without importing torch or any stage's module."""
+    probe = ("import sys, contextlib, io\nfrom streamline.cli import main\n"
+             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:\n"
+             "    main(['--help'])\n"
+             "print(sorted(m for m in ('torch', 'streamline.extract', 'streamline.evaluate') if m in sys.modules))\n"
+             "print('extract-calibration' in out.getvalue())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "True"], out

@@ -269,7 +269,7 @@ def test_rules_ask_for_the_plan_and_a_plan_that_does_not_fit_stops_before_any_jo
 
 def test_each_stage_computes_its_own_need_from_its_arguments(tiny_llama_dir, tmp_path):
     """The check a stage makes when it starts (cli.main -> plan.check_stage) finds a need for every big stage."""
-    from streamline.cli import build_parser
+    from streamline.cli import parse_args
     from streamline.replace import replace
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
     write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
@@ -288,7 +288,7 @@ def test_each_stage_computes_its_own_need_from_its_arguments(tiny_llama_dir, tmp
         "export-gguf": ["--model", m, "--out", str(tmp_path / "m.gguf")],
     }
     for command, args in commands.items():
-        found = plan.stage_need(command, build_parser().parse_args([command, *args]))
+        found = plan.stage_need(command, parse_args([command, *args]))
         assert found is not None, command
         need, out = found
         assert need.ram > plan.BASE_RSS["store"] and need.disk > 0 and str(out) == args[args.index("--out") + 1]

@@ -29,7 +29,7 @@ def _no_permission(*args, **kwargs):
 
 def test_an_output_that_is_not_writable_is_one_line(tmp_path, monkeypatch, capsys):
     from streamline import cli as cli_module
-    monkeypatch.setattr(cli_module, "cmd_replace", _no_permission)
+    monkeypatch.setattr("streamline.replace.run", _no_permission)
     code = cli_module.main(["replace", "--model", "m", "--scores", "s", "--net", "none", "--out", "/srv/readonly/init"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -39,10 +39,10 @@ def test_an_output_that_is_not_writable_is_one_line(tmp_path, monkeypatch, capsy
 def test_a_log_file_that_is_not_writable_is_one_line(tmp_path, monkeypatch, capsys):
     from streamline import cli as cli_module
 
-    class Refused(logging.FileHandler):
+    class Refused(logging.FileHandler):  # root writes anywhere: refuse the log as a read-only disk would
         def __init__(self, filename, *args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", filename)
-    monkeypatch.setattr(logging, "FileHandler", Refused)
+    monkeypatch.setattr(cli_module, "KeptLogHandler", Refused)
     code = cli_module.main(["--log", str(tmp_path / "stage.log"), "score", "--store", "x", "--n", "2", "--out", "y"])
     err = capsys.readouterr().err
     assert code == 2 and f"cannot write {tmp_path / 'stage.log'} (permission denied)" in err and "Traceback" not in err

@@ -468,7 +468,7 @@ def test_a_full_disk_names_the_path_written_and_its_free_space(tmp_path, monkeyp
 
     def full(a):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(cli_module, "cmd_replace", full)
+    monkeypatch.setattr("streamline.replace.run", full)
     (tmp_path / "big").mkdir()
     code = cli_module.main(["--log", str(tmp_path / "log.txt"), "replace", "--model", "m", "--scores", "s",
                             "--net", "none", "--out", str(tmp_path / "big/init")])

@@ -13,6 +13,7 @@ Adding a loss means adding its function to losses.py and one entry to RECIPES be
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -158,3 +159,27 @@ def mixed_precision(loss: str, dtype: str) -> str | None:
         return "no"
     wanted = MIXED_PRECISION[dtype]
     return wanted if wanted != "no" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no" else None
+
+
+# --- the command: streamline train --------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .settings import LOSSES, add_arguments as add_settings
+    p.add_argument("--loss", choices=LOSSES, default="mse", help="mse: hidden-state pairs; llm: next-token loss; "
+                                                                  "kd: distillation from the original model")
+    p.add_argument("--init", required=True, help="the replaced model dir (untrained, or trained by an earlier stage)")
+    p.add_argument("--data", required=True, help="prepared data dir: validation blocks, and training blocks for "
+                                                 "llm, kd and online mse")
+    p.add_argument("--pairs", help="mse: the pair store (its manifest, or its dir with train/ and val/); omit to "
+                                   "compute the pairs online")
+    p.add_argument("--teacher", help="the original model dir (kd, online mse); default: the init dir's source_model")
+    p.add_argument("--out", required=True, help="output model dir")
+    p.add_argument("--log-json", required=True, help="the train log")
+    p.add_argument("--checkpoint-dir", help="where checkpoints live while training (enables resume)")
+    add_settings(p)
+
+
+def run(a: argparse.Namespace) -> None:
+    from .settings import settings_from
+    train(a.loss, a.init, a.out, a.log_json, settings_from(a), data_dir=a.data, pairs_dir=a.pairs,
+          teacher_dir=a.teacher, checkpoint_dir=a.checkpoint_dir)
