@@ -69,7 +69,7 @@ def scores_input(m, n, name):
 
 
 def block_of(w):
-    """The scores that picked a variant's block, as an input of every rule that works on the variant: each is
+    """The scores that picked a variant's block, as an input of each job working on the variant; each is
     then a direct dependent of the `score` checkpoint, and Snakemake's re-evaluation after it (which reaches
     direct dependents only) cuts off the whole chain, not just its first rule."""
     return scores_input(w.model, w.n, scores_name(Variant.parse(w.variant).k))
@@ -133,16 +133,6 @@ def all_targets():
         summary_targets()
 
 
-# Names are matched by the patterns layout.py builds next to the names themselves.
-wildcard_constraints:
-    model=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
-    n=r"\d+",
-    net=REPLACED_RE,
-    variant=variant_pattern(trained=False),
-    scores=SCORES_RE,
-    pairs=PAIRS_RE,
-
-
 # --- the resource plan (streamline/plan.py; `streamline plan` prints it) -----------------------------------------
 
 @lru_cache(maxsize=1)
@@ -172,16 +162,68 @@ def planned(rule, **unplanned):
             for key in ("mem_mb", "disk_mb", "runtime", "gpu")}
 
 
-onstart:
-    # Before any job runs: every job still to run must fit this machine's RAM (or --resources mem_mb) and the
-    # jobs together the free disk; else one line naming the job and the config key to change.
-    if planner() is not None:
-        limit = workflow.global_resources.get("mem_mb")
-        try:
-            check_jobs([(" ".join([job.rule.name, *job.wildcards]), job_need(job.rule.name, job.wildcards))
-                        for job in workflow.dag.needrun_jobs() if job.rule.name != "all"],
-                       ram=limit.value * 1e6 if limit is not None and limit.value is not None else None,
-                       check_ram=workflow.local_exec)
-        except StreamlineError as e:
-            sys.stderr.write(f"plan error: {e}\n")
-            sys.exit(1)
+def check_plan_fits():
+    """Before any job runs (the Snakefile's onstart): every job still to run must fit this machine's RAM (or
+    --resources mem_mb) and the jobs together the free disk; else one line naming the job and the key to change."""
+    if planner() is None:
+        return
+    limit = workflow.global_resources.get("mem_mb")
+    try:
+        check_jobs([(" ".join([job.rule.name, *job.wildcards]), job_need(job.rule.name, job.wildcards))
+                    for job in workflow.dag.needrun_jobs() if job.rule.name != "all"],
+                   ram=limit.value * 1e6 if limit is not None and limit.value is not None else None,
+                   check_ram=workflow.local_exec)
+    except StreamlineError as e:
+        sys.stderr.write(f"plan error: {e}\n")
+        sys.exit(1)
+
+
+# --- the inputs of the training, evaluation and report rules ----------------------------------------------
+
+def train_inputs(w):
+    """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
+    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store."""
+    v, p = Variant.parse(w.variant), paths(w.model, w.n)
+    inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
+              "model": model_dir(w.model)}
+    if v.loss == "mse" and config["pairs"]["mode"] == "store":
+        inputs["pairs"] = p.pairs(pairs_name(v.k))
+    return inputs
+
+
+def eval_inputs(model_path, m):
+    inputs = {"model": model_path, "data": data_dir(m)}
+    if eval_data_dir():
+        inputs["eval_data"] = eval_data_dir()
+    return inputs
+
+
+def report_manifest():
+    """The baseline's files, one row per variant (its files, with its log: train_log.json for trained variants,
+    estimate_log.json for the linear estimate, none for plain removal) and the block-score files behind the
+    variants, to plot. Every file named here is an input of the rule: an edit of any reruns the report."""
+    p0, gguf = paths(), config["export"]["gguf"] != "none"
+    rows = []
+    for n in layer_intervals():
+        p = paths(n=n)
+        for v in variants():
+            rows.append({"name": v.name, "eval": p.eval(v.name), "samples": p.samples(v.name),
+                         "stability": p.stability(v.name),
+                         "train_log": p.train_log(v.name) if v.trained else None,
+                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" else None,
+                         "gguf": p.gguf_check(v.name) if gguf else None})
+    scores = sorted({paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants()})
+    return {"baseline": {"name": model(), "eval": p0.baseline_eval, "samples": p0.baseline_samples,
+                         "gguf": p0.baseline_gguf_check if gguf else None}, "rows": rows, "scores": scores}
+
+
+def report_inputs(wildcards):
+    m = report_manifest()
+    inputs = {"baseline_eval": m["baseline"]["eval"], "baseline_samples": m["baseline"]["samples"]}
+    for i, row in enumerate([m["baseline"], *m["rows"]]):
+        inputs.update({f"row{i}_{kind}": row[kind] for kind in ("eval", "samples", "stability", "train_log",
+                                                                 "estimate_log", "gguf") if row.get(kind)})
+    names = sorted({(n, scores_name(v.k)) for n in layer_intervals() for v in variants()})
+    for i, (n, name) in enumerate(names):
+        inputs[f"scores{i}"] = scores_input(model(), n, name)
+    return inputs

