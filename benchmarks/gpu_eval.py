@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from streamline.evaluate import evaluate
-    from streamline.report import report
+    from streamline.report import read_manifest, report
     from streamline.stability import stability_from_samples
 
     paths = Paths(args.model, args.n)
@@ -85,14 +85,14 @@ def main(argv: list[str] | None = None) -> dict:
         if ev is None:
             break
         st = stability_from_samples(out / "baseline/samples.json.gz", d / "samples.json.gz")
-        (d / "stability.json").write_text(json.dumps(st.to_json()))
+        st.write(d / "stability.json")  # signed, as the stability stage writes it
         train_log = v.parent / "train_log.json"
         rows.append({"name": name, "eval": str(d / "eval.json"), "samples": str(d / "samples.json.gz"),
                      "stability": str(d / "stability.json"),
                      "train_log": str(train_log) if train_log.is_file() else None})
     manifest = {"baseline": {"name": baseline.name, "eval": str(out / "baseline/eval.json"),
                              "samples": str(out / "baseline/samples.json.gz")}, "rows": rows, "scores": []}
-    report(manifest, out_json=out / Path(SUMMARY["json"]).name, out_md=out / Path(SUMMARY["md"]).name,
+    report(read_manifest(json.dumps(manifest)), out_json=out / Path(SUMMARY["json"]).name, out_md=out / Path(SUMMARY["md"]).name,
            plots_dir=out / "plots")
     import torch
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"

@@ -373,7 +373,7 @@ class Evaluation(Record):
         for name, stated, values in (
                 ("average", self.average, [r.headline for r in self.results.values()]),
                 ("average_acc_norm_where_available", self.average_acc_norm_where_available,
-                 [r.acc if r.acc_norm is None else r.acc_norm for r in self.results.values()])):
+                 [r.headline if r.acc_norm is None else r.acc_norm for r in self.results.values()])):
             mean = _mean(values)
             if (stated is None) != (mean is None) or (mean is not None and not _close(stated, mean)):
                 raise ValueError(f"{name} {stated} is not the mean of its tasks ({mean})")

@@ -841,7 +841,7 @@ def stage_need(command: str, a) -> tuple[Need, Path] | None:
     """The need of `streamline COMMAND ARGS` computed from its own arguments by the functions the plan uses, and
     where it writes; None for the small stages (and where the inputs are not there: the stage says so itself)."""
     from .pypi import source_kind
-    tp = cpu_throughput("float32")
+    tp = cpu_throughput("float32", cache=None)  # the check is of RAM and disk: no time, so no machine figures read
     try:
         if command == "download":
             found = model_fields(a.model_name, None)

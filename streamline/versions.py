@@ -27,7 +27,7 @@ VERSIONS: dict[str, int] = {
     "evaluate": 2,          # lm-eval, perplexity, KL, speed (2: samples carry nchar for the acc_norm check)
     "stability": 1,
     "report": 1,
-    "export-gguf": 1,
+    "export-gguf": 2,       # 2: special tokens as CONTROL, BOS/EOS adding, the pre-tokenizer's name (#29)
     "gguf-check": 1,
 }
 

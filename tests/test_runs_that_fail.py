@@ -16,6 +16,7 @@ import pytest
 from tiny import make_data_dir, write_scores
 from streamline.atomic import exclusive
 from streamline.errors import StreamlineError
+from streamline.records import digest
 from test_reliability import CLI, cli, one_error_line
 from test_untrusted_artifacts import _killed_run, _resume, mse_setup  # noqa: F401 (a fixture)
 from workflow_utils import ROOT, snakemake, tiny_config, write_config
@@ -181,8 +182,9 @@ def test_a_random_state_that_cannot_be_loaded_sets_the_checkpoint_aside(mse_setu
     rng = ck / progress["state_dir"] / "random_states_0.pkl"
     assert rng.is_file()
     rng.write_bytes(pickle.dumps({"not": "a random state"}))  # loads, but holds none: accelerate would carry on
-    progress["files"][str(rng.relative_to(ck))] = hashlib.sha256(rng.read_bytes()).hexdigest()  # forged
-    (ck / "progress.json").write_text(json.dumps(progress))
+    progress["files"][str(rng.relative_to(ck))] = hashlib.sha256(rng.read_bytes()).hexdigest()  # forged,
+    progress.pop("digest")                                                                      # and re-signed
+    (ck / "progress.json").write_text(json.dumps({**progress, "digest": digest(progress)}))
     line = one_error_line(_resume(root, args, "rng"))
     assert "cannot be loaded" in line and "set aside" in line
     assert not ck.exists() and list((root / "rng").glob("ck.unreadable-*"))

@@ -176,7 +176,9 @@ def test_a_version_bump_reruns_that_stage_onward(done, stage, expected, untouche
     from workflow_utils import package_copy
     path = package_copy() / "versions.py"
     text = path.read_text()
-    with _edited(path, text.replace(f'"{stage}": 1,', f'"{stage}": 2,')):
+    bumped = re.sub(rf'"{stage}": (\d+),', lambda m: f'"{stage}": {int(m[1]) + 1},', text)
+    assert bumped != text
+    with _edited(path, bumped):
         plan = planned_rules(done)
     assert {rule: plan.get(rule) for rule in expected} == expected, plan
     assert not untouched & plan.keys(), plan
@@ -193,7 +195,7 @@ def test_a_rerun_that_writes_the_same_scores_stops_there(tmp_path_factory, tiny_
     shutil.copytree(tiny_workflow[0], work, symlinks=True)
     before = {p: p.stat().st_mtime_ns for p in (work / "results/tiny/n2").rglob("*") if p.is_file()}
     path = package_copy() / "versions.py"
-    with _edited(path, path.read_text().replace('"score": 1,', '"score": 2,')):
+    with _edited(path, re.sub(r'"score": (\d+),', lambda m: f'"score": {int(m[1]) + 1},', path.read_text())):
         proc = snakemake(work, "--printshellcmds")
         assert planned_rules(work) == {}
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", proc.stdout + proc.stderr, re.M))
