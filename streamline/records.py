@@ -74,9 +74,9 @@ def _adapter(cls: type):
 def _problem(error) -> str:
     """A pydantic ValidationError in words: the first bad field, by its path in the file."""
     first = error.errors()[0]
-    if first["type"] == "value_error":  # a record's own consistency check (__post_init__)
-        return f"incomplete ({first['ctx']['error']})"
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "value_error":  # a record's own consistency check (__post_init__), where it failed
+        return f"incomplete ({f'at {where!r}: ' if where else ''}{first['ctx']['error']})"
     if first["type"] in ("greater_than_equal", "less_than_equal"):  # Count, Fraction
         return f"out of range ('{where}' is {first['input']!r}: {first['msg'].lower()})"
     return f"incomplete (no valid '{where}')" if where else f"not a record of this kind ({first['msg']})"

@@ -103,7 +103,7 @@ def test_an_edited_store_manifest_is_one_line_and_its_extraction_rewrites_it(sto
                "--out", init).returncode == 0
     line = one_error_line(cli("train", "--loss", "mse", "--init", init, "--pairs", pairs, "--data", data, "--out",
                               tmp_path / "out", "--log-json", tmp_path / "log.json", "--device", "cpu"))
-    assert "pairs.json: the pair store manifest is incomplete (a store of shape [2, 8, 16, 32]" in line
+    assert "pairs.json: the pair store manifest is incomplete (at 'train': a store of shape [2, 8, 16, 32]" in line
     assert not pairs.exists() and not (tmp_path / "out").exists()
 
 
@@ -203,6 +203,14 @@ def test_lm_evals_flags_are_recomputed_from_a_real_samples_file(tiny_workflow, t
                                                   rf"(length-normalised )?log-likelihoods give"):
             read_samples(copy)
         assert not copy.exists()
+    copy = tmp_path / "ntok.json.gz"
+    copy.write_bytes(source.read_bytes())
+    _edit_and_resign(copy, lambda samples: samples["tasks"]["arc_easy"]["0"]["ntok"].append(2))
+    with pytest.raises(StreamlineError) as caught:  # token counts for an option that is not there
+        read_samples(copy)
+    line = str(caught.value)
+    assert "ntok.json.gz" in line and "tasks.arc_easy.0" in line and "do not fit" in line and "\n" not in line
+    assert not copy.exists()
 
 
 # --- 4. records own their reading and writing --------------------------------------------------------------
