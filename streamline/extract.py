@@ -141,7 +141,7 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
             _finish(store, pending, pending_masks, mask)
             pending, pending_masks = futures, rows
             bar.update(len(rows))
-            done = (bar.n - bar.initial) * bytes_per_sample / 1e6
+            done = (bar.n - bar.start_n) * bytes_per_sample / 1e6
             bar.set_postfix_str(progress.rate(done / max(time.time() - start, 1e-9), "MB"))
         _finish(store, pending, pending_masks, mask)
     bar.close()

@@ -40,12 +40,17 @@ class LoggedBar(tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("dynamic_ncols", True)
         super().__init__(*args, **kwargs)
+        if self.disable:  # a disabled tqdm keeps none of these, and the log lines need them
+            self.desc, self.unit, self.postfix = kwargs.get("desc", ""), kwargs.get("unit", "it"), None
         self._started = time.monotonic()
-        self._start_n = self.n  # a resumed run counts its rate from where it resumed
+        self.start_n = self.n  # a resumed run counts its rate from where it resumed (tqdm's `initial` is not set
+        # on a disabled bar: TQDM_DISABLE=1)
         self._logged = self._started
         self._logged_n = None
 
     def update(self, n: float | None = 1) -> bool | None:
+        if self.disable:  # no console bar (TQDM_DISABLE=1, a worker that is not the main one): still counted and logged
+            self.n += 1 if n is None else n
         shown = super().update(n)
         if time.monotonic() - self._logged >= LOG_EVERY:
             self.log_line()
@@ -55,7 +60,7 @@ class LoggedBar(tqdm):
         now = time.monotonic()
         self._logged, self._logged_n = now, self.n
         elapsed = now - self._started
-        done = self.n - self._start_n
+        done = self.n - self.start_n
         speed = done / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.desc or 'progress'}: {self.n:,.0f}" + (f"/{self.total:,.0f}" if self.total else "")
                  + f" {self.unit}s"]
@@ -69,8 +74,8 @@ class LoggedBar(tqdm):
         log.info(", ".join(parts))
 
     def close(self) -> None:
-        if not self.disable and self._logged_n != self.n and getattr(self, "_started", None) is not None:
-            self.log_line()  # the last state, once
+        if getattr(self, "_started", None) is not None and self._logged_n != self.n and self.n > self.start_n:
+            self.log_line()  # the last state, once (none for a bar that had nothing to do)
         super().close()
 
 

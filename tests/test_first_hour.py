@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from test_reliability import CLI, one_error_line
 from workflow_utils import ROOT, snakemake, tiny_config, workflow_env, write_config
 
@@ -128,7 +130,8 @@ def test_the_log_file_leaves_out_the_libraries_routine_lines_unless_verbose(tmp_
         assert kept == (set(lines) if verbose else {"streamline.evaluate", "lm_eval.evaluator"}), text
 
 
-def test_a_long_stage_logs_its_progress_with_counts_rate_and_eta(tmp_path, monkeypatch):
+@pytest.mark.parametrize("console_bar", [True, False])  # False: TQDM_DISABLE=1, or a worker that is not the main one
+def test_a_long_stage_logs_its_progress_with_counts_rate_and_eta(tmp_path, monkeypatch, console_bar):
     """A tqdm bar reaches only the console; the log file Snakemake points to gets a line every LOG_EVERY
     seconds (30) and one at the end: done of total, the rate (with the digits it needs) and the ETA."""
     import logging
@@ -136,7 +139,7 @@ def test_a_long_stage_logs_its_progress_with_counts_rate_and_eta(tmp_path, monke
     from streamline.cli import setup_logging
     monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     setup_logging(str(tmp_path / "stage.log"))
-    with progress.bar(total=4, desc="extract pairs.zarr", unit="sample") as bar:
+    with progress.bar(total=4, desc="extract pairs.zarr", unit="sample", disable=not console_bar) as bar:
         for _ in range(4):
             bar.update(1)
             bar.set_postfix_str(progress.rate(0.31, "MB"))
