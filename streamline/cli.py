@@ -106,7 +106,8 @@ def cmd_extract_linear(a: argparse.Namespace) -> None:
 
 def cmd_linear(a: argparse.Namespace) -> None:
     from .linear import estimate_linear
-    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype)
+    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
+                    objective=a.objective, epochs=a.epochs, lr=a.lr, seed=a.seed)
 
 
 def cmd_replace(a: argparse.Namespace) -> None:
@@ -295,6 +296,11 @@ def _add_linear(sub) -> None:
     p.add_argument("--log-json", required=True)
     p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--objective", default="lstsq", help="lstsq: least squares (exact); cosine: ReplaceMe's mean "
+                                                        "cosine distance, by Adam from the least-squares map")
+    p.add_argument("--epochs", type=positive_int, default=10, help="cosine: passes over the calibration blocks")
+    p.add_argument("--lr", type=float, default=1e-4, help="cosine: Adam's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="cosine: the order of the batches")
     p.set_defaults(func=cmd_linear)
 
 
