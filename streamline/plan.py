@@ -256,8 +256,10 @@ class Model:
         s = self.sizes
         if net == "transformer":
             return k * s.layer_params
-        if net in ("none", "linear"):
+        if net == "none":
             return 0
+        if net == "linear":  # its patch (linear-{loss}), H x H
+            return s.hidden ** 2
         return (3 if net == "swiglu" else 2) * s.hidden * s.inner + 2 * s.inner + 4 * s.hidden
 
     def pruned_params(self, n: int, net: str, k: int = 1) -> int:
@@ -571,12 +573,12 @@ class Planner:
         end_to_end = v.loss != "mse"
         block = self.block(n, scores_name(v.k))
         first = block[0] if block else 0  # before scoring: the block at layer 0 (every layer after it trains through)
-        online = v.loss == "mse" and c["pairs"]["mode"] == "online"
+        online = v.loss == "mse" and (c["pairs"]["mode"] == "online" or not v.stored_pairs)
         blocks = c["train_num_data"] if not end_to_end else min(c["llm"]["max_train_samples"] or c["train_num_data"],
                                                                 c["train_num_data"])
         return train_need(
             m, loss=v.loss, net_params=m.network_params(v.net, v.k), pruned_params=m.pruned_params(n, v.net, v.k),
-            layers_after=s.layers - first - n - v.k, teacher_layers=(n + v.k) if v.loss == "kd" or online else 0,
+            layers_after=s.layers - first - n - v.k, teacher_layers=(n + max(v.k, 1)) if v.loss == "kd" or online else 0,  # a patch: n + 1
             prefix_layers=first, blocks=blocks, val_blocks=c["data"]["val_num_data"], seq_len=self.seq,
             batch=c["batch_size"], gas=c["gradient_accumulation_step"], epochs=c["epochs"],
             processes=c["llm"]["num_processes"] if end_to_end else 1,
@@ -611,7 +613,7 @@ class Planner:
             for sname in sorted({scores_name(v.k) for v in vs}, key=kept_of):
                 jobs.append(job("score", f"n{n} {sname}", p.scores(sname), n, sname))
             if c["pairs"]["mode"] == "store":
-                for k in sorted({v.k for v in vs if v.loss == "mse"}):
+                for k in sorted({v.k for v in vs if v.stored_pairs}):
                     jobs.append(job("extract_pairs", f"n{n} {pairs_name(k)}", p.pairs_store(pairs_name(k)), n,
                                     pairs_name(k)))
             for r in dict.fromkeys(v.replacement for v in vs if v.net != "linear"):

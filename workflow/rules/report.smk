@@ -18,7 +18,7 @@ def report_manifest():
             rows.append({"name": v.name, "eval": p.eval(v.name), "samples": p.samples(v.name),
                          "stability": p.stability(v.name),
                          "train_log": p.train_log(v.name) if v.trained else None,
-                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" else None,
+                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
                          "gguf": p.gguf_check(v.name) if gguf else None})
     scores = sorted({paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants()})
     return {"baseline": {"name": model(), "eval": p0.baseline_eval, "samples": p0.baseline_samples,

@@ -2,11 +2,12 @@
 # survive a killed job so that training resumes.
 def train_inputs(w):
     """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
-    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store."""
+    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store (not
+    for a linear patch: its pairs are computed online)."""
     v, p = Variant.parse(w.variant), paths(w.model, w.n)
     inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
               "model": model_dir(w.model)}
-    if v.loss == "mse" and config["pairs"]["mode"] == "store":
+    if v.stored_pairs and config["pairs"]["mode"] == "store":
         inputs["pairs"] = p.pairs(pairs_name(v.k))
     return inputs
 
