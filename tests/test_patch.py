@@ -84,6 +84,11 @@ def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(lin
     model = AutoModelForCausalLM.from_pretrained(out)
     assert count_params(model) == count_params(AutoModelForCausalLM.from_pretrained(init))
     assert json.loads((out / "streamline.json").read_text())["loss"] == loss
+    # a run that keeps its initial state (D = 0) exports today's `linear` weights bit for bit, by the same export
+    from streamline.training.export import export_model
+    export_model(init, tmp_path / "untrained", {f"{PROJ}.{PARAM}": torch.zeros(32, 32)}, result)
+    untrained = load_file(tmp_path / "untrained" / "model.safetensors")
+    assert untrained.keys() == before.keys() and all(torch.equal(before[k], untrained[k]) for k in before)
 
 
 def test_the_dry_run_of_linear_with_kd_plans_the_estimate_then_its_patch(tiny_llama_dir, text_corpus, tmp_path):
