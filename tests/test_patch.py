@@ -84,6 +84,13 @@ def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(lin
     model = AutoModelForCausalLM.from_pretrained(out)
     assert count_params(model) == count_params(AutoModelForCausalLM.from_pretrained(init))
     assert json.loads((out / "streamline.json").read_text())["loss"] == loss
+    if loss == "kd":  # and it exports to GGUF as the family's own architecture, unchanged
+        from gguf import GGUFReader
+        from streamline.gguf_export import export_gguf
+        export_gguf(out, tmp_path / "m.gguf", "f32")
+        reader = GGUFReader(tmp_path / "m.gguf")
+        assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
+        assert reader.fields["llama.block_count"].parts[-1][0] == 4
     # a run that keeps its initial state (D = 0) exports today's `linear` weights bit for bit, by the same export
     from streamline.training.export import export_model
     export_model(init, tmp_path / "untrained", {f"{PROJ}.{PARAM}": torch.zeros(32, 32)}, result)
