@@ -222,12 +222,16 @@ class Progress(Record):
 
 @dataclass(frozen=True)
 class EstimateLog(Record):
-    """estimate_log.json of `network: linear`: the least-squares map, its fit and its cost."""
+    """estimate_log.json of `network: linear`: the map, its fit under both objectives, and its cost."""
     block: list[int]
     ridge: float
     tokens: Count
-    relative_residual: float
+    objective: str                   # linear.objective: lstsq | cosine
+    steps: Count                     # Adam steps of the cosine estimate (0: lstsq)
+    relative_residual: float         # ||R - M T||^2 / ||R||^2: what lstsq minimises
     relative_residual_of_identity: float
+    cosine_distance: float           # mean over tokens of 1 - cos(m T, r): what cosine minimises
+    cosine_distance_of_identity: float
     extract_seconds: float
     estimate_seconds: float
     seconds: float                   # extraction + estimate + fold: the whole training-free recipe

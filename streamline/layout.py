@@ -7,6 +7,7 @@ MSE-trained network (init_from "mse"). Its name is built here and parsed back on
     transformer-mse              one kept layer, MSE
     transformerx2-llm            two kept layers (k = 2), next-token loss
     ffn-mse+kd                   distillation started from the MSE-trained ffn
+    linear-kd                    the linear map, patched and trained by distillation, folded at export (k = 0)
 
 Paths(model, n) names every file of the artifact contract. Its methods take names (a Variant's `.name`,
 `scores_name(k)`, ...) so that the workflow's rules can pass a wildcard ("{variant}") where a value will be
@@ -31,10 +32,18 @@ class Network:
                        # k = 1), "nothing" (k = 0: training-free, the init dir is the model)
     custom: bool       # a layer of streamline's own (networks.py): loaded with remote code, not a plain model
     built_by: str      # the command that builds its init dir: replace | linear
+    patch: bool = False  # k = 0, yet a loss trains it: a linear patch on the MLP output projection before the
+                         # block (streamline/patch.py), folded into it at export ({net}-{loss} is a plain model)
+
+    @property
+    def free(self) -> bool:
+        """Its init dir is a finished model (training-free): none, linear."""
+        return self.kept == "nothing"
 
     @property
     def trained(self) -> bool:
-        return self.kept != "nothing"
+        """A loss can train it: its kept layers or network, or its patch."""
+        return self.kept != "nothing" or self.patch
 
     def allows(self, k: int) -> bool:
         """The (net, k) rule, written once."""
@@ -56,7 +65,7 @@ NETWORKS: dict[str, Network] = {net.name: net for net in (
     Network("ffn", kept="one", custom=True, built_by="replace"),
     Network("swiglu", kept="one", custom=True, built_by="replace"),
     Network("none", kept="nothing", custom=False, built_by="replace"),
-    Network("linear", kept="nothing", custom=False, built_by="linear"),
+    Network("linear", kept="nothing", custom=False, built_by="linear", patch=True),
 )}
 
 LOSS_TABLE: dict[str, Loss] = {loss.name: loss for loss in (
@@ -66,7 +75,7 @@ LOSS_TABLE: dict[str, Loss] = {loss.name: loss for loss in (
 )}
 
 NETS = tuple(NETWORKS)
-UNTRAINED = tuple(n for n, net in NETWORKS.items() if not net.trained)  # training-free: the init dir is the model
+UNTRAINED = tuple(n for n, net in NETWORKS.items() if net.free)  # training-free: the init dir is the model
 LOSSES = tuple(LOSS_TABLE)
 WHOLE_MODEL_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if loss.whole_model)  # rule train_end_to_end
 NETWORK_ALONE_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if not loss.whole_model)  # rule train_mse
@@ -90,7 +99,8 @@ class Variant:
             problem = f"unknown network {self.net!r}"
         elif not allowed_k(self.net, self.k):
             problem = f"{self.net} cannot keep {self.k} layers"
-        elif NETWORKS[self.net].trained != (self.loss is not None) or (self.loss is not None and self.loss not in LOSSES):
+        elif (self.loss is None and not NETWORKS[self.net].free) or (self.loss is not None and (
+                not NETWORKS[self.net].trained or self.loss not in LOSSES)):
             problem = f"{self.net} cannot be trained with loss {self.loss!r}"
         elif self.init_from not in STARTS or (self.init_from == "mse" and not (self.loss and LOSS_TABLE[self.loss].stage_two)):
             problem = f"a {self.loss} run cannot start from {self.init_from!r}"
@@ -113,6 +123,12 @@ class Variant:
         return self.loss is not None
 
     @property
+    def stored_pairs(self) -> bool:
+        """Whether its MSE may read a pair store (pairs.mode: store): not a patch's, whose pairs (h_{i-1} ->
+        h_{i+n}, through the layer before the block) are computed online."""
+        return self.loss == "mse" and not NETWORKS[self.net].patch
+
+    @property
     def upstream(self) -> Variant | None:
         """The variant whose trained network a staged run starts from (init_from: mse)."""
         return Variant(self.net, self.k, "mse") if self.init_from == "mse" else None
@@ -120,7 +136,7 @@ class Variant:
     @classmethod
     def parse(cls, name: str) -> Variant:
         if name in UNTRAINED:
-            return cls(name, 0)
+            return cls(name, 0)  # (a network with a patch is trained as {net}-{loss}, also k = 0)
         m = re.fullmatch(rf"(?P<replacement>{TRAINED_RE})-(?P<staged>mse\+)?(?P<loss>{'|'.join(LOSSES)})", name)
         if not m:
             raise ValueError(f"not a variant name: {name!r}")
@@ -140,13 +156,16 @@ def parse_replacement(name: str) -> tuple[str, int]:
 
 def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str]) -> list[Variant]:
     """Every combination the config asks for, in config order, each once (k applies to transformer only;
-    staged runs exist for the whole-model losses only)."""
+    staged runs exist for the whole-model losses only). A training-free network gives its own variant, and a
+    patched one (linear) also one per loss."""
     out = []
     for net in nets:
-        if not NETWORKS[net].trained:
+        row = NETWORKS[net]
+        if row.free:
             out.append(Variant(net, 0))
+        if not row.trained:
             continue
-        for k in (ks if NETWORKS[net].kept == "layers" else [1]):
+        for k in (ks if row.kept == "layers" else [0] if row.free else [1]):
             for loss in losses:
                 for start in starts:
                     if start == "inherit" or LOSS_TABLE[loss].stage_two:
@@ -186,7 +205,7 @@ def kept_of(name: str) -> int:
 
 K_RE = r"[2-9]|[1-9]\d+"  # k > 1 only: transformerx1 is spelled transformer
 LAYERED = [n for n, net in NETWORKS.items() if net.kept == "layers"]  # spelled {net}x{k} for k > 1
-TRAINED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n for n in NETS if n not in UNTRAINED)
+TRAINED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n for n, net in NETWORKS.items() if net.trained)
 REPLACEMENT_RE = rf"(?P<layered>{'|'.join(LAYERED)})x(?P<k>{K_RE})|{'|'.join(NETS)}"
 REPLACED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n  # what `streamline replace` builds
                        for n, net in NETWORKS.items() if net.built_by == "replace")

@@ -1,20 +1,31 @@
 """`network: linear`: a training-free linear map in place of n layers, folded into the weights (ReplaceMe).
 
 For the block of layers i..i+n-1, let Y be the residual entering layer i-1's MLP and M that MLP's output
-(so h_i = Y + M). A linear map T (H x H) is estimated by least squares so that
+(so h_i = Y + M). A linear map T (H x H) is estimated so that
 
     Y + M T  ~  h_{i+n}         over the real tokens of the calibration blocks,
 
-i.e. T = argmin ||M T - R||^2 (+ ridge ||T||^2) with R = h_{i+n} - Y. T is then folded into layer i-1's
-MLP output projection (W -> T^T W, b -> b T) and layers i..i+n-1 are removed: the result is a plain model
-of the base family with L-n layers and no extra parameter (Shopkhoev et al. 2025, arXiv 2505.02819).
+with R = h_{i+n} - Y, under one of ReplaceMe's two objectives (`linear.objective`):
+
+    lstsq   T = argmin ||M T - R||^2 (+ ridge ||T||^2), exact, from the normal equations;
+    cosine  T = argmin mean_t (1 - cos(m_t T, r_t)) over the tokens t, as ReplaceMe's code defines it (its
+            default, non-"accurate" mode: the cosine of M T against h_{i+n} - Y). Each token weighs the same
+            whatever its norm, so the attention sink's ~100x larger states no longer dominate the fit. Found by
+            Adam (ReplaceMe's optimiser, lr and 1024-token batches) started from the lstsq map, not from the
+            identity as ReplaceMe does: ReplaceMe takes ~80k steps on 8M tokens, a calibration set of 16k
+            tokens gives 16 steps an epoch, too few to leave the identity; the lstsq map is already a fit.
+
+T is then folded into layer i-1's MLP output projection (W -> T^T W, b -> b T) and layers i..i+n-1 are removed:
+the result is a plain model of the base family with L-n layers and no extra parameter (Shopkhoev et al. 2025,
+arXiv 2505.02819).
 
 - The block is the best window of n layers by the removal scores (as `none`), among windows that start at
   layer 1 or later: a block at layer 0 has no MLP before it to fold into.
 - Y, M and h_{i+n} are extracted to a Zarr store (one chunk per state and sample, checksummed, resumable),
   then the normal equations are accumulated sample by sample in float64: memory is O(H^2) whatever the
   number of tokens. A killed estimate restarts cleanly: nothing is written before the model, atomically.
-- The system is solved by Cholesky; a singular one stops with one line suggesting `linear.ridge`.
+- The system is solved by Cholesky; a singular one stops with one line naming the layer and suggesting
+  `linear.ridge`; so does an estimate that is not finite.
 """
 
 from __future__ import annotations
@@ -26,8 +37,9 @@ import time
 from pathlib import Path
 
 import torch
-from . import progress
+import torch.nn.functional as F
 
+from . import progress
 from .errors import StreamlineError
 from .ownership import require_owned
 from .artifacts import BlockScores, EstimateLog, read_scores
@@ -36,6 +48,9 @@ from .model_info import ModelInfo
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
+
+OBJECTIVES = ("lstsq", "cosine")
+BATCH_TOKENS = 1024  # tokens per Adam step of the cosine estimate (ReplaceMe's batch)
 
 
 def linear_block(removal_scores: BlockScores) -> list[int]:
@@ -57,6 +72,18 @@ def store_states(block: list[int]) -> list[int | str]:
     return [f"y{i - 1}", f"m{i - 1}", block[-1] + 1]
 
 
+def where(block: list[int]) -> str:
+    """The map, named by its layer, for the one-line errors."""
+    return f"the map on layer {block[0] - 1}'s MLP output (replacing layers {block[0]}..{block[-1]})"
+
+
+def _states(store: HiddenStore, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, R = h_{i+n} - Y) over the real tokens of sample n, in float64."""
+    valid = store.read_mask(n)
+    y, m, target = (store.read(k, n)[valid].double() for k in range(3))
+    return m, target - y
+
+
 def normal_equations(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """(M^T M, M^T R, ||R||^2, tokens) over the real tokens of every sample, in float64, one sample at a time."""
     store.require_complete()
@@ -65,29 +92,65 @@ def normal_equations(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor, fl
     mtr = torch.zeros(h, h, dtype=torch.float64)
     rr, tokens = 0.0, 0
     for n in progress.bar(range(store.num_samples), desc="linear: normal equations", unit="sample"):
-        valid = store.read_mask(n)
-        y, m, target = (store.read(k, n)[valid].double() for k in range(3))
-        r = target - y
+        m, r = _states(store, n)
         mtm += m.T @ m
         mtr += m.T @ r
         rr += float((r * r).sum())
-        tokens += int(valid.sum())
+        tokens += m.shape[0]
     return mtm, mtr, rr, tokens
 
 
-def solve(mtm: torch.Tensor, mtr: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
-    """T = (M^T M + ridge I)^-1 M^T R by Cholesky; one line if the system is singular."""
+def solve(mtm: torch.Tensor, mtr: torch.Tensor, ridge: float = 0.0, block: list[int] | None = None) -> torch.Tensor:
+    """T = (M^T M + ridge I)^-1 M^T R by Cholesky; one line (naming the layer, given the block) if the system is
+    singular."""
+    at = f"{where(block)}: " if block else ""
     if not (torch.isfinite(mtm).all() and torch.isfinite(mtr).all()):  # a NaN/inf state poisons every sum
-        raise StreamlineError("linear: the stored hidden states are not finite (an overflow in this dtype); "
-                              "extract with dtype: float32")
+        raise StreamlineError(f"linear: {at}the stored hidden states are not finite (an overflow in this dtype); "
+                              f"extract with dtype: float32")
     a = mtm + ridge * torch.eye(mtm.shape[0], dtype=mtm.dtype)
     chol, info = torch.linalg.cholesky_ex(a)
     if info.item() != 0 or not torch.isfinite(chol).all():
         rank = int(torch.linalg.matrix_rank(mtm))
         hint = float(mtm.diagonal().mean()) * 1e-4
-        raise StreamlineError(f"linear: the least-squares system is singular (M^T M has rank {rank} of "
+        raise StreamlineError(f"linear: {at}the least-squares system is singular (M^T M has rank {rank} of "
                               f"{mtm.shape[0]}, ridge {ridge:g}); set linear.ridge > 0, e.g. {hint:.3g}")
     return torch.cholesky_solve(mtr, chol)
+
+
+def cosine_distance(store: HiddenStore, t: torch.Tensor) -> float:
+    """ReplaceMe's cosine objective of a map: the mean over the real tokens of 1 - cos(m_t T, r_t)."""
+    total, tokens = 0.0, 0
+    for n in range(store.num_samples):
+        m, r = _states(store, n)
+        total += float((1 - F.cosine_similarity(m @ t.double(), r, dim=-1)).sum())
+        tokens += m.shape[0]
+    return total / max(tokens, 1)
+
+
+def cosine_estimate(store: HiddenStore, start: torch.Tensor, *, epochs: int, lr: float, block: list[int],
+                    seed: int = 0) -> tuple[torch.Tensor, int]:
+    """(T minimising the cosine objective, Adam steps taken), by Adam from `start`, on batches of whole samples
+    of about BATCH_TOKENS tokens, read from the store batch by batch (memory: one batch and T), in an order
+    drawn from `seed` and the epoch."""
+    t = start.float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([t], lr=lr)
+    per_batch = max(1, BATCH_TOKENS // store.hidden.shape[2])  # samples of seq_len tokens
+    steps = 0
+    for epoch in progress.bar(range(epochs), desc="linear: cosine estimate", unit="epoch"):
+        order = torch.randperm(store.num_samples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for i in range(0, len(order), per_batch):
+            m, r = (torch.cat(x).float() for x in zip(*(_states(store, n) for n in order[i:i + per_batch])))
+            if not len(m):
+                continue
+            loss = (1 - F.cosine_similarity(m @ t, r, dim=-1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if not torch.isfinite(t).all():
+                raise StreamlineError(f"linear: {where(block)}: the cosine estimate is not finite after {steps} "
+                                      f"steps (lr {lr:g}); lower linear.lr, or use linear.objective: lstsq")
+    return t.detach().double(), steps
 
 
 def relative_residual(mtm: torch.Tensor, mtr: torch.Tensor, rr: float, t: torch.Tensor) -> float:
@@ -116,8 +179,10 @@ def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_js
 
 
 def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str | Path, out_dir: str | Path, *,
-                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32") -> EstimateLog:
-    """Estimate T from the states store, fold it, save the pruned model to out_dir and the estimate's log.
+                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32", objective: str = "lstsq",
+                    epochs: int = 10, lr: float = 1e-4, seed: int = 0) -> EstimateLog:
+    """Estimate T from the states store under `objective`, fold it, save the pruned model to out_dir and the
+    estimate's log. `epochs`, `lr`, `seed`: the cosine objective's Adam.
 
     `states`: the store extract-linear wrote, or its manifest. Given the manifest, the log's `seconds` is
     the whole training-free recipe: the store's extraction plus the estimate and the fold.
@@ -125,6 +190,8 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     from .loading import load_model
     from .pruned import count_params, save_pruned
 
+    if objective not in OBJECTIVES:
+        raise StreamlineError(f"linear.objective: unknown objective {objective!r} (allowed: {', '.join(OBJECTIVES)})")
     require_owned(out_dir, "model directory")
     start = time.time()
     scores = read_scores(scores_json)
@@ -135,33 +202,43 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
         raise StreamlineError(f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
                               f"{block[0]}..{block[-1]} needs {store_states(block)}; run its extraction again")
     mtm, mtr, rr, tokens = normal_equations(store)
-    t = solve(mtm, mtr, ridge)
+    t = solve(mtm, mtr, ridge, block)
+    steps = 0
+    if objective == "cosine":
+        t, steps = cosine_estimate(store, t, epochs=epochs, lr=lr, block=block, seed=seed)
     residual = relative_residual(mtm, mtr, rr, t)
-    if not math.isfinite(residual):
-        raise StreamlineError("linear: the estimate is not finite; extract in dtype: float32 or set linear.ridge")
-    identity = relative_residual(mtm, mtr, rr, torch.eye(t.shape[0], dtype=t.dtype))
+    if not math.isfinite(residual) or not torch.isfinite(t).all():
+        raise StreamlineError(f"linear: {where(block)}: the estimate is not finite; extract in dtype: float32 or "
+                              f"set linear.ridge")
+    eye = torch.eye(t.shape[0], dtype=t.dtype)
+    identity = relative_residual(mtm, mtr, rr, eye)
+    cosine, cosine_identity = cosine_distance(store, t), cosine_distance(store, eye)
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     fold(model, adapter, block, t)
     extract_seconds = read_store_manifest(states).seconds if Path(states).suffix == ".json" else 0.0
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
-    stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, relative_residual=residual,
-                        relative_residual_of_identity=identity, extract_seconds=extract_seconds,
-                        estimate_seconds=estimate_seconds, seconds=seconds)
+    stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, objective=objective, steps=steps,
+                        relative_residual=residual, relative_residual_of_identity=identity,
+                        cosine_distance=cosine, cosine_distance_of_identity=cosine_identity,
+                        extract_seconds=extract_seconds, estimate_seconds=estimate_seconds, seconds=seconds)
+    fit = (f"least squares over {tokens:,} tokens, ridge {ridge:g}" if objective == "lstsq" else
+           f"cosine (ReplaceMe) over {tokens:,} tokens, {steps} Adam steps (lr {lr:g}) from the least-squares map "
+           f"(ridge {ridge:g})")
     info = ModelInfo(name=f"{Path(model_dir).name} minus {scores.n} layers (linear)", source_model=str(model_dir),
                      source_layers=source_layers, source_params=source_params, n=scores.n, block=block,
                      net="linear", replacement_layers=0, metric=scores.metric, dtype=dtype,
-                     training={"linear map": f"least squares over {tokens:,} tokens, ridge {ridge:g}, relative "
-                                             f"residual {residual:.4g} (1.0 = no better than zero; identity T: "
-                                             f"{identity:.4g}), folded into layer {block[0] - 1}'s MLP output "
-                                             f"projection"})
+                     training={"linear map": f"{fit}, relative residual {residual:.4g} (1.0 = no better than zero; "
+                                             f"identity T: {identity:.4g}), cosine distance {cosine:.4g} (identity "
+                                             f"T: {cosine_identity:.4g}), folded into layer {block[0] - 1}'s MLP "
+                                             f"output projection"})
     save_pruned(model, adapter, out_dir, model_dir, info)
     stats.write(log_json)
-    log.info("linear: layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
-             "%.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s", block[0], block[-1], block[0] - 1, tokens,
-             ridge, residual, identity, source_layers, model.config.num_hidden_layers, count_params(model) / 1e6,
-             seconds)
+    log.info("linear (%s): layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
+             "%.4g (identity %.4g), cosine distance %.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s",
+             objective, block[0], block[-1], block[0] - 1, tokens, ridge, residual, identity, cosine, cosine_identity,
+             source_layers, model.config.num_hidden_layers, count_params(model) / 1e6, seconds)
     return stats
 
 
@@ -180,7 +257,7 @@ def run_extract(a: argparse.Namespace) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .arguments import DTYPES
+    from .arguments import DTYPES, positive_int
     p.add_argument("--model", required=True, help="the original HF model dir")
     p.add_argument("--store", required=True, help="the store extract-linear wrote, or its manifest (whose "
                                                   "extraction seconds then count in the recipe's time)")
@@ -189,7 +266,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", required=True, help="the estimate's log (estimate_log.json)")
     p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written model")
+    p.add_argument("--objective", default="lstsq", help="lstsq: least squares (exact); cosine: ReplaceMe's mean "
+                                                        "cosine distance, by Adam from the least-squares map")
+    p.add_argument("--epochs", type=positive_int, default=10, help="cosine: passes over the calibration blocks")
+    p.add_argument("--lr", type=float, default=1e-4, help="cosine: Adam's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="cosine: the order of the batches")
 
 
 def run(a: argparse.Namespace) -> None:
-    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype)
+    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
+                    objective=a.objective, epochs=a.epochs, lr=a.lr, seed=a.seed)

@@ -256,8 +256,10 @@ class Model:
         s = self.sizes
         if net == "transformer":
             return k * s.layer_params
-        if net in ("none", "linear"):
+        if net == "none":
             return 0
+        if net == "linear":  # its patch (linear-{loss}), H x H
+            return s.hidden ** 2
         return (3 if net == "swiglu" else 2) * s.hidden * s.inner + 2 * s.inner + 4 * s.hidden
 
     def pruned_params(self, n: int, net: str, k: int = 1) -> int:
@@ -357,15 +359,23 @@ def model_write_need(m: Model, params: int, tp: Throughput, work: float = 0.0, s
                 keys=keys or {"ram": "model_name", "disk": "layer_intervals"})
 
 
-def linear_need(m: Model, *, pruned_params: int, samples: int, seq_len: int, tp: Throughput) -> Need:
-    """The normal equations, then the fold (one projection in float64, before the model is read whole to be saved)."""
+def linear_need(m: Model, *, pruned_params: int, samples: int, seq_len: int, tp: Throughput,
+                cosine_epochs: int = 0) -> Need:
+    """The normal equations, the cosine estimate's Adam (linear.objective: cosine; `cosine_epochs` 0 for lstsq),
+    then the fold (one projection in float64, before the model is read whole to be saved)."""
     s = m.sizes
     normal = 2 * s.hidden ** 2 * 8 + 4 * seq_len * s.hidden * 8  # M^T M, M^T R and one sample's states, float64
     fold = 2 * s.hidden * s.inner * 8                             # the MLP's projection in float64, and its product
-    # float64 (at half the float32 rate): the normal equations, Cholesky, and T folded into the projection
-    flops = 2 * samples * seq_len * 2 * s.hidden ** 2 + s.hidden ** 3 + 2 * s.hidden ** 2 * s.inner
-    need = model_write_need(m, pruned_params, tp, normal, flops / (tp.fp32_flops / 2 * tp.forward_efficiency))
-    return replace(need, ram=max(need.ram, BASE_RSS["torch"] + normal + fold + s.layer_params * m.compute))
+    batch = max(seq_len, 1024)                                    # tokens of one Adam step (linear.BATCH_TOKENS)
+    adam = (4 * s.hidden ** 2 * 4 + 4 * batch * s.hidden * 4) if cosine_epochs else 0  # T, grad, moments; a batch
+    # float64 (at half the float32 rate): the normal equations, the two cosine distances (the map's, the
+    # identity's), Cholesky, and T folded into the projection; then the cosine's Adam in float32
+    tokens = samples * seq_len
+    flops = 3 * tokens * 2 * s.hidden ** 2 + s.hidden ** 3 + 2 * s.hidden ** 2 * s.inner
+    seconds = (flops / (tp.fp32_flops / 2) + cosine_epochs * tokens * 6 * s.hidden ** 2 / tp.fp32_flops) \
+        / tp.forward_efficiency
+    need = model_write_need(m, pruned_params, tp, normal + adam, seconds)
+    return replace(need, ram=max(need.ram, BASE_RSS["torch"] + normal + adam + fold + s.layer_params * m.compute))
 
 
 def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, layers_after: int, teacher_layers: int,
@@ -522,8 +532,10 @@ class Planner:
                                    layers_run=block[-1] + 1 if block else s.layers, batch=c["extract"]["batch_size"],
                                    device=dev, tp=self.tp[dev])
         if rule == "linear":
+            lin = c["linear"]
             return linear_need(m, pruned_params=m.pruned_params(n, "linear"), samples=c["cosine_num_data"],
-                               seq_len=self.seq, tp=self.tp["cpu"])
+                               seq_len=self.seq, tp=self.tp["cpu"],
+                               cosine_epochs=lin["epochs"] if lin["objective"] == "cosine" else 0)
         if rule == "replace":
             net, k = parse_replacement(name)
             return model_write_need(m, m.pruned_params(n, net, k), self.tp["cpu"])
@@ -561,12 +573,12 @@ class Planner:
         end_to_end = v.loss != "mse"
         block = self.block(n, scores_name(v.k))
         first = block[0] if block else 0  # before scoring: the block at layer 0 (every layer after it trains through)
-        online = v.loss == "mse" and c["pairs"]["mode"] == "online"
+        online = v.loss == "mse" and (c["pairs"]["mode"] == "online" or not v.stored_pairs)
         blocks = c["train_num_data"] if not end_to_end else min(c["llm"]["max_train_samples"] or c["train_num_data"],
                                                                 c["train_num_data"])
         return train_need(
             m, loss=v.loss, net_params=m.network_params(v.net, v.k), pruned_params=m.pruned_params(n, v.net, v.k),
-            layers_after=s.layers - first - n - v.k, teacher_layers=(n + v.k) if v.loss == "kd" or online else 0,
+            layers_after=s.layers - first - n - v.k, teacher_layers=(n + max(v.k, 1)) if v.loss == "kd" or online else 0,  # a patch: n + 1
             prefix_layers=first, blocks=blocks, val_blocks=c["data"]["val_num_data"], seq_len=self.seq,
             batch=c["batch_size"], gas=c["gradient_accumulation_step"], epochs=c["epochs"],
             processes=c["llm"]["num_processes"] if end_to_end else 1,
@@ -601,7 +613,7 @@ class Planner:
             for sname in sorted({scores_name(v.k) for v in vs}, key=kept_of):
                 jobs.append(job("score", f"n{n} {sname}", p.scores(sname), n, sname))
             if c["pairs"]["mode"] == "store":
-                for k in sorted({v.k for v in vs if v.loss == "mse"}):
+                for k in sorted({v.k for v in vs if v.stored_pairs}):
                     jobs.append(job("extract_pairs", f"n{n} {pairs_name(k)}", p.pairs_store(pairs_name(k)), n,
                                     pairs_name(k)))
             for r in dict.fromkeys(v.replacement for v in vs if v.net != "linear"):

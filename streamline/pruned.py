@@ -142,7 +142,7 @@ def _replacement(info: ModelInfo) -> str:
     if info.net == "none":
         return "`none` (plain removal)"
     if info.net == "linear":
-        return f"`linear` (a least-squares map folded into layer {first - 1})"
+        return f"`linear` (a linear map folded into layer {first - 1}'s MLP output projection)"
     if NETWORKS[info.net].custom:
         return f"`{info.net}` at layer slot {first}"
     return f"`transformer`: layer{'s' if k > 1 else ''} {first}..{first + k - 1} kept" if k > 1 else \

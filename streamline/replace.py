@@ -74,7 +74,7 @@ def replace(model_dir: str | Path, scores_json: str | Path, out_dir: str | Path,
     model, adapter = load_model(model_dir, dtype=dtype, device="cpu")
     source_params, source_layers = count_params(model), model.config.num_hidden_layers
     row = layout.NETWORKS[net]
-    kept = layers if row.trained else 0
+    kept = 0 if row.free else layers
     if row.custom:  # a network of streamline's own in the block's first slot; else the block's own layers
         adapter.layers(model)[block[0]] = make_network(adapter, model, net, block[0], seed)
     adapter.remove_layers(model, block[kept:])

@@ -15,7 +15,8 @@ EVERY_VARIANT = layout.variants(list(layout.NETS), [1, 2, 3, 12], list(layout.LO
 
 
 def test_every_variant_name_parses_back_to_itself():
-    assert len(EVERY_VARIANT) == 4 * 5 + 2 * 5 + 2  # transformer x 4 k, ffn, swiglu: 5 loss/start pairs; none, linear
+    # transformer x 4 k, ffn, swiglu, linear's patch: 5 loss/start pairs; none, linear (training-free)
+    assert len(EVERY_VARIANT) == 4 * 5 + 3 * 5 + 2
     for v in EVERY_VARIANT:
         assert Variant.parse(v.name) == v
         assert re.fullmatch(layout.variant_pattern(trained=False), v.name)
@@ -25,7 +26,7 @@ def test_every_variant_name_parses_back_to_itself():
 
 
 @pytest.mark.parametrize("name", ["transformerx1-mse", "transformerx0-llm", "transformerx02-kd", "ffnx2-mse",
-                                  "none-mse", "linear-kd", "transformer-mse+mse", "transformer", "ffn-distil",
+                                  "none-mse", "linearx2-kd", "linear-r2", "transformer-mse+mse", "transformer", "ffn-distil",
                                   "transformer-kd+mse"])
 def test_names_that_are_no_variant_are_refused(name):
     with pytest.raises(ValueError):
@@ -34,7 +35,8 @@ def test_names_that_are_no_variant_are_refused(name):
 
 
 def test_inconsistent_variants_cannot_be_built():
-    for args in (("none", 1, None), ("transformer", 0, "mse"), ("ffn", 2, "mse"), ("linear", 0, "mse"),
+    for args in (("none", 1, None), ("transformer", 0, "mse"), ("ffn", 2, "mse"), ("linear", 1, "mse"),
+                 ("none", 0, "kd"),
                  ("transformer", 1, None), ("transformer", 1, "kd", "both")):
         with pytest.raises(ValueError):
             Variant(*args)

@@ -40,7 +40,8 @@ def _train_log(loss: str, steps: int, seconds: float, tokens: int, val: list[tup
 
 
 def _estimate_log(seconds: float) -> EstimateLog:
-    return EstimateLog(block=[2, 3], ridge=0.0, tokens=4096, relative_residual=0.5, relative_residual_of_identity=0.9,
+    return EstimateLog(block=[2, 3], ridge=0.0, tokens=4096, objective="lstsq", steps=0, relative_residual=0.5,
+                       relative_residual_of_identity=0.9, cosine_distance=0.2, cosine_distance_of_identity=0.4,
                        extract_seconds=seconds - 1.0, estimate_seconds=1.0, seconds=seconds)
 
 

@@ -72,7 +72,9 @@ def test_staged_and_distillation_variants_are_planned(done):
 
 def test_linear_reads_its_own_small_store_and_never_the_calibration_again(done):
     plan = planned_rules(done, "--config", "network=[none,ffn,linear]")
-    assert plan == {"extract_linear": 1, "linear": 1, "evaluate_variant": 1, "stability": 1, "report": 1}
+    # linear, and its patch trained by the configured loss (linear-mse: pairs computed online, no pair store)
+    assert plan == {"extract_linear": 1, "linear": 1, "train_mse": 1, "evaluate_variant": 2, "stability": 2,
+                    "report": 1}
     assert {"results/tiny/n2/linear/init", "results/tiny/n2/linear/estimate_log.json"} <= planned_outputs(
         done, "--config", "network=[none,ffn,linear]")
 

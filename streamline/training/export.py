@@ -39,9 +39,12 @@ def training_card(result: TrainLog) -> dict[str, str]:
 
 
 def export_model(init_dir: str | Path, out_dir: str | Path, state: dict[str, torch.Tensor], result: TrainLog) -> None:
-    """Write the init model with `state` (the network's weights, by their names in the pruned model)."""
+    """Write the init model with `state`: the network's weights, by their names in the pruned model, or a linear
+    patch ("<projection>.delta", streamline/patch.py) to fold into that projection."""
+    from ..patch import fold_patches
     info = read_info(init_dir)
     model = load_pruned(init_dir, dtype=TORCH_DTYPES[info.dtype])
+    state = fold_patches(model, state)
     params = dict(model.named_parameters())
     unknown = sorted(set(state) - set(params))
     if unknown:

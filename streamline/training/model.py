@@ -78,11 +78,19 @@ class ReplacedModel(nn.Module):
         self.adapter = adapter = get_adapter(model.config.model_type)
         layers, rotary = adapter.layers(model), adapter.rotary(model)
         r = replacement
-        self.trainable = trainable_parameter_names(model, r.slots)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in self.trainable)
         for s in r.slots:  # fp32 master weights for the network whatever the model dtype
             layers[s].float()
+        if r.patch:  # linear-{loss}: only a patch on the slot's MLP output projection trains (patch.py)
+            from ..patch import PARAM, install
+            layer = layers[r.first]
+            proj = next(f"{adapter.layers_path}.{r.first}.{name}" for name, module in layer.named_modules()
+                        if module is adapter.mlp_out_proj(layer))
+            install(model, proj)
+            self.trainable = [f"{proj}.{PARAM}"]
+        else:
+            self.trainable = trainable_parameter_names(model, r.slots)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in self.trainable)
         self.network = Stack([layers[s] for s in r.slots], r.slots, model.config, adapter, rotary)
         after = list(range(r.first + r.kept, len(layers)))
         self.suffix = Stack([layers[i] for i in after], after, model.config, adapter, rotary)

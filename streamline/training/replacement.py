@@ -9,6 +9,10 @@ network sits in slots first..first+kept-1 of the layer list. Training maps h_fir
     transformer, k layers    span = n + k, kept = k
     ffn / swiglu             span = n + 1, kept = 1 (one custom network)
     none / linear            span = n,     kept = 0 (nothing to train)
+
+A `linear` init dir trained by a loss (linear-{loss}, streamline/patch.py) is read as the block of n + 1 layers from
+i-1 (the layer whose MLP output the folded map acts on), kept = 1, `patch` set: layer i-1 stays, and only the
+patch on its MLP output projection trains, toward h_{i+n}.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Replacement:
     source_model: str       # the original model dir
     source_layers: int
     dtype: str
+    patch: bool = False     # the network is a patch on slot `first`'s MLP output projection, not its weights
 
     @property
     def block(self) -> list[int]:
@@ -54,6 +59,9 @@ class Replacement:
         if not path.is_file():
             raise StreamlineError(f"{model_dir}: no streamline.json (not a model dir written by `streamline replace`)")
         info = read_info(model_dir)
+        if NETWORKS[info.net].patch:  # the map on layer i-1's MLP output: that layer's slot holds the patch
+            return cls(first=info.block[0] - 1, span=len(info.block) + 1, kept=1, n=info.n, net=info.net,
+                       source_model=info.source_model, source_layers=info.source_layers, dtype=info.dtype, patch=True)
         return cls(first=info.block[0], span=len(info.block), kept=info.replacement_layers, n=info.n, net=info.net,
                    source_model=info.source_model, source_layers=info.source_layers, dtype=info.dtype)
 

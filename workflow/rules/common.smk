@@ -182,11 +182,12 @@ def check_plan_fits():
 
 def train_inputs(w):
     """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
-    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store."""
+    original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store (not
+    for a linear patch: its pairs are computed online)."""
     v, p = Variant.parse(w.variant), paths(w.model, w.n)
     inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
               "model": model_dir(w.model)}
-    if v.loss == "mse" and config["pairs"]["mode"] == "store":
+    if v.stored_pairs and config["pairs"]["mode"] == "store":
         inputs["pairs"] = p.pairs(pairs_name(v.k))
     return inputs
 
@@ -210,7 +211,7 @@ def report_manifest():
             rows.append({"name": v.name, "eval": p.eval(v.name), "samples": p.samples(v.name),
                          "stability": p.stability(v.name),
                          "train_log": p.train_log(v.name) if v.trained else None,
-                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" else None,
+                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
                          "gguf": p.gguf_check(v.name) if gguf else None})
     scores = sorted({paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants()})
     return {"baseline": {"name": model(), "eval": p0.baseline_eval, "samples": p0.baseline_samples,

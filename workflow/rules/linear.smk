@@ -1,6 +1,6 @@
 # network: linear (training-free, ReplaceMe): Y and M of layer i-1 and h_{i+n} for the calibration blocks go
-# to a store (resumable, like every store), then the least-squares map is estimated, folded into layer i-1's
-# MLP output projection, and the block removed. The block: the best window of n that starts after layer 0.
+# to a store (resumable, like every store), then the map is estimated (linear.objective: lstsq or cosine), folded
+# into layer i-1's MLP output projection, and the block removed. The block: the best window of n that starts after layer 0.
 rule extract_linear:
     input:
         model=lambda w: model_dir(w.model),
@@ -39,6 +39,9 @@ rule linear:
     params:
         version=VERSIONS["linear"],
         ridge=config["linear"]["ridge"],
+        objective=config["linear"]["objective"],
+        cosine=["--epochs", config["linear"]["epochs"], "--lr", config["linear"]["lr"], "--seed", config["seed"]]
+        if config["linear"]["objective"] == "cosine" else [],  # lstsq: a change of these reruns nothing
         dtype=config["dtype"],
     resources:
         **planned("linear"),
@@ -48,3 +51,4 @@ rule linear:
     shell:
         "streamline --log {log} linear --model {input.model} --store {input.states} --scores {input.scores}"
         " --out {output.model} --log-json {output.log} --ridge {params.ridge} --dtype {params.dtype}"
+        " --objective {params.objective} {params.cosine}"
