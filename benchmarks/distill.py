@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import argparse
+
 from fresh import run_fresh  # benchmarks/fresh.py
+
 from streamline.layout import Paths, pairs_name
 
 SHARED = """
@@ -87,33 +89,63 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64, help="train blocks for the throughput ratio")
     args = p.parse_args()
     paths = Paths(args.model, args.n)
-    payload = {"init": paths.init("transformer"), "model": paths.model_dir, "data": paths.data_dir(args.data),
-               "steps": args.steps,
-               "settings": {"batch_size": args.batch_size, "gradient_accumulation_step": 1, "epochs": 1, "lr": 2e-4,
-                            "min_lr": 5e-5, "val_every": 10**9, "train_samples": args.steps * args.batch_size,
-                            "device": "cpu"}}
+    payload = {
+        "init": paths.init("transformer"),
+        "model": paths.model_dir,
+        "data": paths.data_dir(args.data),
+        "steps": args.steps,
+        "settings": {
+            "batch_size": args.batch_size,
+            "gradient_accumulation_step": 1,
+            "epochs": 1,
+            "lr": 2e-4,
+            "min_lr": 5e-5,
+            "val_every": 10**9,
+            "train_samples": args.steps * args.batch_size,
+            "device": "cpu",
+        },
+    }
     shared = child(SHARED, payload)
     separate = child(SEPARATE, {**payload, "chunked": False})
     chunked = child(SEPARATE, {**payload, "chunked": True})
-    print(f"KD peak RSS, batch {args.batch_size}, {args.steps} steps: streamline (weight-sharing teacher, chunked loss) "
-          f"{shared:.0f} MB; separate full teacher, whole logits (the usual way) {separate:.0f} MB; separate full "
-          f"teacher, same chunked loss {chunked:.0f} MB")
-    print(f"ratio vs the usual way {shared / separate:.3f} (target <= 0.75); ratio vs a separate teacher with the same "
-          f"loss {shared / chunked:.3f} (the teacher's weights alone)")
+    print(
+        f"KD peak RSS, batch {args.batch_size}, {args.steps} steps: streamline (weight-sharing teacher, chunked loss) "
+        f"{shared:.0f} MB; separate full teacher, whole logits (the usual way) {separate:.0f} MB; separate full "
+        f"teacher, same chunked loss {chunked:.0f} MB"
+    )
+    print(
+        f"ratio vs the usual way {shared / separate:.3f} (target <= 0.75); ratio vs a separate teacher with the same "
+        f"loss {shared / chunked:.3f} (the teacher's weights alone)"
+    )
 
-    from streamline.training.recipes import build_recipe
     from streamline.training.core import fit
+    from streamline.training.recipes import build_recipe
     from streamline.training.settings import TrainSettings
-    s = TrainSettings(batch_size=args.batch_size, gradient_accumulation_step=1, epochs=1, val_every=10**9,
-                      train_samples=args.samples, device="cpu")
+
+    s = TrainSettings(
+        batch_size=args.batch_size,
+        gradient_accumulation_step=1,
+        epochs=1,
+        val_every=10**9,
+        train_samples=args.samples,
+        device="cpu",
+    )
     rates = {}
     for mode in ("store", "online", "store", "online"):  # alternate, keep the best of two
-        recipe = build_recipe("mse", payload["init"], s, data_dir=payload["data"], teacher_dir=payload["model"],
-                              pairs_dir=paths.pairs(pairs_name(1)) if mode == "store" else None)
+        recipe = build_recipe(
+            "mse",
+            payload["init"],
+            s,
+            data_dir=payload["data"],
+            teacher_dir=payload["model"],
+            pairs_dir=paths.pairs(pairs_name(1)) if mode == "store" else None,
+        )
         rate = fit(recipe, s, lambda result, state: None).samples_per_second
         rates[mode] = max(rates.get(mode, 0.0), rate)
-    print(f"MSE training throughput: online pairs {rates['online']:.2f} samples/s, pairs.zarr {rates['store']:.2f} "
-          f"samples/s; ratio {rates['online'] / rates['store']:.3f} (online also runs layers 0..b+n+k per batch)")
+    print(
+        f"MSE training throughput: online pairs {rates['online']:.2f} samples/s, pairs.zarr {rates['store']:.2f} "
+        f"samples/s; ratio {rates['online'] / rates['store']:.3f} (online also runs layers 0..b+n+k per batch)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fresh import run_fresh  # benchmarks/fresh.py
 
-from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_hidden_states
+from streamline.layout import Paths
 from streamline.loading import load_model
-from fresh import run_fresh  # benchmarks/fresh.py
 
 CHILD = """
 import json, resource, sys, logging
@@ -41,17 +41,27 @@ def bare_forward_seconds(model, ids: np.ndarray, mask: np.ndarray, batch_size: i
     start = time.perf_counter()
     with torch.inference_mode():
         for b in range(0, len(ids), batch_size):
-            model.base_model(input_ids=torch.from_numpy(ids[b:b + batch_size].astype(np.int64)).to(device),
-                  attention_mask=torch.from_numpy(mask[b:b + batch_size].astype(np.int64)).to(device),
-                  use_cache=False)
+            model.base_model(
+                input_ids=torch.from_numpy(ids[b : b + batch_size].astype(np.int64)).to(device),
+                attention_mask=torch.from_numpy(mask[b : b + batch_size].astype(np.int64)).to(device),
+                use_cache=False,
+            )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def peak_rss(args, n: int, tmp: Path, split: str) -> float:
-    payload = {"model": args.model, "data": args.data, "out": str(tmp / f"rss{n}.zarr"), "n": n,
-               "bs": args.batch_size, "device": args.device, "codec": args.codec, "split": split}
+    payload = {
+        "model": args.model,
+        "data": args.data,
+        "out": str(tmp / f"rss{n}.zarr"),
+        "n": n,
+        "bs": args.batch_size,
+        "device": args.device,
+        "codec": args.codec,
+        "split": split,
+    }
     rss = run_fresh(CHILD, payload)["peak_rss_mb"]
     shutil.rmtree(tmp / f"rss{n}.zarr")
     return rss
@@ -75,30 +85,44 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))
     try:
         ids, mask = data.load_split(args.data, "calib")
-        ids, mask = np.asarray(ids[:args.samples]), np.asarray(mask[:args.samples])
+        ids, mask = np.asarray(ids[: args.samples]), np.asarray(mask[: args.samples])
         model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
-        bare_forward_seconds(model, ids[:args.batch_size], mask[:args.batch_size], args.batch_size)  # warm-up
+        bare_forward_seconds(model, ids[: args.batch_size], mask[: args.batch_size], args.batch_size)  # warm-up
         # Alternate the two and keep the best of each: a shared machine's noise then favours neither.
         bare, extract = float("inf"), float("inf")
         for rep in range(2):
             bare = min(bare, bare_forward_seconds(model, ids, mask, args.batch_size))
-            summary = extract_hidden_states(args.model, args.data, tmp / f"bench{rep}.zarr",
-                                            num_samples=args.samples, batch_size=args.batch_size,
-                                            dtype=args.dtype, codec=args.codec, device=args.device)
+            summary = extract_hidden_states(
+                args.model,
+                args.data,
+                tmp / f"bench{rep}.zarr",
+                num_samples=args.samples,
+                batch_size=args.batch_size,
+                dtype=args.dtype,
+                codec=args.codec,
+                device=args.device,
+            )
             extract = min(extract, summary["compute_seconds"])  # forward + hooks + Zarr writes; no model loading
             shutil.rmtree(tmp / f"bench{rep}.zarr")
         del model
         gb = summary["gb"]
-        print(f"bare forward: {bare:.2f} s for {args.samples} samples; extraction (forward + Zarr write of "
-              f"{gb:.2f} GB): {extract:.2f} s")
+        print(
+            f"bare forward: {bare:.2f} s for {args.samples} samples; extraction (forward + Zarr write of "
+            f"{gb:.2f} GB): {extract:.2f} s"
+        )
         print(f"extraction throughput ratio (extract / bare forward): {bare / extract:.3f}  (target >= 0.9)")
 
         if args.skip_rss:
             return
         # RSS at N vs 4N samples of the (larger) train split, each a whole extraction in a fresh process.
-        small, large = peak_rss(args, args.rss_samples, tmp, "train"), peak_rss(args, 4 * args.rss_samples, tmp, "train")
-        print(f"peak RSS: {small:.0f} MB at N={args.rss_samples}, {large:.0f} MB at 4N={4 * args.rss_samples}; "
-              f"ratio {large / small:.3f}  (target <= 1.2)")
+        small, large = (
+            peak_rss(args, args.rss_samples, tmp, "train"),
+            peak_rss(args, 4 * args.rss_samples, tmp, "train"),
+        )
+        print(
+            f"peak RSS: {small:.0f} MB at N={args.rss_samples}, {large:.0f} MB at 4N={4 * args.rss_samples}; "
+            f"ratio {large / small:.3f}  (target <= 1.2)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamline.layout import Paths
 from streamline import data
 from streamline.extract import extract_hidden_states
+from streamline.layout import Paths
 from streamline.loading import load_model
 from streamline.store import HiddenStore
 from streamline.training.recipes import train
@@ -38,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
-        ids, mask = (np.asarray(a[:args.samples]) for a in data.load_split(args.data, "calib"))
+        ids, mask = (np.asarray(a[: args.samples]) for a in data.load_split(args.data, "calib"))
         tokens = ids.size
         model, _ = load_model(args.model, dtype="bfloat16", device=args.device)
         dev = next(model.parameters()).device
@@ -48,29 +48,51 @@ def main() -> None:
                     torch.cuda.synchronize()
                 start = time.perf_counter()
                 for b in range(0, len(ids), args.batch_size):
-                    model.base_model(input_ids=torch.from_numpy(ids[b:b + args.batch_size].astype(np.int64)).to(dev),
-                                     attention_mask=torch.from_numpy(mask[b:b + args.batch_size].astype(np.int64)).to(dev))
+                    model.base_model(
+                        input_ids=torch.from_numpy(ids[b : b + args.batch_size].astype(np.int64)).to(dev),
+                        attention_mask=torch.from_numpy(mask[b : b + args.batch_size].astype(np.int64)).to(dev),
+                    )
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 bare = time.perf_counter() - start
         del model
-        summary = extract_hidden_states(args.model, args.data, tmp / "bf16.zarr", num_samples=args.samples,
-                                        dtype="bfloat16", batch_size=args.batch_size, device=args.device,
-                                        codec="blosc", writers=4)
+        summary = extract_hidden_states(
+            args.model,
+            args.data,
+            tmp / "bf16.zarr",
+            num_samples=args.samples,
+            dtype="bfloat16",
+            batch_size=args.batch_size,
+            device=args.device,
+            codec="blosc",
+            writers=4,
+        )
         extract = summary["compute_seconds"]
         store = HiddenStore(tmp / "bf16.zarr")
         assert store.read(5, 0).dtype == torch.bfloat16
-        print(f"bf16 bare forward: {tokens / bare:,.0f} tokens/s; extraction (forward + Zarr write of "
-              f"{summary['gb']:.2f} GB, blosc): {tokens / extract:,.0f} tokens/s; ratio {bare / extract:.3f}")
+        print(
+            f"bf16 bare forward: {tokens / bare:,.0f} tokens/s; extraction (forward + Zarr write of "
+            f"{summary['gb']:.2f} GB, blosc): {tokens / extract:,.0f} tokens/s; ratio {bare / extract:.3f}"
+        )
 
-        settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=2e-4, min_lr=5e-5,
-                                 val_every=10**6, checkpoint_every=10**6, train_samples=32)
+        settings = TrainSettings(
+            batch_size=4,
+            gradient_accumulation_step=1,
+            epochs=1,
+            lr=2e-4,
+            min_lr=5e-5,
+            val_every=10**6,
+            checkpoint_every=10**6,
+            train_samples=32,
+        )
         start = time.perf_counter()
         result = train("llm", args.init, tmp / "llm", tmp / "llm.json", settings, data_dir=args.data)
         total = time.perf_counter() - start
-        print(f"loss: llm, 1 process on {args.device}: {result.total_steps} optimizer steps of 4 x "
-              f"{ids.shape[1]} tokens in {total:.1f} s including loading and validation "
-              f"({result.seconds / max(result.total_steps, 1):.2f} s/step of training)")
+        print(
+            f"loss: llm, 1 process on {args.device}: {result.total_steps} optimizer steps of 4 x "
+            f"{ids.shape[1]} tokens in {total:.1f} s including loading and validation "
+            f"({result.seconds / max(result.total_steps, 1):.2f} s/step of training)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

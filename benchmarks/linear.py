@@ -11,7 +11,9 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+
 from fresh import run_fresh  # benchmarks/fresh.py
+
 from streamline.layout import Paths, scores_name
 
 CHILD = """
@@ -31,6 +33,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8, help="N; the calib split must hold 8N blocks")
     args = p.parse_args()
     from streamline.linear import extract_linear_states
+
     paths = Paths(args.model, args.n)
     model, data, scores = paths.model_dir, paths.data_dir(args.data), paths.scores(scores_name(0))
     tmp = Path(tempfile.mkdtemp())
@@ -39,15 +42,24 @@ def main() -> None:
         for count in (args.samples, 8 * args.samples):
             store = tmp / f"states{count}.zarr"
             summary = extract_linear_states(model, data, scores, store, num_samples=count, device="cpu")
-            payload = {"model": model, "store": str(store), "scores": scores, "out": str(tmp / f"out{count}"),
-                       "log": str(tmp / f"log{count}.json")}
+            payload = {
+                "model": model,
+                "store": str(store),
+                "scores": scores,
+                "out": str(tmp / f"out{count}"),
+                "log": str(tmp / f"log{count}.json"),
+            }
             runs[count] = {**run_fresh(CHILD, payload), "extract": summary["seconds"]}
         small, big = runs[args.samples], runs[8 * args.samples]
-        print(f"linear estimate peak RSS: {small['peak_rss_mb']:.0f} MB at N={args.samples} blocks "
-              f"({small['tokens']:,} tokens), {big['peak_rss_mb']:.0f} MB at 8N ({big['tokens']:,} tokens); ratio "
-              f"{big['peak_rss_mb'] / small['peak_rss_mb']:.3f}  (target <= 1.2)")
-        print(f"at 8N: extraction {big['extract']:.1f} s, estimate + fold {big['estimate_seconds']:.1f} s, relative "
-              f"residual {big['relative_residual']:.4f} (identity map: {big['relative_residual_of_identity']:.4f})")
+        print(
+            f"linear estimate peak RSS: {small['peak_rss_mb']:.0f} MB at N={args.samples} blocks "
+            f"({small['tokens']:,} tokens), {big['peak_rss_mb']:.0f} MB at 8N ({big['tokens']:,} tokens); ratio "
+            f"{big['peak_rss_mb'] / small['peak_rss_mb']:.3f}  (target <= 1.2)"
+        )
+        print(
+            f"at 8N: extraction {big['extract']:.1f} s, estimate + fold {big['estimate_seconds']:.1f} s, relative "
+            f"residual {big['relative_residual']:.4f} (identity map: {big['relative_residual_of_identity']:.4f})"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

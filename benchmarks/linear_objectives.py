@@ -53,13 +53,15 @@ def main() -> None:
     rows = [("lstsq", {"objective": "lstsq"}), ("cosine (ReplaceMe: lr 1e-4, 10 epochs)", {"objective": "cosine"})]
     for spec in args.extra:
         lr, epochs = spec.split(":")
-        rows.append((f"cosine (lr {lr}, {epochs} epochs)", {"objective": "cosine", "lr": float(lr),
-                                                             "epochs": int(epochs)}))
+        rows.append(
+            (f"cosine (lr {lr}, {epochs} epochs)", {"objective": "cosine", "lr": float(lr), "epochs": int(epochs)})
+        )
 
     ids, mask = (np.asarray(a) for a in data.load_split(data_dir, "val"))
     original = load_for_eval(model, "cpu")
     base = score_blocks(original, ids, mask, args.batch_size)
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model)
     offline = work / EVAL_DATA
     results = []
@@ -72,29 +74,57 @@ def main() -> None:
         t0 = time.time()
         m = load_for_eval(out, "cpu")
         held = score_blocks(m, ids, mask, args.batch_size, original=original)
-        tasks, _, _ = run_lm_eval(m, tokenizer, PAPER_TASKS, limit=args.limit, batch_size=args.batch_size,
-                                  data_dir=offline, device="cpu")
+        tasks, _, _ = run_lm_eval(
+            m, tokenizer, PAPER_TASKS, limit=args.limit, batch_size=args.batch_size, data_dir=offline, device="cpu"
+        )
         acc = {t: r.headline if r.headline is not None else r.acc for t, r in tasks.items()}
-        results.append({"variant": name, **{k: est[k] for k in ("objective", "steps", "relative_residual",
-                                                                "relative_residual_of_identity", "cosine_distance",
-                                                                "cosine_distance_of_identity", "estimate_seconds")},
-                        "ppl": held["perplexity"], "kl": held["kl"], "tasks": acc,
-                        "average": float(np.mean(list(acc.values()))), "eval_seconds": round(time.time() - t0, 1)})
+        results.append(
+            {
+                "variant": name,
+                **{
+                    k: est[k]
+                    for k in (
+                        "objective",
+                        "steps",
+                        "relative_residual",
+                        "relative_residual_of_identity",
+                        "cosine_distance",
+                        "cosine_distance_of_identity",
+                        "estimate_seconds",
+                    )
+                },
+                "ppl": held["perplexity"],
+                "kl": held["kl"],
+                "tasks": acc,
+                "average": float(np.mean(list(acc.values()))),
+                "eval_seconds": round(time.time() - t0, 1),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
 
-    print(f"\nSmolLM2 n = {args.n}, {est['tokens']:,} calibration tokens, block {est['block'][0]}..{est['block'][-1]}; "
-          f"held-out: {len(ids)} val blocks ({base['tokens']} predicted tokens, original ppl {base['perplexity']:.2f}); "
-          f"{len(PAPER_TASKS)} tasks x {args.limit} questions\n")
-    print("| objective | Adam steps | relative residual | cosine distance | val ppl | KL | 7-task acc | "
-          + " | ".join(PAPER_TASKS) + " |")
+    print(
+        f"\nSmolLM2 n = {args.n}, {est['tokens']:,} calibration tokens, block {est['block'][0]}..{est['block'][-1]}; "
+        f"held-out: {len(ids)} val blocks ({base['tokens']} predicted tokens, original ppl {base['perplexity']:.2f}); "
+        f"{len(PAPER_TASKS)} tasks x {args.limit} questions\n"
+    )
+    print(
+        "| objective | Adam steps | relative residual | cosine distance | val ppl | KL | 7-task acc | "
+        + " | ".join(PAPER_TASKS)
+        + " |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PAPER_TASKS))
     first = results[0]
-    print(f"| (identity map) | – | {first['relative_residual_of_identity']:.4f} | "
-          f"{first['cosine_distance_of_identity']:.4f} | | | |" + " |" * len(PAPER_TASKS))
+    print(
+        f"| (identity map) | – | {first['relative_residual_of_identity']:.4f} | "
+        f"{first['cosine_distance_of_identity']:.4f} | | | |" + " |" * len(PAPER_TASKS)
+    )
     for r in results:
-        print(f"| {r['variant']} | {r['steps']} | {r['relative_residual']:.4f} | {r['cosine_distance']:.4f} | "
-              f"{r['ppl']:.1f} | {r['kl']:.3f} | {100 * r['average']:.1f} | "
-              + " | ".join(f"{100 * r['tasks'][t]:.0f}" for t in PAPER_TASKS) + " |")
+        print(
+            f"| {r['variant']} | {r['steps']} | {r['relative_residual']:.4f} | {r['cosine_distance']:.4f} | "
+            f"{r['ppl']:.1f} | {r['kl']:.3f} | {100 * r['average']:.1f} | "
+            + " | ".join(f"{100 * r['tasks'][t]:.0f}" for t in PAPER_TASKS)
+            + " |"
+        )
     print(f"\nscratch: {scratch}")
 
 

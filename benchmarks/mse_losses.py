@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamline.layout import Paths, pairs_name
 from streamline import data
 from streamline.evaluate import load_for_eval, score_blocks
+from streamline.layout import Paths, pairs_name
 from streamline.training.recipes import train
 from streamline.training.settings import MSE_LOSSES, TrainSettings
 
@@ -49,22 +49,43 @@ def main() -> None:
     print(f"| original | | | {score_blocks(original, ids, mask, args.batch_size)['perplexity']:.1f} | 0 | |")
     for name in ("none/init", "transformer/init"):
         r = held_out(base / name)
-        print(f"| {name.split('/')[0] + (' (untrained)' if 'transformer' in name else '')} | | | "
-              f"{r['perplexity']:.1f} | {r['kl']:.3f} | |")
+        print(
+            f"| {name.split('/')[0] + (' (untrained)' if 'transformer' in name else '')} | | | "
+            f"{r['perplexity']:.1f} | {r['kl']:.3f} | |"
+        )
     steps = math.ceil(args.train_samples / args.batch_size / args.accumulation)
     for kind in args.losses:
-        s = TrainSettings(batch_size=args.batch_size, gradient_accumulation_step=args.accumulation, epochs=1, lr=2e-4,
-                          min_lr=5e-5, wd=1e-3, val_every=steps, train_samples=args.train_samples, mse_loss=kind,
-                          skip_first_tokens=0, seed=42)
+        s = TrainSettings(
+            batch_size=args.batch_size,
+            gradient_accumulation_step=args.accumulation,
+            epochs=1,
+            lr=2e-4,
+            min_lr=5e-5,
+            wd=1e-3,
+            val_every=steps,
+            train_samples=args.train_samples,
+            mse_loss=kind,
+            skip_first_tokens=0,
+            seed=42,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             start = time.time()
-            result = train("mse", paths.init("transformer"), Path(tmp) / "m", Path(tmp) / "log.json", s,
-                           data_dir=data_dir, pairs_dir=paths.pairs(pairs_name(1)))
+            result = train(
+                "mse",
+                paths.init("transformer"),
+                Path(tmp) / "m",
+                Path(tmp) / "log.json",
+                s,
+                data_dir=data_dir,
+                pairs_dir=paths.pairs(pairs_name(1)),
+            )
             seconds = time.time() - start
             r = held_out(Path(tmp) / "m")
         final = math.exp(result.val[-1]["ce"])
-        print(f"| transformer-mse, {kind} | {final:.1f} | {result.kept} | {r['perplexity']:.1f} | {r['kl']:.3f} | "
-              f"{seconds:.0f} |")
+        print(
+            f"| transformer-mse, {kind} | {final:.1f} | {result.kept} | {r['perplexity']:.1f} | {r['kl']:.3f} | "
+            f"{seconds:.0f} |"
+        )
 
 
 if __name__ == "__main__":

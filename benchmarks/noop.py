@@ -24,8 +24,10 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         if proc.returncode != 0 or "Nothing to be done" not in proc.stdout + proc.stderr:
             sys.exit("the workflow is not complete: run `snakemake` first\n" + proc.stderr[-2000:])
-    print(f"no-op snakemake on the completed workflow: best {min(times):.2f} s, "
-          f"median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat} runs  (target < 5 s)")
+    print(
+        f"no-op snakemake on the completed workflow: best {min(times):.2f} s, "
+        f"median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat} runs  (target < 5 s)"
+    )
 
 
 if __name__ == "__main__":

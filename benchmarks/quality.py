@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from streamline.layout import Paths
 from streamline import data
 from streamline.artifacts import EstimateLog, TrainLog
 from streamline.evaluate import load_for_eval, score_blocks
+from streamline.layout import Paths
 from streamline.pruned import count_params
 
 
@@ -44,10 +44,14 @@ def main() -> None:
     original = load_for_eval(Path(paths.model_dir), "cpu")
     base = score_blocks(original, ids, mask, args.batch_size)
     print(f"held-out: {len(ids)} blocks of {ids.shape[1]} tokens ({base['tokens']} predicted tokens)\n")
-    print("| variant | layers | params | val perplexity | KL to original | train tokens | wall time | peak RSS | kept |")
+    print(
+        "| variant | layers | params | val perplexity | KL to original | train tokens | wall time | peak RSS | kept |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    print(f"| original | {original.config.num_hidden_layers} | {count_params(original) / 1e6:.1f}M | "
-          f"{base['perplexity']:.2f} | 0 | – | – | – | – |")
+    print(
+        f"| original | {original.config.num_hidden_layers} | {count_params(original) / 1e6:.1f}M | "
+        f"{base['perplexity']:.2f} | 0 | – | – | – | – |"
+    )
     for variant in args.variants:
         path = Path(paths.base) / variant
         if not path.exists():
@@ -57,9 +61,11 @@ def main() -> None:
         r = score_blocks(model, ids, mask, args.batch_size, original=original)
         c = cost(path)
         fmt = lambda v, f: "–" if v is None else f.format(v)  # noqa: E731
-        print(f"| {variant.split('/')[0]} | {model.config.num_hidden_layers} | {count_params(model) / 1e6:.1f}M | "
-              f"{r['perplexity']:.2f} | {r['kl']:.3f} | {fmt(c['tokens'], '{:,}')} | {fmt(c['seconds'], '{:.0f} s')} | "
-              f"{fmt(c['rss'], '{:.0f} MB')} | {c['kept']} |")
+        print(
+            f"| {variant.split('/')[0]} | {model.config.num_hidden_layers} | {count_params(model) / 1e6:.1f}M | "
+            f"{r['perplexity']:.2f} | {r['kl']:.3f} | {fmt(c['tokens'], '{:,}')} | {fmt(c['seconds'], '{:.0f} s')} | "
+            f"{fmt(c['rss'], '{:.0f} MB')} | {c['kept']} |"
+        )
 
 
 if __name__ == "__main__":

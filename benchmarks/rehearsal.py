@@ -39,6 +39,7 @@ def _size(path: Path) -> int:
 def run_job(argv: list[str]) -> int:
     """The shim's body: run `streamline ARGV`, sample its tree's RSS and its outputs' bytes, log one JSON line."""
     import psutil
+
     written = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in WRITES]
     key = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--out", "--json")), None)
     start = time.perf_counter()
@@ -59,9 +60,16 @@ def run_job(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
     final_disk = sum(_size(p) for p in written)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every process it waited for
-    record = {"argv": argv, "key": key, "rc": proc.returncode, "seconds": round(seconds, 2),
-              "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_bytes": peak_rss,
-              "peak_disk_bytes": max(peak_disk, final_disk), "final_disk_bytes": final_disk}
+    record = {
+        "argv": argv,
+        "key": key,
+        "rc": proc.returncode,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_bytes": peak_rss,
+        "peak_disk_bytes": max(peak_disk, final_disk),
+        "final_disk_bytes": final_disk,
+    }
     with open(os.environ[LOG_ENV], "a") as f:
         f.write(json.dumps(record) + "\n")
     return proc.returncode
@@ -71,7 +79,7 @@ def shim_dir(where: Path) -> Path:
     """A directory holding a `streamline` that is this script's job mode."""
     where.mkdir(parents=True, exist_ok=True)
     shim = where / "streamline"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} --job \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} --job "$@"\n')
     shim.chmod(0o755)
     return where
 
@@ -88,16 +96,29 @@ def measured_jobs(log: Path) -> dict[str, dict]:
 def compare(config_path: Path, workdir: Path, jobs: dict[str, dict]) -> list[dict]:
     """One row per planned job: the plan's numbers next to the measured ones (None where the job did not run)."""
     from streamline.plan import plan_for_config
+
     os.chdir(workdir)
     plan = plan_for_config(str(config_path.resolve()), device="cpu")
     rows = []
     for job in plan.jobs:
         m = jobs.get(job.out)
-        rows.append({"rule": job.rule, "label": job.label, "out": job.out, "plan": job.need.to_json(),
-                     "measured": None if m is None else {"ram_bytes": m["peak_rss_bytes"],
-                                                          "disk_bytes": m["peak_disk_bytes"],
-                                                          "seconds": m["seconds"], "cpu_seconds": m["cpu_seconds"],
-                                                          "rc": m["rc"]}})
+        rows.append(
+            {
+                "rule": job.rule,
+                "label": job.label,
+                "out": job.out,
+                "plan": job.need.to_json(),
+                "measured": None
+                if m is None
+                else {
+                    "ram_bytes": m["peak_rss_bytes"],
+                    "disk_bytes": m["peak_disk_bytes"],
+                    "seconds": m["seconds"],
+                    "cpu_seconds": m["cpu_seconds"],
+                    "rc": m["rc"],
+                },
+            }
+        )
     return rows, plan
 
 
@@ -105,23 +126,29 @@ def print_table(rows: list[dict], plan) -> None:
     """Markdown: each job's plan next to what was measured, and measured / plan. The plan's time is the job alone on
     this machine; on a machine that other jobs share, its wall time is longer, so it is shown next to the job's CPU
     seconds: alone on 2 cores a job takes between half of them (both cores busy throughout) and all of them."""
+
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else "–"
 
     def num(x, scale=1e9, digits=2):
         return "–" if x is None else f"{x / scale:.{digits}f}"
+
     print(f"plan: {plan.assumptions}")
-    print("| job | RAM plan GB | RAM measured GB | ratio | disk plan GB | disk measured GB | ratio | time plan s | "
-          "CPU s | plan / CPU s | wall s (shared) |")
+    print(
+        "| job | RAM plan GB | RAM measured GB | ratio | disk plan GB | disk measured GB | ratio | time plan s | "
+        "CPU s | plan / CPU s | wall s (shared) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p, m = r["plan"], r["measured"] or {}
         ram, disk, cpu, wall = m.get("ram_bytes"), m.get("disk_bytes"), m.get("cpu_seconds"), m.get("seconds")
         failed = " (failed)" if m.get("rc") else ""
-        print(f"| {r['rule']} {r['label']}{failed} | {num(p['ram_bytes'])} | {num(ram)} | {ratio(ram, p['ram_bytes'])} | "
-              f"{num(p['disk_bytes'], digits=3)} | {num(disk, digits=3)} | "
-              f"{ratio(disk, p['disk_bytes']) if p['disk_bytes'] > 1e7 else '(small)'} | {p['seconds']:.0f} | "
-              f"{num(cpu, 1, 0)} | {ratio(p['seconds'], cpu)} | {num(wall, 1, 0)} |")
+        print(
+            f"| {r['rule']} {r['label']}{failed} | {num(p['ram_bytes'])} | {num(ram)} | {ratio(ram, p['ram_bytes'])} | "
+            f"{num(p['disk_bytes'], digits=3)} | {num(disk, digits=3)} | "
+            f"{ratio(disk, p['disk_bytes']) if p['disk_bytes'] > 1e7 else '(small)'} | {p['seconds']:.0f} | "
+            f"{num(cpu, 1, 0)} | {ratio(p['seconds'], cpu)} | {num(wall, 1, 0)} |"
+        )
 
 
 def main() -> None:
@@ -139,21 +166,57 @@ def main() -> None:
     log = workdir / "rehearsal-jobs.jsonl"
     out = Path(a.out).resolve()
     if not a.compare_only:  # this machine's throughput first (the plan's time assumption), then the plan itself
-        subprocess.run([sys.executable, "-m", "streamline.cli", "plan", "--configfile", str(Path(a.configfile).resolve()),
-                        "--measure", "--device", "cpu"], cwd=workdir, check=True)
-        env = {**os.environ, LOG_ENV: str(log), "PATH": f"{shim_dir(workdir / '.shim')}{os.pathsep}{os.environ['PATH']}",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = ["nice", "-n", "5", sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "-d",
-               str(workdir), "--configfile", str(Path(a.configfile).resolve()), "--cores", "2", "-j", "1",
-               *a.snakemake_args]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamline.cli",
+                "plan",
+                "--configfile",
+                str(Path(a.configfile).resolve()),
+                "--measure",
+                "--device",
+                "cpu",
+            ],
+            cwd=workdir,
+            check=True,
+        )
+        env = {
+            **os.environ,
+            LOG_ENV: str(log),
+            "PATH": f"{shim_dir(workdir / '.shim')}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        cmd = [
+            "nice",
+            "-n",
+            "5",
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "workflow/Snakefile"),
+            "-d",
+            str(workdir),
+            "--configfile",
+            str(Path(a.configfile).resolve()),
+            "--cores",
+            "2",
+            "-j",
+            "1",
+            *a.snakemake_args,
+        ]
         print("+", " ".join(cmd), flush=True)
         t0 = time.time()
         rc = subprocess.run(cmd, env=env).returncode
         print(f"snakemake exited {rc} after {time.time() - t0:.0f} s", flush=True)
     rows, plan = compare(Path(a.configfile), workdir, measured_jobs(log))
     print_table(rows, plan)
-    out.write_text(json.dumps({"config": a.configfile, "workdir": str(workdir), "assumptions": plan.assumptions,
-                               "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"config": a.configfile, "workdir": str(workdir), "assumptions": plan.assumptions, "rows": rows}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import argparse
 import numpy as np
 import torch
 
-from streamline.layout import Paths, Variant
 from streamline import data
 from streamline.evaluate import load_for_eval
+from streamline.layout import Paths, Variant
 from streamline.speed import measure_speedup
 
 
@@ -33,16 +33,21 @@ def main() -> None:
     ids, _ = data.load_split(paths.data_dir(args.data), "val")
     original = load_for_eval(paths.model_dir)
     pruned = load_for_eval(paths.model_out(Variant.parse(args.variant)))
-    s = measure_speedup(pruned, original, np.asarray(ids), args.batch_size, decode_steps=args.decode_steps,
-                        repeats=args.repeats)
-    print(f"{args.variant} (n={args.n}) vs original, {s.device}, {torch.get_num_threads()} threads, batch {s.batch}, "
-          f"prefill {s.prefill_tokens} tokens, decode {s.decode_steps} steps after {s.decode_prompt_tokens}")
+    s = measure_speedup(
+        pruned, original, np.asarray(ids), args.batch_size, decode_steps=args.decode_steps, repeats=args.repeats
+    )
+    print(
+        f"{args.variant} (n={args.n}) vs original, {s.device}, {torch.get_num_threads()} threads, batch {s.batch}, "
+        f"prefill {s.prefill_tokens} tokens, decode {s.decode_steps} steps after {s.decode_prompt_tokens}"
+    )
     print("| phase | original tok/s | pruned tok/s | measured speedup | ideal | measured / ideal |")
     print("|---|---:|---:|---:|---:|---:|")
     for phase in ("prefill", "decode"):
         tps = s.prefill_tokens_per_s if phase == "prefill" else s.decode_tokens_per_s
-        print(f"| {phase} | {tps['original']:.0f} | {tps['pruned']:.0f} | {s.speedup[phase]:.3f}x | "
-              f"{s.ideal[phase]:.3f}x | {s.speedup[phase] / s.ideal[phase]:.3f} |")
+        print(
+            f"| {phase} | {tps['original']:.0f} | {tps['pruned']:.0f} | {s.speedup[phase]:.3f}x | "
+            f"{s.ideal[phase]:.3f}x | {s.speedup[phase] / s.ideal[phase]:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from streamline.layout import Paths
-from streamline import data
-from streamline.pairs import extract_pairs
-from streamline.artifacts import read_scores
-from streamline.loading import load_model
-from streamline.training.recipes import build_recipe
-from streamline.training.core import fit
-from streamline.training.settings import TrainSettings
 from fresh import run_fresh  # benchmarks/fresh.py
+
+from streamline import data
+from streamline.artifacts import read_scores
+from streamline.layout import Paths
+from streamline.loading import load_model
+from streamline.pairs import extract_pairs
+from streamline.training.core import fit
+from streamline.training.recipes import build_recipe
+from streamline.training.settings import TrainSettings
 
 CHILD = """
 import json, resource, sys
@@ -55,8 +55,14 @@ class InRam:
 
 
 def settings(args, n: int) -> TrainSettings:
-    return TrainSettings(batch_size=args.batch_size, gradient_accumulation_step=1, epochs=1, val_every=10**9,
-                         device=args.device, train_samples=n)
+    return TrainSettings(
+        batch_size=args.batch_size,
+        gradient_accumulation_step=1,
+        epochs=1,
+        val_every=10**9,
+        device=args.device,
+        train_samples=n,
+    )
 
 
 def timed_train(args, in_ram: bool = False) -> float:
@@ -88,37 +94,57 @@ def main() -> None:
         # Alternate and keep the best of two, so warm-up (allocator, caches) favours neither side.
         runs = [(timed_train(args, in_ram=True), timed_train(args)) for _ in range(2)]
         ram, zarr_ = max(r for r, _ in runs), max(z for _, z in runs)
-        print(f"training throughput: {zarr_:.2f} samples/s from pairs.zarr, {ram:.2f} samples/s from RAM; "
-              f"ratio {zarr_ / ram:.3f}  (target >= 0.85)")
+        print(
+            f"training throughput: {zarr_:.2f} samples/s from pairs.zarr, {ram:.2f} samples/s from RAM; "
+            f"ratio {zarr_ / ram:.3f}  (target >= 0.85)"
+        )
 
         # 2. RSS flat in train_num_data.
         rss = []
         for n in (args.rss_samples, 8 * args.rss_samples):
-            payload = {"init": args.init, "pairs": args.pairs, "data": args.data, "settings": settings(args, n).as_dict()}
+            payload = {
+                "init": args.init,
+                "pairs": args.pairs,
+                "data": args.data,
+                "settings": settings(args, n).as_dict(),
+            }
             rss.append(run_fresh(CHILD, payload)["peak_rss_mb"])
-        print(f"training peak RSS: {rss[0]:.0f} MB at N={args.rss_samples}, {rss[1]:.0f} MB at "
-              f"8N={8 * args.rss_samples}; ratio {rss[1] / rss[0]:.3f}  (target <= 1.2)")
+        print(
+            f"training peak RSS: {rss[0]:.0f} MB at N={args.rss_samples}, {rss[1]:.0f} MB at "
+            f"8N={8 * args.rss_samples}; ratio {rss[1] / rss[0]:.3f}  (target <= 1.2)"
+        )
 
         # 3. pair extraction runs layers 0..b+n only.
         scores = read_scores(f"{args.results}/n{args.n}/scores.json")
         ids, mask = data.load_split(args.data, "train")
-        ids, mask = np.asarray(ids[:args.samples]), np.asarray(mask[:args.samples])
+        ids, mask = np.asarray(ids[: args.samples]), np.asarray(mask[: args.samples])
         model, _ = load_model(args.model, device=args.device)
         dev = next(model.parameters()).device
         start = time.perf_counter()
         with torch.inference_mode():
             for b in range(0, len(ids), args.batch_size):
-                model.base_model(input_ids=torch.from_numpy(ids[b:b + args.batch_size].astype(np.int64)).to(dev),
-                                 attention_mask=torch.from_numpy(mask[b:b + args.batch_size].astype(np.int64)).to(dev))
+                model.base_model(
+                    input_ids=torch.from_numpy(ids[b : b + args.batch_size].astype(np.int64)).to(dev),
+                    attention_mask=torch.from_numpy(mask[b : b + args.batch_size].astype(np.int64)).to(dev),
+                )
         full = time.perf_counter() - start
         layers = model.config.num_hidden_layers
         del model
-        summary = extract_pairs(args.model, args.data, f"{args.results}/n{args.n}/scores.json", tmp / "pairs",
-                                train_samples=args.samples, batch_size=args.batch_size, device=args.device)
+        summary = extract_pairs(
+            args.model,
+            args.data,
+            f"{args.results}/n{args.n}/scores.json",
+            tmp / "pairs",
+            train_samples=args.samples,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
         ratio = summary["train"]["compute_seconds"] / full  # forward + Zarr writes, model loading excluded
         target = (scores.block[-1] + 1) / layers
-        print(f"pair extraction vs full forward: {ratio:.3f} (layers 0..{scores.block[-1]} of {layers}: "
-              f"target close to {target:.3f})")
+        print(
+            f"pair extraction vs full forward: {ratio:.3f} (layers 0..{scores.block[-1]} of {layers}: "
+            f"target close to {target:.3f})"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

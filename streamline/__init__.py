@@ -9,6 +9,7 @@ def foreign_install() -> str | None:
     its files and its `streamline` command would silently replace ours. Say so rather than fail oddly."""
     from importlib import metadata
     from pathlib import Path
+
     checkout = Path(__file__).resolve().parent.parent
     for other in metadata.distributions(name="streamline"):
         where = Path(getattr(other, "_path", "")).resolve()
@@ -17,6 +18,8 @@ def foreign_install() -> str | None:
         break
     else:
         return None
-    return (f"a distribution named 'streamline' ({other.version}) is installed here beside {DISTRIBUTION}: the "
-            f"unrelated PyPI project, or this package under its old name; it shares the import name and the "
-            f"`streamline` command, so run `pip uninstall -y streamline` and reinstall this one (pip install -e .)")
+    return (
+        f"a distribution named 'streamline' ({other.version}) is installed here beside {DISTRIBUTION}: the "
+        f"unrelated PyPI project, or this package under its old name; it shares the import name and the "
+        f"`streamline` command, so run `pip uninstall -y streamline` and reinstall this one (pip install -e .)"
+    )

@@ -57,6 +57,7 @@ def _first_max(xs: list[float]) -> int:
 
 # ---------------------------------------------------------------- scores.json
 
+
 @dataclass(frozen=True)
 class WindowScore(Record):
     start: int
@@ -68,6 +69,7 @@ class WindowScore(Record):
 class BlockScores(Record):
     """scores.json: the score of every window of `span` consecutive layers, and the block picked (the best
     window: span = n + k for a replacement of k layers, n for plain removal)."""
+
     metric: str
     higher_is_more_redundant: bool
     n: int
@@ -75,24 +77,30 @@ class BlockScores(Record):
     num_layers: int
     samples: Count
     tokens: Count
-    scores: list[WindowScore]        # every window, by start layer
+    scores: list[WindowScore]  # every window, by start layer
     best_start: int
     best_score: float
-    block: list[int]                 # layers best_start..best_start+span-1
-    removed_layers: list[int]        # what disappears if the block's first layer is kept
+    block: list[int]  # layers best_start..best_start+span-1
+    removed_layers: list[int]  # what disappears if the block's first layer is kept
     layers_after: int
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= self.span <= self.num_layers or self.layers_after != self.num_layers - self.n:
-            raise ValueError(f"n {self.n}, span {self.span} and {self.layers_after} layers after do not fit a "
-                             f"{self.num_layers}-layer model")
+            raise ValueError(
+                f"n {self.n}, span {self.span} and {self.layers_after} layers after do not fit a "
+                f"{self.num_layers}-layer model"
+            )
         if len(self.scores) != self.num_layers - self.span + 1 or any(  # (the length first: an edited count is huge)
-                (w.start, w.end) != (i, i + self.span - 1) for i, w in enumerate(self.scores)):
+            (w.start, w.end) != (i, i + self.span - 1) for i, w in enumerate(self.scores)
+        ):
             raise ValueError(f"the windows scored are not every {self.span}-layer window of {self.num_layers} layers")
         values = [w.score for w in self.scores]
         best = values.index(max(values) if self.higher_is_more_redundant else min(values))  # the first, as argmax
-        if self.block != list(range(best, best + self.span)) or self.best_start != best \
-                or self.best_score != values[best]:
+        if (
+            self.block != list(range(best, best + self.span))
+            or self.best_start != best
+            or self.best_score != values[best]
+        ):
             raise ValueError(f"block {self.block} is not the best window (layers {best}..{best + self.span - 1})")
 
 
@@ -104,26 +112,28 @@ def read_scores(path: str | Path) -> BlockScores:
 
 # ---------------------------------------------------------------- training
 
+
 @dataclass(frozen=True)
 class TrainStep(Record):
     step: Count
     loss: float
     lr: float
-    grad_norm: float | None          # None: not measured (DeepSpeed), or a step fp16's loss scaler skipped
-    skipped: bool = False            # fp16: the loss scaler skipped this step (its gradients overflowed)
+    grad_norm: float | None  # None: not measured (DeepSpeed), or a step fp16's loss scaler skipped
+    skipped: bool = False  # fp16: the loss scaler skipped this step (its gradients overflowed)
 
 
 @dataclass(frozen=True)
 class TrainLog(Record):
     """train_log.json: one training run (a stage of a staged run), as the training core returns it."""
+
     net: str
-    loss: str                        # "mse+kd" for the second stage of a staged run
-    stage_loss: str                  # the loss this run trained with
+    loss: str  # "mse+kd" for the second stage of a staged run
+    stage_loss: str  # the loss this run trained with
     replacement_layers: Count
     slots: list[Count]
     block: list[Count]
     settings: dict[str, Any]
-    select: str                      # the validation metric that picks the kept state
+    select: str  # the validation metric that picks the kept state
     total_steps: Count
     warmup_steps: Count
     train_samples: Count
@@ -148,14 +158,15 @@ class TrainLog(Record):
     peak_rss_mb: float
     peak_gpu_mb: float | None
     warnings: list[str]
-    skipped_steps: int = 0           # fp16: optimizer steps the loss scaler skipped
+    skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped
 
     def __post_init__(self) -> None:
         if self.skipped_steps != sum(s.skipped for s in self.steps):
             raise ValueError(f"{self.skipped_steps} skipped steps, {sum(s.skipped for s in self.steps)} logged")
         if (self.kept == "best") != (self.best_val_loss < self.initial_val_loss):  # how the core decides
-            raise ValueError(f"kept {self.kept} state, with validation {self.initial_val_loss:.5g} -> "
-                             f"{self.best_val_loss:.5g}")
+            raise ValueError(
+                f"kept {self.kept} state, with validation {self.initial_val_loss:.5g} -> {self.best_val_loss:.5g}"
+            )
         if len(self.steps) > self.total_steps or self.best_step > self.total_steps:
             raise ValueError(f"{len(self.steps)} steps logged, best at step {self.best_step}, of {self.total_steps}")
         losses = [v.get("loss") for v in self.val]
@@ -167,6 +178,7 @@ class TrainLog(Record):
 class TrainState(Record):
     """A checkpoint's training state: the steps so far, every validation, the best one (a finished run's
     progress.json keeps `best_step` only)."""
+
     step: Count = 0
     steps: list[TrainStep] = field(default_factory=list)
     val: list[dict[str, int | float]] = field(default_factory=list)  # as TrainLog.val
@@ -174,7 +186,7 @@ class TrainState(Record):
     best_step: Count = 0
     tokens: Count = 0
     validation_seconds: float = 0.0
-    skipped_steps: Count = 0        # fp16: steps the loss scaler skipped so far
+    skipped_steps: Count = 0  # fp16: steps the loss scaler skipped so far
 
     def resumable_problem(self) -> str | None:
         """Why the loop cannot resume from this state, or None: its steps must be 1..step, its validations
@@ -182,8 +194,12 @@ class TrainState(Record):
         if len(self.steps) != self.step or any(s.step != i for i, s in enumerate(self.steps, 1)):
             return f"step {self.step} with {len(self.steps)} steps logged"
         checked = [v.get("step") for v in self.val]
-        if not self.val or not all(isinstance(v.get("step"), int) and "loss" in v for v in self.val) \
-                or checked != sorted(checked) or not 0 <= checked[0] <= checked[-1] <= self.step:
+        if (
+            not self.val
+            or not all(isinstance(v.get("step"), int) and "loss" in v for v in self.val)
+            or checked != sorted(checked)
+            or not 0 <= checked[0] <= checked[-1] <= self.step
+        ):
             return f"validations at steps {checked}, at step {self.step}"
         losses = [v["loss"] for v in self.val]
         first = losses.index(min(losses))
@@ -196,9 +212,10 @@ class TrainState(Record):
 class Progress(Record):
     """progress.json of a checkpoint dir: what the checkpoint was made from (`fingerprint`), the SHA-256 of each
     of its files, and the training state; `done` for a finished run, which keeps its log (`result`)."""
+
     fingerprint: dict[str, Any]
-    state_dir: str | None            # the accelerate checkpoint; None once done
-    best_file: str                   # the best state's weights (the kept ones once done)
+    state_dir: str | None  # the accelerate checkpoint; None once done
+    best_file: str  # the best state's weights (the kept ones once done)
     state: TrainState
     files: dict[str, str]
     done: bool = False
@@ -206,10 +223,12 @@ class Progress(Record):
 
     def __post_init__(self) -> None:
         if self.done != (self.result is not None) or self.done != (self.state_dir is None):
-            raise ValueError(f"done {self.done} with state_dir {self.state_dir!r} and "
-                             f"{'a' if self.result else 'no'} train log")
-        if self.best_file not in self.files or not (self.done or any(f.startswith(f"{self.state_dir}/")
-                                                                     for f in self.files)):
+            raise ValueError(
+                f"done {self.done} with state_dir {self.state_dir!r} and {'a' if self.result else 'no'} train log"
+            )
+        if self.best_file not in self.files or not (
+            self.done or any(f.startswith(f"{self.state_dir}/") for f in self.files)
+        ):
             raise ValueError("it names files it has no checksum for")
         if self.result is not None:  # done: the state kept is the one its log says
             kept = self.result.best_step if self.result.kept == "best" else 0
@@ -223,26 +242,29 @@ class Progress(Record):
 @dataclass(frozen=True)
 class EstimateLog(Record):
     """estimate_log.json of `network: linear`: the map, its fit under both objectives, and its cost."""
+
     block: list[int]
     ridge: float
     tokens: Count
-    objective: str                   # linear.objective: lstsq | cosine
-    steps: Count                     # Adam steps of the cosine estimate (0: lstsq)
-    relative_residual: float         # ||R - M T||^2 / ||R||^2: what lstsq minimises
+    objective: str  # linear.objective: lstsq | cosine
+    steps: Count  # Adam steps of the cosine estimate (0: lstsq)
+    relative_residual: float  # ||R - M T||^2 / ||R||^2: what lstsq minimises
     relative_residual_of_identity: float
-    cosine_distance: float           # mean over tokens of 1 - cos(m T, r): what cosine minimises
+    cosine_distance: float  # mean over tokens of 1 - cos(m T, r): what cosine minimises
     cosine_distance_of_identity: float
     extract_seconds: float
     estimate_seconds: float
-    seconds: float                   # extraction + estimate + fold: the whole training-free recipe
+    seconds: float  # extraction + estimate + fold: the whole training-free recipe
 
 
 # ---------------------------------------------------------------- evaluation
+
 
 @dataclass(frozen=True)
 class TaskScores(Record):
     """One lm-eval task's result: acc (and acc_norm where lm-eval reports it) for a multiple-choice task; exact
     match under each of its answer filters for a generative one (the headline under the first, stock's strict one)."""
+
     n: Count
     acc: float | None = None
     acc_stderr: float | None = None
@@ -252,7 +274,7 @@ class TaskScores(Record):
     headline: float | None = None
     exact_match: float | None = None
     exact_match_stderr: float | None = None
-    answer_filter: str | None = None               # the filter that extracts the answer exact_match is scored on
+    answer_filter: str | None = None  # the filter that extracts the answer exact_match is scored on
     exact_match_filters: dict[str, float | None] | None = None  # every filter's exact match
 
     def __post_init__(self) -> None:
@@ -260,17 +282,21 @@ class TaskScores(Record):
         if any(x is not None and not 0 <= x <= 1 for x in values):
             raise ValueError(f"an accuracy outside [0, 1] ({', '.join(str(x) for x in values if x is not None)})")
         if self.headline != getattr(self, self.headline_metric):
-            raise ValueError(f"headline {self.headline} is not its {self.headline_metric}, "
-                             f"{getattr(self, self.headline_metric)}")
+            raise ValueError(
+                f"headline {self.headline} is not its {self.headline_metric}, {getattr(self, self.headline_metric)}"
+            )
 
 
-def _perplexity_problem(value: float, nll_per_block: list[float], tokens_per_block: list[int], blocks: int,
-                        tokens: int) -> str | None:
+def _perplexity_problem(
+    value: float, nll_per_block: list[float], tokens_per_block: list[int], blocks: int, tokens: int
+) -> str | None:
     """Why a perplexity is not what its blocks' NLLs give, or None (compared in log space: exp of an edited
     mean can overflow)."""
     if not (len(nll_per_block) == len(tokens_per_block) == blocks and sum(tokens_per_block) == tokens > 0):
-        return (f"perplexity over {blocks} blocks of {tokens} tokens, with {len(nll_per_block)} NLLs and "
-                f"{sum(tokens_per_block)} tokens per block")
+        return (
+            f"perplexity over {blocks} blocks of {tokens} tokens, with {len(nll_per_block)} NLLs and "
+            f"{sum(tokens_per_block)} tokens per block"
+        )
     if value <= 0 or not _close(math.log(value), sum(nll_per_block) / tokens):
         return f"perplexity {value} is not what its blocks' NLL gives"
     return None
@@ -304,17 +330,18 @@ class KL(Record):
 @dataclass(frozen=True)
 class Throughput(Record):
     """Prefill and decode throughput of the pruned model and the original, measured in one run, and the ideal."""
+
     batch: Count
     prefill_tokens: Count
     decode_prompt_tokens: Count
     decode_steps: Count
-    repeats: Count                          # best of, alternating the two models
+    repeats: Count  # best of, alternating the two models
     prefill_tokens_per_s: dict[str, float]  # {"pruned", "original"}
     decode_tokens_per_s: dict[str, float]
     flops_per_token: dict[str, float]
     decode_weight_bytes: dict[str, Count]
-    speedup: dict[str, float]               # {"prefill", "decode"}: original's time / pruned's
-    ideal: dict[str, float]                 # FLOPs ratio (prefill), weight-bytes ratio (decode)
+    speedup: dict[str, float]  # {"prefill", "decode"}: original's time / pruned's
+    ideal: dict[str, float]  # FLOPs ratio (prefill), weight-bytes ratio (decode)
     wall_time_s: float
     # how far to trust the speedups (timing.py): each phase's spread of repeats, the load average, and why the
     # figures are noise (None: nothing says so)
@@ -324,8 +351,10 @@ class Throughput(Record):
     noise: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:  # a speedup is its two throughputs' ratio, an ideal its two costs'
-        ratios = {"speedup": (self.prefill_tokens_per_s, self.decode_tokens_per_s),
-                  "ideal": (self.flops_per_token, self.decode_weight_bytes)}
+        ratios = {
+            "speedup": (self.prefill_tokens_per_s, self.decode_tokens_per_s),
+            "ideal": (self.flops_per_token, self.decode_weight_bytes),
+        }
         for name, (prefill, decode) in ratios.items():
             stated = getattr(self, name)
             for kind, pair in (("prefill", prefill), ("decode", decode)):
@@ -334,21 +363,24 @@ class Throughput(Record):
                 # throughput: pruned / original; cost (FLOPs, bytes): original / pruned
                 ratio = pair["pruned"] / pair["original"] if name == "speedup" else pair["original"] / pair["pruned"]
                 if kind not in stated or not _close(stated[kind], ratio):
-                    raise ValueError(f"{kind} {name} {stated.get(kind)} is not what its measurements give "
-                                     f"({ratio:.6g})")
+                    raise ValueError(
+                        f"{kind} {name} {stated.get(kind)} is not what its measurements give ({ratio:.6g})"
+                    )
 
 
 @dataclass(frozen=True)
 class Speed(Throughput):
     """In PyTorch (eval.json's `speed`)."""
+
     device: str
-    threads: int | None                     # CPU threads; None on a GPU
+    threads: int | None  # CPU threads; None on a GPU
 
 
 @dataclass(frozen=True)
 class Evaluation(Record):
     """eval.json: lm-eval's results on one model dir, its held-out perplexity and, for a pruned model, its KL to
     the original and its speedup."""
+
     model_dir: str
     tasks: list[str]
     limit: int | float | None
@@ -364,26 +396,33 @@ class Evaluation(Record):
     samples_path: str
     num_hidden_layers: Count
     params: Count
-    streamline: ModelInfo | None       # what the pruning stage recorded about this model, if it was pruned
+    streamline: ModelInfo | None  # what the pruning stage recorded about this model, if it was pruned
     perplexity: Perplexity | None = None
     kl_to_original: KL | None = None
     speed: Speed | None = None
     wall_time_s: float = 0.0
-    scorer: str | None = None          # evaluate's lm-eval model: packed (scorer.py) or hf (lm-eval's HFLM)
+    scorer: str | None = None  # evaluate's lm-eval model: packed (scorer.py) or hf (lm-eval's HFLM)
 
     def __post_init__(self) -> None:
         if set(self.results) != set(self.tasks):
             raise ValueError(f"results for {sorted(self.results)}, tasks {self.tasks}")
         for name, stated, values in (
-                ("average", self.average, [r.headline for r in self.results.values()]),
-                ("average_acc_norm_where_available", self.average_acc_norm_where_available,
-                 [r.headline if r.acc_norm is None else r.acc_norm for r in self.results.values()])):
+            ("average", self.average, [r.headline for r in self.results.values()]),
+            (
+                "average_acc_norm_where_available",
+                self.average_acc_norm_where_available,
+                [r.headline if r.acc_norm is None else r.acc_norm for r in self.results.values()],
+            ),
+        ):
             mean = _mean(values)
             if (stated is None) != (mean is None) or (mean is not None and not _close(stated, mean)):
                 raise ValueError(f"{name} {stated} is not the mean of its tasks ({mean})")
         kl, ppl = self.kl_to_original, self.perplexity
-        if kl and (not ppl or len(kl.kl_per_block) != ppl.blocks
-                   or not math.isclose(kl.value, sum(kl.kl_per_block) / ppl.tokens, rel_tol=1e-9, abs_tol=1e-12)):
+        if kl and (
+            not ppl
+            or len(kl.kl_per_block) != ppl.blocks
+            or not math.isclose(kl.value, sum(kl.kl_per_block) / ppl.tokens, rel_tol=1e-9, abs_tol=1e-12)
+        ):
             raise ValueError(f"KL {kl.value} is not what its blocks give")
 
     def disagreement(self, samples: Samples) -> str | None:
@@ -409,13 +448,14 @@ class Question(Record):
     flags are what lm-eval's rule gives (api/task.py, process_results): acc is argmax(ll) == gold, acc_norm
     argmax(ll / nchar) == gold, nchar being each option's length in characters; both are recomputed here, so an
     edited flag is caught."""
-    ll: list[float]              # per option: lm-eval's summed log-likelihood of the continuation
-    ntok: list[Count] | None     # per option: the continuation's tokens, as lm-eval's model wrapper splits them
+
+    ll: list[float]  # per option: lm-eval's summed log-likelihood of the continuation
+    ntok: list[Count] | None  # per option: the continuation's tokens, as lm-eval's model wrapper splits them
     gold: int | list[int] | None  # the right option (several for lm-eval's multiple-target tasks); None: generated
     acc: bool
-    acc_norm: bool | None        # only where lm-eval reports acc_norm
+    acc_norm: bool | None  # only where lm-eval reports acc_norm
     nchar: list[Count] | None = None  # per option: its length in characters (lm-eval's acc_norm divisor)
-    answer: str | None = None    # generated: the answer lm-eval's filter extracted ("[invalid]" where none)
+    answer: str | None = None  # generated: the answer lm-eval's filter extracted ("[invalid]" where none)
 
     def __post_init__(self) -> None:
         if (self.answer is None) == (not self.ll):
@@ -424,23 +464,32 @@ class Question(Record):
             return  # exact match against a target the samples do not hold: lm-eval's own filter decided it
         golds = self.gold if isinstance(self.gold, list) else [self.gold]
         options = len(self.ll)
-        if not golds or not all(g is not None and 0 <= g < options for g in golds) or any(
-                x is not None and len(x) != options for x in (self.ntok, self.nchar)):
-            raise ValueError(f"gold {self.gold}, token counts {self.ntok} and lengths {self.nchar} do not fit "
-                             f"{options} options")
+        if (
+            not golds
+            or not all(g is not None and 0 <= g < options for g in golds)
+            or any(x is not None and len(x) != options for x in (self.ntok, self.nchar))
+        ):
+            raise ValueError(
+                f"gold {self.gold}, token counts {self.ntok} and lengths {self.nchar} do not fit {options} options"
+            )
         if self.acc != (_first_max(self.ll) in golds):
-            raise ValueError(f"acc {self.acc} is not what its log-likelihoods give (gold {self.gold}, best option "
-                             f"{_first_max(self.ll)})")
+            raise ValueError(
+                f"acc {self.acc} is not what its log-likelihoods give (gold {self.gold}, best option "
+                f"{_first_max(self.ll)})"
+            )
         if self.acc_norm is not None and self.nchar and 0 not in self.nchar:
             best = _first_max([ll / n for ll, n in zip(self.ll, self.nchar)])
             if self.acc_norm != (best in golds):
-                raise ValueError(f"acc_norm {self.acc_norm} is not what its length-normalised log-likelihoods "
-                                 f"give (gold {self.gold}, best option {best})")
+                raise ValueError(
+                    f"acc_norm {self.acc_norm} is not what its length-normalised log-likelihoods "
+                    f"give (gold {self.gold}, best option {best})"
+                )
 
 
 @dataclass(frozen=True)
 class Samples(Record):
     """samples.json.gz next to eval.json: every question's per-option log-likelihoods and correctness."""
+
     format: str
     tasks: dict[str, dict[str, Question]]  # task -> doc id -> question
     model_dir: str | None = None
@@ -462,24 +511,28 @@ def read_samples(path: str | Path) -> Samples:
 @dataclass(frozen=True)
 class TaskStability(Record):
     stability: Fraction
-    agreement: Fraction                # unweighted, for reference
+    agreement: Fraction  # unweighted, for reference
     n: Count
-    effective_questions: float         # 1 / sum(w^2): between 1 and n
-    sigma_min: float | None            # None for a generative task (no options)
+    effective_questions: float  # 1 / sum(w^2): between 1 and n
+    sigma_min: float | None  # None for a generative task (no options)
     sigma_max: float | None
     basis: Literal["sigma", "answers"] = "sigma"  # softmax(sigma)-weighted correctness, or same extracted answers
 
     def __post_init__(self) -> None:
         sigma_ok = (self.sigma_min is None and self.sigma_max is None and self.basis == "answers") or (
-            self.sigma_min is not None and self.sigma_max is not None and 0 <= self.sigma_min <= self.sigma_max)
+            self.sigma_min is not None and self.sigma_max is not None and 0 <= self.sigma_min <= self.sigma_max
+        )
         if not (1 - 1e-9 <= self.effective_questions <= self.n * (1 + 1e-9) and sigma_ok):
-            raise ValueError(f"{self.effective_questions} effective questions of {self.n}, sigma "
-                             f"{self.sigma_min}..{self.sigma_max} ({self.basis})")
+            raise ValueError(
+                f"{self.effective_questions} effective questions of {self.n}, sigma "
+                f"{self.sigma_min}..{self.sigma_max} ({self.basis})"
+            )
 
 
 @dataclass(frozen=True)
 class Stability(Record):
     """stability.json of a pruned model against the original, from their samples files."""
+
     metric: str
     legacy: bool
     scale: str
@@ -510,6 +563,7 @@ class Stability(Record):
 @dataclass(frozen=True)
 class LlamaCppSpeed(Throughput):
     """In llama.cpp (batch 1), the pruned GGUF against the original's."""
+
     engine: str
     threads: int
 
@@ -518,6 +572,7 @@ class LlamaCppSpeed(Throughput):
 class LlamaCppCheck(Record):
     """gguf.json: a GGUF run by llama.cpp on the held-out blocks; with the original's GGUF, the speedup over it;
     with the HF dir, streamline's own perplexity of it on the same blocks."""
+
     gguf: str
     file_type: int
     layers: Count
@@ -536,17 +591,19 @@ class LlamaCppCheck(Record):
     gguf_ppl_ratio_to_hf: float | None = None
     original_gguf: str | None = None
     speed_llamacpp: LlamaCppSpeed | None = None
-    speedup_llamacpp: dict[str, float] | None = None       # = speed_llamacpp.speedup, for the report's row
+    speedup_llamacpp: dict[str, float] | None = None  # = speed_llamacpp.speedup, for the report's row
     speedup_llamacpp_ideal: dict[str, float] | None = None
 
     def __post_init__(self) -> None:  # the figures the report shows are what their measurements give
-        problem = _perplexity_problem(self.gguf_ppl, self.gguf_nll_per_block, self.gguf_tokens_per_block,
-                                      self.blocks, self.tokens)
+        problem = _perplexity_problem(
+            self.gguf_ppl, self.gguf_nll_per_block, self.gguf_tokens_per_block, self.blocks, self.tokens
+        )
         if problem:
             raise ValueError(f"gguf_{problem}")
         if (self.hf_ppl is None) != (self.gguf_ppl_ratio_to_hf is None) or (
-                self.hf_ppl is not None and (self.hf_ppl <= 0 or not _close(self.gguf_ppl_ratio_to_hf,
-                                                                            self.gguf_ppl / self.hf_ppl))):
+            self.hf_ppl is not None
+            and (self.hf_ppl <= 0 or not _close(self.gguf_ppl_ratio_to_hf, self.gguf_ppl / self.hf_ppl))
+        ):
             raise ValueError(f"gguf_ppl_ratio_to_hf {self.gguf_ppl_ratio_to_hf} is not gguf_ppl / hf_ppl")
         speed = self.speed_llamacpp
         expected = (speed.speedup, speed.ideal) if speed else (None, None)
@@ -556,9 +613,11 @@ class LlamaCppCheck(Record):
 
 # ---------------------------------------------------------------- report
 
+
 @dataclass(frozen=True)
 class BaselineFiles(Record):
     """The report manifest's baseline: its eval.json and samples file (and gguf.json with export.gguf)."""
+
     eval: str
     samples: str
     name: str | None = None
@@ -569,6 +628,7 @@ class BaselineFiles(Record):
 class VariantFiles(Record):
     """A variant's files in the report manifest: its log is train_log.json (trained), estimate_log.json (linear)
     or none (plain removal), as the rule declares it."""
+
     name: str
     eval: str
     samples: str
@@ -585,14 +645,16 @@ class VariantFiles(Record):
 @dataclass(frozen=True)
 class ReportManifest(Record):
     """The report's --manifest (report.smk writes it): every file the report reads, each a declared input."""
+
     baseline: BaselineFiles
     rows: list[VariantFiles]
-    scores: list[str]                # block-score files, to plot
+    scores: list[str]  # block-score files, to plot
 
 
 @dataclass(frozen=True)
 class TrainFacts(Record):
     """A row's training (or, for training-free variants, estimate) facts, from its log."""
+
     kind: Literal["trained", "estimated"]
     tokens: int | None
     seconds: float | None
@@ -611,6 +673,7 @@ Interval = list[float]  # [low, high], 95%
 class Row(Record):
     """A summary row: the original model (the baseline) or, as VariantRow, a pruned variant. Accuracies are
     fractions; every interval is 95%; None where a figure does not apply to the row."""
+
     model: str
     n: int | None
     variant: str
@@ -664,6 +727,7 @@ class Row(Record):
 @dataclass(frozen=True)
 class VariantRow(Row):
     """A pruned variant's row: a baseline row's fields, plus how its stability was scored and the speed run."""
+
     stability_legacy: bool
     stability_scale: str | None
     speed: dict[str, Any] | None
@@ -673,6 +737,7 @@ class VariantRow(Row):
 class Summary(Record):
     """summary.json: every row, unrounded, and what the tables say in words. Unsigned: no stage reads it, and its
     content is the user's, as it always was."""
+
     signed = False
     tasks: list[str]
     rows: list[VariantRow | Row]  # the baseline first

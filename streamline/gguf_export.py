@@ -61,8 +61,9 @@ HF_TO_GGUF_LAYER = {
 SWIGLU_TO_GGUF = {"norm": "ffn_norm", "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 # Replacement networks llama.cpp cannot run exactly, and why (the others export: transformer, none, linear as
 # plain llama, swiglu as deci).
-NOT_EXPORTABLE = {"ffn": "its Linear-ReLU-Linear has no gate, and llama.cpp's attention-free (deci) layer runs "
-                         "only a SiLU-gated FFN"}
+NOT_EXPORTABLE = {
+    "ffn": "its Linear-ReLU-Linear has no gate, and llama.cpp's attention-free (deci) layer runs only a SiLU-gated FFN"
+}
 EXPORTABLE = ", ".join(net for net in NETS if net not in NOT_EXPORTABLE)
 HF_TO_GGUF_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
@@ -78,27 +79,37 @@ def check_exportable(model_config: dict, where: str = "model_name") -> None:
     spec = replacement(model_config)
     model_type = model_config["streamline"]["base_model_type"] if spec else model_config.get("model_type", "unknown")
     if model_type not in GGUF_MODEL_TYPES:
-        raise StreamlineError(f"export.gguf: {where} is a '{model_type}' model, which the GGUF export does not "
-                              f"support (supported: {', '.join(GGUF_MODEL_TYPES)}; set export.gguf: none)")
+        raise StreamlineError(
+            f"export.gguf: {where} is a '{model_type}' model, which the GGUF export does not "
+            f"support (supported: {', '.join(GGUF_MODEL_TYPES)}; set export.gguf: none)"
+        )
     if spec:
         _check_network(spec, model_config, where)
     rope = rope_settings(model_config)
     if rope["type"] not in ("default", "linear", "llama3"):
-        raise StreamlineError(f"export.gguf: {where} uses rope scaling '{rope['type']}', which the GGUF export does "
-                              f"not write (supported: default, linear, llama3)")
+        raise StreamlineError(
+            f"export.gguf: {where} uses rope scaling '{rope['type']}', which the GGUF export does "
+            f"not write (supported: default, linear, llama3)"
+        )
 
 
 def _check_network(spec: dict, model_config: dict, where: str) -> None:
     net = spec["net"]
     if net in NOT_EXPORTABLE:
-        raise StreamlineError(f"export.gguf: {where} holds an `{net}` network, which llama.cpp cannot run exactly: "
-                              f"{NOT_EXPORTABLE[net]} (exportable: {EXPORTABLE})")
+        raise StreamlineError(
+            f"export.gguf: {where} holds an `{net}` network, which llama.cpp cannot run exactly: "
+            f"{NOT_EXPORTABLE[net]} (exportable: {EXPORTABLE})"
+        )
     if spec["norm"] != "rms" or float(spec["eps"]) != float(model_config["rms_norm_eps"]):
-        raise StreamlineError(f"export.gguf: {where}'s {net} network normalises with {spec['norm']} eps {spec['eps']}; "
-                              f"llama.cpp's deci layer applies the model's RMSNorm, eps {model_config['rms_norm_eps']}")
+        raise StreamlineError(
+            f"export.gguf: {where}'s {net} network normalises with {spec['norm']} eps {spec['eps']}; "
+            f"llama.cpp's deci layer applies the model's RMSNorm, eps {model_config['rms_norm_eps']}"
+        )
     if spec["index"] == 0:
-        raise StreamlineError(f"export.gguf: {where}'s {net} network is layer 0; llama.cpp's deci architecture takes "
-                              f"the attention head size from layer 0, so it cannot be attention-free")
+        raise StreamlineError(
+            f"export.gguf: {where}'s {net} network is layer 0; llama.cpp's deci architecture takes "
+            f"the attention head size from layer 0, so it cannot be attention-free"
+        )
 
 
 def rope_settings(model_config: dict) -> dict[str, Any]:
@@ -148,8 +159,10 @@ def gguf_name(hf_name: str, replaced: int | None = None) -> str | None:
     stem = hf_name.removesuffix(".weight")
     if hf_name.endswith(".weight") and stem in HF_TO_GGUF_GLOBAL:
         return f"{HF_TO_GGUF_GLOBAL[stem]}.weight"
-    raise StreamlineError(f"{hf_name}: a tensor llama.cpp's llama architecture has no slot for "
-                          f"(biases or custom layers are not exportable to GGUF)")
+    raise StreamlineError(
+        f"{hf_name}: a tensor llama.cpp's llama architecture has no slot for "
+        f"(biases or custom layers are not exportable to GGUF)"
+    )
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -165,6 +178,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def _tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
     """(HF name, lazy safetensors slice) for every stored tensor, file by file."""
     from safetensors import safe_open
+
     for path in _weight_files(model_dir):
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
@@ -174,6 +188,7 @@ def _tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
 def _load(model_dir: Path, hf_name: str):
     """One tensor as stored (a torch tensor: numpy has no bfloat16)."""
     from safetensors import safe_open
+
     for path in _weight_files(model_dir):
         with safe_open(path, framework="pt") as f:
             if hf_name in f.keys():
@@ -181,7 +196,7 @@ def _load(model_dir: Path, hf_name: str):
     raise KeyError(hf_name)
 
 
-ENCODE_VALUES = 2 ** 24  # values converted to float32 at once: a 128k-row embedding is never held whole in fp32
+ENCODE_VALUES = 2**24  # values converted to float32 at once: a 128k-row embedding is never held whole in fp32
 
 
 def _encode_rows(weight, qtype) -> np.ndarray:
@@ -193,10 +208,10 @@ def _encode_rows(weight, qtype) -> np.ndarray:
     step = max(1, ENCODE_VALUES // max(1, weight[0].numel()))
     out = None
     for start in range(0, rows, step):
-        part = _encode(weight[start:start + step].float().numpy(), qtype)
+        part = _encode(weight[start : start + step].float().numpy(), qtype)
         if out is None:
             out = np.empty((rows, *part.shape[1:]), dtype=part.dtype)
-        out[start:start + step] = part
+        out[start : start + step] = part
     return out
 
 
@@ -204,6 +219,7 @@ def _storage_type(gguf_tensor: str, shape: tuple[int, ...], outtype: str):
     """GGML type of one tensor: norms (1-D) stay f32, as llama.cpp's converter keeps them; q8_0 needs rows
     that are a whole number of its 32-value blocks (otherwise f16)."""
     import gguf
+
     T = gguf.GGMLQuantizationType
     if len(shape) == 1 or outtype == "f32":
         return T.F32
@@ -214,6 +230,7 @@ def _storage_type(gguf_tensor: str, shape: tuple[int, ...], outtype: str):
 
 def _encode(array: np.ndarray, qtype) -> np.ndarray:
     import gguf
+
     return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype)
 
 
@@ -223,12 +240,15 @@ def layer_shapes(cfg: dict) -> list[tuple[int, int, int]]:
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     spec = replacement(cfg)
     attention = (heads, kv_heads, int(cfg["intermediate_size"]))
-    return [(0, 0, int(spec["inner"])) if spec and i == spec["index"] else attention
-            for i in range(int(cfg["num_hidden_layers"]))]
+    return [
+        (0, 0, int(spec["inner"])) if spec and i == spec["index"] else attention
+        for i in range(int(cfg["num_hidden_layers"]))
+    ]
 
 
 def _add_hparams(writer, cfg: dict, shapes: list[tuple[int, int, int]], name: str, outtype: str) -> None:
     import gguf
+
     heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
     rope = rope_settings(cfg)
@@ -254,8 +274,11 @@ def _add_hparams(writer, cfg: dict, shapes: list[tuple[int, int, int]], name: st
         writer.add_rope_scaling_factor(rope["factor"])
     writer.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     writer.add_vocab_size(int(cfg["vocab_size"]))
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[outtype]
     writer.add_file_type(ftype)
     if outtype == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -268,7 +291,9 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
 
     model_dir, out_file = Path(model_dir), Path(out_file)
     if outtype not in OUTTYPES:
-        raise StreamlineError(f"outtype: {outtype!r} is not one the GGUF export produces (allowed: {', '.join(OUTTYPES)})")
+        raise StreamlineError(
+            f"outtype: {outtype!r} is not one the GGUF export produces (allowed: {', '.join(OUTTYPES)})"
+        )
     if not (model_dir / "config.json").is_file():
         raise StreamlineError(f"{model_dir}: not a model dir (no config.json)")
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -296,19 +321,31 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
     names = {p[1] for p in plan}
     if "output.weight" not in names and not cfg.get("tie_word_embeddings", False):
         raise StreamlineError(f"{model_dir}: no lm_head weight and tie_word_embeddings is false")
-    expected = {f"blk.{i}.{t}.weight" for i, (h, _kv, _ff) in enumerate(shapes)
-                for t in (HF_TO_GGUF_LAYER if h else SWIGLU_TO_GGUF).values()}
+    expected = {
+        f"blk.{i}.{t}.weight"
+        for i, (h, _kv, _ff) in enumerate(shapes)
+        for t in (HF_TO_GGUF_LAYER if h else SWIGLU_TO_GGUF).values()
+    }
     if missing := sorted(expected - names):
-        raise StreamlineError(f"{model_dir}: {len(missing)} layer weights missing for "
-                              f"{cfg['num_hidden_layers']} layers (first: {missing[0]})")
+        raise StreamlineError(
+            f"{model_dir}: {len(missing)} layer weights missing for "
+            f"{cfg['num_hidden_layers']} layers (first: {missing[0]})"
+        )
     if extra := sorted(n for n in names - expected if n.startswith("blk.")):
-        raise StreamlineError(f"{model_dir}: {extra[0]} has no slot in the config's {cfg['num_hidden_layers']} "
-                              f"layers (num_hidden_layers and the weights disagree)")
+        raise StreamlineError(
+            f"{model_dir}: {extra[0]} has no slot in the config's {cfg['num_hidden_layers']} "
+            f"layers (num_hidden_layers and the weights disagree)"
+        )
 
     with atomic_path(out_file) as tmp:
         writer = gguf.GGUFWriter(tmp, "deci" if spec else "llama")
-        _add_hparams(writer, cfg, shapes, name=model_dir.name if model_dir.name not in ("model", "init") else
-                     model_dir.parent.name, outtype=outtype)
+        _add_hparams(
+            writer,
+            cfg,
+            shapes,
+            name=model_dir.name if model_dir.name not in ("model", "init") else model_dir.parent.name,
+            outtype=outtype,
+        )
         add_tokenizer(writer, model_dir, int(cfg["vocab_size"]))
         for _hf, name, shape, qtype in plan:
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
@@ -325,16 +362,30 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16
             writer.write_tensor_data(_encode_rows(weight, qtype))
             del weight
         writer.close()
-    summary = {"model_dir": str(model_dir), "gguf": str(out_file), "architecture": "deci" if spec else "llama",
-               "outtype": outtype, "tensors": len(plan),
-               "bytes": out_file.stat().st_size, "layers": int(cfg["num_hidden_layers"]),
-               "tied_embeddings": "output.weight" not in names, "seconds": round(time.perf_counter() - t0, 2)}
-    log.info("wrote %s (%s, %d tensors, %.1f MB) in %.1f s", out_file, outtype, len(plan), summary["bytes"] / 1e6,
-             summary["seconds"])
+    summary = {
+        "model_dir": str(model_dir),
+        "gguf": str(out_file),
+        "architecture": "deci" if spec else "llama",
+        "outtype": outtype,
+        "tensors": len(plan),
+        "bytes": out_file.stat().st_size,
+        "layers": int(cfg["num_hidden_layers"]),
+        "tied_embeddings": "output.weight" not in names,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info(
+        "wrote %s (%s, %d tensors, %.1f MB) in %.1f s",
+        out_file,
+        outtype,
+        len(plan),
+        summary["bytes"] / 1e6,
+        summary["seconds"],
+    )
     return summary
 
 
 # --- the command: streamline export-gguf --------------------------------------------------------------------
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=f"HF model dir (the original, or a variant of {EXPORTABLE})")

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # Llama-3's split rule (tokenizer.json's Split pre-tokenizer); llama.cpp calls it "llama-bpe".
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _merges(tokenizer_json: dict) -> list[tuple[str, str]]:
@@ -44,6 +46,7 @@ def _numbers_stand_alone(vocab: dict[str, int]) -> bool:
     """True when no byte-level token joins a number character (Unicode N*) to anything else: splitting digits off
     before the merges, as llama.cpp's 'smollm' rules do, then changes no token."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
+
     to_byte = {c: b for b, c in bytes_to_unicode().items()}  # GPT-2 shows each byte as a printable character
     for token in vocab:
         text = bytes(to_byte[c] for c in token if c in to_byte).decode("utf-8", errors="replace")
@@ -60,8 +63,12 @@ def pre_tokenizer(tokenizer_json: dict) -> str:
     kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
     if kinds == [("Digits", True, None), ("ByteLevel", None, True)]:
         return "smollm"  # SmolLM/SmolLM2 on the hub: digits one by one, then GPT-2's rules
-    if kinds == [("Split", None, None), ("ByteLevel", None, False)] and tokenizer_json["model"].get("ignore_merges") \
-            and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT and steps[0].get("behavior") == "Isolated":
+    if (
+        kinds == [("Split", None, None), ("ByteLevel", None, False)]
+        and tokenizer_json["model"].get("ignore_merges")
+        and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT
+        and steps[0].get("behavior") == "Isolated"
+    ):
         return "llama-bpe"  # Llama-3 and 3.1: its split regex, and whole words in the vocab skip the merges
     if kinds == [("ByteLevel", None, True)]:
         # GPT-2's rules. transformers rebuilds a GGUF's tokenizer (SmolLM2's, as `streamline download` converts it)
@@ -98,7 +105,9 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     padded to the model's vocab_size, as llama.cpp requires one entry per embedding row."""
     import gguf
     from transformers import AutoTokenizer
+
     from .pruned import read_config
+
     T = gguf.TokenType
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
@@ -108,8 +117,10 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     byte_fallback = bool(model.get("byte_fallback"))
     decoder = (tokenizer_json.get("decoder") or {}).get("type")
     if model.get("type") != "BPE" or (not byte_fallback and decoder != "ByteLevel"):
-        raise StreamlineError(f"{model_dir}: a {model.get('type')} tokenizer with a {decoder} decoder; the GGUF export "
-                              f"writes byte-level BPE (GPT-2, Llama-3) and byte-fallback BPE (Llama-2) tokenizers")
+        raise StreamlineError(
+            f"{model_dir}: a {model.get('type')} tokenizer with a {decoder} decoder; the GGUF export "
+            f"writes byte-level BPE (GPT-2, Llama-3) and byte-fallback BPE (Llama-2) tokenizers"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, config=read_config(model_dir))  # no remote-code prompt
     except (OSError, ValueError, KeyError) as e:
@@ -118,8 +129,9 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     added = {t["id"]: t for t in tokenizer_json.get("added_tokens", [])}
     text_of = {i: t for t, i in vocab.items()} | {i: t["content"] for i, t in added.items()}
     if max(text_of) >= vocab_size:
-        raise StreamlineError(f"{model_dir}: the tokenizer has token id {max(text_of)}, beyond the model's "
-                              f"vocab_size {vocab_size}")
+        raise StreamlineError(
+            f"{model_dir}: the tokenizer has token id {max(text_of)}, beyond the model's vocab_size {vocab_size}"
+        )
     kind = "llama" if byte_fallback else "gpt2"
     scores, exact = _merge_scores(tokenizer_json, vocab) if kind == "llama" else ({}, True)
     tokens, types = [], []
@@ -143,8 +155,11 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     if kind == "llama":
         writer.add_token_scores([scores.get(i, 0.0) for i in range(vocab_size)])
         if not exact:
-            log.warning("%s: some pairs of tokens join into a token without a merge saying so; llama.cpp's SPM "
-                        "tokenizer may split text differently from HF's (token ids fed directly are exact)", model_dir)
+            log.warning(
+                "%s: some pairs of tokens join into a token without a merge saying so; llama.cpp's SPM "
+                "tokenizer may split text differently from HF's (token ids fed directly are exact)",
+                model_dir,
+            )
     special = gguf.SpecialVocab(model_dir, load_merges=kind == "gpt2", n_vocab=vocab_size)
     special.add_special_token = dict(zip(("bos", "eos"), _adds(tok)))
     special.add_to_gguf(writer, quiet=True)

@@ -53,14 +53,17 @@ def free_port() -> int:
 def read_config(config_file: str | Path) -> dict:
     """The accelerate config file, or one line naming it (missing, not YAML, not a mapping)."""
     import yaml
+
     path = Path(config_file)
     if not path.is_file():
         raise StreamlineError(f"llm.accelerate_config: {path} does not exist")
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise StreamlineError(f"llm.accelerate_config: {path} is not valid YAML ({type(e).__name__}, "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise StreamlineError(
+            f"llm.accelerate_config: {path} is not valid YAML ({type(e).__name__}, "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if not isinstance(config, dict):
         raise StreamlineError(f"llm.accelerate_config: {path} is not a mapping of accelerate settings")
     return config
@@ -79,6 +82,7 @@ def check_accelerate_config(config_file: str | Path, cache_file: str | Path | No
     """
     import hashlib
     import json
+
     config = read_config(config_file)
     digest = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
     cache = Path(cache_file or ".snakemake/streamline/accelerate-configs.json")
@@ -88,6 +92,7 @@ def check_accelerate_config(config_file: str | Path, cache_file: str | Path | No
     except (OSError, ValueError, TypeError):
         pass
     from accelerate.commands.config.config_args import ClusterConfig
+
     where = f"llm.accelerate_config: {config_file}"
     try:
         ClusterConfig.from_yaml_file(str(config_file))
@@ -98,8 +103,10 @@ def check_accelerate_config(config_file: str | Path, cache_file: str | Path | No
         if not isinstance(ds, dict):
             raise StreamlineError(f"{where}: distributed_type DEEPSPEED needs a deepspeed_config mapping")
         if "deepspeed_config_file" not in ds and ds.get("zero_stage") not in ZERO_STAGES:
-            raise StreamlineError(f"{where}: deepspeed_config.zero_stage is {ds.get('zero_stage')!r} (allowed: "
-                                  f"{', '.join(map(str, ZERO_STAGES))})")
+            raise StreamlineError(
+                f"{where}: deepspeed_config.zero_stage is {ds.get('zero_stage')!r} (allowed: "
+                f"{', '.join(map(str, ZERO_STAGES))})"
+            )
     n = config.get("num_processes", 1)
     if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
         raise StreamlineError(f"{where}: num_processes is {n!r} (allowed: an integer >= 1)")
@@ -110,6 +117,7 @@ def check_accelerate_config(config_file: str | Path, cache_file: str | Path | No
         known = []
     try:
         from .atomic import atomic_write_json
+
         atomic_write_json(cache, sorted(set(known) | {digest}))
     except OSError:
         pass  # checked again next time
@@ -119,9 +127,17 @@ def distributed_type(config_file: str | Path) -> str:
     return str(read_config(config_file).get("distributed_type", "NO")).upper()
 
 
-def launch_command(config_file: str | Path, num_processes: int | None, module_args: list[str], *,
-                   module: str = "streamline.cli", gpus: int | None = None, port: int | None = None,
-                   cpus: int | None = None, mixed_precision: str | None = None) -> list[str]:
+def launch_command(
+    config_file: str | Path,
+    num_processes: int | None,
+    module_args: list[str],
+    *,
+    module: str = "streamline.cli",
+    gpus: int | None = None,
+    port: int | None = None,
+    cpus: int | None = None,
+    mixed_precision: str | None = None,
+) -> list[str]:
     """argv that runs `python -m module module_args` under accelerate on this machine.
 
     num_processes: processes to start (the GPUs the job was given); None = one per visible GPU, or the
@@ -139,8 +155,9 @@ def launch_command(config_file: str | Path, num_processes: int | None, module_ar
         try:
             n = num_processes or int(read_config(config_file).get("num_processes", 1))
         except (TypeError, ValueError):
-            raise StreamlineError(f"llm.accelerate_config: {config_file} has a num_processes that is not a "
-                                  f"number") from None
+            raise StreamlineError(
+                f"llm.accelerate_config: {config_file} has a num_processes that is not a number"
+            ) from None
         if kind != "DEEPSPEED":
             env["ACCELERATE_USE_CPU"] = "1"
         if cpus is None:
@@ -168,6 +185,7 @@ def die_with_parent() -> None:
         return
     import ctypes
     import signal
+
     parent = os.getppid()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -192,12 +210,20 @@ def _log_of(module_args: list[str]) -> str | None:
 
 # Where the launcher's own failure report begins (torchrun's ChildFailedError, accelerate's CalledProcessError):
 # from there on its stderr is kept for the log, not shown.
-REPORT_START = re.compile(rb"^(Traceback \(most recent call last\)|E\d{4} \d\d:\d\d:\d\d|\[rank\d+\]:E|W\d{4} .*"
-                          rb"Sending process \d+ closing signal)", re.M)
+REPORT_START = re.compile(
+    rb"^(Traceback \(most recent call last\)|E\d{4} \d\d:\d\d:\d\d|\[rank\d+\]:E|W\d{4} .*"
+    rb"Sending process \d+ closing signal)",
+    re.M,
+)
 
 
-def run(config_file: str, num_processes: int | None, module_args: list[str], mixed_precision: str | None = None,
-        print_only: bool = False) -> int:
+def run(
+    config_file: str,
+    num_processes: int | None,
+    module_args: list[str],
+    mixed_precision: str | None = None,
+    print_only: bool = False,
+) -> int:
     """`streamline launch`: run the accelerate launcher as a child, its stderr passed through as it comes.
 
     Every failure ends in one line. A worker that stops (on bad input, or on an unexpected exception, whose
@@ -209,17 +235,20 @@ def run(config_file: str, num_processes: int | None, module_args: list[str], mix
     """
     import signal
     import tempfile
+
     check_mixed_precision(config_file, mixed_precision)
     cmd = launch_command(config_file, num_processes, module_args, mixed_precision=mixed_precision)
     if print_only:
         import shlex
+
         print(shlex.join(cmd))
         return 0
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
     fd, error_file = tempfile.mkstemp(prefix="streamline-error-")
     os.close(fd)
-    proc = subprocess.Popen(cmd, env={**os.environ, ERROR_FILE: error_file}, stderr=subprocess.PIPE,
-                            preexec_fn=die_with_parent)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, ERROR_FILE: error_file}, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _: proc.send_signal(s))
     held = bytearray()
@@ -230,9 +259,9 @@ def run(config_file: str, num_processes: int | None, module_args: list[str], mix
                 sys.stderr.buffer.flush()
                 continue
             if not held and (start := REPORT_START.search(chunk)):  # show what came before the report
-                sys.stderr.buffer.write(chunk[:start.start()])
+                sys.stderr.buffer.write(chunk[: start.start()])
                 sys.stderr.buffer.flush()
-                chunk = chunk[start.start():]
+                chunk = chunk[start.start() :]
             held += chunk
         code = proc.wait()
         error = Path(error_file).read_text().splitlines()
@@ -252,8 +281,11 @@ def run(config_file: str, num_processes: int | None, module_args: list[str], mix
     how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
     signals = {9: " (SIGKILL: out of memory, or killed from outside?)", 15: " (SIGTERM)"}
     where = f"; its output is in {log_file}" if log_file and held else (f"; see {log_file}" if log_file else "")
-    print(f"streamline launch: error: the training processes failed ({how}{signals.get(-code, '')}) without "
-          f"saying why{where}", file=sys.stderr)
+    print(
+        f"streamline launch: error: the training processes failed ({how}{signals.get(-code, '')}) without "
+        f"saying why{where}",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -261,14 +293,18 @@ def check_mixed_precision(config_file: str | Path, mixed_precision: str | None) 
     """fp16 training needs a GPU: DeepSpeed has no fp16 on CPU, and it would fail only once the workers start."""
     wanted = (mixed_precision or str(read_config(config_file).get("mixed_precision", "no"))).lower()
     if wanted == "fp16" and gpu_count() == 0:
-        raise StreamlineError("dtype: float16 trains the llm and kd losses only on a GPU (DeepSpeed and DDP have "
-                              "no fp16 on a CPU), and this machine shows none; use dtype: bfloat16 or float32 here")
+        raise StreamlineError(
+            "dtype: float16 trains the llm and kd losses only on a GPU (DeepSpeed and DDP have "
+            "no fp16 on a CPU), and this machine shows none; use dtype: bfloat16 or float32 here"
+        )
 
 
 # --- the command: streamline launch -------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import positive_int
+
     p.add_argument("--config", required=True, help="accelerate config (configs/accelerate/*.yaml)")
     p.add_argument("--num-processes", type=positive_int, help="default: one per visible GPU, else the config's")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override the config's")

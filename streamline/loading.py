@@ -24,8 +24,11 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise StreamlineError(f"device: unknown device {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
-                 "mps": torch.backends.mps.is_available()}.get(dev.type, False)
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(dev.type, False)
     if not available:
         raise StreamlineError(f"device: {device} is not available on this machine (use auto or cpu)")
     return dev
@@ -38,8 +41,9 @@ def load_config(model_dir: str | Path) -> PretrainedConfig:
     return read_config(model_dir)
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "auto",
-               attn: str = "sdpa") -> tuple[PreTrainedModel, Adapter]:
+def load_model(
+    model_dir: str | Path, dtype: str = "float32", device: str = "auto", attn: str = "sdpa"
+) -> tuple[PreTrainedModel, Adapter]:
     config = load_config(model_dir)
     adapter = get_adapter(config.model_type)
     dev = resolve_device(device)
@@ -47,16 +51,26 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "aut
     model.eval().to(dev)
     n_params = count_params(model)
     where = f"{dev} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else str(dev)
-    log.info("loaded %s (%s, %d layers, %.1fM params, %s) on %s", Path(model_dir).name, config.model_type,
-             config.num_hidden_layers, n_params / 1e6, dtype, where)
+    log.info(
+        "loaded %s (%s, %d layers, %.1fM params, %s) on %s",
+        Path(model_dir).name,
+        config.model_type,
+        config.num_hidden_layers,
+        n_params / 1e6,
+        dtype,
+        where,
+    )
     return model, adapter
 
 
 def _weights_with_prefix(model_dir: Path, prefixes: list[str]) -> dict[str, torch.Tensor]:
     """Tensors whose names start with one of `prefixes`, read from the safetensors files alone."""
     from safetensors import safe_open
+
     index = model_dir / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     state = {}
     for name in files:
         with safe_open(model_dir / name, framework="pt") as f:
@@ -67,7 +81,9 @@ def _weights_with_prefix(model_dir: Path, prefixes: list[str]) -> dict[str, torc
 def load_layers(model_dir: str | Path, indices: list[int], dtype: str = "float32") -> torch.nn.ModuleList:
     """Decoder layers `indices` of a model dir, without loading (or allocating) the rest of the model."""
     from transformers import AutoModelForCausalLM
+
     from .weights import verify
+
     model_dir = Path(model_dir)
     config = load_config(model_dir)
     verify(model_dir)
@@ -78,11 +94,12 @@ def load_layers(model_dir: str | Path, indices: list[int], dtype: str = "float32
     prefixes = [f"{adapter.layers_path}.{i}." for i in indices]
     state = _weights_with_prefix(model_dir, prefixes)
     for j, (i, prefix) in enumerate(zip(indices, prefixes)):
-        layers[j].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        layers[j].load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     return layers.to(TORCH_DTYPES[dtype])
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
     """Identity of a model dir by its content (config and weights); see weights.py."""
     from .weights import fingerprint
+
     return fingerprint(model_dir)

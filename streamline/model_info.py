@@ -17,6 +17,7 @@ class ModelInfo(Record):
     """streamline.json of a model dir a stage wrote (replace, linear, train): what was removed, what replaced
     it, how it was trained. k (`replacement_layers`) means one thing everywhere: the layers kept in the
     block's place, 0 for plain removal (`none`) and the folded map (`linear`)."""
+
     name: str
     source_model: str
     source_layers: Count
@@ -27,11 +28,11 @@ class ModelInfo(Record):
     replacement_layers: Count
     metric: str
     dtype: str
-    loss: str | None = None          # None until trained; "mse+kd" for a staged run
+    loss: str | None = None  # None until trained; "mse+kd" for a staged run
     seed: int | None = None
     training: dict[str, Any] | None = None  # the model card's training rows
     final_val: dict[str, float] | None = None
-    params: Count | None = None      # set when the dir is saved
+    params: Count | None = None  # set when the dir is saved
     num_hidden_layers: Count | None = None
 
     def __post_init__(self) -> None:
@@ -48,5 +49,6 @@ def read_info(model_dir: str | Path) -> ModelInfo:
     """A pruned model dir's streamline.json, checked against the dir's record first: a torn or incomplete one
     moves the dir aside (its stage reruns) with one line."""
     from .weights import verify
+
     verify(model_dir)
     return ModelInfo.load(Path(model_dir) / "streamline.json", "model dir's streamline.json", aside=model_dir)

@@ -33,8 +33,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 class ResidualFFN(nn.Module):
     """`ffn`: x + down(act(up(norm(x)))), the reference's Linear-activation-Linear with a residual."""
 
-    def __init__(self, hidden: int, inner: int, act: str = "relu", norm: str = "rms", eps: float = 1e-6,
-                 bias: bool = True):
+    def __init__(
+        self, hidden: int, inner: int, act: str = "relu", norm: str = "rms", eps: float = 1e-6, bias: bool = True
+    ):
         super().__init__()
         self.norm = make_norm(norm, hidden, eps)
         self.up = nn.Linear(hidden, inner, bias=bias)
@@ -92,6 +93,7 @@ def build_network(spec: dict) -> nn.Module:
 def with_network(base: type, layers_path: str) -> type:
     """`base` (a family's CausalLM class) whose layer slot config.streamline["replacement"]["index"] holds the
     network the spec describes. The one definition, used in-process and by exported dirs' remote code."""
+
     class StreamlineForCausalLM(base):
         def __init__(self, config):
             super().__init__(config)

@@ -58,12 +58,15 @@ def require_owned(path: str | Path, what: str = "output") -> None:
     if path.is_symlink() and not path.exists():
         return  # a dangling link: written through, never deleted (`target`)
     if not path.is_dir():
-        raise StreamlineError(f"{path}: exists and is a file, not a {what} streamline wrote; remove it yourself "
-                              f"or pick another path")
+        raise StreamlineError(
+            f"{path}: exists and is a file, not a {what} streamline wrote; remove it yourself or pick another path"
+        )
     if not owned(path):
-        raise StreamlineError(f"{path}: exists and was not written by streamline (no {MARKER} marker in it); "
-                              f"streamline never deletes what it did not write: remove it yourself or pick another "
-                              f"path for this {what}")
+        raise StreamlineError(
+            f"{path}: exists and was not written by streamline (no {MARKER} marker in it); "
+            f"streamline never deletes what it did not write: remove it yourself or pick another "
+            f"path for this {what}"
+        )
 
 
 def target(path: str | Path) -> Path:
@@ -92,10 +95,11 @@ def move_aside(path: str | Path, why: str = "corrupt") -> Path:
     symlink, the directory it points to is moved, on its own disk; the link stays, and the rerun writes
     through it again. Returns where it went."""
     import time
+
     real = target(path)
     aside = real.with_name(f"{real.name}.{why}-{int(time.time())}")
     for old in real.parent.glob(f"{real.name}.{why}-*"):
-        if old.name[len(real.name) + len(why) + 2:].isdigit() and (old.is_file() or owned(old)):
+        if old.name[len(real.name) + len(why) + 2 :].isdigit() and (old.is_file() or owned(old)):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     real.rename(aside)
     return aside

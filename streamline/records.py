@@ -31,7 +31,7 @@ from .errors import StreamlineError
 
 T = TypeVar("T")
 
-Count = Annotated[int, Ge(0)]                  # a number of things: params, layers, tokens, blocks, steps
+Count = Annotated[int, Ge(0)]  # a number of things: params, layers, tokens, blocks, steps
 Fraction = Annotated[float, Interval(ge=0, le=1)]  # an accuracy, a stability, an agreement
 
 DIGEST = "digest"
@@ -68,6 +68,7 @@ def unsigned_problem(obj: dict) -> str | None:
 @cache
 def _adapter(cls: type):
     from pydantic import TypeAdapter
+
     return TypeAdapter(cls)
 
 
@@ -85,6 +86,7 @@ def _problem(error) -> str:
 def _parse(cls: type[T], obj: Any) -> T | str:
     """`obj` (parsed JSON) as `cls`, or the problem in words. Strict JSON mode: no "1" for 1, no 1 for True."""
     from pydantic import ValidationError
+
     try:
         return _adapter(cls).validate_json(json.dumps(obj, allow_nan=True), strict=True)
     except ValidationError as e:
@@ -95,6 +97,7 @@ def _parse(cls: type[T], obj: Any) -> T | str:
 
 class Record:
     """to_json, write, from_json, checked and load for the dataclasses that subclass it."""
+
     __pydantic_config__ = {"allow_inf_nan": False}  # no stage writes NaN (the writers refuse it)
     signed: ClassVar[bool] = True  # False for a file no stage reads (summary.json): written as it is
 
@@ -106,8 +109,9 @@ class Record:
         write_record(path, self.to_json(), self.signed)
 
     @classmethod
-    def from_json(cls: type[T], obj: Any, where: str | Path = "artifact",
-                  then: str = "run the stage that writes it again") -> T:
+    def from_json(
+        cls: type[T], obj: Any, where: str | Path = "artifact", then: str = "run the stage that writes it again"
+    ) -> T:
         """A record passed in memory (no digest to check)."""
         parsed = _parse(cls, obj)
         if isinstance(parsed, str):
@@ -122,8 +126,13 @@ class Record:
         return (cls.signed and unsigned_problem(obj)) or _parse(cls, {k: v for k, v in obj.items() if k != DIGEST})
 
     @classmethod
-    def load(cls: type[T], path: str | Path, what: str, aside: str | Path | None = None,
-             check: Callable[[T], str | None] | None = None) -> T:
+    def load(
+        cls: type[T],
+        path: str | Path,
+        what: str,
+        aside: str | Path | None = None,
+        check: Callable[[T], str | None] | None = None,
+    ) -> T:
         """The artifact at `path`, checked (its digest, its fields, and `check(record)`: a problem against
         other files, in words, or None); a torn, changed or invalid one is moved aside (`aside`: the file, or
         the dir it belongs to) with one line naming the problem."""

@@ -37,8 +37,8 @@ def is_random_spec(value: str) -> bool:
 
 @dataclass(frozen=True)
 class RandomSpec:
-    source: str              # a preset name or a config.json path
-    layers: int | None       # None: the config's own depth
+    source: str  # a preset name or a config.json path
+    layers: int | None  # None: the config's own depth
     seed: int
 
     @property
@@ -54,25 +54,30 @@ class RandomSpec:
             try:
                 config = json.loads(path.read_text())
             except (OSError, ValueError) as e:
-                raise StreamlineError(f"model_name: {SCHEME}{self.source}: cannot read a config.json there "
-                                      f"({type(e).__name__})") from None
+                raise StreamlineError(
+                    f"model_name: {SCHEME}{self.source}: cannot read a config.json there ({type(e).__name__})"
+                ) from None
             config = {k: v for k, v in config.items() if not k.startswith("_")}
         else:
             config = preset_config(self.source)
         if self.layers:
             if self.layers > config["num_hidden_layers"]:
-                raise StreamlineError(f"model_name: layers={self.layers} is deeper than {self.source}'s "
-                                      f"{config['num_hidden_layers']} (allowed: 1..{config['num_hidden_layers']})")
+                raise StreamlineError(
+                    f"model_name: layers={self.layers} is deeper than {self.source}'s "
+                    f"{config['num_hidden_layers']} (allowed: 1..{config['num_hidden_layers']})"
+                )
             config["num_hidden_layers"] = self.layers
         return config
 
 
 def parse_random_spec(value: str) -> RandomSpec:
     """random://PRESET_OR_CONFIG_JSON[?layers=N&seed=S]; one line naming model_name if it is not one."""
-    body, _, query = value[len(SCHEME):].partition("?")
+    body, _, query = value[len(SCHEME) :].partition("?")
     if not body or (not body.endswith(".json") and body not in presets()):
-        raise StreamlineError(f"model_name: {value}: expected random://PRESET[?layers=N] with a preset of "
-                              f"{', '.join(presets())}, or random://path/to/config.json")
+        raise StreamlineError(
+            f"model_name: {value}: expected random://PRESET[?layers=N] with a preset of "
+            f"{', '.join(presets())}, or random://path/to/config.json"
+        )
     args = parse_qs(query, keep_blank_values=True)
     unknown = sorted(set(args) - {"layers", "seed"})
     if unknown:
@@ -104,8 +109,9 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIALS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1],
-                                   pad_token=SPECIALS[2])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1], pad_token=SPECIALS[2]
+    )
 
 
 def write_random_model(spec: RandomSpec, out: Path) -> dict:
@@ -119,11 +125,14 @@ def write_random_model(spec: RandomSpec, out: Path) -> dict:
     fields = spec.config()
     tokenizer = byte_tokenizer()
     if fields["vocab_size"] < len(tokenizer):
-        raise StreamlineError(f"model_name: a vocabulary of {fields['vocab_size']} is smaller than the rehearsal "
-                              f"tokenizer's {len(tokenizer)} tokens")
+        raise StreamlineError(
+            f"model_name: a vocabulary of {fields['vocab_size']} is smaller than the rehearsal "
+            f"tokenizer's {len(tokenizer)} tokens"
+        )
     config = CONFIG_MAPPING[fields["model_type"]].from_dict(fields)
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = (tokenizer.convert_tokens_to_ids(t)
-                                                                     for t in SPECIALS)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = (
+        tokenizer.convert_tokens_to_ids(t) for t in SPECIALS
+    )
     dtype = getattr(torch, str(fields.get("torch_dtype") or fields.get("dtype") or "float32").removeprefix("torch."))
     with torch.device("meta"):  # names and shapes only: nothing is allocated
         skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -142,7 +151,7 @@ def write_random_model(spec: RandomSpec, out: Path) -> dict:
         if p.dim() == 1:  # norms' gains start at 1, biases at 0
             value = torch.ones(p.shape, dtype=dtype) if name.endswith("weight") else torch.zeros(p.shape, dtype=dtype)
         else:  # uniform with the config's init std: as cheap as a fill, drawn in the storage dtype
-            bound = std * 3 ** 0.5
+            bound = std * 3**0.5
             value = torch.empty(p.shape, dtype=dtype).uniform_(-bound, bound, generator=generator)
         nbytes = value.numel() * value.element_size()
         if shard and shard_bytes + nbytes > SHARD_BYTES:
@@ -157,12 +166,27 @@ def write_random_model(spec: RandomSpec, out: Path) -> dict:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config.dtype = dtype
     config.save_pretrained(out)
-    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                     pad_token_id=config.pad_token_id).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    ).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    summary = {"source": spec.source, "layers": config.num_hidden_layers, "params": sum(
-        p.numel() for p in skeleton.parameters()), "bytes": total, "shards": count, "dtype": str(dtype),
-        "seconds": round(time.perf_counter() - t0, 1)}
-    log.info("random %s: %d layers, %.2fB params (%s), %.2f GB in %d shards, %.1f s", spec.source, summary["layers"],
-             summary["params"] / 1e9, summary["dtype"], total / 1e9, count, summary["seconds"])
+    summary = {
+        "source": spec.source,
+        "layers": config.num_hidden_layers,
+        "params": sum(p.numel() for p in skeleton.parameters()),
+        "bytes": total,
+        "shards": count,
+        "dtype": str(dtype),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    log.info(
+        "random %s: %d layers, %.2fB params (%s), %.2f GB in %d shards, %.1f s",
+        spec.source,
+        summary["layers"],
+        summary["params"] / 1e9,
+        summary["dtype"],
+        total / 1e9,
+        count,
+        summary["seconds"],
+    )
     return summary

@@ -26,8 +26,23 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .artifacts import (BaselineFiles, EstimateLog, Evaluation, LlamaCppCheck, ReportManifest, Row, Samples,
-                        Stability, Summary, TrainFacts, TrainLog, VariantFiles, VariantRow, read_samples, read_scores)
+from .artifacts import (
+    BaselineFiles,
+    EstimateLog,
+    Evaluation,
+    LlamaCppCheck,
+    ReportManifest,
+    Row,
+    Samples,
+    Stability,
+    Summary,
+    TrainFacts,
+    TrainLog,
+    VariantFiles,
+    VariantRow,
+    read_samples,
+    read_scores,
+)
 from .atomic import atomic_write_text
 from .errors import StreamlineError
 from .layout import PLOTS
@@ -54,20 +69,41 @@ def _training(spec: VariantFiles) -> tuple[TrainFacts | None, TrainLog | None]:
     """(the row's training facts, its train log) from its train_log.json or estimate_log.json, if it has one."""
     if spec.train_log:
         tl = TrainLog.load(spec.train_log, "train log")
-        return TrainFacts(kind="trained", tokens=tl.train_tokens, seconds=tl.seconds, total_steps=tl.total_steps,
-                          initial_val_loss=tl.initial_val_loss, best_val_loss=tl.best_val_loss,
-                          best_step=tl.best_step, kept=tl.kept, warnings=list(tl.warnings)), tl
+        return TrainFacts(
+            kind="trained",
+            tokens=tl.train_tokens,
+            seconds=tl.seconds,
+            total_steps=tl.total_steps,
+            initial_val_loss=tl.initial_val_loss,
+            best_val_loss=tl.best_val_loss,
+            best_step=tl.best_step,
+            kept=tl.kept,
+            warnings=list(tl.warnings),
+        ), tl
     if spec.estimate_log:
         el = EstimateLog.load(spec.estimate_log, "estimate log")
-        return TrainFacts(kind="estimated", tokens=None, seconds=el.seconds, total_steps=None, initial_val_loss=None,
-                          best_val_loss=None, best_step=None, kept=None, warnings=[]), None
+        return TrainFacts(
+            kind="estimated",
+            tokens=None,
+            seconds=el.seconds,
+            total_steps=None,
+            initial_val_loss=None,
+            best_val_loss=None,
+            best_step=None,
+            kept=None,
+            warnings=[],
+        ), None
     return None, None
 
 
 def _accuracy(ev: Evaluation, correct: dict) -> dict[str, Any]:
     acc = {t: r.headline if r.headline is not None else r.acc for t, r in ev.results.items()}
-    return {"tasks": acc, "average": _mean([acc.get(t) for t in ev.tasks]),
-            "questions": {t: len(c) for t, c in correct.items()}, **stats.accuracy_intervals(correct)}
+    return {
+        "tasks": acc,
+        "average": _mean([acc.get(t) for t in ev.tasks]),
+        "questions": {t: len(c) for t, c in correct.items()},
+        **stats.accuracy_intervals(correct),
+    }
 
 
 def _ppl_interval(ev: Evaluation) -> list[float] | None:
@@ -77,16 +113,42 @@ def _ppl_interval(ev: Evaluation) -> list[float] | None:
 
 def _base_row(name: str, ev: Evaluation, correct: dict, gguf: str | None = None) -> Row:
     return Row(
-        model=name, n=None, variant="baseline", label=f"{name} (baseline)",
-        net=None, loss=None, replacement_layers=None, block=None,
-        layers=ev.num_hidden_layers, params=ev.params, params_removed_pct=0.0, compression_ratio=1.0,
+        model=name,
+        n=None,
+        variant="baseline",
+        label=f"{name} (baseline)",
+        net=None,
+        loss=None,
+        replacement_layers=None,
+        block=None,
+        layers=ev.num_hidden_layers,
+        params=ev.params,
+        params_removed_pct=0.0,
+        compression_ratio=1.0,
         **_accuracy(ev, correct),
-        delta=None, delta_average=None, delta_ci95=None, retention=1.0, retention_ci95=None,
-        flips=0.0, flips_tasks={}, stability=None, stability_tasks={}, stability_effective_questions={},
-        perplexity=ev.perplexity.value if ev.perplexity else None, perplexity_ci95=_ppl_interval(ev),
-        perplexity_ratio=1.0, perplexity_ratio_ci95=None, kl_to_original=0.0, kl_to_original_ci95=None,
-        speedup={"prefill": 1.0, "decode": 1.0}, speedup_ideal={"prefill": 1.0, "decode": 1.0},
-        train=None, warnings=[], limit=ev.limit, **_llamacpp(gguf))
+        delta=None,
+        delta_average=None,
+        delta_ci95=None,
+        retention=1.0,
+        retention_ci95=None,
+        flips=0.0,
+        flips_tasks={},
+        stability=None,
+        stability_tasks={},
+        stability_effective_questions={},
+        perplexity=ev.perplexity.value if ev.perplexity else None,
+        perplexity_ci95=_ppl_interval(ev),
+        perplexity_ratio=1.0,
+        perplexity_ratio_ci95=None,
+        kl_to_original=0.0,
+        kl_to_original_ci95=None,
+        speedup={"prefill": 1.0, "decode": 1.0},
+        speedup_ideal={"prefill": 1.0, "decode": 1.0},
+        train=None,
+        warnings=[],
+        limit=ev.limit,
+        **_llamacpp(gguf),
+    )
 
 
 def _llamacpp(path: str | None) -> dict[str, Any]:
@@ -95,13 +157,24 @@ def _llamacpp(path: str | None) -> dict[str, Any]:
     if not path:
         return {"gguf_ppl": None, "speedup_llamacpp": None, "speedup_llamacpp_ideal": None}
     g = LlamaCppCheck.load(path, "llama.cpp check")
-    return {"gguf_ppl": g.gguf_ppl, "speedup_llamacpp": g.speedup_llamacpp,
-            "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal,
-            "speed_llamacpp_noise": g.speed_llamacpp.noise if g.speed_llamacpp else None}
+    return {
+        "gguf_ppl": g.gguf_ppl,
+        "speedup_llamacpp": g.speedup_llamacpp,
+        "speedup_llamacpp_ideal": g.speedup_llamacpp_ideal,
+        "speed_llamacpp_noise": g.speed_llamacpp.noise if g.speed_llamacpp else None,
+    }
 
 
-def _variant_row(spec: VariantFiles, ev: Evaluation, st: Stability, correct: dict, base: Row, base_ev: Evaluation,
-                 base_correct: dict, train: TrainFacts | None) -> VariantRow:
+def _variant_row(
+    spec: VariantFiles,
+    ev: Evaluation,
+    st: Stability,
+    correct: dict,
+    base: Row,
+    base_ev: Evaluation,
+    base_correct: dict,
+    train: TrainFacts | None,
+) -> VariantRow:
     info = ev.streamline
     if info is None:
         raise StreamlineError(f"{spec.eval}: evaluates a model dir without streamline.json, not a pruned variant")
@@ -111,28 +184,53 @@ def _variant_row(spec: VariantFiles, ev: Evaluation, st: Stability, correct: dic
     kl, speed = ev.kl_to_original, ev.speed
     tokens_per_block = ev.perplexity.tokens_per_block if ev.perplexity else []
     return VariantRow(
-        model=base.model, n=info.n, variant=spec.name, label=f"n={info.n} {spec.name}",
-        net=info.net, loss=info.loss,
+        model=base.model,
+        n=info.n,
+        variant=spec.name,
+        label=f"n={info.n} {spec.name}",
+        net=info.net,
+        loss=info.loss,
         replacement_layers=info.replacement_layers,  # k kept in the block's place: 0 for none and linear
-        block=info.block, layers=ev.num_hidden_layers or info.num_hidden_layers, params=params,
+        block=info.block,
+        layers=ev.num_hidden_layers or info.num_hidden_layers,
+        params=params,
         params_removed_pct=(100.0 * (1 - params / src_params)) if params and src_params else None,
         compression_ratio=(src_params / params) if params and src_params else None,
-        **_accuracy(ev, correct), **stats.paired_comparison(base_correct, correct),
-        stability=st.average, stability_tasks={t: r.stability for t, r in st.tasks.items()},
+        **_accuracy(ev, correct),
+        **stats.paired_comparison(base_correct, correct),
+        stability=st.average,
+        stability_tasks={t: r.stability for t, r in st.tasks.items()},
         stability_effective_questions={t: r.effective_questions for t, r in st.tasks.items()},
-        stability_legacy=st.legacy, stability_scale=st.scale,
-        perplexity=ppl, perplexity_ci95=_ppl_interval(ev),
+        stability_legacy=st.legacy,
+        stability_scale=st.scale,
+        perplexity=ppl,
+        perplexity_ci95=_ppl_interval(ev),
         perplexity_ratio=ppl / base.perplexity if ppl and base.perplexity else None,
         perplexity_ratio_ci95=_paired_ppl_ratio(ev, base_ev),
         kl_to_original=kl.value if kl else None,
         kl_to_original_ci95=stats.block_ratio_interval(kl.kl_per_block, tokens_per_block) if kl else None,
-        speedup=speed.speedup if speed else None, speedup_ideal=speed.ideal if speed else None,
-        speed={"device": speed.device, "threads": speed.threads, "batch": speed.batch,
-               "prefill_tokens": speed.prefill_tokens, "decode_steps": speed.decode_steps,
-               "prefill_tokens_per_s": speed.prefill_tokens_per_s,
-               "decode_tokens_per_s": speed.decode_tokens_per_s, "spread": speed.spread, "load": speed.load,
-               "cores": speed.cores} if speed else None,
-        speed_noise=speed.noise if speed else None, train=train, warnings=train.warnings if train else [], limit=ev.limit, **_llamacpp(spec.gguf))
+        speedup=speed.speedup if speed else None,
+        speedup_ideal=speed.ideal if speed else None,
+        speed={
+            "device": speed.device,
+            "threads": speed.threads,
+            "batch": speed.batch,
+            "prefill_tokens": speed.prefill_tokens,
+            "decode_steps": speed.decode_steps,
+            "prefill_tokens_per_s": speed.prefill_tokens_per_s,
+            "decode_tokens_per_s": speed.decode_tokens_per_s,
+            "spread": speed.spread,
+            "load": speed.load,
+            "cores": speed.cores,
+        }
+        if speed
+        else None,
+        speed_noise=speed.noise if speed else None,
+        train=train,
+        warnings=train.warnings if train else [],
+        limit=ev.limit,
+        **_llamacpp(spec.gguf),
+    )
 
 
 def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None:
@@ -140,8 +238,9 @@ def _paired_ppl_ratio(ev: Evaluation, base_ev: Evaluation) -> list[float] | None
     p, bp = ev.perplexity, base_ev.perplexity
     if not p or not bp or len(p.nll_per_block) != len(bp.nll_per_block) or p.tokens_per_block != bp.tokens_per_block:
         return None
-    return stats.block_ratio_interval([x - y for x, y in zip(p.nll_per_block, bp.nll_per_block)],
-                                      p.tokens_per_block, transform=np.exp)
+    return stats.block_ratio_interval(
+        [x - y for x, y in zip(p.nll_per_block, bp.nll_per_block)], p.tokens_per_block, transform=np.exp
+    )
 
 
 def _evaluation(files: BaselineFiles | VariantFiles, what: str) -> tuple[Evaluation, Samples]:
@@ -163,11 +262,14 @@ def collect(manifest: ReportManifest) -> Collected:
     for spec in manifest.rows:
         what = f"variant {spec.name}"
         ev, samples = _evaluation(spec, f"evaluation of {what}")
-        st = Stability.load(spec.stability, f"stability of {what}",
-                            check=lambda st: st.disagreement(base_samples, samples))
+        st = Stability.load(
+            spec.stability, f"stability of {what}", check=lambda st: st.disagreement(base_samples, samples)
+        )
         if set(ev.tasks) != set(tasks) or ev.limit != base_ev.limit:
-            raise StreamlineError(f"{spec.eval}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
-                                  f"on {tasks} (limit {base_ev.limit}); evaluate both the same way")
+            raise StreamlineError(
+                f"{spec.eval}: evaluated on {ev.tasks} (limit {ev.limit}), the baseline "
+                f"on {tasks} (limit {base_ev.limit}); evaluate both the same way"
+            )
         correct = _correct(samples, tasks, spec.samples)
         train, train_log = _training(spec)
         row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
@@ -180,28 +282,40 @@ def collect(manifest: ReportManifest) -> Collected:
 
 # ---------------------------------------------------------------- entry point
 
+
 def read_manifest(text: str) -> ReportManifest:
     """The rule's manifest (JSON), checked: one line for anything that is not what report.smk writes."""
     import json
+
     try:
         manifest = json.loads(text)
     except ValueError:
         raise StreamlineError("--manifest: not valid JSON") from None
-    return ReportManifest.from_json(manifest, "--manifest", then='expected {"baseline": {name, eval, samples}, '
-                                    '"rows": [{name, eval, samples, stability, train_log?, estimate_log?}, ...], '
-                                    '"scores": [files]}')
+    return ReportManifest.from_json(
+        manifest,
+        "--manifest",
+        then='expected {"baseline": {name, eval, samples}, '
+        '"rows": [{name, eval, samples, stability, train_log?, estimate_log?}, ...], '
+        '"scores": [files]}',
+    )
 
 
-def report(manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir: Path,
-           out_html: Path | None = None) -> Summary:
+def report(
+    manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir: Path, out_html: Path | None = None
+) -> Summary:
     collected = collect(manifest)
     plots_dir = Path(plots_dir)
     plot_block_scores(collected, plots_dir / PLOTS["block_scores"])
     plot_training(collected, plots_dir / PLOTS["training_loss"])
     plot_accuracy(collected, plots_dir / PLOTS["task_accuracy"])
     plot_pareto(collected, plots_dir / PLOTS["pareto"])
-    summary = Summary(tasks=collected.tasks, rows=collected.rows, within_noise=noise_lines(collected),
-                      warnings=warning_lines(collected), plots={k: str(plots_dir / v) for k, v in PLOTS.items()})
+    summary = Summary(
+        tasks=collected.tasks,
+        rows=collected.rows,
+        within_noise=noise_lines(collected),
+        warnings=warning_lines(collected),
+        plots={k: str(plots_dir / v) for k, v in PLOTS.items()},
+    )
     atomic_write_text(out_md, markdown(collected))
     if out_html is not None:
         atomic_write_text(out_html, html_page(collected))
@@ -212,12 +326,17 @@ def report(manifest: ReportManifest, *, out_json: Path, out_md: Path, plots_dir:
 
 # --- the command: streamline report -------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, metavar="JSON|@FILE",
-                   help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
-                        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log", "gguf"}, ...], '
-                        '"scores": [block-score files to plot]}; a row names its train_log (trained) or '
-                        'estimate_log (linear), or neither; gguf (a gguf.json) may be null')
+    p.add_argument(
+        "--manifest",
+        required=True,
+        metavar="JSON|@FILE",
+        help='the files, as JSON (or @FILE holding it): {"baseline": {"name", "eval", "samples"}, "rows": '
+        '[{"name", "eval", "samples", "stability", "train_log", "estimate_log", "gguf"}, ...], '
+        '"scores": [block-score files to plot]}; a row names its train_log (trained) or '
+        "estimate_log (linear), or neither; gguf (a gguf.json) may be null",
+    )
     p.add_argument("--json", required=True, help="summary.json")
     p.add_argument("--md", required=True, help="summary.md")
     p.add_argument("--html", help="summary.html")
@@ -228,5 +347,10 @@ def run(a: argparse.Namespace) -> None:
     if a.manifest.startswith("@") and not Path(a.manifest[1:]).is_file():
         raise StreamlineError(f"--manifest: {a.manifest[1:]} is not a file")
     text = Path(a.manifest[1:]).read_text() if a.manifest.startswith("@") else a.manifest
-    report(read_manifest(text), out_json=Path(a.json), out_md=Path(a.md),
-           out_html=Path(a.html) if a.html else None, plots_dir=Path(a.plots_dir))
+    report(
+        read_manifest(text),
+        out_json=Path(a.json),
+        out_md=Path(a.md),
+        out_html=Path(a.html) if a.html else None,
+        plots_dir=Path(a.plots_dir),
+    )

@@ -17,6 +17,7 @@ SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     import yaml
+
     return yaml.safe_load(SCHEMA.read_text())
 
 

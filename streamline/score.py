@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from . import progress
 
+from . import progress
 from .artifacts import BlockScores, WindowScore
 from .errors import StreamlineError
 from .store import HiddenStore, open_store
@@ -34,14 +34,15 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
         raise StreamlineError(f"metric: unknown metric '{metric}' (allowed: {', '.join(METRICS)})")
     num_states = store.hidden.shape[0]
     if not 1 <= span < num_states:
-        raise StreamlineError(f"layer_intervals: a block of {span} layers does not fit a model with "
-                              f"{num_states - 1} layers")
+        raise StreamlineError(
+            f"layer_intervals: a block of {span} layers does not fit a model with {num_states - 1} layers"
+        )
     fn = METRICS[metric][0]
     total = torch.zeros(num_states - span, dtype=torch.float64)
     tokens = 0
     for n in progress.bar(range(store.num_samples), desc="score", unit="sample"):
-        hs = store.read_sample(n).float()           # [K, T, H]
-        valid = store.read_mask(n)                   # [T]
+        hs = store.read_sample(n).float()  # [K, T, H]
+        valid = store.read_mask(n)  # [T]
         hs = hs[:, valid]
         cos = torch.nn.functional.cosine_similarity(hs[:-span], hs[span:], dim=-1)  # [K-span, T']
         total += fn(cos).double().sum(dim=1)
@@ -49,8 +50,15 @@ def block_scores(store: HiddenStore, span: int, metric: str = "cosine") -> tuple
     return (total / max(tokens, 1)).numpy(), tokens
 
 
-def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | Path | None = None, *,
-          metric: str = "cosine", span: int | None = None) -> BlockScores:
+def score(
+    store_path: str | Path,
+    n: int,
+    out_json: str | Path,
+    out_png: str | Path | None = None,
+    *,
+    metric: str = "cosine",
+    span: int | None = None,
+) -> BlockScores:
     """Write the scores of every block of `span` (default n+1) layers and pick the most redundant one.
 
     `store_path`: the calibration store, or its manifest."""
@@ -61,30 +69,51 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
         raise StreamlineError(f"{store_path}: scoring needs every layer's hidden state (a calibration store)")
     span = n + 1 if span is None else span
     if not 1 <= n < num_layers:
-        raise StreamlineError(f"layer_intervals: {n} is out of range for a {num_layers}-layer model "
-                              f"(allowed: 1..{num_layers - 1})")
+        raise StreamlineError(
+            f"layer_intervals: {n} is out of range for a {num_layers}-layer model (allowed: 1..{num_layers - 1})"
+        )
     if not n <= span <= num_layers:
-        raise StreamlineError(f"span: {span} layers cannot hold a block of n = {n} in a {num_layers}-layer model "
-                              f"(allowed: {n}..{num_layers})")
+        raise StreamlineError(
+            f"span: {span} layers cannot hold a block of n = {n} in a {num_layers}-layer model "
+            f"(allowed: {n}..{num_layers})"
+        )
     values, tokens = block_scores(store, span, metric)
     if not np.isfinite(values).all():  # np.argmax would pick the first NaN
         i = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise StreamlineError(f"score: the {metric} of block {i}..{i + span - 1} is {values[i]} (the hidden states "
-                              f"overflow in {store.dtype}); extract in dtype: float32 or bfloat16")
+        raise StreamlineError(
+            f"score: the {metric} of block {i}..{i + span - 1} is {values[i]} (the hidden states "
+            f"overflow in {store.dtype}); extract in dtype: float32 or bfloat16"
+        )
     higher_better = METRICS[metric][1]
     best = int(np.argmax(values) if higher_better else np.argmin(values))
     block = list(range(best, best + span))
     result = BlockScores(
-        metric=metric, higher_is_more_redundant=higher_better, n=n, span=span, num_layers=num_layers,
-        samples=store.num_samples, tokens=tokens,
+        metric=metric,
+        higher_is_more_redundant=higher_better,
+        n=n,
+        span=span,
+        num_layers=num_layers,
+        samples=store.num_samples,
+        tokens=tokens,
         scores=[WindowScore(start=i, end=i + span - 1, score=float(v)) for i, v in enumerate(values)],
-        best_start=best, best_score=float(values[best]),
+        best_start=best,
+        best_score=float(values[best]),
         block=block,  # layers best..best+span-1, replaced by one network (or dropped when span == n)
         removed_layers=block[1:] if span == n + 1 else block,  # what disappears if layer `best` is kept
-        layers_after=num_layers - n)
+        layers_after=num_layers - n,
+    )
     result.write(out_json)
-    log.info("n=%d: best block starts at layer %d (layers %d..%d, %s %.4f); %d -> %d layers", n, best, block[0],
-             block[-1], metric, values[best], num_layers, num_layers - n)
+    log.info(
+        "n=%d: best block starts at layer %d (layers %d..%d, %s %.4f); %d -> %d layers",
+        n,
+        best,
+        block[0],
+        block[-1],
+        metric,
+        values[best],
+        num_layers,
+        num_layers - n,
+    )
     if out_png:
         plot_scores(result, out_png)
     return result
@@ -92,6 +121,7 @@ def score(store_path: str | Path, n: int, out_json: str | Path, out_png: str | P
 
 def plot_scores(result: BlockScores, out_png: str | Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -100,8 +130,13 @@ def plot_scores(result: BlockScores, out_png: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(starts, values, marker="o", ms=3)
     ax.axvline(result.best_start, color="tab:red", ls="--", lw=1)
-    ax.scatter([result.best_start], [result.best_score], color="tab:red", zorder=3,
-               label=f"best: layers {result.block[0]}..{result.block[-1]}")
+    ax.scatter(
+        [result.best_start],
+        [result.best_score],
+        color="tab:red",
+        zorder=3,
+        label=f"best: layers {result.block[0]}..{result.block[-1]}",
+    )
     ax.set_xlabel("block start layer i")
     label = r"mean cosine($h_i$, $h_{i+%d}$)" if result.metric == "cosine" else r"angular distance($h_i$, $h_{i+%d}$)"
     ax.set_ylabel(label % result.span)
@@ -116,6 +151,7 @@ def plot_scores(result: BlockScores, out_png: str | Path) -> None:
 
 
 # --- the command: streamline score --------------------------------------------------------------------------
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="the calibration store, or its manifest")

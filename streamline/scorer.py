@@ -63,8 +63,7 @@ class Packed:
         self.segments = [0] * p + [j + 1 for j, r in enumerate(rests) for _ in r]
         starts = list(accumulate([p] + [len(r) for r in rests]))
         # option j's own sequence, as positions of the packed one; its last len(cont) logits predict the continuation
-        self.picks = [(list(range(p)) + list(range(s, s + len(r))))[-len(c):]
-                      for s, r, c in zip(starts, rests, conts)]
+        self.picks = [(list(range(p)) + list(range(s, s + len(r))))[-len(c) :] for s, r, c in zip(starts, rests, conts)]
 
 
 def fill_rows(packs: list[Packed]) -> list[list[Packed]]:
@@ -123,12 +122,13 @@ class PackedLM(HFLM):
             ids = [i for q in alone for i in q]
             reqs = [(requests[i].args, *encoded[i]) for i in ids]
             results.update(zip(ids, self._loglikelihood_tokens(reqs, disable_tqdm=True)))
-        packs = [Packed([encoded[i][0] + encoded[i][1][:-1] for i in ids], [encoded[i][1] for i in ids], ids)
-                 for ids in fits]
+        packs = [
+            Packed([encoded[i][0] + encoded[i][1][:-1] for i in ids], [encoded[i][1] for i in ids], ids) for ids in fits
+        ]
         step = self.batch_size if isinstance(self.batch_size, int) and self.batch_size > 0 else 1
         rows = fill_rows(packs)
         for b in range(0, len(rows), step):
-            for pack, scored in self._score(rows[b:b + step]):
+            for pack, scored in self._score(rows[b : b + step]):
                 results.update(zip(pack.ids, scored))
         for i, r in enumerate(requests):
             self.cache_hook.add_partial("loglikelihood", r.args, results[i])
@@ -162,8 +162,12 @@ class PackedLM(HFLM):
         # The head runs only at the positions some continuation is read at (the same ones in every row).
         keep = sorted({start + i for _, pack, start in placed for pick in pack.picks for i in pick})
         column = {pos: k for k, pos in enumerate(keep)}
-        logits = self.model(input_ids=tensor(tokens), attention_mask=mask, position_ids=tensor(positions),
-                            logits_to_keep=torch.tensor(keep, device=self.device)).logits
+        logits = self.model(
+            input_ids=tensor(tokens),
+            attention_mask=mask,
+            position_ids=tensor(positions),
+            logits_to_keep=torch.tensor(keep, device=self.device),
+        ).logits
         if logits.shape[:2] != (len(rows), len(keep)):
             raise RuntimeError(f"{type(self.model).__name__} ignored logits_to_keep (logits {tuple(logits.shape)})")
         out = []
@@ -172,7 +176,6 @@ class PackedLM(HFLM):
             for pick, cont in zip(pack.picks, pack.conts):
                 logp = F.log_softmax(logits[b, [column[start + i] for i in pick]], dim=-1, dtype=self.softmax_dtype)
                 target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-                scored.append((float(logp.gather(-1, target[:, None]).sum()),
-                               bool((logp.argmax(-1) == target).all())))
+                scored.append((float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
             out.append((pack, scored))
         return out

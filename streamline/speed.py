@@ -66,6 +66,7 @@ def flops_per_token(model, seq_len: int) -> float:
     (it has no formula for the fused CPU attention kernel, which would leave attention out).
     """
     from torch.utils.flop_counter import FlopCounterMode
+
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=model.device)
     attn = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -91,27 +92,50 @@ def decode_weight_bytes(model) -> int:
     return total
 
 
-def measure_speedup(pruned, original, input_ids: np.ndarray, batch_size: int, *, decode_steps: int = 32,
-                    prompt_tokens: int = 32, repeats: int = 3) -> Speed:
+def measure_speedup(
+    pruned,
+    original,
+    input_ids: np.ndarray,
+    batch_size: int,
+    *,
+    decode_steps: int = 32,
+    prompt_tokens: int = 32,
+    repeats: int = 3,
+) -> Speed:
     """Prefill and decode tokens/s of both models and their ratios, measured and ideal."""
     t_start = time.perf_counter()
     device = pruned.device
     batch = torch.from_numpy(np.array(input_ids[:batch_size], dtype=np.int64)).to(device)
     b, t = batch.shape
-    prompt = batch[:, :min(prompt_tokens, t)]
+    prompt = batch[:, : min(prompt_tokens, t)]
     models = {"pruned": pruned, "original": original}
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    timed = timing.time_phases({"prefill": lambda m: _prefill_seconds(m, batch),
-                                "decode": lambda m: _decode_seconds(m, prompt, decode_steps)}, models, repeats, threads)
+    timed = timing.time_phases(
+        {"prefill": lambda m: _prefill_seconds(m, batch), "decode": lambda m: _decode_seconds(m, prompt, decode_steps)},
+        models,
+        repeats,
+        threads,
+    )
     prefill, decode = timed.best["prefill"], timed.best["decode"]
     flops = {k: flops_per_token(m, t) for k, m in models.items()}
     weight_bytes = {k: decode_weight_bytes(m) for k, m in models.items()}
     return Speed(
-        device=str(device), threads=threads, batch=b,
-        prefill_tokens=t, decode_prompt_tokens=int(prompt.shape[1]), decode_steps=decode_steps, repeats=repeats,
+        device=str(device),
+        threads=threads,
+        batch=b,
+        prefill_tokens=t,
+        decode_prompt_tokens=int(prompt.shape[1]),
+        decode_steps=decode_steps,
+        repeats=repeats,
         prefill_tokens_per_s={k: b * t / s for k, s in prefill.items()},
         decode_tokens_per_s={k: b * decode_steps / s for k, s in decode.items()},
-        flops_per_token=flops, decode_weight_bytes=weight_bytes,
+        flops_per_token=flops,
+        decode_weight_bytes=weight_bytes,
         speedup={"prefill": prefill["original"] / prefill["pruned"], "decode": decode["original"] / decode["pruned"]},
-        ideal={"prefill": flops["original"] / flops["pruned"], "decode": weight_bytes["original"] / weight_bytes["pruned"]},
-        wall_time_s=round(time.perf_counter() - t_start, 2), **timed.trust())
+        ideal={
+            "prefill": flops["original"] / flops["pruned"],
+            "decode": weight_bytes["original"] / weight_bytes["pruned"],
+        },
+        wall_time_s=round(time.perf_counter() - t_start, 2),
+        **timed.trust(),
+    )

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StreamlineError
 from .artifacts import Question, Samples, Stability, TaskStability, read_samples
 from .atomic import atomic_write_json
+from .errors import StreamlineError
 
 # OpenCompass prediction files and their option labels, as in the reference calculate_stability.py.
 OPENCOMPASS_DATASETS: dict[str, list[str]] = {
@@ -93,8 +93,9 @@ def option_scores(rec: Question, scale: str = "per_token") -> np.ndarray:
     return nll / ntok
 
 
-def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_correct: np.ndarray,
-                    legacy: bool = False) -> float:
+def stability_score(
+    sigma: np.ndarray, original_correct: np.ndarray, pruned_correct: np.ndarray, legacy: bool = False
+) -> float:
     """Softmax(sigma)-weighted agreement of correctness; all arrays in the same question order."""
     w = softmax_weights(sigma)
     agree = np.asarray(original_correct, dtype=bool) == np.asarray(pruned_correct, dtype=bool)
@@ -105,8 +106,15 @@ def stability_score(sigma: np.ndarray, original_correct: np.ndarray, pruned_corr
 
 # ---------------------------------------------------------------- lm-eval samples
 
-def stability_from_samples(before_samples: Samples | dict | Path, after_samples: Samples | dict | Path, *,
-                           legacy: bool = False, metric: str = "acc", scale: str = "per_token") -> Stability:
+
+def stability_from_samples(
+    before_samples: Samples | dict | Path,
+    after_samples: Samples | dict | Path,
+    *,
+    legacy: bool = False,
+    metric: str = "acc",
+    scale: str = "per_token",
+) -> Stability:
     """Stability per task and on average, from two samples files written by `evaluate()`.
 
     The per-option score is the original model's mean negative log-likelihood per token of each
@@ -131,31 +139,46 @@ def stability_from_samples(before_samples: Samples | dict | Path, after_samples:
     for task in common:
         b, a = before.tasks[task], after.tasks[task]
         if set(b) != set(a):
-            raise StreamlineError(f"samples: task {task} covers different questions before and after "
-                                  f"({len(b)} vs {len(a)}); evaluate both with the same limit")
+            raise StreamlineError(
+                f"samples: task {task} covers different questions before and after "
+                f"({len(b)} vs {len(a)}); evaluate both with the same limit"
+            )
         ids = sorted(b, key=int)  # doc order, which is what "the first k" means in legacy mode
         orig = np.array([correct(b[i]) for i in ids])
         pruned = np.array([correct(a[i]) for i in ids])
         if b[ids[0]].answer is not None:  # generated answers: no options to weigh by, so the same extracted answer
             per_task[task] = TaskStability(
                 stability=float(np.mean([b[i].answer == a[i].answer for i in ids])),
-                agreement=float(np.mean(orig == pruned)), n=len(ids), effective_questions=float(len(ids)),
-                sigma_min=None, sigma_max=None, basis="answers")
+                agreement=float(np.mean(orig == pruned)),
+                n=len(ids),
+                effective_questions=float(len(ids)),
+                sigma_min=None,
+                sigma_max=None,
+                basis="answers",
+            )
             continue
         sigma = np.array([np.std(option_scores(b[i], scale)) for i in ids])
         per_task[task] = TaskStability(
             stability=stability_score(sigma, orig, pruned, legacy=legacy),
             agreement=float(np.mean(orig == pruned)),  # unweighted, for reference
-            n=len(ids), effective_questions=effective_questions(sigma),
-            sigma_min=float(sigma.min()), sigma_max=float(sigma.max()))
+            n=len(ids),
+            effective_questions=effective_questions(sigma),
+            sigma_min=float(sigma.min()),
+            sigma_max=float(sigma.max()),
+        )
     return Stability(
-        metric=metric, legacy=legacy, scale=scale, tasks=per_task,
+        metric=metric,
+        legacy=legacy,
+        scale=scale,
+        tasks=per_task,
         average=float(np.mean([r.stability for r in per_task.values()])),
         effective_questions={t: r.effective_questions for t, r in per_task.items()},
-        skipped_tasks=sorted(set(before.tasks) ^ set(after.tasks)))
+        skipped_tasks=sorted(set(before.tasks) ^ set(after.tasks)),
+    )
 
 
 # ---------------------------------------------------------------- OpenCompass predictions
+
 
 def _load_predictions(path: Path) -> dict:
     try:
@@ -181,7 +204,9 @@ def opencompass_file_stability(before_file: Path, after_file: Path, labels: list
         orig = np.array([before[i]["prediction"] == before[i]["gold"] for i in ids])
         pruned = np.array([after[i]["prediction"] == after[i]["gold"] for i in ids])
     except KeyError as e:
-        raise StreamlineError(f"{before_file}: entry lacks {e} (expected 'label: X' -> PPL, prediction, gold)") from None
+        raise StreamlineError(
+            f"{before_file}: entry lacks {e} (expected 'label: X' -> PPL, prediction, gold)"
+        ) from None
     return stability_score(sigma, orig, pruned, legacy=legacy)
 
 
@@ -201,8 +226,9 @@ def stability_from_opencompass(before_dir: Path, after_dir: Path, legacy: bool =
         if missing:
             raise StreamlineError(f"{after_dir}: lacks {len(missing)} subject files of {key}, e.g. {missing[0]}")
         if files:
-            out[key] = float(np.mean([opencompass_file_stability(f, after_dir / f.name, GROUP_LABELS, legacy)
-                                      for f in files]))
+            out[key] = float(
+                np.mean([opencompass_file_stability(f, after_dir / f.name, GROUP_LABELS, legacy) for f in files])
+            )
     if not out:
         raise StreamlineError(f"{before_dir}: no known OpenCompass prediction files shared with {after_dir}")
     return out
@@ -210,32 +236,51 @@ def stability_from_opencompass(before_dir: Path, after_dir: Path, legacy: bool =
 
 # ---------------------------------------------------------------- CLI
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--opencompass", nargs=2, metavar=("BEFORE_DIR", "AFTER_DIR"), type=Path,
-                     help="OpenCompass prediction dirs of the original and the pruned model")
+    src.add_argument(
+        "--opencompass",
+        nargs=2,
+        metavar=("BEFORE_DIR", "AFTER_DIR"),
+        type=Path,
+        help="OpenCompass prediction dirs of the original and the pruned model",
+    )
     src.add_argument("--before", type=Path, help="samples file of the original model (from evaluate)")
     parser.add_argument("--after", type=Path, help="samples file of the pruned model")
     parser.add_argument("--out", type=Path, help="write the result here as JSON (atomically)")
-    parser.add_argument("--metric", choices=["acc", "acc_norm"], default="acc",
-                        help="correctness flag compared for lm-eval samples (default: acc, the headline)")
-    parser.add_argument("--scale", choices=SCALES, default="per_token",
-                        help="lm-eval samples: per-option score as mean NLL per token (default, OpenCompass's "
-                             "PPL scale) or summed NLL (lm-eval's raw log-likelihoods)")
-    parser.add_argument("--legacy", action="store_true",
-                        help="reproduce the reference script's bug (sum of the first k weights)")
+    parser.add_argument(
+        "--metric",
+        choices=["acc", "acc_norm"],
+        default="acc",
+        help="correctness flag compared for lm-eval samples (default: acc, the headline)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="per_token",
+        help="lm-eval samples: per-option score as mean NLL per token (default, OpenCompass's "
+        "PPL scale) or summed NLL (lm-eval's raw log-likelihoods)",
+    )
+    parser.add_argument(
+        "--legacy", action="store_true", help="reproduce the reference script's bug (sum of the first k weights)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.opencompass:
-        result: dict = {"legacy": args.legacy, "datasets": stability_from_opencompass(*args.opencompass, legacy=args.legacy)}
+        result: dict = {
+            "legacy": args.legacy,
+            "datasets": stability_from_opencompass(*args.opencompass, legacy=args.legacy),
+        }
         if args.out:
             atomic_write_json(args.out, result)
     else:
         if args.after is None:
             raise StreamlineError("--after: required with --before")
-        stability = stability_from_samples(args.before, args.after, legacy=args.legacy, metric=args.metric,
-                                           scale=args.scale)
+        stability = stability_from_samples(
+            args.before, args.after, legacy=args.legacy, metric=args.metric, scale=args.scale
+        )
         if args.out:
             stability.write(args.out)  # signed: the report reads it
         result = stability.to_json()

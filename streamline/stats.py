@@ -30,6 +30,7 @@ def wilson(k: int, n: int) -> list[float]:
     if n == 0:
         return [math.nan, math.nan]
     from scipy.stats import binomtest
+
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return [max(0.0, float(ci.low)), min(1.0, float(ci.high))]
 
@@ -42,16 +43,17 @@ def _percentile(x: np.ndarray) -> list[float]:
 def pair_counts(original: dict[str, bool], pruned: dict[str, bool]) -> np.ndarray:
     """Counts of (original, pruned) correctness: [wrong-wrong, wrong-right, right-wrong, right-right]."""
     if set(original) != set(pruned):
-        raise StreamlineError(f"samples: the two models answered different questions ({len(original)} vs "
-                              f"{len(pruned)}); evaluate both with the same tasks and limit")
+        raise StreamlineError(
+            f"samples: the two models answered different questions ({len(original)} vs "
+            f"{len(pruned)}); evaluate both with the same tasks and limit"
+        )
     counts = np.zeros(4, dtype=np.int64)
     for q, o in original.items():
         counts[2 * int(bool(o)) + int(bool(pruned[q]))] += 1
     return counts
 
 
-def accuracy_intervals(correct: dict[str, dict[str, bool]], *, resamples: int = RESAMPLES,
-                       seed: int = SEED) -> dict:
+def accuracy_intervals(correct: dict[str, dict[str, bool]], *, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
     """{"accuracy_ci95": {task: [lo, hi]}, "average_ci95": [lo, hi]} for one model's per-question correctness."""
     rng = np.random.default_rng(seed)
     per_task, draws = {}, []
@@ -62,8 +64,13 @@ def accuracy_intervals(correct: dict[str, dict[str, bool]], *, resamples: int = 
     return {"accuracy_ci95": per_task, "average_ci95": _percentile(np.mean(draws, axis=0)) if draws else None}
 
 
-def paired_comparison(original: dict[str, dict[str, bool]], pruned: dict[str, dict[str, bool]], *,
-                      resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+def paired_comparison(
+    original: dict[str, dict[str, bool]],
+    pruned: dict[str, dict[str, bool]],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> dict:
     """Pruned minus original, per task and on the average over tasks, with paired-bootstrap intervals;
     flips (the fraction of questions whose correctness changed) and retention (average ratio)."""
     missing = set(original) ^ set(pruned)
@@ -87,8 +94,11 @@ def paired_comparison(original: dict[str, dict[str, bool]], pruned: dict[str, di
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = pruned_avg / base_avg
     return {
-        "delta": delta, "delta_average": pruned_mean - base_mean, "delta_ci95": ci,
-        "flips_tasks": flips, "flips": float(np.mean(list(flips.values()))),
+        "delta": delta,
+        "delta_average": pruned_mean - base_mean,
+        "delta_ci95": ci,
+        "flips_tasks": flips,
+        "flips": float(np.mean(list(flips.values()))),
         "retention": pruned_mean / base_mean if base_mean > 0 else None,
         "retention_ci95": _percentile(ratio[np.isfinite(ratio)]) if base_mean > 0 else None,
     }
@@ -98,18 +108,27 @@ def excludes_zero(interval: list[float] | None) -> bool:
     return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
 
-def block_ratio_interval(numerator: list[float], tokens: list[int], *, transform=None, resamples: int = 2000,
-                         seed: int = SEED) -> list[float] | None:
+def block_ratio_interval(
+    numerator: list[float], tokens: list[int], *, transform=None, resamples: int = 2000, seed: int = SEED
+) -> list[float] | None:
     """Percentile bootstrap over blocks (scipy's, blocks resampled with their token counts) of
     sum(numerator) / sum(tokens), optionally transformed (exp for perplexity; monotone, so it maps the ends)."""
     from scipy.stats import bootstrap
+
     num, den = np.asarray(numerator, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
     if num.size == 0 or num.shape != den.shape:
         return None
     if num.size == 1 or np.ptp(num / np.maximum(den, 1)) == 0:  # nothing varies: scipy would return NaN
         lo = hi = float(num.sum() / max(den.sum(), 1))
     else:
-        res = bootstrap((num, den), lambda a, b, axis=-1: a.sum(axis) / np.maximum(b.sum(axis), 1), paired=True,
-                        vectorized=True, n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+        res = bootstrap(
+            (num, den),
+            lambda a, b, axis=-1: a.sum(axis) / np.maximum(b.sum(axis), 1),
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return [float(transform(lo)), float(transform(hi))] if transform else [lo, hi]

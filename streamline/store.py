@@ -25,8 +25,8 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from .errors import StreamlineError
-from .ownership import clear, mark, require_owned, target
 from .manifests import StoreManifest, read_store_manifest
+from .ownership import clear, mark, require_owned, target
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,13 @@ def settle() -> None:
     the others go on. Left pending, they print "Task was destroyed but it is pending!" and their own tracebacks
     to stderr as the process exits on its one-line error."""
     import asyncio
+
     from zarr.core.sync import _get_loop
 
     async def the_others() -> None:
         me = asyncio.current_task()
         await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me), return_exceptions=True)
+
     try:
         asyncio.run_coroutine_threadsafe(the_others(), _get_loop()).result(timeout=60)
     except Exception:  # settling is a courtesy: never hide the error being reported
@@ -117,8 +119,9 @@ class HiddenStore:
             self.group = zarr.open_group(str(self.path), mode=mode)
             self.attrs = dict(self.group.attrs)
             if self.attrs.get("format") != FORMAT:
-                raise StreamlineError(f"{self.path}: a store of an older format; run the extraction again to "
-                                      f"rebuild it")
+                raise StreamlineError(
+                    f"{self.path}: a store of an older format; run the extraction again to rebuild it"
+                )
             self.hidden = self.group["hidden"]
             self.mask = self.group["attention_mask"]
             self.checksum = self.group["checksum"]
@@ -126,16 +129,19 @@ class HiddenStore:
         except StreamlineError:
             raise
         except Exception as e:
-            raise StreamlineError(f"{self.path}: the store's metadata cannot be read ({type(e).__name__}); run the "
-                                  f"extraction again to rebuild it") from None
+            raise StreamlineError(
+                f"{self.path}: the store's metadata cannot be read ({type(e).__name__}); run the "
+                f"extraction again to rebuild it"
+            ) from None
         self._check_shapes()
         self._sums: np.ndarray | None = None  # the checksum table, read once by readers
         self._pending: dict[tuple[int, int], int] = {}  # writers: (k, n) -> crc of chunks written, not yet recorded
         self._lock = threading.Lock()
 
     @classmethod
-    def create_or_resume(cls, path: str | Path, *, shape: tuple[int, int, int, int], dtype: str, codec: str,
-                         level: int, attrs: dict) -> "HiddenStore":
+    def create_or_resume(
+        cls, path: str | Path, *, shape: tuple[int, int, int, int], dtype: str, codec: str, level: int, attrs: dict
+    ) -> "HiddenStore":
         """Open a store written with the same `attrs`, or start a fresh one if anything differs."""
         path = Path(path)
         require_owned(path, "hidden-state store")  # a user's directory is refused, never emptied
@@ -155,8 +161,11 @@ class HiddenStore:
                     store.read_table()  # the table that says what is done must itself be readable
                     return store
                 except Exception as e:
-                    log.warning("%s is damaged (%s); starting it afresh", path,
-                                str(e).split(": ", 1)[-1] if isinstance(e, StreamlineError) else type(e).__name__)
+                    log.warning(
+                        "%s is damaged (%s); starting it afresh",
+                        path,
+                        str(e).split(": ", 1)[-1] if isinstance(e, StreamlineError) else type(e).__name__,
+                    )
             else:
                 log.info("%s was written with other inputs; starting it afresh", path)
         clear(path, "hidden-state store")
@@ -166,11 +175,18 @@ class HiddenStore:
         mark(real, "hidden-state store")  # first: from here on the directory is streamline's to restart
         group = zarr.open_group(str(real), mode="a")
         common = {"compressors": compressors(codec, level), "config": {"write_empty_chunks": True}}
-        group.create_array("hidden", shape=shape, chunks=(1, 1, t, h), dtype=STORAGE_DTYPES[dtype], fill_value=0,
-                           **common)
+        group.create_array(
+            "hidden", shape=shape, chunks=(1, 1, t, h), dtype=STORAGE_DTYPES[dtype], fill_value=0, **common
+        )
         group.create_array("attention_mask", shape=(n, t), chunks=(1, t), dtype="uint8", fill_value=0, **common)
-        group.create_array("checksum", shape=(n, k + 1), chunks=(1, k + 1), dtype="int64", fill_value=-1,
-                           config={"write_empty_chunks": True})
+        group.create_array(
+            "checksum",
+            shape=(n, k + 1),
+            chunks=(1, k + 1),
+            dtype="int64",
+            fill_value=-1,
+            config={"write_empty_chunks": True},
+        )
         group.attrs.update({**attrs, "dtype": dtype, "codec": codec, "format": FORMAT, "shape": list(shape)})
         return cls(path, mode="r+")
 
@@ -191,14 +207,17 @@ class HiddenStore:
         if self.attrs.get("dtype") not in STORAGE_DTYPES or self.hidden.dtype != np.dtype(STORAGE_DTYPES[self.dtype]):
             problems.append(f"hidden is {self.hidden.dtype}, the attributes say {self.attrs.get('dtype')}")
         if problems:
-            raise StreamlineError(f"{self.path}: the store's shape was changed ({problems[0]}); run the extraction "
-                                  f"again to rebuild it")
+            raise StreamlineError(
+                f"{self.path}: the store's shape was changed ({problems[0]}); run the extraction again to rebuild it"
+            )
 
     def check_shape(self, shape: list[int] | tuple[int, ...], where: str | Path) -> "HiddenStore":
         """The store's [K, N, T, H] must be what `where` (its manifest) says it wrote."""
         if list(self.hidden.shape) != list(shape):
-            raise StreamlineError(f"{self.path}: holds {list(self.hidden.shape)} but {where} records {list(shape)}; "
-                                  f"run the extraction again")
+            raise StreamlineError(
+                f"{self.path}: holds {list(self.hidden.shape)} but {where} records {list(shape)}; "
+                f"run the extraction again"
+            )
         return self
 
     @property
@@ -212,7 +231,7 @@ class HiddenStore:
     # --- writing ------------------------------------------------------------------------------------
     def write_range(self, k: int, first: int, values: np.ndarray) -> None:
         """Hidden state k of samples first..first+len(values)-1, one chunk each (thread-safe)."""
-        self.hidden[k, first:first + len(values)] = values
+        self.hidden[k, first : first + len(values)] = values
         with self._lock:
             for j in range(len(values)):
                 self._pending[k, first + j] = crc(values[j])
@@ -245,16 +264,22 @@ class HiddenStore:
             ok = list(pool.map(lambda n: self._sample_ok(n, sums[n]), range(self.num_samples)))
         bad = [n for n in range(self.num_samples) if sums[n, -1] >= 0 and not ok[n]]
         if bad:
-            log.warning("%s: %d done sample(s) fail their checksums (e.g. sample %d); recomputing them", self.path,
-                        len(bad), bad[0])
+            log.warning(
+                "%s: %d done sample(s) fail their checksums (e.g. sample %d); recomputing them",
+                self.path,
+                len(bad),
+                bad[0],
+            )
         return [n for n in range(self.num_samples) if not ok[n]]
 
     # --- reading (verified) -----------------------------------------------------------------------------
     def require_complete(self) -> "HiddenStore":
         missing = int((self._table()[:, -1] < 0).sum())
         if missing:
-            raise StreamlineError(f"{self.path}: incomplete store ({missing} of {self.num_samples} samples missing); "
-                                  f"run the extraction again to finish it")
+            raise StreamlineError(
+                f"{self.path}: incomplete store ({missing} of {self.num_samples} samples missing); "
+                f"run the extraction again to finish it"
+            )
         return self
 
     def _table(self) -> np.ndarray:
@@ -267,8 +292,10 @@ class HiddenStore:
             return self.checksum[:]
         except Exception as e:  # garbage in the table's chunks: nothing says which samples are done
             settle()
-            raise StreamlineError(f"{self.path}: the checksum table cannot be read ({type(e).__name__}); run "
-                                  f"the extraction again to repair the store") from None
+            raise StreamlineError(
+                f"{self.path}: the checksum table cannot be read ({type(e).__name__}); run "
+                f"the extraction again to repair the store"
+            ) from None
 
     def _damaged(self, n: int, k: int, what: str) -> StreamlineError:
         part = "mask" if k == self.num_states else f"hidden state {k}"

@@ -30,8 +30,8 @@ def best_alternating(fn: Callable, models: dict, repeats: int) -> tuple[dict[str
 @dataclass(frozen=True)
 class Timed:
     best: dict[str, dict[str, float]]  # phase -> model -> best seconds
-    spread: dict[str, float]           # phase -> the larger of the models' spreads
-    load: float | None                 # the larger of the load averages before and after
+    spread: dict[str, float]  # phase -> the larger of the models' spreads
+    load: float | None  # the larger of the load averages before and after
     cores: int
     noise: str | None
 

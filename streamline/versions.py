@@ -16,18 +16,18 @@ every parse.
 """
 
 VERSIONS: dict[str, int] = {
-    "download": 1,          # the HF dir written from model_name (GGUF dequantisation, hub snapshot, copy)
-    "prepare-data": 2,      # token blocks of calib/train/val (2: data.json signed, names its domains)
-    "extract": 1,           # hidden states into Zarr: calibration, pairs and the linear estimate's states
-    "score": 1,             # block scores
-    "replace": 1,           # the untrained replaced model
-    "linear": 2,            # the folded map (2: the estimate log records objective, steps and cosine distances)
-    "train": 1,             # every loss, and the export of the trained model
-    "fetch-eval-data": 1,   # the offline tasks' rows
-    "evaluate": 2,          # lm-eval, perplexity, KL, speed (2: samples carry nchar for the acc_norm check)
+    "download": 1,  # the HF dir written from model_name (GGUF dequantisation, hub snapshot, copy)
+    "prepare-data": 2,  # token blocks of calib/train/val (2: data.json signed, names its domains)
+    "extract": 1,  # hidden states into Zarr: calibration, pairs and the linear estimate's states
+    "score": 1,  # block scores
+    "replace": 1,  # the untrained replaced model
+    "linear": 2,  # the folded map (2: the estimate log records objective, steps and cosine distances)
+    "train": 1,  # every loss, and the export of the trained model
+    "fetch-eval-data": 1,  # the offline tasks' rows
+    "evaluate": 2,  # lm-eval, perplexity, KL, speed (2: samples carry nchar for the acc_norm check)
     "stability": 1,
     "report": 1,
-    "export-gguf": 2,       # 2: special tokens as CONTROL, BOS/EOS adding, the pre-tokenizer's name (#29)
+    "export-gguf": 2,  # 2: special tokens as CONTROL, BOS/EOS adding, the pre-tokenizer's name (#29)
     "gguf-check": 1,
 }
 

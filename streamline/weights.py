@@ -18,8 +18,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import StreamlineError
 from .atomic import atomic_write_json
+from .errors import StreamlineError
 from .ownership import move_aside, shown
 
 RECORD = "streamline-weights.json"
@@ -122,8 +122,10 @@ def verify(model_dir: str | Path) -> dict | None:
                 problem = f"{name} does not match what the stage that wrote it recorded"
     if problem:
         aside = move_aside(model_dir)
-        raise StreamlineError(f"model dir {model_dir}: {problem}; moved it to {shown(aside, model_dir)} (the last damaged copy kept); "
-                              f"run the workflow again to rebuild it")
+        raise StreamlineError(
+            f"model dir {model_dir}: {problem}; moved it to {shown(aside, model_dir)} (the last damaged copy kept); "
+            f"run the workflow again to rebuild it"
+        )
     if fresh != saved:  # same content, new stat (a copy, a touch, a record of the older layout): hash once only
         _rewrite_files(model_dir, fresh)
     return fresh

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from tiny import CORPUS, build_tiny_model, build_tokenizer, make_data_dir, sequences
+from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +43,7 @@ def tiny_opt_dir(tmp_path_factory) -> Path:
 def text_corpus(tmp_path_factory) -> Path:
     """A local jsonl corpus large enough for calibration, train and validation blocks."""
     import json
+
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with open(path, "w") as f:
         for i in range(400):
@@ -56,6 +56,7 @@ def trained_llama_dir(tmp_path_factory) -> Path:
     """The tiny Llama after 120 steps on arithmetic sequences (next-token loss 6.4 -> ~0.6): a model that
     knows something, so that removing layers hurts it and healing can measurably help."""
     import numpy as np
+
     out = build_tiny_model("llama", tmp_path_factory.mktemp("trained") / "trained-llama")
     model = AutoModelForCausalLM.from_pretrained(out)
     torch.manual_seed(0)
@@ -81,6 +82,7 @@ def tiny_workflow(tmp_path_factory, tiny_llama_dir, text_corpus):
     workflow tests; tests that change config.yaml must restore it (see workflow_utils). Each job records the
     files it opens (streamline/audit.py) into the third element, for the declared-inputs test."""
     from workflow_utils import make_eval_data, snakemake, tiny_config, write_config
+
     eval_data = make_eval_data(tmp_path_factory.mktemp("eval_data"))
     config = tiny_config(tiny_llama_dir, text_corpus, eval_data=eval_data, network=["none", "ffn"])
     workdir, audit = tmp_path_factory.mktemp("workflow"), tmp_path_factory.mktemp("audit")

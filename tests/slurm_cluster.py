@@ -66,16 +66,27 @@ def ensure_installed(timeout: int = 600) -> None:
         raise SlurmUnavailable(f"Slurm is not installed (missing {', '.join(missing)}) and apt-get is unavailable")
     sudo = root_prefix()
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = [*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-               "--no-install-recommends", *PACKAGES]
+    install = [
+        *sudo,
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        *PACKAGES,
+    ]
     proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:  # stale or empty package lists: update once and retry
         subprocess.run([*sudo, "apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=timeout)
         proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout)
     missing = [b for b in BINARIES if not _which(b)]
     if proc.returncode != 0 or missing:
-        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} failed (rc {proc.returncode}, "
-                               f"missing {missing}): {proc.stderr.strip()[-500:]}")
+        raise SlurmUnavailable(
+            f"apt-get install {' '.join(PACKAGES)} failed (rc {proc.returncode}, "
+            f"missing {missing}): {proc.stderr.strip()[-500:]}"
+        )
 
 
 def _free_port() -> int:
@@ -99,9 +110,17 @@ class SlurmCluster:
     proctrack/linuxproc, no cgroups.
     """
 
-    def __init__(self, workdir: Path | None = None, node: str = "streamline1", partition: str = "debug",
-                 cpus: int | None = None, memory_mb: int | None = None, gpus: int = 1,
-                 min_job_age: int = 3600, start_timeout: float = 60):
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        node: str = "streamline1",
+        partition: str = "debug",
+        cpus: int | None = None,
+        memory_mb: int | None = None,
+        gpus: int = 1,
+        min_job_age: int = 3600,
+        start_timeout: float = 60,
+    ):
         self._own_workdir = workdir is None
         self.root = Path(workdir or tempfile.mkdtemp(prefix="slurm-")).resolve()
         self.node, self.partition = node, partition
@@ -169,16 +188,16 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 """)
         # Fake GPUs: /dev/null as the device file; nothing checks it without cgroup device constraints.
         (self.conf.parent / "gres.conf").write_text(
-            f"NodeName={self.node} Name=gpu Count={self.gpus} File=/dev/null\n" if self.gpus else "")
+            f"NodeName={self.node} Name=gpu Count={self.gpus} File=/dev/null\n" if self.gpus else ""
+        )
         # The jobstep plugin drops SLURM_CONF before its inner srun: re-add it in a wrapper first on PATH.
         real_srun = _which("srun")
         wrapper = self.bin / "srun"
         wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}"\nexport SLURM_CONF\nexec {real_srun} "$@"\n')
         wrapper.chmod(0o755)
-        self.env = dict(os.environ, SLURM_CONF=str(self.conf),
-                        PATH=os.pathsep.join([str(self.bin), _sbin_path()]))
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf), PATH=os.pathsep.join([str(self.bin), _sbin_path()]))
         for var in list(self.env):  # a caller inside a Slurm job must not leak its job into ours
-            if (var.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_")) and var != "SLURM_CONF"):
+            if var.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_")) and var != "SLURM_CONF":
                 del self.env[var]
 
     def _root_run(self, *cmd: str) -> None:
@@ -186,8 +205,14 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        proc = subprocess.Popen([*self._sudo, *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(
+            [*self._sudo, *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()
         self._procs.append((name, proc))
 
@@ -195,21 +220,24 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         for name, proc in self._procs:
             if proc.poll() is not None:
                 out = (self.root / "log" / f"{name}.out").read_text(errors="replace")[-2000:]
-                raise SlurmUnavailable(f"{name} exited with {proc.returncode} during start-up:\n{out}\n"
-                                       f"{self.logs_tail()}")
+                raise SlurmUnavailable(
+                    f"{name} exited with {proc.returncode} during start-up:\n{out}\n{self.logs_tail()}"
+                )
 
     def _wait(self, what: str, ready) -> None:
         deadline = time.monotonic() + self.start_timeout
         while not ready():
             self._check_alive()
             if time.monotonic() > deadline:
-                raise SlurmUnavailable(f"timed out after {self.start_timeout:.0f} s waiting for {what}\n"
-                                       f"{self.logs_tail()}")
+                raise SlurmUnavailable(
+                    f"timed out after {self.start_timeout:.0f} s waiting for {what}\n{self.logs_tail()}"
+                )
             time.sleep(0.1)
 
     def node_state(self) -> str:
-        proc = subprocess.run(["sinfo", "-h", "-N", "-n", self.node, "-o", "%T"], capture_output=True, text=True,
-                              env=self.env, timeout=10)
+        proc = subprocess.run(
+            ["sinfo", "-h", "-N", "-n", self.node, "-o", "%T"], capture_output=True, text=True, env=self.env, timeout=10
+        )
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     def start(self) -> "SlurmCluster":
@@ -222,10 +250,19 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             key = self.root / "etc" / "munge.key"
             self._root_run("install", "-d", "-m", "755", str(munge_dir))
             self._root_run("sh", "-c", f"umask 077 && head -c 1024 /dev/urandom > '{key}'")
-            self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-                                   f"--key-file={key}", f"--log-file={self.munge_log}",
-                                   f"--pid-file={self.root / 'run' / 'munged.pid'}",
-                                   f"--seed-file={self.root / 'run' / 'munged.seed'}"])
+            self._spawn(
+                "munged",
+                [
+                    _which("munged"),
+                    "--foreground",
+                    "--force",
+                    f"--socket={self.munge_socket}",
+                    f"--key-file={key}",
+                    f"--log-file={self.munge_log}",
+                    f"--pid-file={self.root / 'run' / 'munged.pid'}",
+                    f"--seed-file={self.root / 'run' / 'munged.seed'}",
+                ],
+            )
             self._wait("munged", self.munge_socket.exists)
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)])
             self._spawn("slurmd", [_which("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)])
@@ -237,8 +274,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     # --------------------------------------------------------------- teardown
     def job_ids(self) -> list[str]:
-        proc = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=self.env,
-                              timeout=10)
+        proc = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=self.env, timeout=10)
         return proc.stdout.split() if proc.returncode == 0 else []
 
     def stop(self) -> None:
@@ -248,8 +284,8 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                 subprocess.run(["scancel", *ids], capture_output=True, env=self.env, timeout=10)
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and any(
-                        s not in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "")
-                        for s in self._job_states(ids)):
+                    s not in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "") for s in self._job_states(ids)
+                ):
                     time.sleep(0.2)
         for name, proc in reversed(self._procs):  # slurmd, slurmctld, munged: by PID only
             if proc.poll() is None:
@@ -263,14 +299,18 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                     pass
         self._procs.clear()
         if self._sudo and self.root.exists():  # hand root-owned state, key and logs back to the test user
-            subprocess.run([*self._sudo, "chown", "-R", f"{os.getuid()}:{os.getgid()}", str(self.root)],
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                [*self._sudo, "chown", "-R", f"{os.getuid()}:{os.getgid()}", str(self.root)],
+                capture_output=True,
+                timeout=30,
+            )
         if self._own_workdir:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _job_states(self, ids: list[str]) -> list[str]:
-        proc = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%T"], capture_output=True, text=True,
-                              env=self.env, timeout=10)
+        proc = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%T"], capture_output=True, text=True, env=self.env, timeout=10
+        )
         return proc.stdout.split() if proc.returncode == 0 else []
 
     def __enter__(self) -> "SlurmCluster":
@@ -287,8 +327,13 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     def show_job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as a dict (slurmctld keeps finished jobs for MinJobAge seconds)."""
-        proc = subprocess.run(["scontrol", "show", "job", "-d", "-o", str(job_id)], capture_output=True, text=True,
-                              env=self.env, timeout=10)
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "-d", "-o", str(job_id)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=10,
+        )
         return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout)) if proc.returncode == 0 else {}
 
     def completed_job_ids(self) -> list[str]:

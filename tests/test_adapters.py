@@ -63,8 +63,9 @@ def test_capture_stops_early(tiny_llama_dir):
     model = load(tiny_llama_dir, "sdpa")
     ran = []
     adapter = get_adapter("llama")
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in
-               enumerate(adapter.layers(model))]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(adapter.layers(model))
+    ]
     ids, mask = batch(False)
     hs = captured(model, ids, mask, last=3)
     for h in handles:
@@ -93,9 +94,16 @@ def test_remove_layers_matches_skipping(family, tiny_llama_dir, tiny_opt_dir, tm
 
 
 def test_qwen2_uses_llama_adapter():
-    model = AutoModelForCausalLM.from_config(Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2)).eval()
+    model = AutoModelForCausalLM.from_config(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     adapter = get_adapter("qwen2")
     ids = torch.randint(0, 64, (1, 9))
     hs = captured(model, ids, None)

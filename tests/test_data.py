@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamline.data import (SLIMPAJAMA_PROPORTIONS, domain_quotas, domain_rounds, load_split, prepare_data,
-                             read_local_documents, sample_by_domain)
+from streamline.data import (
+    SLIMPAJAMA_PROPORTIONS,
+    domain_quotas,
+    domain_rounds,
+    load_split,
+    prepare_data,
+    read_local_documents,
+    sample_by_domain,
+)
 from streamline.errors import StreamlineError
 from streamline.manifests import DataMeta, read_meta
 
@@ -30,6 +37,7 @@ def blocks(out: Path) -> dict[str, np.ndarray]:
 def doc_ids(ids: np.ndarray, tok) -> set[str]:
     """The `document N` markers the conftest corpus puts at the start of each document."""
     import re
+
     return set(re.findall(r"document (\d+) :", tok.decode(ids.ravel())))
 
 
@@ -83,8 +91,11 @@ def test_unpacked_pads_right(tiny_llama_dir, tiny_tokenizer, text_corpus, tmp_pa
 
 
 def test_too_small_corpus(tiny_llama_dir, text_corpus, tmp_path):
-    with pytest.raises(StreamlineError, match=r"^cosine_num_data/train_num_data/data.val_num_data: .* gives only "
-                                              r"\d+ blocks of 32 tokens, 100005 requested"):
+    with pytest.raises(
+        StreamlineError,
+        match=r"^cosine_num_data/train_num_data/data.val_num_data: .* gives only "
+        r"\d+ blocks of 32 tokens, 100005 requested",
+    ):
         prep(text_corpus, tiny_llama_dir, tmp_path / "d", counts={**COUNTS, "train": 100_000})
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
 
@@ -104,6 +115,7 @@ def test_bad_counts(tiny_llama_dir, text_corpus, tmp_path):
 
 # ------------------------------------------------------------------------------------- sources
 
+
 def test_txt_jsonl_gz_and_directory(tiny_llama_dir, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -116,15 +128,21 @@ def test_txt_jsonl_gz_and_directory(tiny_llama_dir, tmp_path):
     docs = read_local_documents(src / "sub" / "b.jsonl.gz", ["request.context", "request.continuation"])
     assert docs[3] == "context 3 , ending"
     assert len(read_local_documents(src, ["request.context", "request.continuation"])) == 120
-    for source, fields in [(src / "a.txt", None), (src / "sub" / "b.jsonl.gz", ["request.context"]),
-                           (src, ["request.context", "request.continuation"])]:
+    for source, fields in [
+        (src / "a.txt", None),
+        (src / "sub" / "b.jsonl.gz", ["request.context"]),
+        (src, ["request.context", "request.continuation"]),
+    ]:
         out = tmp_path / f"out-{Path(source).name}"
-        meta = prep(source, tiny_llama_dir, out, text_fields=fields, seq_len=16, counts={"calib": 2, "train": 4, "val": 1})
+        meta = prep(
+            source, tiny_llama_dir, out, text_fields=fields, seq_len=16, counts={"calib": 2, "train": 4, "val": 1}
+        )
         assert load_split(out, "train")[0].shape == (4, 16) and meta["text_fields"] == fields
 
 
 def test_hub_dataset_source(tiny_llama_dir, tmp_path, monkeypatch):
     from streamline import data
+
     recs = [{"body": {"text": f"document {i} : hub text number {i} ."}} for i in range(300)]
     monkeypatch.setattr(data, "_hub_stream", lambda source, split, seed: iter(recs))
     meta = prep("someone/corpus", tiny_llama_dir, tmp_path / "d", text_fields=["body.text"], seq_len=16)
@@ -133,10 +151,18 @@ def test_hub_dataset_source(tiny_llama_dir, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------- SlimPajama
 
+
 def fake_slimpajama(n: int, seed: int = 0) -> list[dict]:
     """Records with SlimPajama's schema; domains at roughly SlimPajama-6B's natural frequencies."""
-    natural = {"RedPajamaC4": .55, "RedPajamaCommonCrawl": .32, "RedPajamaStackExchange": .05,
-               "RedPajamaWikipedia": .046, "RedPajamaGithub": .03, "RedPajamaArXiv": .003, "RedPajamaBook": .001}
+    natural = {
+        "RedPajamaC4": 0.55,
+        "RedPajamaCommonCrawl": 0.32,
+        "RedPajamaStackExchange": 0.05,
+        "RedPajamaWikipedia": 0.046,
+        "RedPajamaGithub": 0.03,
+        "RedPajamaArXiv": 0.003,
+        "RedPajamaBook": 0.001,
+    }
     rng = np.random.default_rng(seed)
     names = rng.choice(list(natural), size=n, p=np.array(list(natural.values())) / sum(natural.values()))
     return [{"text": f"doc {i} from {d}", "meta": {"redpajama_set_name": str(d)}} for i, d in enumerate(names)]
@@ -144,8 +170,15 @@ def fake_slimpajama(n: int, seed: int = 0) -> list[dict]:
 
 def test_domain_quotas_follow_the_reference():
     q = domain_quotas(3000)
-    assert q == {"RedPajamaC4": 1476, "RedPajamaStackExchange": 30, "RedPajamaCommonCrawl": 361,
-                 "RedPajamaGithub": 24, "RedPajamaWikipedia": 93, "RedPajamaArXiv": 1, "RedPajamaBook": 1}
+    assert q == {
+        "RedPajamaC4": 1476,
+        "RedPajamaStackExchange": 30,
+        "RedPajamaCommonCrawl": 361,
+        "RedPajamaGithub": 24,
+        "RedPajamaWikipedia": 93,
+        "RedPajamaArXiv": 1,
+        "RedPajamaBook": 1,
+    }
     assert set(q) == set(SLIMPAJAMA_PROPORTIONS)
 
 
@@ -177,6 +210,7 @@ def test_domain_rounds_mix_and_determinism():
 
 def test_slimpajama_source_uses_domain_mix(tiny_llama_dir, tmp_path, monkeypatch):
     from streamline import data
+
     splits = {"train": fake_slimpajama(4000, 1), "test": fake_slimpajama(4000, 2)}
     for s, recs in splits.items():
         for r in recs:
@@ -187,6 +221,7 @@ def test_slimpajama_source_uses_domain_mix(tiny_llama_dir, tmp_path, monkeypatch
     assert sum(meta["domains"]["train"].values()) == meta["documents"]["train"]
     assert meta["domains"]["train"]["RedPajamaC4"] > meta["domains"]["train"].get("RedPajamaCommonCrawl", 0)
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     b = blocks(tmp_path / "d")
     assert "train" not in tok.decode(b["val"].ravel()) and "test" not in tok.decode(b["train"].ravel())

@@ -10,17 +10,17 @@ from dataclasses import replace as with_fields
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import make_data_dir, write_scores
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir, write_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.pairs import extract_pairs
 from streamline.replace import replace
 from streamline.score import score
 from streamline.training import losses
-from streamline.training.recipes import build_recipe, train
 from streamline.training.model import ReplacedModel
+from streamline.training.recipes import build_recipe, train
 from streamline.training.settings import TrainSettings
 
 FAST = dict(batch_size=2, gradient_accumulation_step=2, epochs=3, lr=1e-2, min_lr=1e-3, val_every=3, device="cpu")
@@ -43,6 +43,7 @@ def prepare(model_dir, tmp_path, k=1, samples=12, pairs=True):
 
 def token_batch(data, n=4):
     from streamline.training.sources import TokenSamples, collate
+
     samples = TokenSamples(data, "val")
     return collate([samples[i] for i in range(n)])
 
@@ -76,7 +77,8 @@ def test_kd_against_a_teacher_that_is_the_student_is_zero(family_dir, tmp_path):
     out = losses.kd(same, token_batch(data), temperature=2.0, alpha=1.0)
     assert out["loss"].detach().item() == 0.0 and int(out["count"]) > 0
     assert losses.kd(same, token_batch(data), alpha=0.0)["loss"].detach().item() == pytest.approx(
-        losses.ce(same, token_batch(data))["loss"].detach().item())  # alpha 0: plain next-token loss
+        losses.ce(same, token_batch(data))["loss"].detach().item()
+    )  # alpha 0: plain next-token loss
 
 
 @pytest.mark.parametrize("alpha,top_k", [(1.0, 0), (0.5, 0), (0.7, 5)])
@@ -84,6 +86,7 @@ def test_losses_over_chunks_equal_the_whole_logits_loss(family_dir, tmp_path, mo
     """The head and loss run over chunks of positions (a 400 MB-8 GB logits tensor is never built): the value
     and every gradient equal the loss on the whole logits, for any chunk size, padding included."""
     import torch.nn.functional as F
+
     init, data = prepare(family_dir, tmp_path, pairs=False)
     recipe = build_recipe("kd", init, TrainSettings(**FAST), data_dir=data, teacher_dir=family_dir)
     m, batch = recipe.module, token_batch(data)
@@ -139,19 +142,29 @@ def test_a_nan_in_the_chunked_loss_stops_with_one_line(tiny_llama_dir, tmp_path,
     """A non-finite value in any chunk makes the whole loss non-finite (never a number computed on): the run
     stops before anything is exported."""
     from streamline.training.core import fit
+
     init, data = prepare(tiny_llama_dir, tmp_path, pairs=False)
     recipe = build_recipe(loss, init, TrainSettings(**FAST), data_dir=data, teacher_dir=tiny_llama_dir)
     m = recipe.module
     with torch.no_grad():  # one weight of the network: every position after it becomes NaN
-        dict(m.model.named_parameters())[f"model.layers.{m.replacement.slots[0]}.mlp.down_proj.weight"][0, 0] = float("nan")
+        dict(m.model.named_parameters())[f"model.layers.{m.replacement.slots[0]}.mlp.down_proj.weight"][0, 0] = float(
+            "nan"
+        )
     with pytest.raises(StreamlineError, match=r"NaN"):
         fit(recipe, TrainSettings(**FAST), lambda result, state: pytest.fail("a NaN run was exported"))
 
 
 def test_kd_training_lowers_validation_kl_and_only_trains_the_network(tiny_llama_dir, tmp_path):
     init, data = prepare(tiny_llama_dir, tmp_path, pairs=False, samples=16)
-    result = train("kd", init, tmp_path / "model", tmp_path / "log.json", TrainSettings(**FAST), data_dir=data,
-                   teacher_dir=tiny_llama_dir)
+    result = train(
+        "kd",
+        init,
+        tmp_path / "model",
+        tmp_path / "log.json",
+        TrainSettings(**FAST),
+        data_dir=data,
+        teacher_dir=tiny_llama_dir,
+    )
     assert result.select == "kl" and result.best_val["kl"] < 0.9 * result.initial_val["kl"]
     assert result.kept == "best" and {"kl", "ce"} == result.initial_val.keys() - {"loss"}
     before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
@@ -163,10 +176,24 @@ def test_kd_training_lowers_validation_kl_and_only_trains_the_network(tiny_llama
 def test_staged_training_starts_from_the_mse_network(trained_llama_dir, tmp_path):
     tiny_llama_dir = trained_llama_dir
     init, data = prepare(tiny_llama_dir, tmp_path)
-    mse = train("mse", init, tmp_path / "mse", tmp_path / "mse.json", TrainSettings(**FAST), data_dir=data,
-                pairs_dir=tmp_path / "pairs")
-    staged = train("kd", tmp_path / "mse", tmp_path / "staged", tmp_path / "staged.json", TrainSettings(**FAST),
-                   data_dir=data, teacher_dir=tiny_llama_dir)
+    mse = train(
+        "mse",
+        init,
+        tmp_path / "mse",
+        tmp_path / "mse.json",
+        TrainSettings(**FAST),
+        data_dir=data,
+        pairs_dir=tmp_path / "pairs",
+    )
+    staged = train(
+        "kd",
+        tmp_path / "mse",
+        tmp_path / "staged",
+        tmp_path / "staged.json",
+        TrainSettings(**FAST),
+        data_dir=data,
+        teacher_dir=tiny_llama_dir,
+    )
     assert mse.loss == "mse" and mse.kept == "best" and staged.loss == "mse+kd"
     info = json.loads((tmp_path / "staged" / "streamline.json").read_text())
     assert info["loss"] == "mse+kd" and info["block"] == json.loads((init / "streamline.json").read_text())["block"]
@@ -174,6 +201,7 @@ def test_staged_training_starts_from_the_mse_network(trained_llama_dir, tmp_path
     untrained = build_recipe("kd", init, TrainSettings(**FAST), data_dir=data, teacher_dir=tiny_llama_dir)
     from streamline.training.core import validate
     from streamline.training.distributed import accelerator_for
+
     with accelerator_for(TrainSettings(**FAST), "no") as acc:
         kl_untrained = validate(acc, untrained.module, untrained, TrainSettings(**FAST))["kl"]
     assert staged.initial_val["kl"] != pytest.approx(kl_untrained, rel=1e-6)
@@ -199,10 +227,12 @@ def test_disk_preflight_on_a_small_filesystem(tiny_llama_dir, tmp_path):
     init, data = prepare(tiny_llama_dir, tmp_path, pairs=False, samples=40)
     small = tmp_path / "small"
     small.mkdir()
-    cmd = (f"mount -t tmpfs -o size=64k none {small} || exit 77; "
-           f"{sys.executable} -m streamline.cli extract-pairs --model {tiny_llama_dir} --data {data} "
-           f"--scores {tmp_path / 'scores.json'} --out {small / 'pairs.zarr'} --manifest {small / 'pairs.json'} "
-           f"--device cpu; echo rc=$?; ls -A {small}")
+    cmd = (
+        f"mount -t tmpfs -o size=64k none {small} || exit 77; "
+        f"{sys.executable} -m streamline.cli extract-pairs --model {tiny_llama_dir} --data {data} "
+        f"--scores {tmp_path / 'scores.json'} --out {small / 'pairs.zarr'} --manifest {small / 'pairs.json'} "
+        f"--device cpu; echo rc=$?; ls -A {small}"
+    )
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, timeout=120)
     if proc.returncode == 77 or "Operation not permitted" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[-200:]}")

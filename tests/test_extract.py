@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import make_data_dir
 
 from streamline.adapters import run_with_capture
 from streamline.extract import extract_hidden_states
 from streamline.loading import load_model
 from streamline.store import HiddenStore
-from tiny import make_data_dir
 
 
 def reference_states(model_dir, data_dir, dtype="float32"):
@@ -25,7 +25,7 @@ def reference_states(model_dir, data_dir, dtype="float32"):
     out = {}
     for n in range(len(ids)):  # one sample at a time: batch composition must not matter
         hs = {}
-        run_with_capture(adapter, model, ids[n:n + 1], mask[n:n + 1], lambda k, h: hs.__setitem__(k, h[0].clone()))
+        run_with_capture(adapter, model, ids[n : n + 1], mask[n : n + 1], lambda k, h: hs.__setitem__(k, h[0].clone()))
         out[n] = torch.stack([hs[k] for k in sorted(hs)])
     return out, mask.bool()
 
@@ -33,8 +33,9 @@ def reference_states(model_dir, data_dir, dtype="float32"):
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_store_holds_raw_states_of_every_layer(family, tiny_llama_dir, tiny_opt_dir, data_dir, tmp_path):
     model_dir = tiny_llama_dir if family == "llama" else tiny_opt_dir
-    summary = extract_hidden_states(model_dir, data_dir, tmp_path / "c.zarr", batch_size=3, device="cpu",
-                                    manifest=tmp_path / "c.json")
+    summary = extract_hidden_states(
+        model_dir, data_dir, tmp_path / "c.zarr", batch_size=3, device="cpu", manifest=tmp_path / "c.json"
+    )
     store = HiddenStore(tmp_path / "c.zarr")
     assert store.hidden.shape == (7, 10, 16, 32) and summary["computed_samples"] == 10
     assert store.hidden.chunks == (1, 1, 16, 32)
@@ -49,8 +50,9 @@ def test_store_holds_raw_states_of_every_layer(family, tiny_llama_dir, tiny_opt_
 
 
 def test_bfloat16_is_stored_bit_exactly(tiny_llama_dir, data_dir, tmp_path):
-    extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "b.zarr", dtype="bfloat16", batch_size=1,
-                          device="cpu", codec="blosc")
+    extract_hidden_states(
+        tiny_llama_dir, data_dir, tmp_path / "b.zarr", dtype="bfloat16", batch_size=1, device="cpu", codec="blosc"
+    )
     store = HiddenStore(tmp_path / "b.zarr")
     assert store.hidden.dtype == np.uint16 and store.attrs["dtype"] == "bfloat16"
     ref, _ = reference_states(tiny_llama_dir, data_dir, dtype="bfloat16")
@@ -60,8 +62,9 @@ def test_bfloat16_is_stored_bit_exactly(tiny_llama_dir, data_dir, tmp_path):
 
 
 def test_only_needed_layers_are_kept(tiny_llama_dir, data_dir, tmp_path):
-    extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "p.zarr", keep=[2, 4], split="train",
-                          num_samples=4, device="cpu")
+    extract_hidden_states(
+        tiny_llama_dir, data_dir, tmp_path / "p.zarr", keep=[2, 4], split="train", num_samples=4, device="cpu"
+    )
     store = HiddenStore(tmp_path / "p.zarr")
     assert store.hidden.shape[:2] == (2, 4) and store.attrs["layers"] == [2, 4]
 
@@ -80,13 +83,28 @@ def _files(store: Path) -> dict[str, bytes]:
 
 def test_sigkill_then_resume_gives_identical_store(tiny_llama_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=200, seq_len=64)
-    cmd = [sys.executable, "-m", "streamline.cli", "extract-calibration", "--model", str(tiny_llama_dir),
-           "--data", str(data), "--batch-size", "1", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamline.cli",
+        "extract-calibration",
+        "--model",
+        str(tiny_llama_dir),
+        "--data",
+        str(data),
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+    ]
     subprocess.run(cmd + ["--out", str(tmp_path / "ref.zarr")], check=True, capture_output=True)
 
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(cmd + ["--out", str(store), "--manifest", str(tmp_path / "m.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(store), "--manifest", str(tmp_path / "m.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((store / "attention_mask").rglob("c/*"))) < 30:
         time.sleep(0.05)
@@ -97,10 +115,12 @@ def test_sigkill_then_resume_gives_identical_store(tiny_llama_dir, tmp_path):
     assert 0 < done < 200, f"kill landed outside the run ({done} samples done)"
     assert not (tmp_path / "m.json").exists()  # a killed run is never taken for done
 
-    out = subprocess.run(cmd + ["--out", str(store), "--manifest", str(tmp_path / "m.json")], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        cmd + ["--out", str(store), "--manifest", str(tmp_path / "m.json")], check=True, capture_output=True, text=True
+    )
     assert f"{200 - done} of 200 samples to do" in out.stderr  # exactly the samples not done, nothing more
     import json
+
     assert json.loads((tmp_path / "m.json").read_text())["computed_samples"] == 200 - done  # resumed, not restarted
     assert _files(store) == _files(tmp_path / "ref.zarr")
 
@@ -113,6 +133,7 @@ def _chunk(store: Path, k: int, n: int) -> Path:
 def test_a_damaged_chunk_is_refused_by_readers_and_repaired_by_extraction(tiny_llama_dir, data_dir, tmp_path, damage):
     from streamline.errors import StreamlineError
     from streamline.score import score
+
     extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "ref.zarr", device="cpu")
     store = tmp_path / "c.zarr"
     extract_hidden_states(tiny_llama_dir, data_dir, store, device="cpu")
@@ -124,7 +145,9 @@ def test_a_damaged_chunk_is_refused_by_readers_and_repaired_by_extraction(tiny_l
         chunk.write_bytes(np.random.default_rng(0).bytes(size))  # same size, so a size check would pass
     else:
         chunk.write_bytes(chunk.read_bytes()[: size // 2])
-    with pytest.raises(StreamlineError, match=r"c.zarr: sample 4, hidden state 3 (does not match its checksum|cannot be read)"):
+    with pytest.raises(
+        StreamlineError, match=r"c.zarr: sample 4, hidden state 3 (does not match its checksum|cannot be read)"
+    ):
         score(store, 2, tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()
     again = extract_hidden_states(tiny_llama_dir, data_dir, store, device="cpu")  # a forced re-extraction
@@ -135,6 +158,7 @@ def test_a_damaged_chunk_is_refused_by_readers_and_repaired_by_extraction(tiny_l
 def test_an_incomplete_store_is_refused(tiny_llama_dir, data_dir, tmp_path):
     from streamline.errors import StreamlineError
     from streamline.score import score
+
     extract_hidden_states(tiny_llama_dir, data_dir, tmp_path / "c.zarr", device="cpu")
     (tmp_path / "c.zarr" / "checksum" / "c" / "7" / "0").unlink()  # sample 7 never finished
     with pytest.raises(StreamlineError, match=r"incomplete store \(1 of 10 samples missing\)"):

@@ -22,12 +22,29 @@ def test_every_variant_name_parses_back_to_itself():
         assert re.fullmatch(layout.variant_pattern(trained=False), v.name)
         assert layout.parse_replacement(v.replacement) == (v.net, v.k)
     assert [v.name for v in layout.variants(["transformer", "none"], [2], ["mse", "kd"], ["inherit", "mse"])] == [
-        "transformerx2-mse", "transformerx2-kd", "transformerx2-mse+kd", "none"]
+        "transformerx2-mse",
+        "transformerx2-kd",
+        "transformerx2-mse+kd",
+        "none",
+    ]
 
 
-@pytest.mark.parametrize("name", ["transformerx1-mse", "transformerx0-llm", "transformerx02-kd", "ffnx2-mse",
-                                  "none-mse", "linearx2-kd", "linear-r2", "transformer-mse+mse", "transformer", "ffn-distil",
-                                  "transformer-kd+mse"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "transformerx1-mse",
+        "transformerx0-llm",
+        "transformerx02-kd",
+        "ffnx2-mse",
+        "none-mse",
+        "linearx2-kd",
+        "linear-r2",
+        "transformer-mse+mse",
+        "transformer",
+        "ffn-distil",
+        "transformer-kd+mse",
+    ],
+)
 def test_names_that_are_no_variant_are_refused(name):
     with pytest.raises(ValueError):
         Variant.parse(name)
@@ -35,9 +52,15 @@ def test_names_that_are_no_variant_are_refused(name):
 
 
 def test_inconsistent_variants_cannot_be_built():
-    for args in (("none", 1, None), ("transformer", 0, "mse"), ("ffn", 2, "mse"), ("linear", 1, "mse"),
-                 ("none", 0, "kd"),
-                 ("transformer", 1, None), ("transformer", 1, "kd", "both")):
+    for args in (
+        ("none", 1, None),
+        ("transformer", 0, "mse"),
+        ("ffn", 2, "mse"),
+        ("linear", 1, "mse"),
+        ("none", 0, "kd"),
+        ("transformer", 1, None),
+        ("transformer", 1, "kd", "both"),
+    ):
         with pytest.raises(ValueError):
             Variant(*args)
 
@@ -74,15 +97,26 @@ def _code_lines(path: Path):
 def test_no_rule_spells_a_path_of_its_own():
     """Paths live in layout.py: a rule file holds no results/, resources/ or logs/ literal."""
     files = [ROOT / "workflow/Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
-    found = [f"{f.name}:{n}: {code.strip()}" for f in files for n, code in _code_lines(f)
-             if re.search(r"[\"'](results|resources|logs)/", code)]
+    found = [
+        f"{f.name}:{n}: {code.strip()}"
+        for f in files
+        for n, code in _code_lines(f)
+        if re.search(r"[\"'](results|resources|logs)/", code)
+    ]
     assert not found, found
 
 
 def test_no_variant_name_is_parsed_outside_layout():
-    pattern = re.compile(r"(ends|starts)with\([\"'](mse|kd|llm|transformer)|rpartition\([\"'](\+|x|_k)"
-                         r"|replace\([\"'](pairs|scores)|split\([\"'](\+|-)")
-    files = [f for f in itertools.chain((ROOT / "streamline").rglob("*.py"), (ROOT / "workflow").rglob("*.smk"),
-                                        (ROOT / "benchmarks").glob("*.py")) if f.name != "layout.py"]
+    pattern = re.compile(
+        r"(ends|starts)with\([\"'](mse|kd|llm|transformer)|rpartition\([\"'](\+|x|_k)"
+        r"|replace\([\"'](pairs|scores)|split\([\"'](\+|-)"
+    )
+    files = [
+        f
+        for f in itertools.chain(
+            (ROOT / "streamline").rglob("*.py"), (ROOT / "workflow").rglob("*.smk"), (ROOT / "benchmarks").glob("*.py")
+        )
+        if f.name != "layout.py"
+    ]
     found = [f"{f.relative_to(ROOT)}:{n}" for f in files for n, code in _code_lines(f) if pattern.search(code)]
     assert not found, found

@@ -8,15 +8,24 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny import make_data_dir, write_scores
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir, write_scores
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
-from streamline.linear import (cosine_distance, cosine_estimate, estimate_linear, extract_linear_states, linear_block,
-                               normal_equations, relative_residual, solve, store_states)
+from streamline.linear import (
+    cosine_distance,
+    cosine_estimate,
+    estimate_linear,
+    extract_linear_states,
+    linear_block,
+    normal_equations,
+    relative_residual,
+    solve,
+    store_states,
+)
 from streamline.pruned import count_params
 from streamline.replace import replace
 from streamline.store import HiddenStore
@@ -37,8 +46,14 @@ def test_the_estimate_recovers_a_known_map(tmp_path):
     rng = np.random.default_rng(0)
     k, n, t, h = 3, 6, 40, 16
     t0 = rng.normal(size=(h, h))
-    store = HiddenStore.create_or_resume(tmp_path / "s.zarr", shape=(k, n, t, h), dtype="float32", codec="none",
-                                         level=3, attrs={"fingerprint": "x", "layers": ["y1", "m1", 4]})
+    store = HiddenStore.create_or_resume(
+        tmp_path / "s.zarr",
+        shape=(k, n, t, h),
+        dtype="float32",
+        codec="none",
+        level=3,
+        attrs={"fingerprint": "x", "layers": ["y1", "m1", 4]},
+    )
     for i in range(n):
         y, m = rng.normal(size=(t, h)).astype(np.float32), rng.normal(size=(t, h)).astype(np.float32)
         target = (y.astype(np.float64) + m.astype(np.float64) @ t0).astype(np.float32)
@@ -57,13 +72,27 @@ def test_the_estimate_recovers_a_known_map(tmp_path):
     assert relative_residual(mtm, mtr, rr, found) < 1e-8
 
 
-def synthetic_store(path, t0: np.ndarray, *, samples: int = 24, tokens: int = 64, token_scale: float = 0.0,
-                    noise: float = 0.0, seed: int = 0) -> HiddenStore:
+def synthetic_store(
+    path,
+    t0: np.ndarray,
+    *,
+    samples: int = 24,
+    tokens: int = 64,
+    token_scale: float = 0.0,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> HiddenStore:
     """A states store (Y, M, h) whose targets are Y + s_t (M T0) + noise, s_t > 0 a per-token scale."""
     rng = np.random.default_rng(seed)
     h = t0.shape[0]
-    store = HiddenStore.create_or_resume(path, shape=(3, samples, tokens, h), dtype="float32", codec="none", level=3,
-                                         attrs={"fingerprint": "x", "layers": ["y1", "m1", 4]})
+    store = HiddenStore.create_or_resume(
+        path,
+        shape=(3, samples, tokens, h),
+        dtype="float32",
+        codec="none",
+        level=3,
+        attrs={"fingerprint": "x", "layers": ["y1", "m1", 4]},
+    )
     for i in range(samples):
         y, m = rng.normal(size=(tokens, h)), rng.normal(size=(tokens, h))
         scale = np.exp(token_scale * rng.normal(size=(tokens, 1)))
@@ -94,6 +123,7 @@ def test_the_cosine_estimate_agrees_with_an_independent_minimiser(tmp_path):
     at once (float64, hand-written gradient, from the same least-squares start), and `cosine_distance` is the plain
     mean of 1 - cos(m T, h - y) over the tokens, as ReplaceMe's cosine_loss."""
     from scipy.optimize import minimize
+
     rng = np.random.default_rng(2)
     t0 = np.eye(8) + 0.3 * rng.normal(size=(8, 8))
     store = synthetic_store(tmp_path / "s.zarr", t0, samples=16, tokens=64, token_scale=2.0, noise=0.5, seed=3)
@@ -105,13 +135,14 @@ def test_the_cosine_estimate_agrees_with_an_independent_minimiser(tmp_path):
         p = m @ t
         pn, rn = np.linalg.norm(p, axis=1, keepdims=True), np.linalg.norm(r, axis=1, keepdims=True)
         cos = (p * r).sum(1, keepdims=True) / (pn * rn)
-        dp = -(r / (pn * rn) - cos * p / pn ** 2) / len(m)
+        dp = -(r / (pn * rn) - cos * p / pn**2) / len(m)
         return float((1 - cos).mean()), (m.T @ dp).ravel()
 
     mtm, mtr, _, _ = normal_equations(store)
     start = solve(mtm, mtr)
-    best = minimize(objective, start.numpy().ravel(), jac=True, method="L-BFGS-B",
-                    options={"maxiter": 2000, "gtol": 1e-10})
+    best = minimize(
+        objective, start.numpy().ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-10}
+    )
     found, _ = cosine_estimate(store, start, epochs=150, lr=3e-2, block=[2, 3])
     assert cosine_distance(store, start) == pytest.approx(objective(start.numpy().ravel())[0], rel=1e-6)
     assert best.fun < cosine_distance(store, start) - 0.01  # the cosine optimum is not the least-squares map
@@ -120,10 +151,14 @@ def test_the_cosine_estimate_agrees_with_an_independent_minimiser(tmp_path):
 
 def test_a_cosine_estimate_that_diverges_is_one_line_naming_the_layer(tmp_path):
     store = synthetic_store(tmp_path / "s.zarr", np.eye(4), samples=2, tokens=8)
-    with pytest.raises(StreamlineError, match=r"^linear: the map on layer 9's MLP output \(replacing layers 10..17\): "
-                                              r"the cosine estimate is not finite after 1 steps"):
-        cosine_estimate(store, torch.full((4, 4), float("nan"), dtype=torch.float64), epochs=1, lr=1e-3,
-                        block=list(range(10, 18)))
+    with pytest.raises(
+        StreamlineError,
+        match=r"^linear: the map on layer 9's MLP output \(replacing layers 10..17\): "
+        r"the cosine estimate is not finite after 1 steps",
+    ):
+        cosine_estimate(
+            store, torch.full((4, 4), float("nan"), dtype=torch.float64), epochs=1, lr=1e-3, block=list(range(10, 18))
+        )
 
 
 def test_a_singular_system_is_one_line_that_suggests_the_ridge():
@@ -131,8 +166,11 @@ def test_a_singular_system_is_one_line_that_suggests_the_ridge():
     mtm[0, 0] = 1.0
     with pytest.raises(StreamlineError, match=r"singular \(M\^T M has rank 1 of 4, ridge 0\); set linear.ridge > 0"):
         solve(mtm, torch.ones(4, 4, dtype=torch.float64))
-    with pytest.raises(StreamlineError, match=r"^linear: the map on layer 3's MLP output \(replacing layers 4..5\): "
-                                              r"the least-squares system is singular"):
+    with pytest.raises(
+        StreamlineError,
+        match=r"^linear: the map on layer 3's MLP output \(replacing layers 4..5\): "
+        r"the least-squares system is singular",
+    ):
         solve(mtm, torch.ones(4, 4, dtype=torch.float64), block=[4, 5])
     assert torch.isfinite(solve(mtm, torch.ones(4, 4, dtype=torch.float64), ridge=0.1)).all()
 
@@ -155,10 +193,13 @@ def test_folded_model_equals_remove_block_and_apply_t(family_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=12, seq_len=16)
     scores = removal_scores(tmp_path / "s.json")
     block = linear_block(read_scores(scores))
-    extract_linear_states(family_dir, data, scores, tmp_path / "states.zarr", device="cpu",
-                          manifest=tmp_path / "states.json")
+    extract_linear_states(
+        family_dir, data, scores, tmp_path / "states.zarr", device="cpu", manifest=tmp_path / "states.json"
+    )
     # by its manifest, as the workflow passes it: the extraction's seconds count in the recipe's time
-    stats = estimate_linear(family_dir, tmp_path / "states.json", scores, tmp_path / "linear", log_json=tmp_path / "l.json")
+    stats = estimate_linear(
+        family_dir, tmp_path / "states.json", scores, tmp_path / "linear", log_json=tmp_path / "l.json"
+    )
     assert 0 < stats.relative_residual < stats.relative_residual_of_identity <= 1.5
     assert stats.extract_seconds == json.loads((tmp_path / "states.json").read_text())["seconds"] > 0
     assert stats.seconds == pytest.approx(stats.extract_seconds + stats.estimate_seconds, abs=0.011)
@@ -188,12 +229,23 @@ def test_the_cosine_objective_on_tiny_model_states(tiny_llama_dir, tmp_path, cap
     cosine distance than the least-squares map (and, as lstsq is the least-squares optimum, a higher squared
     residual), both recorded in the estimate's log; an unknown objective is one line naming linear.objective."""
     from streamline.cli import main
+
     data = make_data_dir(tmp_path / "data", num=12, seq_len=16)
     scores = removal_scores(tmp_path / "s.json")
     extract_linear_states(tiny_llama_dir, data, scores, tmp_path / "states.zarr", device="cpu")
-    runs = {obj: estimate_linear(tiny_llama_dir, tmp_path / "states.zarr", scores, tmp_path / obj,
-                                 log_json=tmp_path / f"{obj}.json", objective=obj, epochs=20, lr=1e-2)
-            for obj in ("lstsq", "cosine")}
+    runs = {
+        obj: estimate_linear(
+            tiny_llama_dir,
+            tmp_path / "states.zarr",
+            scores,
+            tmp_path / obj,
+            log_json=tmp_path / f"{obj}.json",
+            objective=obj,
+            epochs=20,
+            lr=1e-2,
+        )
+        for obj in ("lstsq", "cosine")
+    }
     lstsq, cosine = runs["lstsq"], runs["cosine"]
     assert (lstsq.objective, lstsq.steps, cosine.objective) == ("lstsq", 0, "cosine")
     assert cosine.steps == 20  # 12 blocks of 16 tokens: one batch of at most 1024 tokens an epoch
@@ -202,9 +254,26 @@ def test_the_cosine_objective_on_tiny_model_states(tiny_llama_dir, tmp_path, cap
     assert json.loads((tmp_path / "cosine.json").read_text())["objective"] == "cosine"
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "cosine").config.num_hidden_layers == 4
     capsys.readouterr()
-    assert main(["linear", "--model", str(tiny_llama_dir), "--store", str(tmp_path / "states.zarr"), "--scores",
-                 str(scores), "--out", str(tmp_path / "l1"), "--log-json", str(tmp_path / "l1.json"),
-                 "--objective", "l1"]) != 0
+    assert (
+        main(
+            [
+                "linear",
+                "--model",
+                str(tiny_llama_dir),
+                "--store",
+                str(tmp_path / "states.zarr"),
+                "--scores",
+                str(scores),
+                "--out",
+                str(tmp_path / "l1"),
+                "--log-json",
+                str(tmp_path / "l1.json"),
+                "--objective",
+                "l1",
+            ]
+        )
+        != 0
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "streamline linear: error: linear.objective: unknown objective 'l1' (allowed: lstsq, cosine)"
     assert not (tmp_path / "l1").exists()
@@ -212,6 +281,7 @@ def test_the_cosine_objective_on_tiny_model_states(tiny_llama_dir, tmp_path, cap
 
 def test_a_bad_objective_in_the_config_is_one_line_naming_the_key():
     from streamline.config import validate
+
     with pytest.raises(StreamlineError, match=r"^linear.objective: 'l1' is not"):
         validate({**yaml.safe_load(Path("config.yaml").read_text()), "linear": {"objective": "l1"}})
 
@@ -238,5 +308,10 @@ def test_the_store_must_match_the_block(tiny_llama_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
     extract_hidden_states(tiny_llama_dir, data, tmp_path / "states.zarr", keep=store_states([3, 4]), device="cpu")
     with pytest.raises(StreamlineError, match=r"estimate for block 2..3 needs \['y1', 'm1', 4\]"):
-        estimate_linear(tiny_llama_dir, tmp_path / "states.zarr", removal_scores(tmp_path / "s.json"),
-                        tmp_path / "out", log_json=tmp_path / "l.json")
+        estimate_linear(
+            tiny_llama_dir,
+            tmp_path / "states.zarr",
+            removal_scores(tmp_path / "s.json"),
+            tmp_path / "out",
+            log_json=tmp_path / "l.json",
+        )

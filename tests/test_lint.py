@@ -1,4 +1,6 @@
-"""The workflow as Snakemake's linter reads it: nothing beyond two lints that are decisions, each checked here."""
+"""The code as its linters and formatters read it: ruff (lint and format) and snakefmt over the whole repository
+(settings in pyproject.toml), and Snakemake's own linter, which finds nothing beyond two lints that are decisions,
+each checked here."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from workflow_utils import ROOT
 
 # Every rule runs the `streamline` command of the one installed package: a conda env per rule would install the
@@ -14,15 +17,35 @@ CONDA = "Specify a conda environment or container for each rule."
 # Settings that change nothing a stage computes go to the shell, not to params, so that changing them reruns
 # nothing (params are a rerun trigger): batch sizes, devices, writer threads, the checkpoint cadence.
 SHELL_CONFIG = "Shell command directly uses variable config from outside of the rule"
-NOTHING_COMPUTED = {"extract.batch_size", "extract.device", "extract.writers", "eval.device", "train.device",
-                    "train.checkpoint_every"}
+NOTHING_COMPUTED = {
+    "extract.batch_size",
+    "extract.device",
+    "extract.writers",
+    "eval.device",
+    "train.device",
+    "train.checkpoint_every",
+}
 WORKFLOW = [ROOT / "workflow/Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
 
 
 def test_snakemake_lint_finds_nothing_but_the_two_decisions(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "--configfile",
-                           str(ROOT / "config.yaml"), "-d", str(tmp_path), "--lint"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "workflow/Snakefile"),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            "-d",
+            str(tmp_path),
+            "--lint",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     titles = re.findall(r"^\s+\* (.+?):?$", proc.stderr + proc.stdout, re.M)
     assert titles, proc.stderr[-2000:]  # the linter ran and printed its findings
     assert set(titles) <= {CONDA, SHELL_CONFIG.rstrip(":")}, sorted(set(titles) - {CONDA, SHELL_CONFIG})
@@ -39,3 +62,20 @@ def test_one_handler_of_each_kind():
     for handler in ("onstart", "onsuccess", "onerror"):
         found = [f.name for f in WORKFLOW for line in f.read_text().splitlines() if line.startswith(f"{handler}:")]
         assert len(found) <= 1, (handler, found)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["snakefmt", "--check", "workflow"]],
+    ids=["ruff", "ruff-format", "snakefmt"],
+)
+def test_the_code_is_linted_and_formatted(command):
+    """`ruff format . && snakefmt workflow && ruff check --fix .` fixes what this finds."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

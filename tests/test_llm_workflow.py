@@ -7,18 +7,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-
 from workflow_utils import ROOT, snakemake, write_config
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("accelerate_config, loss", [("deepspeed_zero2.yaml", "llm"), ("ddp.yaml", "llm"),
-                                                     ("deepspeed_zero2.yaml", "kd")])
+@pytest.mark.parametrize(
+    "accelerate_config, loss", [("deepspeed_zero2.yaml", "llm"), ("ddp.yaml", "llm"), ("deepspeed_zero2.yaml", "kd")]
+)
 def test_whole_model_losses_two_processes_through_the_workflow(tiny_workflow, accelerate_config, loss):
     done, config = tiny_workflow[:2]
     TARGET = f"results/tiny/n2/transformer-{loss}/model"
     llm = copy.deepcopy(config)
-    llm.update(network="transformer", loss=loss, lr=1e-2, min_lr=1e-3, epochs=3,
-               llm={"accelerate_config": f"{ROOT}/configs/accelerate/{accelerate_config}", "num_processes": 2})
+    llm.update(
+        network="transformer",
+        loss=loss,
+        lr=1e-2,
+        min_lr=1e-3,
+        epochs=3,
+        llm={"accelerate_config": f"{ROOT}/configs/accelerate/{accelerate_config}", "num_processes": 2},
+    )
     write_config(done, llm)
     try:
         proc = snakemake(done, TARGET, "--forcerun", "train_end_to_end", "--resources", "gpu=2")

@@ -6,8 +6,10 @@ from transformers import LlamaForCausalLM
 
 from streamline.networks import NETWORKS, build_network, with_network
 
-SPECS = {"ffn": {"net": "ffn", "hidden": 32, "inner": 64, "act": "relu", "norm": "rms", "eps": 1e-6, "bias": True},
-         "swiglu": {"net": "swiglu", "hidden": 32, "inner": 64, "norm": "rms", "eps": 1e-6, "bias": False}}
+SPECS = {
+    "ffn": {"net": "ffn", "hidden": 32, "inner": 64, "act": "relu", "norm": "rms", "eps": 1e-6, "bias": True},
+    "swiglu": {"net": "swiglu", "hidden": 32, "inner": 64, "norm": "rms", "eps": 1e-6, "bias": False},
+}
 
 
 @pytest.mark.parametrize("net", sorted(NETWORKS))
@@ -29,7 +31,8 @@ def test_a_network_is_a_residual_block_that_changes_its_input(net):
     y = network(x)
     assert y.shape == x.shape and not torch.allclose(y, x)
     assert sum(p.numel() for p in network.parameters()) == sum(
-        p.numel() for p in build_network(SPECS[net]).parameters())
+        p.numel() for p in build_network(SPECS[net]).parameters()
+    )
 
 
 def test_an_unknown_network_is_refused():

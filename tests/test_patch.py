@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import make_data_dir, write_scores
 from transformers import AutoModelForCausalLM
 
-from tiny import make_data_dir, write_scores
 from streamline.layout import Variant, variants
 from streamline.linear import estimate_linear, extract_linear_states
 from streamline.patch import PARAM, fold_patches, install
@@ -32,7 +32,11 @@ def linear_init(tiny_llama_dir, tmp_path):
 
 def test_the_variants_of_a_patched_network_come_from_the_table():
     assert [v.name for v in variants(["linear"], [1], ["kd", "mse"], ["inherit", "mse"])] == [
-        "linear", "linear-kd", "linear-mse+kd", "linear-mse"]
+        "linear",
+        "linear-kd",
+        "linear-mse+kd",
+        "linear-mse",
+    ]
     assert Variant.parse("linear-kd") == Variant("linear", 0, "kd") and Variant.parse("linear") == Variant("linear", 0)
     assert not Variant("linear", 0, "mse").stored_pairs and Variant("transformer", 1, "mse").stored_pairs
     assert [v.name for v in variants(["none"], [1], ["kd"], ["inherit"])] == ["none"]  # nothing to patch
@@ -68,11 +72,19 @@ def test_the_folded_model_computes_what_the_patched_model_computes(linear_init):
 
 
 @pytest.mark.parametrize("loss", ["kd", "mse"])
-def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(linear_init, tiny_llama_dir, tmp_path,
-                                                                             loss):
+def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(
+    linear_init, tiny_llama_dir, tmp_path, loss
+):
     init, data = linear_init
-    result = train(loss, init, tmp_path / "model", tmp_path / "log.json", TrainSettings(**FAST), data_dir=data,
-                   teacher_dir=tiny_llama_dir)
+    result = train(
+        loss,
+        init,
+        tmp_path / "model",
+        tmp_path / "log.json",
+        TrainSettings(**FAST),
+        data_dir=data,
+        teacher_dir=tiny_llama_dir,
+    )
     assert result.kept == "best" and result.best_val_loss < result.initial_val_loss  # the untrained map's
     out = tmp_path / "model"
     config = json.loads((out / "config.json").read_text())
@@ -86,13 +98,16 @@ def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(lin
     assert json.loads((out / "streamline.json").read_text())["loss"] == loss
     if loss == "kd":  # and it exports to GGUF as the family's own architecture, unchanged
         from gguf import GGUFReader
+
         from streamline.gguf_export import export_gguf
+
         export_gguf(out, tmp_path / "m.gguf", "f32")
         reader = GGUFReader(tmp_path / "m.gguf")
         assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
         assert reader.fields["llama.block_count"].parts[-1][0] == 4
     # a run that keeps its initial state (D = 0) exports today's `linear` weights bit for bit, by the same export
     from streamline.training.export import export_model
+
     export_model(init, tmp_path / "untrained", {f"{PROJ}.{PARAM}": torch.zeros(32, 32)}, result)
     untrained = load_file(tmp_path / "untrained" / "model.safetensors")
     assert untrained.keys() == before.keys() and all(torch.equal(before[k], untrained[k]) for k in before)
@@ -101,16 +116,23 @@ def test_training_the_patch_lowers_validation_loss_and_exports_a_plain_model(lin
 def test_the_dry_run_of_linear_with_kd_plans_the_estimate_then_its_patch(tiny_llama_dir, text_corpus, tmp_path):
     """network: linear, loss: kd: the training-free estimate and its patch trained by distillation, both evaluated;
     no replacement and no pair store (a patch's pairs, for mse, are computed online); the resource plan agrees."""
-    from streamline import plan
     from workflow_utils import planned_outputs, planned_rules, tiny_config, write_config
+
+    from streamline import plan
+
     write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus, network="linear", loss="kd"))
     rules = planned_rules(tmp_path)
-    assert {r: rules.get(r) for r in ("score", "extract_linear", "linear", "train_end_to_end", "evaluate_variant",
-                                      "stability")} == {"score": 1, "extract_linear": 1, "linear": 1,
-                                                        "train_end_to_end": 1, "evaluate_variant": 2, "stability": 2}
+    assert {
+        r: rules.get(r)
+        for r in ("score", "extract_linear", "linear", "train_end_to_end", "evaluate_variant", "stability")
+    } == {"score": 1, "extract_linear": 1, "linear": 1, "train_end_to_end": 1, "evaluate_variant": 2, "stability": 2}
     assert not {"replace", "extract_pairs", "train_mse"} & rules.keys()
-    assert {"results/tiny/n2/linear/init", "results/tiny/n2/linear-kd/model", "results/tiny/n2/linear-kd/eval.json",
-            "results/tiny/n2/removal_scores.json"} <= planned_outputs(tmp_path)
+    assert {
+        "results/tiny/n2/linear/init",
+        "results/tiny/n2/linear-kd/model",
+        "results/tiny/n2/linear-kd/eval.json",
+        "results/tiny/n2/removal_scores.json",
+    } <= planned_outputs(tmp_path)
     jobs = plan.plan_for_config(tmp_path / "config.yaml", device="cpu", root=tmp_path).jobs
     assert [j.label for j in jobs if j.rule.startswith("train")] == ["n2 linear-kd"]
     write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus, network="linear", loss="mse"))

@@ -2,7 +2,6 @@
 models (streamline/rehearse.py), and the refusals of plans that cannot fit."""
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import make_data_dir, tiny_model_config, write_scores
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from workflow_utils import ROOT
 
 from streamline import plan
 from streamline.errors import StreamlineError
 from streamline.plan import Model, extraction_need, gguf_export_need, model_write_need
 from streamline.rehearse import parse_random_spec, write_random_model
 from streamline.shapes import preset_config, presets
-from tiny import make_data_dir, tiny_model_config, write_scores
-from workflow_utils import ROOT
 
 TP = plan.cpu_throughput("float32")
 
@@ -26,6 +25,7 @@ TP = plan.cpu_throughput("float32")
 def payload(model_dir: Path) -> int:
     """Bytes of the tensors in a model dir's safetensors files (their headers excluded)."""
     from safetensors import safe_open
+
     total = 0
     for f in Path(model_dir).glob("*.safetensors"):
         with safe_open(f, framework="pt") as st:
@@ -39,6 +39,7 @@ def payload(model_dir: Path) -> int:
 def test_sizes_count_every_parameter_of_each_preset(name):
     """The adapters' arithmetic equals the parameters transformers builds for the preset's shapes (2 layers)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     fields = preset_config(name)
     config = CONFIG_MAPPING[fields["model_type"]].from_dict({**fields, "num_hidden_layers": 2})
     with torch.device("meta"):
@@ -85,6 +86,7 @@ def test_rehearsal_model_has_the_shapes_asked_for_and_a_tokenizer_that_fits(tiny
 
 def test_rehearsal_model_is_the_same_for_the_same_seed(tiny_random_dir, tmp_path):
     from safetensors.torch import load_file
+
     cfg = json.loads((tiny_random_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 6, "torch_dtype": "bfloat16"}))
     again = tmp_path / "again"
@@ -95,12 +97,18 @@ def test_rehearsal_model_is_the_same_for_the_same_seed(tiny_random_dir, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("random://llama-9b", "preset"), ("random://llama-3.1-8b?layers=40", "deeper"),
-    ("random://llama-3.1-8b?layers=x", "integers"), ("random://llama-3.1-8b?depth=2", "unknown option"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("random://llama-9b", "preset"),
+        ("random://llama-3.1-8b?layers=40", "deeper"),
+        ("random://llama-3.1-8b?layers=x", "integers"),
+        ("random://llama-3.1-8b?depth=2", "unknown option"),
+    ],
+)
 def test_a_bad_rehearsal_spec_is_one_line_naming_model_name(spec, words):
     from streamline.config import check_source
+
     with pytest.raises(StreamlineError, match="model_name") as e:
         check_source("model_name", spec)
     assert words in str(e.value) and "\n" not in str(e.value)
@@ -108,12 +116,14 @@ def test_a_bad_rehearsal_spec_is_one_line_naming_model_name(spec, words):
 
 def test_random_is_no_corpus():
     from streamline.config import check_source
+
     with pytest.raises(StreamlineError, match="data.source"):
         check_source("data.source", "random://llama-3.1-8b")
 
 
 def test_download_writes_the_rehearsal_model_and_the_plan_has_its_bytes(tmp_path):
     from streamline.download import download_model, model_slug
+
     spec = "random://llama-3.1-8b?layers=2"
     assert model_slug(spec) == "llama-3.1-8b-random-L2"
     m = Model.of(preset_config("llama-3.1-8b") | {"num_hidden_layers": 2}, "bfloat16", "")
@@ -131,6 +141,7 @@ def chunk_bytes(store: Path, array: str) -> int:
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_store_bytes_are_exactly_the_plan(tiny_llama_dir, tmp_path, dtype):
     from streamline.extract import extract_hidden_states
+
     data = make_data_dir(tmp_path / "data", num=5, seq_len=16)
     extract_hidden_states(tiny_llama_dir, data, tmp_path / "c.zarr", dtype=dtype, batch_size=2, device="cpu")
     m = Model.from_dir(tiny_llama_dir, dtype)
@@ -144,6 +155,7 @@ def test_store_bytes_are_exactly_the_plan(tiny_llama_dir, tmp_path, dtype):
 
 def test_model_dir_bytes_are_the_plan(tiny_llama_dir, tmp_path):
     from streamline.replace import replace
+
     write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "scores.json", tmp_path / "out", net="transformer", dtype="bfloat16")
     m = Model.from_dir(tiny_llama_dir, "bfloat16")
@@ -155,6 +167,7 @@ def test_model_dir_bytes_are_the_plan(tiny_llama_dir, tmp_path):
 
 def test_gguf_bytes_are_the_plan_within_the_tokenizer(tiny_llama_dir, tmp_path):
     from streamline.gguf_export import export_gguf
+
     export_gguf(tiny_llama_dir, tmp_path / "m.gguf", "f16")
     m = Model.from_dir(tiny_llama_dir, "float32")
     need = gguf_export_need(m, params=m.params(), outtype="f16", tp=TP)
@@ -166,12 +179,14 @@ def test_gguf_bytes_are_the_plan_within_the_tokenizer(tiny_llama_dir, tmp_path):
 def peak_rss_of(args: list[str]) -> int:
     """Peak RSS (bytes) of `streamline ARGS`, run under a fresh wrapper process whose only child it is (this
     process's RUSAGE_CHILDREN holds the largest of every child the test session ran before)."""
-    wrapper = ("import resource, subprocess, sys\n"
-               "proc = subprocess.run([sys.executable, '-m', 'streamline.cli', *sys.argv[1:]], capture_output=True, "
-               "text=True)\n"
-               "sys.stderr.write(proc.stderr)\n"
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-               "sys.exit(proc.returncode)")
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "proc = subprocess.run([sys.executable, '-m', 'streamline.cli', *sys.argv[1:]], capture_output=True, "
+        "text=True)\n"
+        "sys.stderr.write(proc.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(proc.returncode)"
+    )
     proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return int(proc.stdout.split()[-1]) * 1024
@@ -181,14 +196,36 @@ def test_stage_memory_is_the_plan_within_25_percent(tiny_llama_dir, tmp_path):
     """The plan's RAM for extraction, its largest tiny stage (the libraries' resident memory dominates at this size;
     the rehearsal at 8B widths checks the weights and activations: README)."""
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
-    rss = peak_rss_of(["extract-calibration", "--model", str(tiny_llama_dir), "--data", str(data), "--out",
-                       str(tmp_path / "c.zarr"), "--batch-size", "4", "--device", "cpu"])
-    need = extraction_need(Model.from_dir(tiny_llama_dir, "float32"), samples=8, states=7, layers_run=6, seq_len=16,
-                           batch=4, device="cpu", tp=TP)
+    rss = peak_rss_of(
+        [
+            "extract-calibration",
+            "--model",
+            str(tiny_llama_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "c.zarr"),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
+    need = extraction_need(
+        Model.from_dir(tiny_llama_dir, "float32"),
+        samples=8,
+        states=7,
+        layers_run=6,
+        seq_len=16,
+        batch=4,
+        device="cpu",
+        tp=TP,
+    )
     assert 0.75 * need.ram <= rss <= 1.25 * need.ram, (rss / 1e9, need.ram / 1e9)
 
 
 # --- refusals ------------------------------------------------------------------------------------------
+
 
 def preset_plan(**overrides):
     return plan.plan_for_config(ROOT / "configs/llama-3.1-8b.yaml", overrides, device="cuda", root="/nonexistent")
@@ -206,8 +243,9 @@ def test_a_336_gb_pair_store_on_a_100_gb_disk_is_refused_naming_the_key():
 
 
 def test_an_8b_model_on_a_16_gb_machine_is_refused_naming_the_key():
-    p = plan.plan_for_config(ROOT / "configs/llama-3.1-8b.yaml", {"llm": {"num_processes": 1}}, device="cpu",
-                             root="/nonexistent")
+    p = plan.plan_for_config(
+        ROOT / "configs/llama-3.1-8b.yaml", {"llm": {"num_processes": 1}}, device="cpu", root="/nonexistent"
+    )
     with pytest.raises(StreamlineError) as e:
         plan.check_fits(p, ram=16e9, disk=1e15)
     line = str(e.value)
@@ -226,12 +264,37 @@ def test_a_stage_stops_in_one_line_when_its_plan_is_above_what_is_free(tmp_path,
 
 
 def test_plan_command_prints_every_rule_of_the_preset(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "streamline.cli", "plan", "--configfile",
-                           str(ROOT / "configs/llama-3.1-8b.yaml"), "--device", "cuda", "--json", str(tmp_path / "p.json")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamline.cli",
+            "plan",
+            "--configfile",
+            str(ROOT / "configs/llama-3.1-8b.yaml"),
+            "--device",
+            "cuda",
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
-    for rule in ("download_model", "prepare_data", "extract_calibration", "score", "replace", "train_end_to_end",
-                 "evaluate_baseline", "evaluate_variant", "stability", "report", "total"):
+    for rule in (
+        "download_model",
+        "prepare_data",
+        "extract_calibration",
+        "score",
+        "replace",
+        "train_end_to_end",
+        "evaluate_baseline",
+        "evaluate_variant",
+        "stability",
+        "report",
+        "total",
+    ):
         assert rule in proc.stdout
     assert "989 TFLOPS" in proc.stdout and "shipped shapes of llama-3.1-8b" in proc.stdout
     jobs = json.loads((tmp_path / "p.json").read_text())["jobs"]
@@ -245,23 +308,29 @@ def test_a_rehearsal_model_runs_in_llama_cpp_as_in_transformers(tiny_random_dir,
     pytest.importorskip("llama_cpp")
     from streamline.gguf_check import gguf_check
     from streamline.gguf_export import export_gguf
+
     export_gguf(tiny_random_dir, tmp_path / "m.gguf", "f16")
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16, vocab=282)
     result = gguf_check(tmp_path / "m.gguf", data, tmp_path / "g.json", hf_model=tiny_random_dir, threads=1)
     assert abs(result.gguf_ppl / result.hf_ppl - 1) < 0.01
 
 
-def test_rules_ask_for_the_plan_and_a_plan_that_does_not_fit_stops_before_any_job(tmp_path, tiny_llama_dir,
-                                                                                   text_corpus):
+def test_rules_ask_for_the_plan_and_a_plan_that_does_not_fit_stops_before_any_job(
+    tmp_path, tiny_llama_dir, text_corpus
+):
     from workflow_utils import snakemake, tiny_config, write_config
+
     workdir = tmp_path / "wf"
     workdir.mkdir()
     write_config(workdir, tiny_config(tiny_llama_dir, text_corpus))
     dry = snakemake(workdir, "-n")
     text = dry.stdout + dry.stderr
     block = text.split("rule extract_calibration:", 1)[1].split("\n\n", 1)[0]
-    planned = next(j.need for j in plan.plan_for_config(workdir / "config.yaml", device="cpu", root=workdir).jobs
-                   if j.rule == "extract_calibration").resources()
+    planned = next(
+        j.need
+        for j in plan.plan_for_config(workdir / "config.yaml", device="cpu", root=workdir).jobs
+        if j.rule == "extract_calibration"
+    ).resources()
     assert f"mem_mb={planned['mem_mb']}," in block and f"disk_mb={planned['disk_mb']}," in block, block
 
     proc = snakemake(workdir, "--resources", "mem_mb=200", check=False)
@@ -275,20 +344,61 @@ def test_each_stage_computes_its_own_need_from_its_arguments(tiny_llama_dir, tmp
     """The check a stage makes when it starts (cli.main -> plan.check_stage) finds a need for every big stage."""
     from streamline.cli import parse_args
     from streamline.replace import replace
+
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
     write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "scores.json", tmp_path / "init", net="transformer")
     m, init = str(tiny_llama_dir), str(tmp_path / "init")
     commands = {
         "extract-calibration": ["--model", m, "--data", str(data), "--out", str(tmp_path / "c.zarr")],
-        "extract-pairs": ["--model", m, "--data", str(data), "--out", str(tmp_path / "p.zarr"),
-                          "--scores", str(tmp_path / "scores.json")],
-        "replace": ["--model", m, "--scores", str(tmp_path / "scores.json"), "--net", "transformer", "--out",
-                    str(tmp_path / "r")],
-        "train": ["--loss", "kd", "--init", init, "--data", str(data), "--out", str(tmp_path / "t"),
-                  "--log-json", str(tmp_path / "t.json")],
-        "evaluate": ["--model", init, "--original", m, "--out", str(tmp_path / "e.json"), "--samples",
-                     str(tmp_path / "s.json"), "--ppl-data", str(data), "--tasks", "arc_easy", "--limit", "4"],
+        "extract-pairs": [
+            "--model",
+            m,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "p.zarr"),
+            "--scores",
+            str(tmp_path / "scores.json"),
+        ],
+        "replace": [
+            "--model",
+            m,
+            "--scores",
+            str(tmp_path / "scores.json"),
+            "--net",
+            "transformer",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        "train": [
+            "--loss",
+            "kd",
+            "--init",
+            init,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "t"),
+            "--log-json",
+            str(tmp_path / "t.json"),
+        ],
+        "evaluate": [
+            "--model",
+            init,
+            "--original",
+            m,
+            "--out",
+            str(tmp_path / "e.json"),
+            "--samples",
+            str(tmp_path / "s.json"),
+            "--ppl-data",
+            str(data),
+            "--tasks",
+            "arc_easy",
+            "--limit",
+            "4",
+        ],
         "export-gguf": ["--model", m, "--out", str(tmp_path / "m.gguf")],
     }
     for command, args in commands.items():
@@ -298,14 +408,25 @@ def test_each_stage_computes_its_own_need_from_its_arguments(tiny_llama_dir, tmp
         assert need.ram > plan.BASE_RSS["store"] and need.disk > 0 and str(out) == args[args.index("--out") + 1]
 
 
-def test_a_stage_started_with_too_little_free_ram_stops_before_writing(tiny_llama_dir, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_a_stage_started_with_too_little_free_ram_stops_before_writing(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     from streamline.cli import main
+
     monkeypatch.delenv(plan.SKIP_CHECK, raising=False)
     monkeypatch.setattr(plan, "available_ram", lambda: 0.1e9)
     write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
-    code = main(["replace", "--model", str(tiny_llama_dir), "--scores", str(tmp_path / "scores.json"), "--net",
-                 "transformer", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "replace",
+            "--model",
+            str(tiny_llama_dir),
+            "--scores",
+            str(tmp_path / "scores.json"),
+            "--net",
+            "transformer",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and line.startswith("streamline replace: error: needs ") and "0.10 GB is available" in line
     assert not (tmp_path / "out").exists()

@@ -4,17 +4,34 @@ import subprocess
 import sys
 
 import pytest
+from workflow_utils import ROOT, SNAKEFILE
 
 from streamline.schema import SCHEMA
-from workflow_utils import ROOT, SNAKEFILE
 
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def dry_run(preset, workdir, *args) -> str:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "-n",
-                           "--configfile", str(preset), "--cores", "1", *args], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(SNAKEFILE),
+            "-d",
+            str(workdir),
+            "-n",
+            "--configfile",
+            str(preset),
+            "--cores",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr
 
@@ -22,6 +39,7 @@ def dry_run(preset, workdir, *args) -> str:
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_validates(preset):
     from streamline import config
+
     c = config.load(preset, SCHEMA)
     assert c["dtype"] in ("bfloat16", "float16")  # GPU presets
 
@@ -29,8 +47,18 @@ def test_preset_validates(preset):
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_dry_run_plans_every_stage_without_downloading(preset, tmp_path):
     text = dry_run(preset, tmp_path)
-    for rule in ("download_model", "prepare_data", "extract_calibration", "score", "replace", "train_end_to_end",
-                 "evaluate_baseline", "evaluate_variant", "stability", "report"):
+    for rule in (
+        "download_model",
+        "prepare_data",
+        "extract_calibration",
+        "score",
+        "replace",
+        "train_end_to_end",
+        "evaluate_baseline",
+        "evaluate_variant",
+        "stability",
+        "report",
+    ):
         assert f"rule {rule}:" in text or f"\n{rule} " in text, rule
     assert "extract_pairs" not in text  # LLM loss trains on token blocks, not stored pairs
     assert not (tmp_path / "resources").exists()  # nothing was downloaded

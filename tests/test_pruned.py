@@ -3,9 +3,9 @@ too (the exported modeling_streamline.py), and refuses to load silently as its b
 
 import pytest
 import torch
+from tiny import write_scores
 from transformers import AutoModelForCausalLM
 
-from tiny import write_scores
 from streamline.pruned import count_params, load_pruned
 from streamline.replace import replace
 
@@ -35,8 +35,15 @@ def test_without_remote_code_transformers_refuses_rather_than_builds_the_base_fa
 
 def test_tied_weights_count_once():
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=50, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, tie_word_embeddings=True)
+
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     assert count_params(model) == sum(p.numel() for p in model.parameters())  # parameters() already dedupes
     assert count_params(model) < sum(p.numel() for p in model.state_dict().values())

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from tiny import write_scores
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tiny import write_scores
 from streamline.adapters import get_adapter, run_with_capture
 from streamline.errors import StreamlineError
-from streamline.records import digest
 from streamline.pruned import load_pruned
+from streamline.records import digest
 from streamline.replace import replace
 
 
@@ -58,13 +58,17 @@ def test_untrained_transformer_equals_original_with_rest_of_block_skipped(model_
     card = (tmp_path / "out" / "README.md").read_text()
     assert "layers 1..3 (n = 2)" in card and "6 → 4" in card
     meta = json.loads((tmp_path / "out" / "streamline.json").read_text())
-    assert meta["params"] < meta["source_params"] and info.block == [1, 2, 3] and meta == {
-        **info.to_json(), "digest": digest(info.to_json())}
+    assert (
+        meta["params"] < meta["source_params"]
+        and info.block == [1, 2, 3]
+        and meta == {**info.to_json(), "digest": digest(info.to_json())}
+    )
 
 
 def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(model_dir, tmp_path):
     """k = 2: block 1..4 (n = 2): layers 1 and 2 stay, 3 and 4 go; every other tensor is the original's."""
     from safetensors.torch import load_file
+
     scores = write_scores(tmp_path / "s.json", n=2, span=4, best=1)
     info = replace(model_dir, scores, tmp_path / "out", net="transformer", layers=2)
     assert info.replacement_layers == 2 and info.block == [1, 2, 3, 4]
@@ -79,17 +83,20 @@ def test_k_kept_layers_equal_the_original_with_the_rest_of_the_block_skipped(mod
     for key, value in after.items():
         source = key
         if key.startswith(prefix):
-            i, rest = key[len(prefix):].split(".", 1)
+            i, rest = key[len(prefix) :].split(".", 1)
             source = f"{prefix}{renumber[int(i)]}.{rest}"
         assert torch.equal(value, original[source]), key
     assert "layers 1..2 kept" in (tmp_path / "out" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("net, layers, message", [
-    ("ffn", 2, "replacement_layers: 2 is not allowed with network 'ffn'"),
-    ("transformer", 0, "replacement_layers: 0 is not allowed"),
-    ("transformer", 1, "needs block scores over 3 layers, got scores over 4"),
-])
+@pytest.mark.parametrize(
+    "net, layers, message",
+    [
+        ("ffn", 2, "replacement_layers: 2 is not allowed with network 'ffn'"),
+        ("transformer", 0, "replacement_layers: 0 is not allowed"),
+        ("transformer", 1, "needs block scores over 3 layers, got scores over 4"),
+    ],
+)
 def test_bad_replacement_layers(tiny_llama_dir, tmp_path, net, layers, message):
     scores = write_scores(tmp_path / "s.json", n=2, span=4, best=1)
     with pytest.raises(StreamlineError, match=message):
@@ -142,12 +149,18 @@ def test_wrong_scores_for_net(tiny_llama_dir, tmp_path):
 def test_model_card_names_the_hub_base_model(tiny_llama_dir, tmp_path):
     """The card's metadata (huggingface_hub.ModelCardData) carries base_model lineage for a hub source."""
     import shutil
+
     from huggingface_hub import ModelCard
+
     from streamline.weights import record
+
     shutil.copytree(tiny_llama_dir, tmp_path / "model")
-    record(tmp_path / "model", origin="meta-llama/Llama-3.1-8B", base_model="meta-llama/Llama-3.1-8B")  # as download does
-    replace(tmp_path / "model", write_scores(tmp_path / "s.json", n=2, span=3, best=1), tmp_path / "out",
-            net="transformer")
+    record(
+        tmp_path / "model", origin="meta-llama/Llama-3.1-8B", base_model="meta-llama/Llama-3.1-8B"
+    )  # as download does
+    replace(
+        tmp_path / "model", write_scores(tmp_path / "s.json", n=2, span=3, best=1), tmp_path / "out", net="transformer"
+    )
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "pruned" in card.data.tags
     assert "Layer-pruned from `meta-llama/Llama-3.1-8B`" in card.text

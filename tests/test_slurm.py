@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import SlurmCluster, SlurmUnavailable
-
 from workflow_utils import ROOT, SNAKEFILE, make_eval_data, tiny_config, write_config
 
 pytestmark = pytest.mark.slurm
@@ -62,10 +60,21 @@ def slurm(tmp_path_factory):
 def run_snakemake(cluster: SlurmCluster, workdir: Path, *args: str, timeout: int = 1800):
     env = dict(cluster.env)
     # The jobs inherit this environment (sbatch --export=ALL): they need this interpreter's `streamline`.
-    env["PATH"] = os.pathsep.join([env["PATH"].split(os.pathsep)[0], str(Path(sys.executable).parent),
-                                   *env["PATH"].split(os.pathsep)[1:]])
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
+    env["PATH"] = os.pathsep.join(
+        [env["PATH"].split(os.pathsep)[0], str(Path(sys.executable).parent), *env["PATH"].split(os.pathsep)[1:]]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
     # cwd=ROOT: run as a user would, from the repository root (so profiles/default is read too).
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -106,20 +115,34 @@ def test_tiny_workflow_on_slurm(slurm, tmp_path, tiny_llama_dir, text_corpus, re
     workdir.mkdir()
     config = tiny_config(tiny_llama_dir, text_corpus)
     # lm-eval on one 10-question task (local files), as in test_eval_workflow: the default is 7 tasks x 200.
-    config["eval"] = {"tasks": ["arc_easy"], "limit": 4, "batch_size": 4, "offline": True, "device": "cpu",
-                      "data": str(make_eval_data(tmp_path / "eval_data"))}
+    config["eval"] = {
+        "tasks": ["arc_easy"],
+        "limit": 4,
+        "batch_size": 4,
+        "offline": True,
+        "device": "cpu",
+        "data": str(make_eval_data(tmp_path / "eval_data")),
+    }
     write_config(workdir, config)
 
     start = time.monotonic()
-    proc = run_snakemake(slurm, workdir, "--profile", str(PROFILE),
-                         # test-only: keep the per-job logs as evidence, and poll sooner than a real site would
-                         "--slurm-keep-successful-logs", "--slurm-init-seconds-before-status-checks", str(FIRST_POLL_S))
+    proc = run_snakemake(
+        slurm,
+        workdir,
+        "--profile",
+        str(PROFILE),
+        # test-only: keep the per-job logs as evidence, and poll sooner than a real site would
+        "--slurm-keep-successful-logs",
+        "--slurm-init-seconds-before-status-checks",
+        str(FIRST_POLL_S),
+    )
     wall = time.monotonic() - start
     log = proc.stdout + proc.stderr
     print(f"\nslurm workflow wall time: {wall:.1f} s")
     record_property("slurm_workflow_wall_s", round(wall, 1))
-    assert proc.returncode == 0, f"snakemake failed ({proc.returncode}) after {wall:.0f} s:\n{log[-6000:]}\n" \
-                                 f"{slurm.logs_tail()}"
+    assert proc.returncode == 0, (
+        f"snakemake failed ({proc.returncode}) after {wall:.0f} s:\n{log[-6000:]}\n{slurm.logs_tail()}"
+    )
     assert "Using profile" in log and str(PROFILE) in log
 
     # Every artifact of the contract exists, and so does every target of `rule all` and every output of
@@ -157,7 +180,11 @@ def test_tiny_workflow_on_slurm(slurm, tmp_path, tiny_llama_dir, text_corpus, re
     extract = jobs[extract_ids[0]]
     wanted = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["extract_calibration"]
     from streamline.plan import plan_for_config
-    planned = next(j.need for j in plan_for_config(workdir / "config.yaml", device="cuda", root=workdir).jobs
-                   if j.rule == "extract_calibration").resources()
+
+    planned = next(
+        j.need
+        for j in plan_for_config(workdir / "config.yaml", device="cuda", root=workdir).jobs
+        if j.rule == "extract_calibration"
+    ).resources()
     assert extract.get("JOB_GRES") == "gpu:1" and extract.get("TresPerJob") == "gres:gpu:1", extract
     assert extract["CPUs/Task"] == str(wanted["cpus_per_task"]) and extract["Mem"] == str(planned["mem_mb"]), extract

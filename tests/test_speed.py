@@ -34,4 +34,6 @@ def test_a_measurement_is_consistent_with_its_own_figures(tiny_llama_dir):
     assert speed.batch == 2 and speed.prefill_tokens == 16 and speed.decode_prompt_tokens == 8
     for phase, rates in (("prefill", speed.prefill_tokens_per_s), ("decode", speed.decode_tokens_per_s)):
         assert np.isclose(speed.speedup[phase], rates["pruned"] / rates["original"])
-    assert np.isclose(speed.ideal["decode"], speed.decode_weight_bytes["original"] / speed.decode_weight_bytes["pruned"])
+    assert np.isclose(
+        speed.ideal["decode"], speed.decode_weight_bytes["original"] / speed.decode_weight_bytes["pruned"]
+    )

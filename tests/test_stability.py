@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from streamline.artifacts import SAMPLES_FORMAT, Samples
 from streamline.cli import main as cli
 from streamline.errors import StreamlineError
-from streamline.artifacts import SAMPLES_FORMAT, Samples
 from streamline.stability import effective_questions, stability_from_opencompass, stability_from_samples
 
 
@@ -18,6 +18,7 @@ def main(argv: list[str]) -> dict:
     out = next((argv[i + 1] for i, a in enumerate(argv) if a == "--out"), None)
     assert cli(["stability", *argv]) == 0
     return json.loads(open(out).read()) if out else None
+
 
 E = math.e
 
@@ -34,10 +35,16 @@ def samples(correct: dict[str, list[bool]], ll=None, acc_norm=None, ntok=None) -
     for task, flags in correct.items():
         lls = ll if ll is not None else [[0.0, -1.0]] * len(flags)
         best = [x.index(max(x)) for x in lls]
-        tasks[task] = {str(i): {"ll": lls[i], "ntok": ntok[i] if ntok else [1] * len(lls[i]),
-                                "gold": best[i] if c else (best[i] + 1) % len(lls[i]), "acc": c,
-                                "acc_norm": None if acc_norm is None else acc_norm[i]}
-                       for i, c in enumerate(flags)}
+        tasks[task] = {
+            str(i): {
+                "ll": lls[i],
+                "ntok": ntok[i] if ntok else [1] * len(lls[i]),
+                "gold": best[i] if c else (best[i] + 1) % len(lls[i]),
+                "acc": c,
+                "acc_norm": None if acc_norm is None else acc_norm[i],
+            }
+            for i, c in enumerate(flags)
+        }
     return {"format": SAMPLES_FORMAT, "tasks": tasks}
 
 
@@ -144,10 +151,14 @@ def test_cli_on_samples_files(tmp_path):
 
 
 def oc_file(path, ppls: list[list[float]], labels: list[str], preds: list[str], golds: list[str]) -> None:
-    data = {str(i): {**{f"label: {lab}": {"testing input": "q", "prompt": "q", "PPL": p}
-                        for lab, p in zip(labels, row)},
-                     "prediction": pred, "gold": gold}
-            for i, (row, pred, gold) in enumerate(zip(ppls, preds, golds))}
+    data = {
+        str(i): {
+            **{f"label: {lab}": {"testing input": "q", "prompt": "q", "PPL": p} for lab, p in zip(labels, row)},
+            "prediction": pred,
+            "gold": gold,
+        }
+        for i, (row, pred, gold) in enumerate(zip(ppls, preds, golds))
+    }
     path.write_text(json.dumps(data))
 
 
@@ -192,8 +203,10 @@ def test_opencompass_cli_and_errors(oc_dirs, tmp_path):
 
 def _opencompass(d, predictions: list[str]):
     d.mkdir(parents=True)
-    entries = {str(i): {"label: 0": {"PPL": 1.0 + i}, "label: 1": {"PPL": 3.0}, "prediction": p, "gold": "0"}
-               for i, p in enumerate(predictions)}
+    entries = {
+        str(i): {"label: 0": {"PPL": 1.0 + i}, "label: 1": {"PPL": 3.0}, "prediction": p, "gold": "0"}
+        for i, p in enumerate(predictions)
+    }
     (d / "BoolQ.json").write_text(json.dumps(entries))
     return d
 
@@ -203,7 +216,9 @@ def test_stability_cli_opencompass(tmp_path):
     after = _opencompass(tmp_path / "after", ["1", "0", "1", "0"])  # only question 0 changes correctness
     assert cli(["stability", "--opencompass", str(before), str(after), "--out", str(tmp_path / "s.json")]) == 0
     correct = json.loads((tmp_path / "s.json").read_text())["datasets"]["BoolQ.json"]
-    assert cli(["stability", "--opencompass", str(before), str(after), "--legacy", "--out", str(tmp_path / "l.json")]) == 0
+    assert (
+        cli(["stability", "--opencompass", str(before), str(after), "--legacy", "--out", str(tmp_path / "l.json")]) == 0
+    )
     legacy = json.loads((tmp_path / "l.json").read_text())["datasets"]["BoolQ.json"]
     assert 0 < correct < 1 and 0 < legacy < 1 and correct != pytest.approx(legacy)
     assert cli(["stability", "--opencompass", str(before), str(tmp_path / "missing")]) == 2

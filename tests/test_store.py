@@ -14,13 +14,19 @@ SHAPE = (3, 4, 8, 16)  # K states, N samples, T tokens, H hidden
 def _fill(store: HiddenStore, values: np.ndarray, samples) -> None:
     for n in samples:
         for k in range(store.num_states):
-            store.write_range(k, n, values[k, n:n + 1])
+            store.write_range(k, n, values[k, n : n + 1])
         store.finish_sample(n, np.ones(SHAPE[2], dtype=np.uint8))
 
 
 def _new(path, dtype="bfloat16", codec="none", fingerprint="a") -> HiddenStore:
-    return HiddenStore.create_or_resume(path, shape=SHAPE, dtype=dtype, codec=codec, level=3,
-                                        attrs={"fingerprint": fingerprint, "layers": list(range(SHAPE[0]))})
+    return HiddenStore.create_or_resume(
+        path,
+        shape=SHAPE,
+        dtype=dtype,
+        codec=codec,
+        level=3,
+        attrs={"fingerprint": fingerprint, "layers": list(range(SHAPE[0]))},
+    )
 
 
 def _values(dtype: str) -> np.ndarray:

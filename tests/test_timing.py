@@ -7,10 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_report import artifacts  # noqa: F401  (the fixture: the files report.smk names)
 
 from streamline import timing
 from streamline.artifacts import Evaluation
-from test_report import artifacts  # noqa: F401  (the fixture: the files report.smk names)
 
 
 def test_repeats_that_scatter_or_a_busy_machine_make_the_figure_noise(monkeypatch):
@@ -31,14 +31,19 @@ def test_the_spread_is_of_each_models_own_repeats():
 
 def test_a_noisy_speedup_is_marked_in_the_summary_and_its_json(artifacts):
     from test_report import _run, _write
+
     spec = artifacts["variants"][0]
     ev = Evaluation.load(spec["eval"], "eval")
     reason = "load average 8.5 on 2 cores while 2 threads measured"
-    _write(Path(spec["eval"]), replace(ev, speed=replace(ev.speed, spread={"prefill": 0.3, "decode": 0.1},
-                                                             load=8.5, cores=2, noise=reason)).to_json())
+    _write(
+        Path(spec["eval"]),
+        replace(
+            ev, speed=replace(ev.speed, spread={"prefill": 0.3, "decode": 0.1}, load=8.5, cores=2, noise=reason)
+        ).to_json(),
+    )
     _run(artifacts)
     md = (artifacts["out"] / "summary.md").read_text()
-    table = md[md.index("## Summary"):]
+    table = md[md.index("## Summary") :]
     assert "1.20x (1.25x) noise" in table and f"{spec['name']}: {reason}" in table
     assert "measure on an idle machine" in table
     rows = {r["variant"]: r for r in json.loads((artifacts["out"] / "summary.json").read_text())["rows"]}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import build_tiny_model, holds_only_the_finished_state, make_data_dir, tiny_model_config, write_scores
 from transformers import AutoModelForCausalLM
 
-from tiny import build_tiny_model, holds_only_the_finished_state, make_data_dir, tiny_model_config, write_scores
 from streamline.launch import launch_command
 from streamline.replace import replace
 from streamline.training.model import trainable_parameter_names
@@ -22,14 +22,31 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"deepspeed": ROOT / "configs/accelerate/deepspeed_zero2.yaml", "ddp": ROOT / "configs/accelerate/ddp.yaml"}
 SLOT = 1
 # 32 blocks / (2 per micro-batch x 2 processes) = 8 micro-batches per epoch, 4 optimizer steps, x 5 epochs
-ARGS = ["--batch-size", "2", "--gradient-accumulation-step", "2", "--epochs", "5", "--lr", "1e-2", "--min-lr",
-        "1e-3", "--val-every", "5", "--checkpoint-every", "1", "--seed", "3"]
+ARGS = [
+    "--batch-size",
+    "2",
+    "--gradient-accumulation-step",
+    "2",
+    "--epochs",
+    "5",
+    "--lr",
+    "1e-2",
+    "--min-lr",
+    "1e-3",
+    "--val-every",
+    "5",
+    "--checkpoint-every",
+    "1",
+    "--seed",
+    "3",
+]
 TOTAL_STEPS = 20
 
 
 def schedule(steps: int, warmup: int, lr: float, min_lr: float) -> list[float]:
     """The rate of each optimizer step: transformers' cosine schedule with warm-up, down to min_lr."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, steps, min_lr=min_lr)
     rates = []
@@ -41,6 +58,7 @@ def schedule(steps: int, warmup: int, lr: float, min_lr: float) -> list[float]:
 
 
 # --- exact freezing -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("family, prefix", [("llama", "model.layers."), ("opt", "model.decoder.layers.")])
 def test_trainable_names_are_exactly_the_slots(family, prefix):
@@ -84,6 +102,7 @@ def test_launch_command_cpu_and_gpu():
 
 # --- two processes on CPU -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def llm_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm")
@@ -101,8 +120,19 @@ def _env(root: Path) -> dict:
 
 
 def _command(root: Path, backend: str, name: str, loss: str = "llm", checkpoint: bool = True) -> list[str]:
-    args = ["train", "--loss", loss, "--init", str(root / "init"), "--data", str(root / "data"),
-            "--out", str(root / name / "model"), "--log-json", str(root / name / "train_log.json")] + ARGS
+    args = [
+        "train",
+        "--loss",
+        loss,
+        "--init",
+        str(root / "init"),
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / name / "model"),
+        "--log-json",
+        str(root / name / "train_log.json"),
+    ] + ARGS
     if checkpoint:
         args += ["--checkpoint-dir", str(root / name / "checkpoints")]
     return launch_command(CONFIGS[backend], 2, args)
@@ -110,8 +140,9 @@ def _command(root: Path, backend: str, name: str, loss: str = "llm", checkpoint:
 
 def _run(root: Path, backend: str, name: str, loss: str = "llm") -> tuple[dict, str, float]:
     start = time.time()
-    out = subprocess.run(_command(root, backend, name, loss), env=_env(root), capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        _command(root, backend, name, loss), env=_env(root), capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-5000:]
     return json.loads((root / name / "train_log.json").read_text()), out.stderr, time.time() - start
 
@@ -125,6 +156,7 @@ def trained(llm_setup):
         if (backend, loss) not in cache:
             cache[backend, loss] = _run(llm_setup, backend, f"{backend}-{loss}", loss)
         return cache[backend, loss]
+
     return get
 
 
@@ -164,8 +196,13 @@ def test_sigkill_then_resume(backend, loss, llm_setup, trained):
     root, name = llm_setup, f"{backend}-{loss}-resumed"
     ckpt = root / name / "checkpoints"
     start = time.time()
-    proc = subprocess.Popen(_command(root, backend, name, loss), env=_env(root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(root, backend, name, loss),
+        env=_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     progress, step = ckpt / "progress.json", 0
     deadline = time.time() + 300
     while time.time() < deadline and step < 6 and proc.poll() is None:  # 6: mid-way through epoch 2
@@ -196,12 +233,21 @@ def test_single_process_never_improving_keeps_initial_weights(llm_setup, tmp_pat
     """In-process, without a launcher (`streamline train --loss llm`): one plain process."""
     from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
+
     root = llm_setup
     # lr 1e-30: every update is below fp32 resolution, so validation stays exactly where it started
-    settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=1, lr=1e-30, min_lr=1e-30,
-                             val_every=2, warmup_ratio=0)
-    result = train("llm", root / "init", tmp_path / "model", tmp_path / "log.json", settings, data_dir=root / "data",
-                   checkpoint_dir=tmp_path / "ck")
+    settings = TrainSettings(
+        batch_size=4, gradient_accumulation_step=1, epochs=1, lr=1e-30, min_lr=1e-30, val_every=2, warmup_ratio=0
+    )
+    result = train(
+        "llm",
+        root / "init",
+        tmp_path / "model",
+        tmp_path / "log.json",
+        settings,
+        data_dir=root / "data",
+        checkpoint_dir=tmp_path / "ck",
+    )
     assert result.num_processes == 1 and result.total_steps == 8
     assert result.kept == "initial" and result.best_val_loss == result.initial_val_loss
     assert "never improved" in caplog.text and holds_only_the_finished_state(tmp_path / "ck")
@@ -214,14 +260,19 @@ def test_llm_loss_in_process_trains_exactly_the_kept_layers(llm_setup, tmp_path,
     """k = 2: the block spans n + 2 layers and both kept layers train; nothing else changes."""
     from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
+
     root = llm_setup
     write_scores(tmp_path / "scores.json", n=2, span=2 + k, best=1)
     replace(root / "tiny", tmp_path / "scores.json", tmp_path / "init", net="transformer", layers=k)
     settings = TrainSettings(batch_size=4, gradient_accumulation_step=1, epochs=3, lr=1e-2, min_lr=1e-3, val_every=4)
-    result = train("llm", tmp_path / "init", tmp_path / "model", tmp_path / "log.json", settings,
-                   data_dir=root / "data")
+    result = train(
+        "llm", tmp_path / "init", tmp_path / "model", tmp_path / "log.json", settings, data_dir=root / "data"
+    )
     assert result.best_val_loss < 0.9 * result.initial_val_loss and result.replacement_layers == k
-    before, after = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    before, after = (
+        load_file(tmp_path / "init" / "model.safetensors"),
+        load_file(tmp_path / "model" / "model.safetensors"),
+    )
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     slots = {key for key in before if key.startswith(tuple(f"model.layers.{s}." for s in range(1, 1 + k)))}
     assert changed == slots and len(slots) == 9 * k
@@ -234,10 +285,16 @@ def test_a_pickle_planted_in_a_deepspeed_checkpoint_never_runs(llm_setup, tmp_pa
     the run stops in one line and sets the checkpoint aside."""
     import hashlib
     import pickle
+
     root, name = llm_setup, "deepspeed-planted"
     ckpt = root / name / "checkpoints"
-    proc = subprocess.Popen(_command(root, "deepspeed", name), env=_env(root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(root, "deepspeed", name),
+        env=_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     progress, deadline = ckpt / "progress.json", time.time() + 300
     while time.time() < deadline and not progress.exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -250,9 +307,11 @@ def test_a_pickle_planted_in_a_deepspeed_checkpoint_never_runs(llm_setup, tmp_pa
     class Planted:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
+
     target.write_bytes(pickle.dumps({"module": Planted()}))
     saved["files"][str(target.relative_to(ckpt))] = hashlib.sha256(target.read_bytes()).hexdigest()
     from streamline.records import write_record
+
     write_record(progress, saved)  # its digest forged too
     out = subprocess.run(_command(root, "deepspeed", name), env=_env(root), capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and not marker.exists()

@@ -18,19 +18,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
+from test_reliability import CLI, cli, one_error_line
 from tiny import build_tiny_model, make_data_dir, write_scores
+from workflow_utils import ROOT, package_copy, planned_rules, snakemake, tiny_config, workflow_env, write_config
+
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.pairs import extract_pairs
 from streamline.records import write_record
 from streamline.replace import replace
 from streamline.score import score
-from streamline.store import HiddenStore
 from streamline.training.recipes import train
 from streamline.training.settings import TrainSettings
-from test_reliability import CLI, cli, one_error_line
-from workflow_utils import ROOT, package_copy, planned_rules, snakemake, tiny_config, workflow_env, write_config
 
 FAST = dict(batch_size=2, gradient_accumulation_step=1, epochs=2, lr=1e-3, min_lr=1e-4, device="cpu")
 
@@ -48,6 +47,7 @@ def _extract_again(model, data, tmp_path):
 
 
 # --- 1. a model swapped in by `cp -a` (old mtimes kept) -------------------------------------------------------
+
 
 def _swap_keeping_mtimes(target: Path, other: Path) -> None:
     """What `cp -a other/* target/` does: other's bytes, other's (older) mtimes."""
@@ -69,6 +69,7 @@ def test_a_model_swapped_in_with_old_mtimes_reruns_the_download(tmp_path, text_c
 def test_a_weight_file_swapped_with_the_same_size_and_mtime_is_caught(tmp_path, tiny_llama_dir):
     from streamline.download import download_model
     from streamline.pruned import load_pruned
+
     out = download_model(str(tiny_llama_dir), tmp_path / "models/tiny", tmp_path / "cache")
     other = build_tiny_model("llama", tmp_path / "other", seed=3)
     st = (out / "model.safetensors").stat()
@@ -80,6 +81,7 @@ def test_a_weight_file_swapped_with_the_same_size_and_mtime_is_caught(tmp_path, 
 
 
 # --- 2. a store whose zarr.json was edited -----------------------------------------------------------------------
+
 
 def _edit_shape(store: Path, samples: int) -> None:
     meta = json.loads((store / "hidden/zarr.json").read_text())
@@ -101,14 +103,31 @@ def test_an_edited_store_shape_is_refused_by_readers_and_rebuilt_by_extraction(c
 
 # --- 3. zero training tokens ----------------------------------------------------------------------------------
 
+
 def test_skipping_every_position_on_the_cli_is_one_line(tiny_llama_dir, tmp_path):
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
     score_file = tmp_path / "s.json"
     write_scores(score_file, n=2, span=3, best=1)
     replace(tiny_llama_dir, score_file, tmp_path / "init", net="transformer")
-    line = one_error_line(cli("train", "--loss", "mse", "--init", tmp_path / "init", "--data", data, "--out",
-                              tmp_path / "out", "--log-json", tmp_path / "log.json", "--skip-first-tokens", 99,
-                              "--device", "cpu"))
+    line = one_error_line(
+        cli(
+            "train",
+            "--loss",
+            "mse",
+            "--init",
+            tmp_path / "init",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "out",
+            "--log-json",
+            tmp_path / "log.json",
+            "--skip-first-tokens",
+            99,
+            "--device",
+            "cpu",
+        )
+    )
     assert "train.skip_first_tokens: 99 leaves no position of a 16-token block" in line
     assert not (tmp_path / "out").exists()
 
@@ -119,12 +138,12 @@ def test_training_blocks_with_no_real_token_are_one_line(tiny_llama_dir, tmp_pat
     write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     with pytest.raises(StreamlineError, match="step 1 has no token in its loss"):
-        train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "log.json", TrainSettings(**FAST),
-              data_dir=data)
+        train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "log.json", TrainSettings(**FAST), data_dir=data)
     assert not (tmp_path / "out").exists()
 
 
 # --- 4, 5. checkpoints: a damaged one leaves no state behind; a planted pickle never runs ------------------------
+
 
 @pytest.fixture(scope="module")
 def mse_setup(tiny_llama_dir, tmp_path_factory):
@@ -134,20 +153,58 @@ def mse_setup(tiny_llama_dir, tmp_path_factory):
     score(root / "c.zarr", 2, root / "s.json")
     replace(tiny_llama_dir, root / "s.json", root / "init", net="transformer")
     extract_pairs(tiny_llama_dir, data, root / "s.json", root / "pairs", device="cpu", manifest=root / "pairs.json")
-    args = ["--loss", "mse", "--init", root / "init", "--pairs", root / "pairs.json", "--data", data,
-            "--batch-size", 1, "--gradient-accumulation-step", 1, "--epochs", 3, "--lr", "1e-3", "--min-lr", "1e-4",
-            "--checkpoint-every", 1, "--val-every", 40, "--device", "cpu"]
-    subprocess.run([*CLI, "train", *map(str, args), "--out", root / "ref", "--log-json", root / "ref.json"],
-                   check=True, capture_output=True)
+    args = [
+        "--loss",
+        "mse",
+        "--init",
+        root / "init",
+        "--pairs",
+        root / "pairs.json",
+        "--data",
+        data,
+        "--batch-size",
+        1,
+        "--gradient-accumulation-step",
+        1,
+        "--epochs",
+        3,
+        "--lr",
+        "1e-3",
+        "--min-lr",
+        "1e-4",
+        "--checkpoint-every",
+        1,
+        "--val-every",
+        40,
+        "--device",
+        "cpu",
+    ]
+    subprocess.run(
+        [*CLI, "train", *map(str, args), "--out", root / "ref", "--log-json", root / "ref.json"],
+        check=True,
+        capture_output=True,
+    )
     return root, args
 
 
 def _killed_run(root: Path, args: list, name: str) -> Path:
     """A run killed once a checkpoint beyond step 2 is complete: its checkpoint dir."""
     ck = root / name / "ck"
-    proc = subprocess.Popen([*CLI, "train", *map(str, args), "--out", str(root / name / "model"), "--log-json",
-                             str(root / name / "log.json"), "--checkpoint-dir", str(ck)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "train",
+            *map(str, args),
+            "--out",
+            str(root / name / "model"),
+            "--log-json",
+            str(root / name / "log.json"),
+            "--checkpoint-dir",
+            str(ck),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -163,9 +220,22 @@ def _killed_run(root: Path, args: list, name: str) -> Path:
 
 
 def _resume(root: Path, args: list, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "train", *map(str, args), "--out", str(root / name / "model"), "--log-json",
-                           str(root / name / "log.json"), "--checkpoint-dir", str(root / name / "ck")],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            *CLI,
+            "train",
+            *map(str, args),
+            "--out",
+            str(root / name / "model"),
+            "--log-json",
+            str(root / name / "log.json"),
+            "--checkpoint-dir",
+            str(root / name / "ck"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -226,6 +296,7 @@ class _Planted:
 
 def _plant(ck: Path, marker: Path, forge_checksum: bool) -> None:
     import hashlib
+
     progress = json.loads((ck / "progress.json").read_text())
     target = ck / progress["state_dir"] / "optimizer.bin"
     target.write_bytes(pickle.dumps(_Planted(marker)))
@@ -256,6 +327,7 @@ def test_a_planted_pickle_with_a_forged_checksum_is_not_unpickled(mse_setup, tmp
 
 
 # --- tracebacks that are now one line ------------------------------------------------------------------------------
+
 
 @contextmanager
 def cpu_hog():
@@ -302,31 +374,68 @@ def test_a_manifest_whose_store_is_not_a_path_is_one_line(tmp_path):
     assert "m.json: the store manifest is incomplete (no valid 'store')" in line
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("binary.jsonl", bytes(range(256)) * 8, "is not a JSON record (not UTF-8 text)"),
-    ("fake.jsonl.gz", b'{"text": "not gzipped"}\n', "cannot be read as gzip"),
-    ("mixed.jsonl", b'{"text": "fine"}\nnot json\n', "line 2 is not a JSON record"),
-    ("array.jsonl", b'{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON record (not a JSON object)"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("binary.jsonl", bytes(range(256)) * 8, "is not a JSON record (not UTF-8 text)"),
+        ("fake.jsonl.gz", b'{"text": "not gzipped"}\n', "cannot be read as gzip"),
+        ("mixed.jsonl", b'{"text": "fine"}\nnot json\n', "line 2 is not a JSON record"),
+        ("array.jsonl", b'{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON record (not a JSON object)"),
+    ],
+)
 def test_a_broken_jsonl_corpus_is_one_line(tmp_path, tiny_llama_dir, name, content, message):
     (tmp_path / name).write_bytes(content)
-    line = one_error_line(cli("prepare-data", "--source", tmp_path / name, "--tokenizer", tiny_llama_dir, "--out",
-                              tmp_path / "d", "--seq-len", 8, "--calib", 1, "--train", 1, "--val", 1))
+    line = one_error_line(
+        cli(
+            "prepare-data",
+            "--source",
+            tmp_path / name,
+            "--tokenizer",
+            tiny_llama_dir,
+            "--out",
+            tmp_path / "d",
+            "--seq-len",
+            8,
+            "--calib",
+            1,
+            "--train",
+            1,
+            "--val",
+            1,
+        )
+    )
     assert f"data.source: {tmp_path / name}" in line and message in line
     assert not (tmp_path / "d").exists()
 
 
 def test_kd_top_k_above_the_vocabulary_is_one_line(tmp_path, tiny_llama_dir, text_corpus):
     from streamline import config as cfg
+
     c = tiny_config(tiny_llama_dir, text_corpus, loss="kd", **{"kd.top_k": 10_000})
     with pytest.raises(StreamlineError, match="kd.top_k: 10000 is more than tiny-llama's 300 tokens"):
         cfg.validate(c)
     data = make_data_dir(tmp_path / "data", num=4, seq_len=16)
     write_scores(tmp_path / "s.json", n=2, span=3, best=1)
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
-    line = one_error_line(cli("train", "--loss", "kd", "--init", tmp_path / "init", "--data", data, "--out",
-                              tmp_path / "out", "--log-json", tmp_path / "l.json", "--kd-top-k", 10_000,
-                              "--device", "cpu"))
+    line = one_error_line(
+        cli(
+            "train",
+            "--loss",
+            "kd",
+            "--init",
+            tmp_path / "init",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "out",
+            "--log-json",
+            tmp_path / "l.json",
+            "--kd-top-k",
+            10_000,
+            "--device",
+            "cpu",
+        )
+    )
     assert "kd.top_k: 10000 is more than the model's 300 tokens" in line
 
 
@@ -337,24 +446,36 @@ def test_a_malformed_accelerate_config_is_one_line(tmp_path):
 
 
 def test_a_full_disk_inside_safetensors_while_checkpointing_is_one_line(mse_setup, tmp_path, monkeypatch):
-    from safetensors import SafetensorError
     import safetensors.torch
+    from safetensors import SafetensorError
+
     root, _ = mse_setup
 
     def full(*args, **kwargs):
-        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No "
-                              "space left on device\" })")
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     s = TrainSettings(**{**FAST, "checkpoint_every": 1})
     with pytest.raises(StreamlineError, match="disk full writing checkpoint .*GB free"):
-        train("mse", root / "init", tmp_path / "out", tmp_path / "log.json", s, data_dir=root / "data",
-              pairs_dir=root / "pairs.json", checkpoint_dir=tmp_path / "ck")
+        train(
+            "mse",
+            root / "init",
+            tmp_path / "out",
+            tmp_path / "log.json",
+            s,
+            data_dir=root / "data",
+            pairs_dir=root / "pairs.json",
+            checkpoint_dir=tmp_path / "ck",
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_a_torn_weights_record_is_one_line_and_the_dir_is_rebuilt(tmp_path, tiny_llama_dir):
     from streamline.download import download_model
     from streamline.pruned import load_pruned
+
     out = download_model(str(tiny_llama_dir), tmp_path / "models/tiny", tmp_path / "cache")
     (out / "streamline-weights.json").write_text('{"origin": null, "files": {"config.j')
     (out / "model.safetensors").write_bytes(b"truncated")  # what the torn record can no longer catch
@@ -375,8 +496,23 @@ def test_a_damaged_init_streamline_json_is_one_line_and_moves_the_dir_aside(tmp_
         record = json.loads(info.read_text())
         del record["block"]
         info.write_text(json.dumps(record))
-    line = one_error_line(cli("train", "--loss", "llm", "--init", tmp_path / "init", "--data", data, "--out",
-                              tmp_path / "out", "--log-json", tmp_path / "l.json", "--device", "cpu"))
+    line = one_error_line(
+        cli(
+            "train",
+            "--loss",
+            "llm",
+            "--init",
+            tmp_path / "init",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "out",
+            "--log-json",
+            tmp_path / "l.json",
+            "--device",
+            "cpu",
+        )
+    )
     assert "init" in line and "moved it to init.corrupt-" in line
     assert not (tmp_path / "init").exists()
 
@@ -386,17 +522,37 @@ def test_an_unrecorded_init_dir_with_an_incomplete_streamline_json_is_one_line(t
     replace(tiny_llama_dir, tmp_path / "s.json", tmp_path / "init", net="transformer")
     (tmp_path / "init/streamline-weights.json").unlink()  # a dir copied by hand, without its record
     write_record(tmp_path / "init/streamline.json", {"net": "transformer"})
-    with pytest.raises(StreamlineError, match=r"streamline.json: the model dir's streamline.json is incomplete "
-                                              r"\(no valid 'name'\); moved init aside"):
-        train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "l.json", TrainSettings(**FAST),
-              data_dir=make_data_dir(tmp_path / "data"))
+    with pytest.raises(
+        StreamlineError,
+        match=r"streamline.json: the model dir's streamline.json is incomplete "
+        r"\(no valid 'name'\); moved init aside",
+    ):
+        train(
+            "llm",
+            tmp_path / "init",
+            tmp_path / "out",
+            tmp_path / "l.json",
+            TrainSettings(**FAST),
+            data_dir=make_data_dir(tmp_path / "data"),
+        )
 
 
 @pytest.mark.parametrize("content", ['{"n": 2, "span": 3, "blo', '{"n": 2, "span": 3, "block": "1..3", "metric": "c"}'])
 def test_damaged_scores_are_one_line_and_set_aside(tmp_path, tiny_llama_dir, content):
     (tmp_path / "scores.json").write_text(content)
-    line = one_error_line(cli("replace", "--model", tiny_llama_dir, "--scores", tmp_path / "scores.json", "--net",
-                              "transformer", "--out", tmp_path / "init"))
+    line = one_error_line(
+        cli(
+            "replace",
+            "--model",
+            tiny_llama_dir,
+            "--scores",
+            tmp_path / "scores.json",
+            "--net",
+            "transformer",
+            "--out",
+            tmp_path / "init",
+        )
+    )
     assert "scores.json: the block scores is" in line and "run the workflow again to rebuild it" in line
     assert not (tmp_path / "scores.json").exists() and not (tmp_path / "init").exists()
 
@@ -405,24 +561,37 @@ def test_scores_whose_block_is_not_their_best_window_are_set_aside(tmp_path, tin
     """An edited block of valid layers would prune the wrong layers with exit 0: it must match its windows."""
     path = write_scores(tmp_path / "scores.json", n=2, span=3, best=1)
     write_record(path, {**json.loads(path.read_text()), "block": [2, 3, 4], "best_start": 2})  # digest too
-    line = one_error_line(cli("replace", "--model", tiny_llama_dir, "--scores", path, "--net", "transformer",
-                              "--out", tmp_path / "init"))
+    line = one_error_line(
+        cli("replace", "--model", tiny_llama_dir, "--scores", path, "--net", "transformer", "--out", tmp_path / "init")
+    )
     assert "block [2, 3, 4] is not the best window (layers 1..3)" in line and not (tmp_path / "init").exists()
 
 
 def test_a_truncated_token_file_is_one_line(tmp_path, tiny_llama_dir):
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16)
     raw = (data / "train_input_ids.npy").read_bytes()
-    (data / "train_input_ids.npy").write_bytes(raw[:len(raw) // 2])
-    line = one_error_line(cli("perplexity", "--model", tiny_llama_dir, "--data", data, "--split", "train",
-                              "--device", "cpu"))
+    (data / "train_input_ids.npy").write_bytes(raw[: len(raw) // 2])
+    line = one_error_line(
+        cli("perplexity", "--model", tiny_llama_dir, "--data", data, "--split", "train", "--device", "cpu")
+    )
     assert "train_input_ids.npy: cannot be read" in line and "run prepare-data again" in line
 
 
 def test_token_ids_outside_the_vocabulary_are_one_line(tmp_path, tiny_llama_dir):
     data = make_data_dir(tmp_path / "data", num=8, seq_len=16, vocab=5000)  # the tiny model has 300 tokens
-    line = one_error_line(cli("extract-calibration", "--model", tiny_llama_dir, "--data", data, "--out",
-                              tmp_path / "c.zarr", "--device", "cpu"))
+    line = one_error_line(
+        cli(
+            "extract-calibration",
+            "--model",
+            tiny_llama_dir,
+            "--data",
+            data,
+            "--out",
+            tmp_path / "c.zarr",
+            "--device",
+            "cpu",
+        )
+    )
     assert "calib_input_ids.npy: token id" in line and "outside the model's vocabulary (0..299)" in line
     assert not (tmp_path / "c.zarr").exists()
 
@@ -436,15 +605,32 @@ def test_an_alias_of_dots_is_refused_by_the_schema(tmp_path, tiny_llama_dir, tex
 
 def test_a_stage_failure_under_the_launcher_is_one_line(tmp_path):
     acc = ROOT / "configs/accelerate/ddp.yaml"
-    proc = cli("launch", "--config", acc, "--num-processes", 1, "--", "train", "--loss", "llm", "--init",
-               tmp_path / "nothing", "--data", tmp_path / "nodata", "--out", tmp_path / "o", "--log-json",
-               tmp_path / "l.json")
+    proc = cli(
+        "launch",
+        "--config",
+        acc,
+        "--num-processes",
+        1,
+        "--",
+        "train",
+        "--loss",
+        "llm",
+        "--init",
+        tmp_path / "nothing",
+        "--data",
+        tmp_path / "nodata",
+        "--out",
+        tmp_path / "o",
+        "--log-json",
+        tmp_path / "l.json",
+    )
     line = one_error_line(proc)
     assert line.startswith("streamline train: error: ") and "nothing: no streamline.json" in line
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --- unclear messages -------------------------------------------------------------------------------------------
+
 
 def test_missing_paths_in_the_config_name_their_key(tmp_path, tiny_llama_dir, text_corpus):
     write_config(tmp_path, tiny_config(tiny_llama_dir, text_corpus, eval_data=tmp_path / "no-such-eval-data"))
@@ -458,19 +644,35 @@ def test_missing_paths_in_the_config_name_their_key(tmp_path, tiny_llama_dir, te
 
 def test_a_full_disk_names_the_path_written_and_its_free_space(tmp_path, monkeypatch, capsys):
     from streamline import cli as cli_module
+
     usage = {}
 
     def disk_usage(path):
         usage["path"] = Path(path)
         return shutil._ntuple_diskusage(100, 99, 1)
+
     monkeypatch.setattr(shutil, "disk_usage", disk_usage)
 
     def full(a):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr("streamline.replace.run", full)
     (tmp_path / "big").mkdir()
-    code = cli_module.main(["--log", str(tmp_path / "log.txt"), "replace", "--model", "m", "--scores", "s",
-                            "--net", "none", "--out", str(tmp_path / "big/init")])
+    code = cli_module.main(
+        [
+            "--log",
+            str(tmp_path / "log.txt"),
+            "replace",
+            "--model",
+            "m",
+            "--scores",
+            "s",
+            "--net",
+            "none",
+            "--out",
+            str(tmp_path / "big/init"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"disk full writing {tmp_path / 'big/init'} (0.00 GB free there)" in err
     assert usage["path"] == tmp_path / "big"  # the filesystem written to, not the working dir's
@@ -478,24 +680,58 @@ def test_a_full_disk_names_the_path_written_and_its_free_space(tmp_path, monkeyp
 
 
 def test_the_error_line_is_in_the_log_file_too(tmp_path):
-    proc = cli("--log", tmp_path / "stage.log", "score", "--store", tmp_path / "nothing.zarr", "--n", 2, "--out",
-               tmp_path / "s.json")
+    proc = cli(
+        "--log",
+        tmp_path / "stage.log",
+        "score",
+        "--store",
+        tmp_path / "nothing.zarr",
+        "--n",
+        2,
+        "--out",
+        tmp_path / "s.json",
+    )
     line = one_error_line(proc)
     assert line in (tmp_path / "stage.log").read_text()
 
 
 # --- Ctrl-C of Snakemake, a moved project ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_an_interrupted_snakemake_does_not_retrain_a_finished_job(tmp_path, tiny_llama_dir, text_corpus):
-    config = tiny_config(tiny_llama_dir, text_corpus, epochs=20, batch_size=1, gradient_accumulation_step=1,
-                         network="transformer", **{"train.val_every": 100})
+    config = tiny_config(
+        tiny_llama_dir,
+        text_corpus,
+        epochs=20,
+        batch_size=1,
+        gradient_accumulation_step=1,
+        network="transformer",
+        **{"train.val_every": 100},
+    )
     write_config(tmp_path, config)
     target = "results/tiny/n2/transformer-mse/train_log.json"
     snakemake(tmp_path, "results/tiny/n2/pairs.json", "results/tiny/n2/transformer/init")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"), "-d",
-                             str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", target],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=workflow_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "workflow/Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            "--cores",
+            "2",
+            target,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=workflow_env(),
+    )
     log = tmp_path / "logs/tiny/n2/train_transformer-mse.log"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "initial validation" in log.read_text()):
@@ -519,8 +755,21 @@ def test_a_moved_project_reruns_nothing(tmp_path, tiny_llama_dir, text_corpus):
     write_config(project, tiny_config(tiny_llama_dir, text_corpus))
 
     def run(root: Path, *args: str) -> str:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "workflow/Snakefile"), "-d", str(root),
-               "--configfile", str(root / "config.yaml"), "--cores", "2", *args, "results/tiny/n2/scores.json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(root / "workflow/Snakefile"),
+            "-d",
+            str(root),
+            "--configfile",
+            str(root / "config.yaml"),
+            "--cores",
+            "2",
+            *args,
+            "results/tiny/n2/scores.json",
+        ]
         env = {**os.environ, "PYTHONPATH": str(root)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -536,6 +785,7 @@ def test_a_moved_project_reruns_nothing(tmp_path, tiny_llama_dir, text_corpus):
 
 # --- a checkpoint's progress.json: its step and its best are what the run saved (fourth round) -----------------
 
+
 @pytest.mark.parametrize("edit", ["step beyond the plan", "best below its validations", "best NaN"])
 def test_a_progress_file_out_of_range_is_set_aside_and_training_reruns(mse_setup, edit):
     """progress.json's step set to 10^9 skipped every step (exit 0); its best set to -1e300 kept the step-0
@@ -550,6 +800,7 @@ def test_a_progress_file_out_of_range_is_set_aside_and_training_reruns(mse_setup
     else:
         progress["state"]["best"] = -1e300 if edit.startswith("best below") else float("nan")
     from streamline.records import digest
+
     (ck / "progress.json").write_text(json.dumps({**progress, "digest": digest(progress)}))  # NaN: not strict
     proc = _resume(root, args, name)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -561,12 +812,13 @@ def test_a_progress_file_out_of_range_is_set_aside_and_training_reruns(mse_setup
 
 # --- every file a stage reads is an input of its rule ------------------------------------------------------------
 
+
 def _jobs(workdir: Path) -> dict[str, dict]:
     """The workflow's jobs that have run, by log file: rule, declared inputs and outputs (--detailed-summary)."""
     lines = snakemake(workdir, "--detailed-summary").stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
     head, jobs = lines[start].split("\t"), {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         row = dict(zip(head, line.split("\t")))
         job = jobs.setdefault(row["log-file(s)"], {"rule": row["rule"], "inputs": set(), "outputs": set()})
         job["inputs"] |= {p.strip() for p in row["input-file(s)"].split(",") if p.strip() not in ("", "-")}
@@ -579,8 +831,11 @@ def _stores(workdir: Path, inputs: set[str]) -> set[str]:
     stores = set()
     for path in (p for p in inputs if p.endswith(".json") and (workdir / p).is_file()):
         manifest = json.loads((workdir / path).read_text())
-        stores |= {e["store"] for e in (manifest, manifest.get("train"), manifest.get("val"))
-                   if isinstance(e, dict) and isinstance(e.get("store"), str)}
+        stores |= {
+            e["store"]
+            for e in (manifest, manifest.get("train"), manifest.get("val"))
+            if isinstance(e, dict) and isinstance(e.get("store"), str)
+        }
     return stores
 
 
@@ -605,8 +860,15 @@ def test_every_file_a_stage_opens_is_an_input_of_its_rule(tiny_workflow):
         bad = [p for p in record["reads"] if not _within(p, declared | own)]
         if bad:
             undeclared[job["rule"]] = bad
-    assert {"extract_calibration", "score", "extract_pairs", "train_mse", "evaluate_variant", "stability",
-            "report"} <= rules  # every kind of stage was watched
+    assert {
+        "extract_calibration",
+        "score",
+        "extract_pairs",
+        "train_mse",
+        "evaluate_variant",
+        "stability",
+        "report",
+    } <= rules  # every kind of stage was watched
     assert not undeclared, f"read but not declared as inputs: {undeclared}"
 
 
@@ -614,13 +876,21 @@ def test_every_file_the_report_reads_is_an_input_of_its_rule(tmp_path, tiny_llam
     """Every file of the report's manifest (train_log.json, estimate_log.json and gguf.json included) is an input
     of the report rule, for every kind of variant: an edit of any of them reruns the report."""
     import shlex
+
     from workflow_utils import make_eval_data
-    config = tiny_config(tiny_llama_dir, text_corpus, eval_data=make_eval_data(tmp_path / "eval"),
-                         network=["none", "transformer", "linear"], loss=["mse", "llm"], export={"gguf": "f16"})
+
+    config = tiny_config(
+        tiny_llama_dir,
+        text_corpus,
+        eval_data=make_eval_data(tmp_path / "eval"),
+        network=["none", "transformer", "linear"],
+        loss=["mse", "llm"],
+        export={"gguf": "f16"},
+    )
     write_config(tmp_path, config)
     proc = snakemake(tmp_path, "-n", "-p", "results/summary.json")
     text = proc.stdout + proc.stderr
-    job = text[text.index("rule report:"):]
+    job = text[text.index("rule report:") :]
     inputs = {p.strip() for p in job.split("input:", 1)[1].split("\n", 1)[0].split(",")}
     command = shlex.split(job.split("Shell command:", 1)[1].split("\n", 1)[0])
     manifest = json.loads(command[command.index("--manifest") + 1])

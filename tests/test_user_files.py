@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from test_reliability import cli, one_error_line
+from tiny import make_data_dir, write_scores
 
-from tiny import build_tiny_model, make_data_dir, write_scores
 from streamline.errors import StreamlineError
 from streamline.extract import extract_hidden_states
 from streamline.ownership import MARKER, move_aside
 from streamline.store import HiddenStore
-from test_reliability import cli, one_error_line
 
 
 def user_dir(path: Path) -> Path:
@@ -38,8 +38,9 @@ def test_an_extraction_into_a_users_directory_is_refused_and_touches_nothing(com
     out = user_dir(tmp_path / "mine")
     args = ["--model", tiny_llama_dir, "--data", data, "--device", "cpu", "--num-samples", 2]
     if command != "extract-calibration":
-        scores = write_scores(tmp_path / "scores.json", best=1, n=2, span=2 if command == "extract-linear" else 3,
-                              num_layers=6)
+        scores = write_scores(
+            tmp_path / "scores.json", best=1, n=2, span=2 if command == "extract-linear" else 3, num_layers=6
+        )
         args += ["--scores", scores]
     target = out / "train" if command == "extract-pairs" else out
     if command == "extract-pairs":
@@ -50,14 +51,37 @@ def test_an_extraction_into_a_users_directory_is_refused_and_touches_nothing(com
 
 
 @pytest.mark.parametrize("command", ["replace", "prepare-data", "download"])
-def test_a_stage_writing_a_directory_never_replaces_a_users_directory(command, tmp_path, tiny_llama_dir, data,
-                                                                      text_corpus):
+def test_a_stage_writing_a_directory_never_replaces_a_users_directory(
+    command, tmp_path, tiny_llama_dir, data, text_corpus
+):
     out = user_dir(tmp_path / "mine")
-    args = {"replace": ["--model", tiny_llama_dir, "--net", "transformer",
-                        "--scores", write_scores(tmp_path / "s.json", best=1, n=2, span=3, num_layers=6)],
-            "prepare-data": ["--source", text_corpus, "--tokenizer", tiny_llama_dir, "--seq-len", 16, "--calib", 2,
-                             "--train", 2, "--val", 2, "--text-fields", "text"],
-            "download": ["--model-name", tiny_llama_dir, "--cache", tmp_path / "cache"]}[command]
+    args = {
+        "replace": [
+            "--model",
+            tiny_llama_dir,
+            "--net",
+            "transformer",
+            "--scores",
+            write_scores(tmp_path / "s.json", best=1, n=2, span=3, num_layers=6),
+        ],
+        "prepare-data": [
+            "--source",
+            text_corpus,
+            "--tokenizer",
+            tiny_llama_dir,
+            "--seq-len",
+            16,
+            "--calib",
+            2,
+            "--train",
+            2,
+            "--val",
+            2,
+            "--text-fields",
+            "text",
+        ],
+        "download": ["--model-name", tiny_llama_dir, "--cache", tmp_path / "cache"],
+    }[command]
     line = one_error_line(cli(command, *args, "--out", out))
     assert str(out) in line and "not written by streamline" in line
     assert intact(out)
@@ -65,8 +89,19 @@ def test_a_stage_writing_a_directory_never_replaces_a_users_directory(command, t
 
 def test_a_users_directory_where_the_scratch_dir_goes_is_refused(tmp_path, tiny_llama_dir):
     scratch = user_dir(tmp_path / "init.partial")
-    line = one_error_line(cli("replace", "--model", tiny_llama_dir, "--net", "none", "--out", tmp_path / "init",
-                              "--scores", write_scores(tmp_path / "s.json", best=1, n=2, span=2, num_layers=6)))
+    line = one_error_line(
+        cli(
+            "replace",
+            "--model",
+            tiny_llama_dir,
+            "--net",
+            "none",
+            "--out",
+            tmp_path / "init",
+            "--scores",
+            write_scores(tmp_path / "s.json", best=1, n=2, span=2, num_layers=6),
+        )
+    )
     assert str(scratch) in line and intact(scratch) and not (tmp_path / "init").exists()
 
 
@@ -75,8 +110,9 @@ def test_an_empty_directory_and_streamlines_own_output_may_be_replaced(tmp_path,
     out.mkdir()  # `mkdir out && streamline replace --out out`: nothing in it to lose
     scores = write_scores(tmp_path / "s.json", best=1, n=2, span=2, num_layers=6)
     for _ in range(2):  # and the second run replaces what the first wrote
-        assert cli("replace", "--model", tiny_llama_dir, "--net", "none", "--scores", scores,
-                   "--out", out).returncode == 0
+        assert (
+            cli("replace", "--model", tiny_llama_dir, "--net", "none", "--scores", scores, "--out", out).returncode == 0
+        )
         assert (out / MARKER).is_file() and (out / "config.json").is_file()
 
 
@@ -110,8 +146,10 @@ def test_a_symlinked_model_dir_is_replaced_through_the_link(tmp_path, tiny_llama
     link.symlink_to(real)
     scores = write_scores(tmp_path / "s.json", best=1, n=2, span=2, num_layers=6)
     for _ in range(2):
-        assert cli("replace", "--model", tiny_llama_dir, "--net", "none", "--scores", scores,
-                   "--out", link).returncode == 0
+        assert (
+            cli("replace", "--model", tiny_llama_dir, "--net", "none", "--scores", scores, "--out", link).returncode
+            == 0
+        )
         assert link.is_symlink() and (real / "config.json").is_file() and (real / MARKER).is_file()
     assert not (tmp_path / "init.partial").exists() and not (real.parent / "init.partial").exists()
 
@@ -129,13 +167,24 @@ def test_damaged_copies_moved_aside_keep_only_the_last_per_path(tmp_path):
 def test_a_checkpoint_dir_that_is_a_users_directory_is_refused(tmp_path, tiny_llama_dir, data):
     from streamline.training.recipes import train
     from streamline.training.settings import TrainSettings
+
     scores = write_scores(tmp_path / "s.json", best=1, n=2, span=3, num_layers=6)
-    assert cli("replace", "--model", tiny_llama_dir, "--net", "transformer", "--scores", scores,
-               "--out", tmp_path / "init").returncode == 0
+    assert (
+        cli(
+            "replace", "--model", tiny_llama_dir, "--net", "transformer", "--scores", scores, "--out", tmp_path / "init"
+        ).returncode
+        == 0
+    )
     mine = user_dir(tmp_path / "ckpt")
     (mine / "state-0000001").mkdir()  # named like a checkpoint's own leftovers
     with pytest.raises(StreamlineError, match="not written by streamline"):
-        train("llm", tmp_path / "init", tmp_path / "out", tmp_path / "log.json",
-              TrainSettings(batch_size=2, gradient_accumulation_step=1, epochs=1, lr=1e-3, min_lr=1e-4,
-                            device="cpu"), data_dir=data, checkpoint_dir=mine)
+        train(
+            "llm",
+            tmp_path / "init",
+            tmp_path / "out",
+            tmp_path / "log.json",
+            TrainSettings(batch_size=2, gradient_accumulation_step=1, epochs=1, lr=1e-3, min_lr=1e-4, device="cpu"),
+            data_dir=data,
+            checkpoint_dir=mine,
+        )
     assert intact(mine) and (mine / "state-0000001").is_dir()

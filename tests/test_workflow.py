@@ -5,11 +5,9 @@ import json
 import re
 
 import pytest
-
 from workflow_utils import planned_outputs, planned_rules, snakemake, tiny_config, write_config
 
-UPSTREAM_OF_SCORING = {"download_model", "prepare_data", "extract_calibration", "fetch_eval_data",
-                       "evaluate_baseline"}
+UPSTREAM_OF_SCORING = {"download_model", "prepare_data", "extract_calibration", "fetch_eval_data", "evaluate_baseline"}
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +58,39 @@ def test_k_layers_get_their_own_scores_pairs_and_variants_and_never_extraction(d
     assert plan["score"] == 1 and plan["extract_pairs"] == 1 and plan["replace"] == 2 and plan["train_mse"] == 2
     assert plan["evaluate_variant"] == 2 and not UPSTREAM_OF_SCORING & plan.keys()
     names = planned_outputs(done, "--config", "network=[transformer]", "replacement_layers=[1,2]")
-    assert {"results/tiny/n2/scores_k2.json", "results/tiny/n2/pairs_k2.json", "results/tiny/n2/transformerx2/init",
-            "results/tiny/n2/transformerx2-mse/model"} <= names
+    assert {
+        "results/tiny/n2/scores_k2.json",
+        "results/tiny/n2/pairs_k2.json",
+        "results/tiny/n2/transformerx2/init",
+        "results/tiny/n2/transformerx2-mse/model",
+    } <= names
 
 
 def test_staged_and_distillation_variants_are_planned(done):
-    names = planned_outputs(done, "--config", "network=[transformer]", "loss=[mse,kd]", "train={init_from: [inherit, mse]}")
-    assert {"results/tiny/n2/transformer-mse/model", "results/tiny/n2/transformer-kd/model",
-            "results/tiny/n2/transformer-mse+kd/model"} <= names
+    names = planned_outputs(
+        done, "--config", "network=[transformer]", "loss=[mse,kd]", "train={init_from: [inherit, mse]}"
+    )
+    assert {
+        "results/tiny/n2/transformer-mse/model",
+        "results/tiny/n2/transformer-kd/model",
+        "results/tiny/n2/transformer-mse+kd/model",
+    } <= names
 
 
 def test_linear_reads_its_own_small_store_and_never_the_calibration_again(done):
     plan = planned_rules(done, "--config", "network=[none,ffn,linear]")
     # linear, and its patch trained by the configured loss (linear-mse: pairs computed online, no pair store)
-    assert plan == {"extract_linear": 1, "linear": 1, "train_mse": 1, "evaluate_variant": 2, "stability": 2,
-                    "report": 1}
+    assert plan == {
+        "extract_linear": 1,
+        "linear": 1,
+        "train_mse": 1,
+        "evaluate_variant": 2,
+        "stability": 2,
+        "report": 1,
+    }
     assert {"results/tiny/n2/linear/init", "results/tiny/n2/linear/estimate_log.json"} <= planned_outputs(
-        done, "--config", "network=[none,ffn,linear]")
+        done, "--config", "network=[none,ffn,linear]"
+    )
 
 
 def test_online_pairs_need_no_pair_store(done):
@@ -104,22 +118,34 @@ def test_metric_change_reruns_scoring_onward(done):
     assert plan["score"] == 2 and not UPSTREAM_OF_SCORING & plan.keys()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("layer_intervals=0", "layer_intervals: 0 is not valid: expected an integer >= 1 or a list of integers >= 1"),
-    ("layer_intervals=6", "layer_intervals: 6 is out of range for tiny-llama, which has 6 layers (allowed: 1..5)"),
-    ("metric=l2", "metric: 'l2' is not one of ['cosine', 'angular']"),
-    ("network=mlp", "network: 'mlp' is not valid"),
-    ("model_name=/no/such/model", "model_name: path /no/such/model does not exist"),
-    ("lr=-1", "lr: -1 is less than or equal to the minimum of 0"),
-    ("min_lr=0.5", "min_lr: 0.5 is above lr"),
-    ("typo_key=1", "typo_key: not a config key; the keys are listed in README.md's config table (set by --config)"),
-    ("layer_interval=4", "layer_interval: not a config key (did you mean layer_intervals?)"),
-    ("replacement_layers=0", "replacement_layers: 0 is not valid: expected an integer >= 1 or a list of integers"),
-    ("replacement_layers=2", "replacement_layers: 2 applies to network: transformer only; ffn, none keep one network"),
-    ("network=transformer replacement_layers=5", "replacement_layers: 5 with layer_intervals 2 needs a block of 7 "
-                                                 "layers; tiny-llama has 6 (allowed: n + k <= 6)"),
-    ("loss=distil", "loss: 'distil' is not valid: expected one of mse, llm, kd or a list of values from mse, llm, kd"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("layer_intervals=0", "layer_intervals: 0 is not valid: expected an integer >= 1 or a list of integers >= 1"),
+        ("layer_intervals=6", "layer_intervals: 6 is out of range for tiny-llama, which has 6 layers (allowed: 1..5)"),
+        ("metric=l2", "metric: 'l2' is not one of ['cosine', 'angular']"),
+        ("network=mlp", "network: 'mlp' is not valid"),
+        ("model_name=/no/such/model", "model_name: path /no/such/model does not exist"),
+        ("lr=-1", "lr: -1 is less than or equal to the minimum of 0"),
+        ("min_lr=0.5", "min_lr: 0.5 is above lr"),
+        ("typo_key=1", "typo_key: not a config key; the keys are listed in README.md's config table (set by --config)"),
+        ("layer_interval=4", "layer_interval: not a config key (did you mean layer_intervals?)"),
+        ("replacement_layers=0", "replacement_layers: 0 is not valid: expected an integer >= 1 or a list of integers"),
+        (
+            "replacement_layers=2",
+            "replacement_layers: 2 applies to network: transformer only; ffn, none keep one network",
+        ),
+        (
+            "network=transformer replacement_layers=5",
+            "replacement_layers: 5 with layer_intervals 2 needs a block of 7 "
+            "layers; tiny-llama has 6 (allowed: n + k <= 6)",
+        ),
+        (
+            "loss=distil",
+            "loss: 'distil' is not valid: expected one of mse, llm, kd or a list of values from mse, llm, kd",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_before_any_job(done, override, message):
     proc = snakemake(done, "-n", "--config", *override.split(), check=False)
     assert proc.returncode != 0
@@ -130,11 +156,17 @@ def test_bad_config_is_one_line_before_any_job(done, override, message):
 
 def test_unknown_architecture(tmp_path, text_corpus):
     from transformers import GPT2Config, GPT2LMHeadModel
+
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
     write_config(tmp_path, tiny_config(tmp_path / "gpt2", text_corpus, layer_intervals=1))
     proc = snakemake(tmp_path, "-n", check=False)
-    assert proc.stderr.strip().splitlines()[-1].startswith("config error: model_name: architecture 'gpt2' has no "
-                                                           "adapter (supported: llama, mistral, opt, qwen2)")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "config error: model_name: architecture 'gpt2' has no adapter (supported: llama, mistral, opt, qwen2)"
+        )
+    )
 
 
 def _edited(path, new_text: str):
@@ -151,31 +183,48 @@ def _edited(path, new_text: str):
         finally:
             path.write_text(text)
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
     return edit()
 
 
-@pytest.mark.parametrize("module", ["cli.py", "store.py", "score.py", "adapters/llama.py", "artifacts.py",
-                                    "training/settings.py", "report.py"])
+@pytest.mark.parametrize(
+    "module",
+    ["cli.py", "store.py", "score.py", "adapters/llama.py", "artifacts.py", "training/settings.py", "report.py"],
+)
 def test_a_code_edit_alone_reruns_nothing(done, module):
     """A refactor, a help text, an upgrade that only refactored: no rule reruns for a file its code imports."""
     from workflow_utils import package_copy
+
     path = package_copy() / module
     with _edited(path, path.read_text() + "\n# edited: a refactor\n"):
         assert planned_rules(done) == {}
 
 
-@pytest.mark.parametrize("stage, expected, untouched", [
-    ("score", {"score": 2}, UPSTREAM_OF_SCORING),
-    ("extract", {"extract_calibration": 1, "score": 2, "extract_pairs": 1}, {"download_model", "prepare_data",
-                                                                             "evaluate_baseline"}),
-    ("report", {"report": 1}, set()),
-    ("train", {"train_mse": 1, "evaluate_variant": 1, "stability": 1, "report": 1},
-     UPSTREAM_OF_SCORING | {"score", "extract_pairs", "replace"}),
-    ("evaluate", {"evaluate_baseline": 1, "evaluate_variant": 2, "stability": 2, "report": 1},
-     {"download_model", "prepare_data", "extract_calibration", "score", "replace", "train_mse"}),
-])
+@pytest.mark.parametrize(
+    "stage, expected, untouched",
+    [
+        ("score", {"score": 2}, UPSTREAM_OF_SCORING),
+        (
+            "extract",
+            {"extract_calibration": 1, "score": 2, "extract_pairs": 1},
+            {"download_model", "prepare_data", "evaluate_baseline"},
+        ),
+        ("report", {"report": 1}, set()),
+        (
+            "train",
+            {"train_mse": 1, "evaluate_variant": 1, "stability": 1, "report": 1},
+            UPSTREAM_OF_SCORING | {"score", "extract_pairs", "replace"},
+        ),
+        (
+            "evaluate",
+            {"evaluate_baseline": 1, "evaluate_variant": 2, "stability": 2, "report": 1},
+            {"download_model", "prepare_data", "extract_calibration", "score", "replace", "train_mse"},
+        ),
+    ],
+)
 def test_a_version_bump_reruns_that_stage_onward(done, stage, expected, untouched):
     from workflow_utils import package_copy
+
     path = package_copy() / "versions.py"
     text = path.read_text()
     bumped = re.sub(rf'"{stage}": (\d+),', lambda m: f'"{stage}": {int(m[1]) + 1},', text)
@@ -192,7 +241,9 @@ def test_a_rerun_that_writes_the_same_scores_stops_there(tmp_path_factory, tiny_
     """Early cutoff: a score version bump (say, a store.py change judged to alter nothing) reruns scoring; the
     scores come out byte-identical, so replace, training and evaluation do not rerun."""
     import shutil
+
     from workflow_utils import package_copy
+
     work = tmp_path_factory.mktemp("cutoff") / "w"
     shutil.copytree(tiny_workflow[0], work, symlinks=True)
     before = {p: p.stat().st_mtime_ns for p in (work / "results/tiny/n2").rglob("*") if p.is_file()}
@@ -202,7 +253,8 @@ def test_a_rerun_that_writes_the_same_scores_stops_there(tmp_path_factory, tiny_
         assert planned_rules(work) == {}
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", proc.stdout + proc.stderr, re.M))
     assert ran <= {"score", "all"} and "score" in ran, "\n".join(
-        line for line in (proc.stdout + proc.stderr).splitlines() if "reason" in line or "rule" in line)
+        line for line in (proc.stdout + proc.stderr).splitlines() if "reason" in line or "rule" in line
+    )
     scores = work / "results/tiny/n2/scores.json"
     assert scores.stat().st_mtime_ns != before[scores]  # it did rerun
     unchanged = [p for p in before if "scores" not in p.name and p.stat().st_mtime_ns == before[p]]
@@ -212,6 +264,7 @@ def test_a_rerun_that_writes_the_same_scores_stops_there(tmp_path_factory, tiny_
 
 def test_the_package_has_no_import_cycle():
     from import_graph import PACKAGE, imports_of, module_name
+
     graph = {module_name(p): imports_of(module_name(p)) for p in PACKAGE.rglob("*.py")}
     state: dict[str, int] = {}
 

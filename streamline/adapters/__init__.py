@@ -24,8 +24,9 @@ def get_adapter(model_type: str) -> Adapter:
     try:
         return _REGISTRY[model_type]
     except KeyError:
-        raise StreamlineError(f"model_name: architecture '{model_type}' has no adapter "
-                              f"(supported: {', '.join(supported_model_types())})") from None
+        raise StreamlineError(
+            f"model_name: architecture '{model_type}' has no adapter (supported: {', '.join(supported_model_types())})"
+        ) from None
 
 
 __all__ = ["Adapter", "StopForward", "get_adapter", "run_with_capture", "supported_model_types"]

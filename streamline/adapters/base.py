@@ -26,17 +26,18 @@ class StopForward(Exception):
 class Sizes:
     """A model's widths and parameter counts, from its config.json alone (plain arithmetic: the resource plan
     runs at every Snakefile parse)."""
+
     layers: int
     hidden: int
-    inner: int             # the MLP's width
+    inner: int  # the MLP's width
     heads: int
     kv_heads: int
     head_dim: int
     vocab: int
-    layer_params: int      # one decoder layer
-    embed_params: int      # the input embedding table (a lookup reads one row per token)
-    head_params: int       # the LM head's matrix; 0 when it is tied to the embeddings
-    other_params: int      # final norm, learned positions, projections
+    layer_params: int  # one decoder layer
+    embed_params: int  # the input embedding table (a lookup reads one row per token)
+    head_params: int  # the LM head's matrix; 0 when it is tied to the embeddings
+    other_params: int  # final norm, learned positions, projections
 
     def params(self, layers: int | None = None) -> int:
         """Every parameter of the model with `layers` decoder layers (default: all of them)."""
@@ -55,7 +56,7 @@ class Sizes:
 class Adapter:
     model_types: tuple[str, ...] = ()
     layers_path: str = ""  # attribute path of the decoder layer list, e.g. "model.layers"
-    mlp_net: str = ""      # the lightweight net whose shape equals this family's own MLP
+    mlp_net: str = ""  # the lightweight net whose shape equals this family's own MLP
 
     def sizes(self, config: dict) -> Sizes:
         """Widths and parameter counts from a config.json's fields."""
@@ -89,13 +90,20 @@ class Adapter:
         """Layers of the same kind take the same keyword arguments (e.g. full vs sliding-window attention)."""
         return "full"
 
-    def layer_kwargs(self, config: PretrainedConfig, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                     layer_idx: int, rotary: nn.Module | None = None) -> dict:
+    def layer_kwargs(
+        self,
+        config: PretrainedConfig,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        layer_idx: int,
+        rotary: nn.Module | None = None,
+    ) -> dict:
         """Keyword arguments that make `layer(hidden, **kwargs)` equal the layer's call inside the model."""
         raise NotImplementedError
 
-    def run_layer(self, model: PreTrainedModel, layer_idx: int, hidden: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layer(
+        self, model: PreTrainedModel, layer_idx: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         layer = self.layers(model)[layer_idx]
         kwargs = self.layer_kwargs(model.config, hidden, attention_mask, layer_idx, self.rotary(model))
         out = layer(hidden, **kwargs)
@@ -112,8 +120,13 @@ class Adapter:
         raise NotImplementedError
 
     @contextmanager
-    def capture(self, model: PreTrainedModel, on_hidden: Callable[[int | str, torch.Tensor], None],
-                last: int | None = None, sublayers: tuple[int, ...] = ()) -> Iterator[None]:
+    def capture(
+        self,
+        model: PreTrainedModel,
+        on_hidden: Callable[[int | str, torch.Tensor], None],
+        last: int | None = None,
+        sublayers: tuple[int, ...] = (),
+    ) -> Iterator[None]:
         """Call on_hidden(k, h_k) for h_0 (input of layer 0) and h_k = RAW output of layer k-1.
 
         HF's hidden_states[-1] has the final norm applied; hooks see the layer outputs before it.
@@ -126,14 +139,26 @@ class Adapter:
         sub_handles, shapes = [], {}
         for l in sublayers:  # some families (OPT) flatten tokens inside the layer: report [B, T, H] like h_k
             before, mlp = self.mlp_sublayer(layers[l])
-            sub_handles.append(layers[l].register_forward_pre_hook(
-                lambda module, args, kwargs, l=l: shapes.__setitem__(l, (args[0] if args else kwargs["hidden_states"])
-                                                                     .shape), with_kwargs=True))
-            sub_handles.append(before.register_forward_pre_hook(
-                lambda module, args, l=l: on_hidden(f"y{l}", args[0].reshape(shapes[l]))))
-            sub_handles.append(mlp.register_forward_hook(
-                lambda module, args, out, l=l: on_hidden(f"m{l}", (out[0] if isinstance(out, tuple) else out)
-                                                         .reshape(shapes[l]))))
+            sub_handles.append(
+                layers[l].register_forward_pre_hook(
+                    lambda module, args, kwargs, l=l: shapes.__setitem__(
+                        l, (args[0] if args else kwargs["hidden_states"]).shape
+                    ),
+                    with_kwargs=True,
+                )
+            )
+            sub_handles.append(
+                before.register_forward_pre_hook(
+                    lambda module, args, l=l: on_hidden(f"y{l}", args[0].reshape(shapes[l]))
+                )
+            )
+            sub_handles.append(
+                mlp.register_forward_hook(
+                    lambda module, args, out, l=l: on_hidden(
+                        f"m{l}", (out[0] if isinstance(out, tuple) else out).reshape(shapes[l])
+                    )
+                )
+            )
 
         def pre_hook(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
@@ -146,11 +171,13 @@ class Adapter:
                 on_hidden(k, output[0] if isinstance(output, tuple) else output)
                 if k == stop_at:
                     raise StopForward
+
             return post_hook
 
         handles = sub_handles + [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-        handles += [layer.register_forward_hook(make_post_hook(i + 1)) for i, layer in enumerate(layers)
-                    if i + 1 <= stop_at]
+        handles += [
+            layer.register_forward_hook(make_post_hook(i + 1)) for i, layer in enumerate(layers) if i + 1 <= stop_at
+        ]
         try:
             yield
         finally:
@@ -168,6 +195,7 @@ class Adapter:
     def remove_layers(self, model: PreTrainedModel, indices: list[int]) -> PreTrainedModel:
         """Delete decoder layers in place, renumber what remains, and fix the config."""
         from torch import nn
+
         drop = set(indices)
         kept = [layer for i, layer in enumerate(self.layers(model)) if i not in drop]
         for new_idx, layer in enumerate(kept):
@@ -184,9 +212,16 @@ class Adapter:
         return model
 
 
-def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor | None, on_hidden: Callable[[int | str, torch.Tensor], None],
-                     last: int | None = None, inference: bool = True, sublayers: tuple[int, ...] = ()) -> None:
+def run_with_capture(
+    adapter: Adapter,
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    on_hidden: Callable[[int | str, torch.Tensor], None],
+    last: int | None = None,
+    inference: bool = True,
+    sublayers: tuple[int, ...] = (),
+) -> None:
     """One forward pass that reports every raw hidden state up to h_last, then stops.
 
     It runs the base model only: the LM head (a vocab-sized matmul per token) is never needed.
@@ -194,8 +229,11 @@ def run_with_capture(adapter: Adapter, model: PreTrainedModel, input_ids: torch.
     computation that is differentiated later (training on top of a frozen prefix).
     """
     import torch
-    with adapter.capture(model, on_hidden, last=last, sublayers=sublayers), \
-            (torch.inference_mode() if inference else torch.no_grad()):
+
+    with (
+        adapter.capture(model, on_hidden, last=last, sublayers=sublayers),
+        torch.inference_mode() if inference else torch.no_grad(),
+    ):
         try:
             model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except StopForward:

@@ -30,14 +30,30 @@ class LlamaAdapter(Adapter):
         attn = h * heads * d * 2 + h * kv * d * 2 + (heads * d + 2 * kv * d + h) * bool(config.get("attention_bias"))
         mlp = 3 * h * inner + (2 * inner + h) * bool(config.get("mlp_bias"))
         vocab = config["vocab_size"]
-        return Sizes(layers=config["num_hidden_layers"], hidden=h, inner=inner, heads=heads, kv_heads=kv, head_dim=d,
-                     vocab=vocab, layer_params=attn + mlp + 2 * h, embed_params=vocab * h,
-                     head_params=0 if config.get("tie_word_embeddings") else vocab * h, other_params=h)
+        return Sizes(
+            layers=config["num_hidden_layers"],
+            hidden=h,
+            inner=inner,
+            heads=heads,
+            kv_heads=kv,
+            head_dim=d,
+            vocab=vocab,
+            layer_params=attn + mlp + 2 * h,
+            embed_params=vocab * h,
+            head_params=0 if config.get("tie_word_embeddings") else vocab * h,
+            other_params=h,
+        )
 
     def network_spec(self, config, net: str) -> dict:
-        return {"net": net, "hidden": config.hidden_size, "inner": config.intermediate_size, "act": "relu",
-                "norm": "rms", "eps": config.rms_norm_eps,
-                "bias": bool(getattr(config, "mlp_bias", False)) if net == "swiglu" else True}
+        return {
+            "net": net,
+            "hidden": config.hidden_size,
+            "inner": config.intermediate_size,
+            "act": "relu",
+            "norm": "rms",
+            "eps": config.rms_norm_eps,
+            "bias": bool(getattr(config, "mlp_bias", False)) if net == "swiglu" else True,
+        }
 
     def copy_mlp(self, layer, network) -> None:
         network.norm.weight.data.copy_(layer.post_attention_layernorm.weight)
@@ -62,12 +78,14 @@ class LlamaAdapter(Adapter):
     def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
         import torch
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
         # Positions are 0..T-1 whatever the padding: that is what LlamaModel.forward uses.
         pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         make_mask = create_sliding_window_causal_mask if _is_sliding(config, layer_idx) else create_causal_mask
         # With eager attention a None mask is NOT causal, so always build the mask explicitly.
-        mask = make_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
-                         position_ids=pos)
+        mask = make_mask(
+            config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=pos
+        )
         return {"attention_mask": mask, "position_embeddings": rotary(hidden, position_ids=pos), "position_ids": pos}
 
 

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 from .base import Adapter, Sizes
 
 if TYPE_CHECKING:
-    from torch import nn
-    from transformers import PreTrainedModel
+    pass
 
 
 class OPTAdapter(Adapter):
@@ -24,14 +23,30 @@ class OPTAdapter(Adapter):
         positions = (config["max_position_embeddings"] + 2) * h  # OPT's learned positions are offset by 2
         final_norm = 2 * h if config.get("do_layer_norm_before", True) else 0
         other = positions + final_norm + (2 * proj * h if proj != h else 0)
-        return Sizes(layers=config["num_hidden_layers"], hidden=h, inner=inner, heads=heads, kv_heads=heads,
-                     head_dim=h // heads, vocab=vocab, layer_params=layer, embed_params=vocab * proj,
-                     head_params=0 if config.get("tie_word_embeddings", True) else vocab * proj, other_params=other)
+        return Sizes(
+            layers=config["num_hidden_layers"],
+            hidden=h,
+            inner=inner,
+            heads=heads,
+            kv_heads=heads,
+            head_dim=h // heads,
+            vocab=vocab,
+            layer_params=layer,
+            embed_params=vocab * proj,
+            head_params=0 if config.get("tie_word_embeddings", True) else vocab * proj,
+            other_params=other,
+        )
 
     def network_spec(self, config, net: str) -> dict:
-        return {"net": net, "hidden": config.hidden_size, "inner": config.ffn_dim,
-                "act": config.activation_function, "norm": "layer", "eps": 1e-5,
-                "bias": bool(getattr(config, "enable_bias", True))}
+        return {
+            "net": net,
+            "hidden": config.hidden_size,
+            "inner": config.ffn_dim,
+            "act": config.activation_function,
+            "norm": "layer",
+            "eps": 1e-5,
+            "bias": bool(getattr(config, "enable_bias", True)),
+        }
 
     def copy_mlp(self, layer, network) -> None:
         network.norm.load_state_dict(layer.final_layer_norm.state_dict())
@@ -40,6 +55,7 @@ class OPTAdapter(Adapter):
 
     def mlp_sublayer(self, layer):
         from ..errors import StreamlineError
+
         if not layer.do_layer_norm_before:  # OPT-350m: the norm comes after the residual sum
             raise StreamlineError("network: 'linear' needs a pre-norm layer; this OPT model normalises after the MLP")
         return layer.final_layer_norm, layer.fc2
@@ -58,6 +74,7 @@ class OPTAdapter(Adapter):
     def layer_kwargs(self, config, hidden, attention_mask, layer_idx, rotary=None) -> dict:
         import torch
         from transformers.masking_utils import create_causal_mask
+
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         # OPTDecoder derives positions from the padding mask; mirror it exactly.

@@ -76,6 +76,7 @@ class Checkpoints:
         """(state, best_state, finished result or None) of the last complete checkpoint made with the same
         inputs, else None."""
         from safetensors.torch import load_file
+
         found, keep = None, set()
         try:
             saved = self._progress()
@@ -91,14 +92,19 @@ class Checkpoints:
                             self.accelerator.load_state(str(self.dir / saved.state_dir), **self.load_kwargs)
                     except Exception as e:  # verified, yet it does not load: its state may be half applied
                         self._set_aside(main)
-                        raise StreamlineError(f"train: checkpoint {self.dir} passed its checksums but cannot be "
-                                              f"loaded ({type(e).__name__}); it was set aside: run again to start "
-                                              f"afresh") from None
+                        raise StreamlineError(
+                            f"train: checkpoint {self.dir} passed its checksums but cannot be "
+                            f"loaded ({type(e).__name__}); it was set aside: run again to start "
+                            f"afresh"
+                        ) from None
                     found = (state, best, None)
                 keep = set(saved.files) | {saved.best_file}
         except (Unreadable, OSError, ValueError) as e:  # nothing was loaded: start afresh in this process
-            log.warning("checkpoint %s cannot be read (%s); setting it aside and starting afresh", self.dir,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "checkpoint %s cannot be read (%s); setting it aside and starting afresh",
+                self.dir,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
             found = None
             self._set_aside(main)
         self.accelerator.wait_for_everyone()
@@ -122,9 +128,11 @@ class Checkpoints:
             free = shutil.disk_usage(self.dir).free
             if free > self.bytes_needed and getattr(e, "errno", None) != errno.ENOSPC and "No space" not in str(e):
                 raise
-            raise StreamlineError(f"disk full writing checkpoint {self.dir}: a checkpoint needs about "
-                                  f"{self.bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; free space, or set "
-                                  f"train.checkpoint_every higher") from None
+            raise StreamlineError(
+                f"disk full writing checkpoint {self.dir}: a checkpoint needs about "
+                f"{self.bytes_needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free; free space, or set "
+                f"train.checkpoint_every higher"
+            ) from None
 
     bytes_needed = 0  # set by the loop: the trainable weights, their Adam moments and the best copy, in fp32
 
@@ -141,6 +149,7 @@ class Checkpoints:
 
     def _save_best(self, state: dict, best_state: dict) -> str:
         from safetensors.torch import save_file
+
         best_file = f"best-{state['best_step']:07d}.safetensors"
         if not (self.dir / best_file).exists():
             save_file(best_state, self.dir / (best_file + ".partial"))
@@ -150,7 +159,8 @@ class Checkpoints:
     def _write_progress(self, entry: dict, files: list[Path]) -> None:
         digests = {str(f.relative_to(self.dir)): sha256_file(f) for f in files}
         Progress.from_json({"fingerprint": self.fingerprint, **entry, "files": digests}, PROGRESS).write(
-            self.dir / PROGRESS)
+            self.dir / PROGRESS
+        )
 
     def finish(self, result: TrainLog, kept_state: dict) -> None:
         """Keep only the exported weights and the log: enough to export again, nothing to resume from."""
@@ -159,8 +169,10 @@ class Checkpoints:
         try:
             state = {"best_step": result.best_step if result.kept == "best" else 0}
             best_file = self._save_best(state, kept_state)
-            self._write_progress({"done": True, "state_dir": None, "best_file": best_file, "state": state,
-                                  "result": result.to_json()}, [self.dir / best_file])
+            self._write_progress(
+                {"done": True, "state_dir": None, "best_file": best_file, "state": state, "result": result.to_json()},
+                [self.dir / best_file],
+            )
             self._clean({best_file})
         except OSError as e:  # the model is exported; only the shortcut for a rerun is lost
             log.warning("could not keep the finished state in %s (%s)", self.dir, e)
@@ -176,7 +188,10 @@ def _check_random_states(state_dir: Path) -> None:
     carries on when one fails, and the resumed run would silently stop being reproducible. Every process checks
     all of them, so all agree on setting the checkpoint aside."""
     from accelerate.utils import load
+
     for path in sorted(state_dir.glob("random_states_*.pkl")):
         states = load(path)
-        if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(states):
+        if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(
+            states
+        ):
             raise ValueError(f"{path.name} holds no random states")

@@ -46,21 +46,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Recipe:
-    stage_loss: str                              # mse | llm | kd: the loss this run trains with
-    loss: str                                    # the name the log and the model card carry (mse+kd: staged)
+    stage_loss: str  # mse | llm | kd: the loss this run trains with
+    loss: str  # the name the log and the model card carry (mse+kd: staged)
     module: ReplacedModel
-    train: Any                                   # PairSamples or TokenSamples
+    train: Any  # PairSamples or TokenSamples
     objective: Callable[[ReplacedModel, dict], dict]
     validation: dict[str, tuple[Callable, Any]]  # metric -> (objective, samples)
-    select: str                                  # the validation metric that picks the kept state
-    inputs: dict = field(default_factory=dict)   # identity of the inputs: a checkpoint made from others is not resumed
+    select: str  # the validation metric that picks the kept state
+    inputs: dict = field(default_factory=dict)  # identity of the inputs: a checkpoint made from others is not resumed
     prefix_cache: dict = field(default_factory=dict)  # validation blocks' h_b: the prefix is frozen, so computed once
 
 
 @dataclass
 class Plan:
-    micro: list[list[int]]   # this process's micro-batches (sample indices), in order
-    gas: int                 # micro-batches per optimizer step
+    micro: list[list[int]]  # this process's micro-batches (sample indices), in order
+    gas: int  # micro-batches per optimizer step
     steps: int
     warmup: int
     val_every: int
@@ -77,23 +77,33 @@ def make_plan(n: int, s: TrainSettings, world: int = 1, rank: int = 0) -> Plan:
     micro = micro_batch_plan(n, s.batch_size, s.epochs, s.seed, world, rank)
     steps = math.ceil(len(micro) / s.gradient_accumulation_step)
     val_every = s.val_every or max(1, steps // 10)
-    return Plan(micro, s.gradient_accumulation_step, steps, round(s.warmup_ratio * steps), val_every,
-                s.checkpoint_every or val_every)
+    return Plan(
+        micro,
+        s.gradient_accumulation_step,
+        steps,
+        round(s.warmup_ratio * steps),
+        val_every,
+        s.checkpoint_every or val_every,
+    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": s.wd}] + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+    groups = [{"params": decay, "weight_decay": s.wd}] + (
+        [{"params": no_decay, "weight_decay": 0.0}] if no_decay else []
+    )
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2))
 
 
 def make_schedule(optimizer, plan: Plan, s: TrainSettings):
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     return get_cosine_with_min_lr_schedule_with_warmup(optimizer, plan.warmup, plan.steps, min_lr=s.min_lr)
 
 
 # --- validation -----------------------------------------------------------------------------------------
+
 
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
@@ -107,7 +117,7 @@ def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str,
     out = {}
     for name, (objective, samples) in recipe.validation.items():
         mine = list(range(accelerator.process_index, len(samples), accelerator.num_processes))
-        groups = [mine[i:i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
+        groups = [mine[i : i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         for group, batch in zip(groups, read_ahead(samples, groups, s.prefetch)):
             batch = _to(batch, accelerator.device)
@@ -122,20 +132,31 @@ def validate(accelerator, module, recipe: Recipe, s: TrainSettings) -> dict[str,
             total += torch.stack([r["loss"].double() * r["count"], r["count"].double()])
         total = accelerator.reduce(total, reduction="sum")
         if total[1] == 0:  # 0 / 0 would read as a perfect score and pick the kept state
-            raise StreamlineError(f"train: validation {name} has no token to score (every validation position is "
-                                  f"padding or left out); check the data's val split and train.skip_first_tokens")
+            raise StreamlineError(
+                f"train: validation {name} has no token to score (every validation position is "
+                f"padding or left out); check the data's val split and train.skip_first_tokens"
+            )
         out[name] = float(total[0] / total[1])
         if not math.isfinite(out[name]):
-            raise StreamlineError(f"train: validation {name} is {out[name]} (NaN/Inf): the model overflows in "
-                                  f"this dtype or the lr is too high; try dtype: float32 or a lower lr")
+            raise StreamlineError(
+                f"train: validation {name} is {out[name]} (NaN/Inf): the model overflows in "
+                f"this dtype or the lr is too high; try dtype: float32 or a lower lr"
+            )
     net.train()
     return out
 
 
 # --- the loop -------------------------------------------------------------------------------------------
 
-def fit(recipe: Recipe, s: TrainSettings, finish: Callable[[TrainLog, dict], None], *,
-        checkpoint_dir: str | Path | None = None, mixed_precision: str | None = "no") -> TrainLog:
+
+def fit(
+    recipe: Recipe,
+    s: TrainSettings,
+    finish: Callable[[TrainLog, dict], None],
+    *,
+    checkpoint_dir: str | Path | None = None,
+    mixed_precision: str | None = "no",
+) -> TrainLog:
     """Train `recipe` and return the train log.
 
     The main process calls finish(result, kept_state) (export the model, write the log) before the
@@ -156,10 +177,15 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
     initial_state = recipe.module.trainable_state() if main else None  # exact, before DeepSpeed casts anything
     optimizer = make_optimizer([p for p in recipe.module.parameters() if p.requires_grad], s)
     scheduler = make_schedule(optimizer, plan, s)
-    fingerprint = {"loss": recipe.loss, "settings": s.as_dict(), "inputs": recipe.inputs,
-                   "version": VERSIONS["train"],  # a checkpoint made by training code of another version is not resumed
-                   "world": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
-                   "mixed_precision": accelerator.mixed_precision}
+    fingerprint = {
+        "loss": recipe.loss,
+        "settings": s.as_dict(),
+        "inputs": recipe.inputs,
+        "version": VERSIONS["train"],  # a checkpoint made by training code of another version is not resumed
+        "world": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "mixed_precision": accelerator.mixed_precision,
+    }
     ckpt = Checkpoints(checkpoint_dir, accelerator, fingerprint, plan.steps)
     ckpt.bytes_needed = 4 * 4 * sum(p.numel() for p in recipe.module.parameters() if p.requires_grad)
     module, optimizer, scheduler = accelerator.prepare(recipe.module.to(accelerator.device), optimizer, scheduler)
@@ -167,14 +193,19 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
     with ckpt.locked():
         found = ckpt.resume(main)
         if found and found[2] is not None:  # finished earlier (its outputs were discarded): export it again
-            log.info("training already finished in %s (its outputs were removed since): exporting its kept state "
-                     "again", ckpt.dir)
+            log.info(
+                "training already finished in %s (its outputs were removed since): exporting its kept state again",
+                ckpt.dir,
+            )
             if main:
                 finish(found[2], found[1])
             accelerator.wait_for_everyone()
             return found[2]
-        state, best_state = found[:2] if found else ({"step": 0, "steps": [], "val": [], "best": None,
-                                                      "best_step": 0, "tokens": 0}, initial_state)
+        state, best_state = (
+            found[:2]
+            if found
+            else ({"step": 0, "steps": [], "val": [], "best": None, "best_step": 0, "tokens": 0}, initial_state)
+        )
         resumed_at = state["step"] if found else None
         if found:
             log.info("resumed from %s at optimizer step %d of %d", ckpt.dir, state["step"], plan.steps)
@@ -182,16 +213,23 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
         start = time.time()
         if not state["val"]:
             log.info("initial validation: %s", _fmt(_validation(accelerator, module, recipe, s, state)[0]))
-        bar = progress.bar(total=plan.steps, initial=state["step"], unit="step", disable=not main,
-                           desc=f"train {recipe.module.replacement.net}-{recipe.loss}")
-        batches = read_ahead(recipe.train, plan.micro[state["step"] * plan.gas:], s.prefetch)
+        bar = progress.bar(
+            total=plan.steps,
+            initial=state["step"],
+            unit="step",
+            disable=not main,
+            desc=f"train {recipe.module.replacement.net}-{recipe.loss}",
+        )
+        batches = read_ahead(recipe.train, plan.micro[state["step"] * plan.gas :], s.prefetch)
         while state["step"] < plan.steps:
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             train_loss, tokens, terms = _accumulate(accelerator, module, batches, plan, plan.group(state["step"]))
             if terms == 0:  # a loss over nothing is 0 and trains nothing, silently
-                raise StreamlineError(f"train: step {state['step'] + 1} has no token in its loss (every position is "
-                                      f"padding or left out by skip_first_tokens / the outlier filter); check the "
-                                      f"data's attention masks and train.skip_first_tokens")
+                raise StreamlineError(
+                    f"train: step {state['step'] + 1} has no token in its loss (every position is "
+                    f"padding or left out by skip_first_tokens / the outlier filter); check the "
+                    f"data's attention masks and train.skip_first_tokens"
+                )
             grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             # fp16's loss scaler skips a step whose gradients overflowed (routine in an fp16 run's first steps)
@@ -204,8 +242,10 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
             norm = None if grad_norm is None or skipped else float(grad_norm)
             if not math.isfinite(train_loss) or (norm is not None and not math.isfinite(norm)):
                 what = f"training loss is {train_loss}" if not math.isfinite(train_loss) else f"gradient norm is {norm}"
-                raise StreamlineError(f"train: the {what} (NaN/Inf) at step {step}: the model overflows in this dtype "
-                                      f"or the lr is too high; try dtype: float32 or a lower lr")
+                raise StreamlineError(
+                    f"train: the {what} (NaN/Inf) at step {step}: the model overflows in this dtype "
+                    f"or the lr is too high; try dtype: float32 or a lower lr"
+                )
             if skipped:
                 state["skipped_steps"] = state.get("skipped_steps", 0) + 1
                 log.info("step %d skipped by the fp16 loss scaler (gradients overflowed; the scale is lowered)", step)
@@ -215,10 +255,17 @@ def _fit(accelerator, recipe: Recipe, s: TrainSettings, finish: Callable, checkp
                 current = gather_trainable(accelerator, module, names) if improved else None  # collective
                 if improved:
                     best_state = current
-                bar.set_postfix_str(f"loss {train_loss:.4g} val {recipe.select} {metrics[recipe.select]:.4g} "
-                                    f"best {state['best']:.4g}")
-                log.info("step %d/%d: train loss %.5g, validation %s%s", step, plan.steps, train_loss, _fmt(metrics),
-                         " (best)" if improved else "")
+                bar.set_postfix_str(
+                    f"loss {train_loss:.4g} val {recipe.select} {metrics[recipe.select]:.4g} best {state['best']:.4g}"
+                )
+                log.info(
+                    "step %d/%d: train loss %.5g, validation %s%s",
+                    step,
+                    plan.steps,
+                    train_loss,
+                    _fmt(metrics),
+                    " (best)" if improved else "",
+                )
             else:
                 bar.set_postfix_str(f"loss {train_loss:.4g} lr {lr:.2e}")
             bar.update(1)
@@ -274,25 +321,54 @@ def _validation(accelerator, module, recipe: Recipe, s: TrainSettings, state: di
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.5g}" + (f" (perplexity {math.exp(min(v, 700)):.2f})" if k == "ce" else "")
-                     for k, v in metrics.items())
+    return ", ".join(
+        f"{k} {v:.5g}" + (f" (perplexity {math.exp(min(v, 700)):.2f})" if k == "ce" else "") for k, v in metrics.items()
+    )
 
 
 def _describe(recipe: Recipe, s: TrainSettings, plan: Plan, accelerator) -> None:
     r = recipe.module.replacement
     n_train = sum(p.numel() for p in recipe.module.parameters() if p.requires_grad)
-    log.info("%s training of %s (k=%d layer slots %s; block %d..%d of the original): %.2fM trainable params; "
-             "%d train blocks, validation on %s; %d process(es) (%s, mixed precision %s); %d optimizer steps of "
-             "%d micro-batches x %d blocks x %d processes (%g epochs); lr %g -> %g, warm-up %d; validation every "
-             "%d, checkpoint every %d steps", recipe.loss, r.net, r.kept, r.slots, r.block[0], r.block[-1],
-             n_train / 1e6, len(recipe.train), {k: len(v[1]) for k, v in recipe.validation.items()},
-             accelerator.num_processes, accelerator.distributed_type, accelerator.mixed_precision, plan.steps,
-             plan.gas, s.batch_size, accelerator.num_processes, s.epochs, s.lr, s.min_lr, plan.warmup,
-             plan.val_every, plan.checkpoint_every)
+    log.info(
+        "%s training of %s (k=%d layer slots %s; block %d..%d of the original): %.2fM trainable params; "
+        "%d train blocks, validation on %s; %d process(es) (%s, mixed precision %s); %d optimizer steps of "
+        "%d micro-batches x %d blocks x %d processes (%g epochs); lr %g -> %g, warm-up %d; validation every "
+        "%d, checkpoint every %d steps",
+        recipe.loss,
+        r.net,
+        r.kept,
+        r.slots,
+        r.block[0],
+        r.block[-1],
+        n_train / 1e6,
+        len(recipe.train),
+        {k: len(v[1]) for k, v in recipe.validation.items()},
+        accelerator.num_processes,
+        accelerator.distributed_type,
+        accelerator.mixed_precision,
+        plan.steps,
+        plan.gas,
+        s.batch_size,
+        accelerator.num_processes,
+        s.epochs,
+        s.lr,
+        s.min_lr,
+        plan.warmup,
+        plan.val_every,
+        plan.checkpoint_every,
+    )
 
 
-def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerator, seconds: float, tokens: int,
-            resumed_at: int | None) -> TrainLog:
+def _result(
+    recipe: Recipe,
+    s: TrainSettings,
+    plan: Plan,
+    state: dict,
+    accelerator,
+    seconds: float,
+    tokens: int,
+    resumed_at: int | None,
+) -> TrainLog:
     val_seconds = state.get("validation_seconds", 0.0)
     r = recipe.module.replacement
     initial = state["val"][0]
@@ -300,30 +376,62 @@ def _result(recipe: Recipe, s: TrainSettings, plan: Plan, state: dict, accelerat
     best = min(state["val"], key=lambda v: v["loss"])
     warnings = []
     if kept == "initial":
-        warnings.append(f"training never improved validation {recipe.select} on the untrained network's "
-                        f"{initial['loss']:.5g} (best {state['best']:.5g}): the exported model keeps the INITIAL "
-                        f"weights")
+        warnings.append(
+            f"training never improved validation {recipe.select} on the untrained network's "
+            f"{initial['loss']:.5g} (best {state['best']:.5g}): the exported model keeps the INITIAL "
+            f"weights"
+        )
     elif "ce" in initial and best["ce"] > initial["ce"]:
-        warnings.append(f"training made held-out perplexity worse: {math.exp(initial['ce']):.4g} -> "
-                        f"{math.exp(best['ce']):.4g} for the kept state")
+        warnings.append(
+            f"training made held-out perplexity worse: {math.exp(initial['ce']):.4g} -> "
+            f"{math.exp(best['ce']):.4g} for the kept state"
+        )
     for w in warnings:
         log.warning("WARNING: %s", w)
-    log.info("trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)", seconds, recipe.select,
-             initial["loss"], state["best"], best["step"], kept)
+    log.info(
+        "trained in %.1f s: validation %s %.6g -> %.6g (best at step %d, kept %s)",
+        seconds,
+        recipe.select,
+        initial["loss"],
+        state["best"],
+        best["step"],
+        kept,
+    )
     micro_run = len(plan.micro) - (resumed_at or 0) * plan.gas
     return TrainLog(
-        net=r.net, loss=recipe.loss, stage_loss=recipe.stage_loss, replacement_layers=r.kept, slots=r.slots,
-        block=r.block, settings=s.as_dict(), select=recipe.select, total_steps=plan.steps, warmup_steps=plan.warmup,
-        train_samples=len(recipe.train), train_tokens=tokens,
+        net=r.net,
+        loss=recipe.loss,
+        stage_loss=recipe.stage_loss,
+        replacement_layers=r.kept,
+        slots=r.slots,
+        block=r.block,
+        settings=s.as_dict(),
+        select=recipe.select,
+        total_steps=plan.steps,
+        warmup_steps=plan.warmup,
+        train_samples=len(recipe.train),
+        train_tokens=tokens,
         val_samples={k: len(v[1]) for k, v in recipe.validation.items()},
-        steps=[TrainStep(**step) for step in state["steps"]], val=state["val"], initial_val_loss=initial["loss"],
-        best_val_loss=state["best"], initial_val={k: v for k, v in initial.items() if k != "step"},
-        best_val={k: v for k, v in best.items() if k != "step"}, best_step=state["best_step"], kept=kept,
-        num_processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type).split(".")[-1],
-        mixed_precision=accelerator.mixed_precision, deepspeed=is_deepspeed(accelerator), resumed_at_step=resumed_at,
-        seconds=round(seconds, 2), validation_seconds=round(val_seconds, 2),
-        samples_per_second=round(micro_run * s.batch_size * accelerator.num_processes
-                                 / max(seconds - val_seconds, 1e-9), 2),
+        steps=[TrainStep(**step) for step in state["steps"]],
+        val=state["val"],
+        initial_val_loss=initial["loss"],
+        best_val_loss=state["best"],
+        initial_val={k: v for k, v in initial.items() if k != "step"},
+        best_val={k: v for k, v in best.items() if k != "step"},
+        best_step=state["best_step"],
+        kept=kept,
+        num_processes=accelerator.num_processes,
+        distributed_type=str(accelerator.distributed_type).split(".")[-1],
+        mixed_precision=accelerator.mixed_precision,
+        deepspeed=is_deepspeed(accelerator),
+        resumed_at_step=resumed_at,
+        seconds=round(seconds, 2),
+        validation_seconds=round(val_seconds, 2),
+        samples_per_second=round(
+            micro_run * s.batch_size * accelerator.num_processes / max(seconds - val_seconds, 1e-9), 2
+        ),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process
         peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        skipped_steps=state.get("skipped_steps", 0), warnings=warnings)
+        skipped_steps=state.get("skipped_steps", 0),
+        warnings=warnings,
+    )

@@ -50,17 +50,24 @@ def accelerator_for(settings: TrainSettings, mixed_precision: str | None) -> Ite
             _no_deepspeed_jit_ops()
     if not launched():
         from ..loading import resolve_device
+
         resolve_device(settings.device)  # one line if the device asked for is not here
     cpu = not launched() and (settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()))
-    accelerator = Accelerator(gradient_accumulation_steps=settings.gradient_accumulation_step, cpu=cpu,
-                              mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
-                              kwargs_handlers=kwargs)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=settings.gradient_accumulation_step,
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=kwargs,
+    )
     if accelerator.state.deepspeed_plugin is not None:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         # the loop reads its own batches (no prepared dataloader), so DeepSpeed learns the micro-batch here
         ds["train_micro_batch_size_per_gpu"] = settings.batch_size
-        for key, value in (("gradient_clipping", settings.max_grad_norm),
-                           ("gradient_accumulation_steps", settings.gradient_accumulation_step)):
+        for key, value in (
+            ("gradient_clipping", settings.max_grad_norm),
+            ("gradient_accumulation_steps", settings.gradient_accumulation_step),
+        ):
             if ds.get(key, "auto") not in ("auto", value):
                 log.warning("DeepSpeed config has %s = %s; the training setting %s wins", key, ds[key], value)
             ds[key] = value
@@ -89,6 +96,7 @@ def gather_trainable(accelerator, module, names: list[str]) -> dict[str, torch.T
         full = None
         if is_deepspeed(accelerator):
             from deepspeed.utils import safe_get_full_fp32_param
+
             full = safe_get_full_fp32_param(params[n])
         if accelerator.is_main_process:
             out[n] = (params[n].detach() if full is None else full).to(dtype=replaced.dtype, device="cpu", copy=True)
@@ -131,11 +139,12 @@ def weights_only_loads() -> Iterator[None]:
 
 def _deepspeed_globals() -> list:
     try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
     except ImportError:
         return []
     import argparse
     from collections import OrderedDict
+
     return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, argparse.Namespace, OrderedDict]

@@ -23,6 +23,7 @@ def _mean(values: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]
 
 # --- hidden-state MSE ---------------------------------------------------------------------------------
 
+
 def pairs(m: ReplacedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(h_b, h_{b+n+k}, mask): stored in the batch, or computed online by the frozen prefix and the original block."""
     if "x" in batch:
@@ -45,8 +46,9 @@ def outlier_positions(target: torch.Tensor, weight: torch.Tensor, ratio: float) 
     return norms > ratio * real.median()
 
 
-def mse_per_token(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "plain",
-                  outlier_ratio: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+def mse_per_token(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "plain", outlier_ratio: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token error [B, T], weight [B, T]) of one of the MSE options (train.mse_loss):
 
     plain       mean squared error (the paper): a few massive positions can be nearly all of it
@@ -68,8 +70,9 @@ def mse_per_token(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     raise ValueError(f"unknown mse loss {kind!r}")
 
 
-def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: int = 0,
-        outlier_ratio: float = 10.0) -> dict[str, torch.Tensor]:
+def mse(
+    m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: int = 0, outlier_ratio: float = 10.0
+) -> dict[str, torch.Tensor]:
     """The network's output against h_{b+n+k}, over real tokens, by one of the MSE options.
 
     The first position of a block is an attention sink whose hidden state is ~100x larger than the
@@ -90,10 +93,10 @@ def mse(m: ReplacedModel, batch: dict, kind: str = "plain", skip_first_tokens: i
 # So the head and the loss run over chunks of positions, and each chunk's gradient with respect to its hidden
 # states is taken at once: at most one chunk's logits exist at any time, and nothing is recomputed later.
 
-CHUNK_LOGITS = 2 ** 24  # logits alive at once (64 MB in fp32); positions per chunk = this // vocabulary size
+CHUNK_LOGITS = 2**24  # logits alive at once (64 MB in fp32); positions per chunk = this // vocabulary size
 # On a GPU a 128-row chunk (Llama-3's vocabulary) is too small a matmul to keep the tensor cores busy, and the
 # per-chunk launches add up: chunks there hold 8x more (512 MB of fp32 logits, ~1,000 positions).
-CHUNK_LOGITS_GPU = 2 ** 27
+CHUNK_LOGITS_GPU = 2**27
 
 
 class _SumOverChunks(torch.autograd.Function):
@@ -105,11 +108,11 @@ class _SumOverChunks(torch.autograd.Function):
         grad = torch.zeros_like(hidden) if need_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
-            part = hidden[start:start + rows].detach().requires_grad_(need_grad)
+            part = hidden[start : start + rows].detach().requires_grad_(need_grad)
             with torch.set_grad_enabled(need_grad):
                 value = fn(part, slice(start, start + rows))
             if need_grad:
-                grad[start:start + rows] = torch.autograd.grad(value, part)[0]
+                grad[start : start + rows] = torch.autograd.grad(value, part)[0]
             total += value.detach()
         ctx.save_for_backward(grad)
         return total
@@ -120,8 +123,12 @@ class _SumOverChunks(torch.autograd.Function):
         return grad * grad_total.to(grad.dtype), None, None
 
 
-def sum_over_chunks(head: Callable[[torch.Tensor], torch.Tensor], vocab_size: int, hidden: torch.Tensor,
-                    fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+def sum_over_chunks(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    vocab_size: int,
+    hidden: torch.Tensor,
+    fn: Callable[[torch.Tensor, slice], torch.Tensor],
+) -> torch.Tensor:
     """sum of fn(logits of a chunk of positions, the chunk's slice of the flattened positions) over a batch.
 
     `hidden` is the last layer's output [B, T, D] (or [B*T, D]) and `head` makes fp32 logits from it; `fn`
@@ -154,14 +161,18 @@ def ce(m: ReplacedModel, batch: dict) -> dict[str, torch.Tensor]:
     """The LLM loss: mean next-token cross-entropy of the pruned model over real target tokens."""
     student, _ = _student_hidden(m, batch)
     target, weight = _next_tokens(batch["input_ids"], batch["attention_mask"])
-    nll = lambda logits, c: _nll_sum(logits, target[c], weight[c])
+
+    def nll(logits: torch.Tensor, c: slice) -> torch.Tensor:
+        return _nll_sum(logits, target[c], weight[c])
+
     total = sum_over_chunks(m.head, m.model.config.vocab_size, student, nll)
     count = weight.sum()
     return {"loss": total / count.clamp(min=1), "count": count}
 
 
-def kl_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-                 top_k: int = 0) -> torch.Tensor:
+def kl_per_token(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, top_k: int = 0
+) -> torch.Tensor:
     """KL(p_teacher^T || p_student^T) at each position ([..., V] logits -> [...]).
 
     top_k > 0: the teacher's top-k probabilities, renormalised, against the student's full-vocabulary
@@ -177,8 +188,9 @@ def kl_per_token(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return (log_t.exp() * (log_t - s)).sum(-1)
 
 
-def kd(m: ReplacedModel, batch: dict, temperature: float = 1.0, alpha: float = 1.0,
-       top_k: int = 0) -> dict[str, torch.Tensor]:
+def kd(
+    m: ReplacedModel, batch: dict, temperature: float = 1.0, alpha: float = 1.0, top_k: int = 0
+) -> dict[str, torch.Tensor]:
     """alpha * T^2 * KL(teacher^T || student^T) + (1 - alpha) * CE, each a mean over real tokens.
 
     The teacher is the original model sharing the student's frozen layers: the prefix runs once for
@@ -190,7 +202,7 @@ def kd(m: ReplacedModel, batch: dict, temperature: float = 1.0, alpha: float = 1
         teacher = m.suffix(m.target(h, mask), mask).reshape(-1, student.shape[-1])
     kl_weight = mask.reshape(-1).float()
     target, ce_weight = _next_tokens(batch["input_ids"], mask)
-    kl_scale = alpha * temperature ** 2 / kl_weight.sum().clamp(min=1)
+    kl_scale = alpha * temperature**2 / kl_weight.sum().clamp(min=1)
     ce_scale = (1 - alpha) / ce_weight.sum().clamp(min=1)
 
     def chunk_loss(logits: torch.Tensor, c: slice) -> torch.Tensor:

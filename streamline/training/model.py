@@ -62,7 +62,9 @@ def trainable_parameter_names(model: nn.Module, slots: list[int]) -> list[str]:
     params = dict(model.named_parameters())
     names = [n for n in params if n.startswith(prefixes)]
     if {id(params[n]) for n in names} != {id(p) for s in slots for p in layers[s].parameters()}:
-        raise StreamlineError(f"parameters under {', '.join(prefixes)} are not those of slots {slots} (shared weights?)")
+        raise StreamlineError(
+            f"parameters under {', '.join(prefixes)} are not those of slots {slots} (shared weights?)"
+        )
     if not names:
         raise StreamlineError(f"layer slots {slots} have no parameters to train")
     return names
@@ -71,8 +73,14 @@ def trainable_parameter_names(model: nn.Module, slots: list[int]) -> list[str]:
 class ReplacedModel(nn.Module):
     """The pruned model (network trainable, all else frozen) plus, optionally, the original block as teacher."""
 
-    def __init__(self, model, replacement: Replacement, objective: Callable, teacher_layers: nn.ModuleList | None = None,
-                 teacher_config=None):
+    def __init__(
+        self,
+        model,
+        replacement: Replacement,
+        objective: Callable,
+        teacher_layers: nn.ModuleList | None = None,
+        teacher_config=None,
+    ):
         super().__init__()
         self.model, self.replacement, self.objective = model, replacement, objective
         self.adapter = adapter = get_adapter(model.config.model_type)
@@ -82,9 +90,13 @@ class ReplacedModel(nn.Module):
             layers[s].float()
         if r.patch:  # linear-{loss}: only a patch on the slot's MLP output projection trains (patch.py)
             from ..patch import PARAM, install
+
             layer = layers[r.first]
-            proj = next(f"{adapter.layers_path}.{r.first}.{name}" for name, module in layer.named_modules()
-                        if module is adapter.mlp_out_proj(layer))
+            proj = next(
+                f"{adapter.layers_path}.{r.first}.{name}"
+                for name, module in layer.named_modules()
+                if module is adapter.mlp_out_proj(layer)
+            )
             install(model, proj)
             self.trainable = [f"{proj}.{PARAM}"]
         else:
@@ -106,8 +118,15 @@ class ReplacedModel(nn.Module):
     def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """h_b, the input of the block, from the frozen layers 0..b-1 (no graph is kept)."""
         states = {}
-        run_with_capture(self.adapter, self.model, input_ids, attention_mask,
-                         lambda k, h: states.__setitem__(k, h), last=self.replacement.first, inference=False)
+        run_with_capture(
+            self.adapter,
+            self.model,
+            input_ids,
+            attention_mask,
+            lambda k, h: states.__setitem__(k, h),
+            last=self.replacement.first,
+            inference=False,
+        )
         return states[self.replacement.first]
 
     def logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -129,6 +148,7 @@ class ReplacedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         """The model's own dtype: what the export writes the network's weights in."""
         from ..pruned import TORCH_DTYPES
+
         return TORCH_DTYPES[self.replacement.dtype]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..errors import StreamlineError
-from ..ownership import require_owned
-from .core import Recipe, fit
 from ..artifacts import TrainLog
+from ..errors import StreamlineError
 from ..layout import LOSS_TABLE
 from ..model_info import read_info
+from ..ownership import require_owned
+from .core import Recipe, fit
 from .replacement import Replacement
 from .settings import TrainSettings
 
@@ -35,22 +35,28 @@ MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # mo
 class LossSpec:
     """A loss as a recipe: its objective and how runs are judged (what it trains on, and whether it needs the
     teacher, are its row in layout.LOSS_TABLE)."""
+
     objective: Callable[[TrainSettings], Callable]  # the loss function, configured by the settings
-    validation: tuple[str, ...]                  # metrics on held-out data; the first picks the kept state
+    validation: tuple[str, ...]  # metrics on held-out data; the first picks the kept state
 
 
 def _mse(s: TrainSettings) -> Callable:
     from . import losses
-    return partial(losses.mse, kind=s.mse_loss, skip_first_tokens=s.skip_first_tokens, outlier_ratio=s.mse_outlier_ratio)
+
+    return partial(
+        losses.mse, kind=s.mse_loss, skip_first_tokens=s.skip_first_tokens, outlier_ratio=s.mse_outlier_ratio
+    )
 
 
 def _ce(s: TrainSettings) -> Callable:
     from . import losses
+
     return losses.ce
 
 
 def _kd(s: TrainSettings) -> Callable:
     from . import losses
+
     return partial(losses.kd, temperature=s.kd_temperature, alpha=s.kd_alpha, top_k=s.kd_top_k)
 
 
@@ -65,8 +71,15 @@ RECIPES: dict[str, LossSpec] = {
 }
 
 
-def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir: str | Path,
-                 pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None) -> Recipe:
+def build_recipe(
+    loss: str,
+    init_dir: str | Path,
+    s: TrainSettings,
+    *,
+    data_dir: str | Path,
+    pairs_dir: str | Path | None = None,
+    teacher_dir: str | Path | None = None,
+) -> Recipe:
     from ..loading import load_config, load_layers, model_fingerprint
     from ..pruned import TORCH_DTYPES, load_pruned
     from . import losses
@@ -108,8 +121,10 @@ def build_recipe(loss: str, init_dir: str | Path, s: TrainSettings, *, data_dir:
 def _check_settings(loss: str, s: TrainSettings, *, seq_len: int, vocab: int) -> None:
     """Settings that only the data and the model can judge."""
     if loss == "mse" and s.skip_first_tokens >= seq_len:  # every position skipped: a loss of 0 that trains nothing
-        raise StreamlineError(f"train.skip_first_tokens: {s.skip_first_tokens} leaves no position of a {seq_len}-token "
-                              f"block in the loss (allowed: 0..{seq_len - 1})")
+        raise StreamlineError(
+            f"train.skip_first_tokens: {s.skip_first_tokens} leaves no position of a {seq_len}-token "
+            f"block in the loss (allowed: 0..{seq_len - 1})"
+        )
     if loss == "kd" and s.kd_top_k > vocab:
         raise StreamlineError(f"kd.top_k: {s.kd_top_k} is more than the model's {vocab} tokens (allowed: 0..{vocab})")
 
@@ -117,18 +132,30 @@ def _check_settings(loss: str, s: TrainSettings, *, seq_len: int, vocab: int) ->
 def _pair_samples(pairs_dir, r: Replacement, init_dir, s: TrainSettings):
     """The stored pairs (train, val), checked to be those of the init dir's block."""
     from .sources import PairSamples
+
     train, val = PairSamples(pairs_dir, "train", s.train_samples), PairSamples(pairs_dir, "val")
     for store in (train.store, val.store):  # pairs of another block would train the wrong map
         if store.attrs.get("layers") != [r.first, r.target]:
-            raise StreamlineError(f"{store.path}: holds h_{store.attrs.get('layers')} but {init_dir} replaces "
-                                  f"layers {r.block[0]}..{r.block[-1]} (needs h_{[r.first, r.target]}); "
-                                  f"extract the pairs of this block")
+            raise StreamlineError(
+                f"{store.path}: holds h_{store.attrs.get('layers')} but {init_dir} replaces "
+                f"layers {r.block[0]}..{r.block[-1]} (needs h_{[r.first, r.target]}); "
+                f"extract the pairs of this block"
+            )
     return train, val
 
 
-def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | Path, settings: TrainSettings, *,
-          data_dir: str | Path, pairs_dir: str | Path | None = None, teacher_dir: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None) -> TrainLog:
+def train(
+    loss: str,
+    init_dir: str | Path,
+    out_dir: str | Path,
+    log_json: str | Path,
+    settings: TrainSettings,
+    *,
+    data_dir: str | Path,
+    pairs_dir: str | Path | None = None,
+    teacher_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainLog:
     """Train the network of `init_dir` with `loss`; export the kept state to `out_dir`, the log to `log_json`.
 
     `init_dir` may itself be a trained model (staged training, e.g. MSE then distillation): the log and
@@ -147,14 +174,20 @@ def train(loss: str, init_dir: str | Path, out_dir: str | Path, log_json: str | 
         export_model(init_dir, out_dir, state, result)
         result.write(log_json)
 
-    return fit(recipe, settings, finish, checkpoint_dir=checkpoint_dir,
-               mixed_precision=mixed_precision(loss, recipe.module.replacement.dtype))
+    return fit(
+        recipe,
+        settings,
+        finish,
+        checkpoint_dir=checkpoint_dir,
+        mixed_precision=mixed_precision(loss, recipe.module.replacement.dtype),
+    )
 
 
 def mixed_precision(loss: str, dtype: str) -> str | None:
     """MSE trains the network alone in fp32 ("no"). The whole-model losses of a bf16 (fp16) model always run
     under bf16 (fp16) autocast; for an fp32 model the launch decides (the workflow passes "no")."""
     import os
+
     if loss == "mse":
         return "no"
     wanted = MIXED_PRECISION[dtype]
@@ -163,15 +196,27 @@ def mixed_precision(loss: str, dtype: str) -> str | None:
 
 # --- the command: streamline train --------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .settings import LOSSES, add_arguments as add_settings
-    p.add_argument("--loss", choices=LOSSES, default="mse", help="mse: hidden-state pairs; llm: next-token loss; "
-                                                                  "kd: distillation from the original model")
+    from .settings import LOSSES
+    from .settings import add_arguments as add_settings
+
+    p.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="mse",
+        help="mse: hidden-state pairs; llm: next-token loss; kd: distillation from the original model",
+    )
     p.add_argument("--init", required=True, help="the replaced model dir (untrained, or trained by an earlier stage)")
-    p.add_argument("--data", required=True, help="prepared data dir: validation blocks, and training blocks for "
-                                                 "llm, kd and online mse")
-    p.add_argument("--pairs", help="mse: the pair store (its manifest, or its dir with train/ and val/); omit to "
-                                   "compute the pairs online")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="prepared data dir: validation blocks, and training blocks for llm, kd and online mse",
+    )
+    p.add_argument(
+        "--pairs",
+        help="mse: the pair store (its manifest, or its dir with train/ and val/); omit to compute the pairs online",
+    )
     p.add_argument("--teacher", help="the original model dir (kd, online mse); default: the init dir's source_model")
     p.add_argument("--out", required=True, help="output model dir")
     p.add_argument("--log-json", required=True, help="the train log")
@@ -181,5 +226,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> None:
     from .settings import settings_from
-    train(a.loss, a.init, a.out, a.log_json, settings_from(a), data_dir=a.data, pairs_dir=a.pairs,
-          teacher_dir=a.teacher, checkpoint_dir=a.checkpoint_dir)
+
+    train(
+        a.loss,
+        a.init,
+        a.out,
+        a.log_json,
+        settings_from(a),
+        data_dir=a.data,
+        pairs_dir=a.pairs,
+        teacher_dir=a.teacher,
+        checkpoint_dir=a.checkpoint_dir,
+    )

@@ -21,23 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StreamlineError
-from ..model_info import read_info
 from ..layout import NETWORKS
+from ..model_info import read_info
 
 TRAINABLE_NETS = tuple(n for n, net in NETWORKS.items() if net.trained)
 
 
 @dataclass(frozen=True)
 class Replacement:
-    first: int              # b: first layer of the block, original numbering
-    span: int               # layers of the original model the block covers
-    kept: int               # network slots in the pruned model (0: nothing to train)
-    n: int                  # layers removed net (layer_intervals)
+    first: int  # b: first layer of the block, original numbering
+    span: int  # layers of the original model the block covers
+    kept: int  # network slots in the pruned model (0: nothing to train)
+    n: int  # layers removed net (layer_intervals)
     net: str
-    source_model: str       # the original model dir
+    source_model: str  # the original model dir
     source_layers: int
     dtype: str
-    patch: bool = False     # the network is a patch on slot `first`'s MLP output projection, not its weights
+    patch: bool = False  # the network is a patch on slot `first`'s MLP output projection, not its weights
 
     @property
     def block(self) -> list[int]:
@@ -60,10 +60,27 @@ class Replacement:
             raise StreamlineError(f"{model_dir}: no streamline.json (not a model dir written by `streamline replace`)")
         info = read_info(model_dir)
         if NETWORKS[info.net].patch:  # the map on layer i-1's MLP output: that layer's slot holds the patch
-            return cls(first=info.block[0] - 1, span=len(info.block) + 1, kept=1, n=info.n, net=info.net,
-                       source_model=info.source_model, source_layers=info.source_layers, dtype=info.dtype, patch=True)
-        return cls(first=info.block[0], span=len(info.block), kept=info.replacement_layers, n=info.n, net=info.net,
-                   source_model=info.source_model, source_layers=info.source_layers, dtype=info.dtype)
+            return cls(
+                first=info.block[0] - 1,
+                span=len(info.block) + 1,
+                kept=1,
+                n=info.n,
+                net=info.net,
+                source_model=info.source_model,
+                source_layers=info.source_layers,
+                dtype=info.dtype,
+                patch=True,
+            )
+        return cls(
+            first=info.block[0],
+            span=len(info.block),
+            kept=info.replacement_layers,
+            n=info.n,
+            net=info.net,
+            source_model=info.source_model,
+            source_layers=info.source_layers,
+            dtype=info.dtype,
+        )
 
     def require_trainable(self, loss: str) -> None:
         if self.kept == 0:

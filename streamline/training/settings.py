@@ -13,22 +13,25 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import StreamlineError
 from ..layout import LOSSES, WHOLE_MODEL_LOSSES  # the names (re-exported); layout.LOSS_TABLE and recipes.RECIPES
+
 #                                                  hold what each loss is
 from ..schema import schema_default
 
 MSE_LOSSES = ("plain", "robust", "normalized", "cosine")
 
 
-def _opt(help: str, *, key: str | None = None, default=MISSING, choices=None, check=None, losses=LOSSES,
-         rerun: bool = True):
+def _opt(
+    help: str, *, key: str | None = None, default=MISSING, choices=None, check=None, losses=LOSSES, rerun: bool = True
+):
     """A setting. `key`: its config key (default from the schema when it has one); `losses`: the losses it
     applies to; `rerun`: whether the workflow passes it as a flag (a change then reruns training)."""
     from_schema = schema_default(key) if key else MISSING
     if (from_schema is MISSING) == (default is MISSING):
         raise AssertionError(f"{key}: give a default here or in the schema, not both")  # a programming error
-    return field(default=default if from_schema is MISSING else from_schema,
-                 metadata={"help": help, "choices": choices, "check": check, "key": key, "losses": losses,
-                           "rerun": rerun})
+    return field(
+        default=default if from_schema is MISSING else from_schema,
+        metadata={"help": help, "choices": choices, "check": check, "key": key, "losses": losses, "rerun": rerun},
+    )
 
 
 def _positive(x) -> bool:
@@ -42,44 +45,78 @@ def _non_negative(x) -> bool:
 @dataclass
 class TrainSettings:
     batch_size: int = _opt("blocks per micro-batch (per process)", key="batch_size", default=8, check=_positive)
-    gradient_accumulation_step: int = _opt("micro-batches per optimizer step", key="gradient_accumulation_step",
-                                           default=16, check=_positive)
-    epochs: float = _opt("passes over the training blocks (fractions allowed)", key="epochs", default=1.0,
-                         check=_positive)
+    gradient_accumulation_step: int = _opt(
+        "micro-batches per optimizer step", key="gradient_accumulation_step", default=16, check=_positive
+    )
+    epochs: float = _opt(
+        "passes over the training blocks (fractions allowed)", key="epochs", default=1.0, check=_positive
+    )
     lr: float = _opt("peak learning rate", key="lr", default=2e-4, check=_positive)
-    min_lr: float = _opt("learning rate at the end of the cosine decay", key="min_lr", default=5e-5,
-                         check=_non_negative)
+    min_lr: float = _opt(
+        "learning rate at the end of the cosine decay", key="min_lr", default=5e-5, check=_non_negative
+    )
     wd: float = _opt("AdamW weight decay (matrices only)", key="wd", default=1e-3, check=_non_negative)
     adam_beta1: float = _opt("AdamW beta1", key="adam_beta1", check=lambda x: 0 <= x < 1)
     adam_beta2: float = _opt("AdamW beta2 (the reference uses 0.95)", key="adam_beta2", check=lambda x: 0 <= x < 1)
     seed: int = _opt("seed of the data order", key="seed", default=42, check=_non_negative)
-    warmup_ratio: float = _opt("fraction of optimizer steps of linear warm-up", key="train.warmup_ratio",
-                               check=lambda x: 0 <= x <= 1)
+    warmup_ratio: float = _opt(
+        "fraction of optimizer steps of linear warm-up", key="train.warmup_ratio", check=lambda x: 0 <= x <= 1
+    )
     max_grad_norm: float = _opt("gradient clipping", key="train.max_grad_norm", check=_positive)
-    val_every: int = _opt("optimizer steps between validations; 0 = about ten per run", key="train.val_every",
-                          check=_non_negative)
-    checkpoint_every: int = _opt("optimizer steps between checkpoints; 0 = at every validation",
-                                 key="train.checkpoint_every", check=_non_negative, rerun=False)
-    device: str = _opt("single-process device (auto, cpu, cuda, mps); launched runs take it from accelerate",
-                       key="train.device", rerun=False)
+    val_every: int = _opt(
+        "optimizer steps between validations; 0 = about ten per run", key="train.val_every", check=_non_negative
+    )
+    checkpoint_every: int = _opt(
+        "optimizer steps between checkpoints; 0 = at every validation",
+        key="train.checkpoint_every",
+        check=_non_negative,
+        rerun=False,
+    )
+    device: str = _opt(
+        "single-process device (auto, cpu, cuda, mps); launched runs take it from accelerate",
+        key="train.device",
+        rerun=False,
+    )
     prefetch: int = _opt("micro-batches read ahead", default=4, check=_positive)
     # mse
-    mse_loss: str = _opt("mse: robust (outlier positions left out), plain (the paper), normalized (relative error "
-                         "per token) or cosine (direction + log magnitude)", key="train.mse_loss",
-                         choices=MSE_LOSSES, losses=("mse",))
-    mse_outlier_ratio: float = _opt("mse robust: positions whose target norm exceeds this x the median are left out",
-                                    key="train.mse_outlier_ratio", check=lambda x: x > 1, losses=("mse",))
-    skip_first_tokens: int = _opt("mse: leave the first k positions (the attention sink) out of the loss",
-                                  key="train.skip_first_tokens", check=_non_negative, losses=("mse",))
-    train_samples: int = _opt("train on the first N training blocks only; 0 = all", default=0, check=_non_negative,
-                              losses=WHOLE_MODEL_LOSSES)
+    mse_loss: str = _opt(
+        "mse: robust (outlier positions left out), plain (the paper), normalized (relative error "
+        "per token) or cosine (direction + log magnitude)",
+        key="train.mse_loss",
+        choices=MSE_LOSSES,
+        losses=("mse",),
+    )
+    mse_outlier_ratio: float = _opt(
+        "mse robust: positions whose target norm exceeds this x the median are left out",
+        key="train.mse_outlier_ratio",
+        check=lambda x: x > 1,
+        losses=("mse",),
+    )
+    skip_first_tokens: int = _opt(
+        "mse: leave the first k positions (the attention sink) out of the loss",
+        key="train.skip_first_tokens",
+        check=_non_negative,
+        losses=("mse",),
+    )
+    train_samples: int = _opt(
+        "train on the first N training blocks only; 0 = all", default=0, check=_non_negative, losses=WHOLE_MODEL_LOSSES
+    )
     # kd
-    kd_temperature: float = _opt("kd: softmax temperature T of teacher and student", key="kd.temperature",
-                                 check=_positive, losses=("kd",))
-    kd_alpha: float = _opt("kd: weight of the T^2-scaled KL; 1 - alpha weighs the next-token loss", key="kd.alpha",
-                           check=lambda x: 0 <= x <= 1, losses=("kd",))
-    kd_top_k: int = _opt("kd: distil the teacher's top-k tokens only (0: the full vocabulary)", key="kd.top_k",
-                         check=_non_negative, losses=("kd",))
+    kd_temperature: float = _opt(
+        "kd: softmax temperature T of teacher and student", key="kd.temperature", check=_positive, losses=("kd",)
+    )
+    kd_alpha: float = _opt(
+        "kd: weight of the T^2-scaled KL; 1 - alpha weighs the next-token loss",
+        key="kd.alpha",
+        check=lambda x: 0 <= x <= 1,
+        losses=("kd",),
+    )
+    kd_top_k: int = _opt(
+        "kd: distil the teacher's top-k tokens only (0: the full vocabulary)",
+        key="kd.top_k",
+        check=_non_negative,
+        losses=("kd",),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -103,8 +140,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainSettings):
         kind = {"int": int, "float": float, "str": str}[f.type]
         default = kind(f.default)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
-                            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {default})")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['help']} (default: {default})",
+        )
 
 
 def config_value(config: dict, key: str):

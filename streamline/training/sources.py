@@ -29,8 +29,10 @@ class PairSamples:
         """`pairs`: the pair store's manifest (pairs.json) or its directory (holding train/ and val/)."""
         self.store = open_store(pairs, split)
         if self.store.hidden.shape[0] != 2:
-            raise StreamlineError(f"{self.store.path}: a pair store holds 2 hidden states per sample, "
-                                  f"this one {self.store.hidden.shape[0]}")
+            raise StreamlineError(
+                f"{self.store.path}: a pair store holds 2 hidden states per sample, "
+                f"this one {self.store.hidden.shape[0]}"
+            )
         n = self.store.num_samples
         self.n = min(limit, n) if limit else n
         self.fingerprint = self.store.attrs["fingerprint"]
@@ -49,7 +51,7 @@ class TokenSamples:
         self.ids, self.mask = load_split(Path(data_dir), split)
         self.n = min(limit, len(self.ids)) if limit else len(self.ids)
         if vocab_size is not None:
-            check_token_ids(self.ids[:self.n], vocab_size, Path(data_dir) / f"{split}_input_ids.npy")
+            check_token_ids(self.ids[: self.n], vocab_size, Path(data_dir) / f"{split}_input_ids.npy")
         meta = (Path(data_dir) / "meta.json").read_bytes()  # records source, seed, counts and token totals
         self.fingerprint = f"{hashlib.sha256(meta).hexdigest()[:16]}:{split}:{self.n}"
 
@@ -57,12 +59,15 @@ class TokenSamples:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.from_numpy(np.asarray(self.ids[i], dtype=np.int64)),
-                "attention_mask": torch.from_numpy(np.asarray(self.mask[i], dtype=np.int64))}
+        return {
+            "input_ids": torch.from_numpy(np.asarray(self.ids[i], dtype=np.int64)),
+            "attention_mask": torch.from_numpy(np.asarray(self.mask[i], dtype=np.int64)),
+        }
 
 
-def micro_batch_plan(n: int, batch_size: int, epochs: float, seed: int, world: int = 1,
-                     rank: int = 0) -> list[list[int]]:
+def micro_batch_plan(
+    n: int, batch_size: int, epochs: float, seed: int, world: int = 1, rank: int = 0
+) -> list[list[int]]:
     """This process's micro-batches (sample indices), epoch after epoch: ceil(epochs x per-epoch) of them.
 
     Each epoch is a permutation seeded by seed + epoch, cut into global batches of batch_size x world
@@ -77,11 +82,11 @@ def micro_batch_plan(n: int, batch_size: int, epochs: float, seed: int, world: i
     while len(plan) < total:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         for start in range(0, n, batch_size * world):
-            group = order[start:start + batch_size * world]
+            group = order[start : start + batch_size * world]
             if len(group) % world:
                 group += order[: world - len(group) % world]
             share = len(group) // world
-            plan.append(group[rank * share:(rank + 1) * share])
+            plan.append(group[rank * share : (rank + 1) * share])
         epoch += 1
     return plan[:total]
 
@@ -92,6 +97,7 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def read_ahead(samples, groups: list[list[int]], prefetch: int) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of `groups`, read by a thread `prefetch` batches ahead so that I/O overlaps compute."""
+
     def load(group):
         return collate([samples[i] for i in group])
 

@@ -8,13 +8,21 @@ from streamline.config import resolve_accelerate_config
 from streamline.download import model_slug
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
 from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY, VALIDATED_CONFIG
-from streamline.layout import WHOLE_MODEL_LOSSES, NETWORK_ALONE_LOSSES, pairs_name, parse_replacement, scores_name, variant_pattern
+from streamline.layout import (
+    WHOLE_MODEL_LOSSES,
+    NETWORK_ALONE_LOSSES,
+    pairs_name,
+    parse_replacement,
+    scores_name,
+    variant_pattern,
+)
 from streamline.layout import variants as layout_variants
 from streamline.errors import StreamlineError
 from streamline.plan import check_jobs, model_fields, planner_for
 from streamline.training.settings import workflow_flags
 from streamline.versions import VERSIONS
 from streamline.weights import source_identity
+
 
 def torch_threads():
     """Threads for a stage that runs torch (Snakemake exports them as OMP_NUM_THREADS; with no threads
@@ -32,8 +40,11 @@ def model_source_files():
     path = Path(config["model_name"]).expanduser()
     if not path.exists():
         return []
-    return [str(path)] if path.is_file() else [str(f) for f in sorted(path.iterdir())
-                                               if f.is_file() and not f.name.startswith(".")]
+    return (
+        [str(path)]
+        if path.is_file()
+        else [str(f) for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    )
 
 
 def model_source_identity():
@@ -86,8 +97,12 @@ def as_list(value):
 
 def variants():
     """The config's variants (layout.variants): each net x k x loss x start, in config order."""
-    return layout_variants(as_list(config["network"]), as_list(config["replacement_layers"]), as_list(config["loss"]),
-                           as_list(config["train"]["init_from"]))
+    return layout_variants(
+        as_list(config["network"]),
+        as_list(config["replacement_layers"]),
+        as_list(config["loss"]),
+        as_list(config["train"]["init_from"]),
+    )
 
 
 def accelerate_config():
@@ -101,6 +116,7 @@ def user_eval_files():
     """What the user saved for the offline tasks that no wheel holds (gsm8k's train split), where eval.tasks
     needs it: a change to it refetches the eval data."""
     from streamline.eval_tasks import user_files
+
     return [str(f) for f in user_files(config["eval"]["tasks"])] if config["eval"]["offline"] else []
 
 
@@ -129,11 +145,11 @@ def summary_targets():
 
 
 def all_targets():
-    return [paths(n=n).model_out(v) for n in layer_intervals() for v in variants()] + gguf_targets() + \
-        summary_targets()
+    return [paths(n=n).model_out(v) for n in layer_intervals() for v in variants()] + gguf_targets() + summary_targets()
 
 
 # --- the resource plan (streamline/plan.py; `streamline plan` prints it) -----------------------------------------
+
 
 @lru_cache(maxsize=1)
 def planner():
@@ -158,8 +174,10 @@ def planned(rule, **unplanned):
     processes for train_end_to_end). While the model's shapes are unknown: `unplanned` and the profile's sizes."""
     if not shapes_known():
         return unplanned
-    return {key: (lambda wildcards, key=key: job_need(rule, wildcards).resources()[key])
-            for key in ("mem_mb", "disk_mb", "runtime", "gpu")}
+    return {
+        key: (lambda wildcards, key=key: job_need(rule, wildcards).resources()[key])
+        for key in ("mem_mb", "disk_mb", "runtime", "gpu")
+    }
 
 
 def check_plan_fits():
@@ -169,10 +187,15 @@ def check_plan_fits():
         return
     limit = workflow.global_resources.get("mem_mb")
     try:
-        check_jobs([(" ".join([job.rule.name, *job.wildcards]), job_need(job.rule.name, job.wildcards))
-                    for job in workflow.dag.needrun_jobs() if job.rule.name != "all"],
-                   ram=limit.value * 1e6 if limit is not None and limit.value is not None else None,
-                   check_ram=workflow.local_exec)
+        check_jobs(
+            [
+                (" ".join([job.rule.name, *job.wildcards]), job_need(job.rule.name, job.wildcards))
+                for job in workflow.dag.needrun_jobs()
+                if job.rule.name != "all"
+            ],
+            ram=limit.value * 1e6 if limit is not None and limit.value is not None else None,
+            check_ram=workflow.local_exec,
+        )
     except StreamlineError as e:
         sys.stderr.write(f"plan error: {e}\n")
         sys.exit(1)
@@ -180,13 +203,17 @@ def check_plan_fits():
 
 # --- the inputs of the training, evaluation and report rules ----------------------------------------------
 
+
 def train_inputs(w):
     """The init dir (the untrained replacement, or for a staged run the MSE-trained model), the data, the
     original model (the teacher, or the online pairs' prefix) and, for MSE on stored pairs, the pair store (not
     for a linear patch: its pairs are computed online)."""
     v, p = Variant.parse(w.variant), paths(w.model, w.n)
-    inputs = {"init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement), "data": data_dir(w.model),
-              "model": model_dir(w.model)}
+    inputs = {
+        "init": p.model_out(v.upstream) if v.upstream else p.init(v.replacement),
+        "data": data_dir(w.model),
+        "model": model_dir(w.model),
+    }
     if v.stored_pairs and config["pairs"]["mode"] == "store":
         inputs["pairs"] = p.pairs(pairs_name(v.k))
     return inputs
@@ -208,22 +235,41 @@ def report_manifest():
     for n in layer_intervals():
         p = paths(n=n)
         for v in variants():
-            rows.append({"name": v.name, "eval": p.eval(v.name), "samples": p.samples(v.name),
-                         "stability": p.stability(v.name),
-                         "train_log": p.train_log(v.name) if v.trained else None,
-                         "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
-                         "gguf": p.gguf_check(v.name) if gguf else None})
+            rows.append(
+                {
+                    "name": v.name,
+                    "eval": p.eval(v.name),
+                    "samples": p.samples(v.name),
+                    "stability": p.stability(v.name),
+                    "train_log": p.train_log(v.name) if v.trained else None,
+                    "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
+                    "gguf": p.gguf_check(v.name) if gguf else None,
+                }
+            )
     scores = sorted({paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants()})
-    return {"baseline": {"name": model(), "eval": p0.baseline_eval, "samples": p0.baseline_samples,
-                         "gguf": p0.baseline_gguf_check if gguf else None}, "rows": rows, "scores": scores}
+    return {
+        "baseline": {
+            "name": model(),
+            "eval": p0.baseline_eval,
+            "samples": p0.baseline_samples,
+            "gguf": p0.baseline_gguf_check if gguf else None,
+        },
+        "rows": rows,
+        "scores": scores,
+    }
 
 
 def report_inputs(wildcards):
     m = report_manifest()
     inputs = {"baseline_eval": m["baseline"]["eval"], "baseline_samples": m["baseline"]["samples"]}
     for i, row in enumerate([m["baseline"], *m["rows"]]):
-        inputs.update({f"row{i}_{kind}": row[kind] for kind in ("eval", "samples", "stability", "train_log",
-                                                                 "estimate_log", "gguf") if row.get(kind)})
+        inputs.update(
+            {
+                f"row{i}_{kind}": row[kind]
+                for kind in ("eval", "samples", "stability", "train_log", "estimate_log", "gguf")
+                if row.get(kind)
+            }
+        )
     names = sorted({(n, scores_name(v.k)) for n in layer_intervals() for v in variants()})
     for i, (n, name) in enumerate(names):
         inputs[f"scores{i}"] = scores_input(model(), n, name)

@@ -3,6 +3,11 @@ rule prepare_data:
         model=lambda w: model_dir(w.model),
     output:
         directory(paths("{model}").data_dir("{corpus}")),
+    log:
+        Paths("{model}", None).log("data_{corpus}"),
+    threads: torch_threads()
+    resources:
+        **planned("prepare_data"),
     params:
         version=VERSIONS["prepare-data"],
         source=config["data"]["source"],
@@ -14,11 +19,6 @@ rule prepare_data:
         train=config["train_num_data"],
         val=config["data"]["val_num_data"],
         seed=config["seed"],
-    resources:
-        **planned("prepare_data"),
-    threads: torch_threads()
-    log:
-        Paths("{model}", None).log("data_{corpus}"),
     shell:
         "streamline --log {log} prepare-data --source {params.source:q} --tokenizer {input.model} --out {output}"
         " --seq-len {params.seq_len} --calib {params.calib} --train {params.train} --val {params.val}"

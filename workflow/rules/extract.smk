@@ -7,6 +7,11 @@ rule extract_calibration:
         data=lambda w: data_dir(w.model),
     output:
         manifest=paths("{model}").calibration,
+    log:
+        Paths("{model}", None).log("extract_calibration"),
+    threads: torch_threads()
+    resources:
+        **planned("extract_calibration", gpu=1),
     params:
         version=VERSIONS["extract"],
         store=paths("{model}").calibration_store,
@@ -14,11 +19,6 @@ rule extract_calibration:
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
-    resources:
-        **planned("extract_calibration", gpu=1),
-    threads: torch_threads()
-    log:
-        Paths("{model}", None).log("extract_calibration"),
     shell:
         # n, k and seq_len against the model's own config, now that it is on disk (not a param: changing n must
         # not rerun the extraction, which does not depend on it)

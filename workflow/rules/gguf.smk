@@ -10,13 +10,13 @@ rule export_gguf_baseline:
         model=lambda w: model_dir(w.model),
     output:
         paths("{model}").baseline_gguf,
+    log:
+        Paths("{model}", None).log("export_gguf_baseline"),
+    resources:
+        **planned("export_gguf_baseline"),
     params:
         version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
-    resources:
-        **planned("export_gguf_baseline"),
-    log:
-        Paths("{model}", None).log("export_gguf_baseline"),
     shell:
         "streamline --log {log} export-gguf --model {input.model} --out {output} --outtype {params.outtype}"
 
@@ -27,13 +27,13 @@ rule export_gguf_variant:
         block=block_of,
     output:
         paths("{model}").gguf("{variant}"),
+    log:
+        paths("{model}").log("export_gguf_{variant}"),
+    resources:
+        **planned("export_gguf_variant"),
     params:
         version=VERSIONS["export-gguf"],
         outtype=config["export"]["gguf"],
-    resources:
-        **planned("export_gguf_variant"),
-    log:
-        paths("{model}").log("export_gguf_{variant}"),
     shell:
         "streamline --log {log} export-gguf --model {input.model} --out {output} --outtype {params.outtype}"
 
@@ -44,13 +44,13 @@ rule gguf_check_baseline:
         data=lambda w: data_dir(w.model),
     output:
         paths("{model}").baseline_gguf_check,
-    resources:
-        **planned("gguf_check_baseline"),
-    threads: torch_threads()
-    params:
-        version=VERSIONS["gguf-check"],
     log:
         Paths("{model}", None).log("gguf_check_baseline"),
+    threads: torch_threads()
+    resources:
+        **planned("gguf_check_baseline"),
+    params:
+        version=VERSIONS["gguf-check"],
     shell:
         "streamline --log {log} gguf-check --gguf {input.gguf} --data {input.data} --out {output} --threads {threads}"
 
@@ -63,13 +63,13 @@ rule gguf_check_variant:
         data=lambda w: data_dir(w.model),
     output:
         paths("{model}").gguf_check("{variant}"),
-    resources:
-        **planned("gguf_check_variant"),
-    threads: torch_threads()
-    params:
-        version=VERSIONS["gguf-check"],
     log:
         paths("{model}").log("gguf_check_{variant}"),
+    threads: torch_threads()
+    resources:
+        **planned("gguf_check_variant"),
+    params:
+        version=VERSIONS["gguf-check"],
     shell:
         "streamline --log {log} gguf-check --gguf {input.gguf} --original-gguf {input.original} --data {input.data}"
         " --out {output} --threads {threads}"

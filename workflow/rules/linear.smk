@@ -8,6 +8,11 @@ rule extract_linear:
         scores=lambda w: scores_input(w.model, w.n, scores_name(0)),
     output:
         manifest=paths("{model}").linear_states,
+    log:
+        paths("{model}").log("extract_linear"),
+    threads: torch_threads()
+    resources:
+        **planned("extract_linear", gpu=1),
     params:
         version=VERSIONS["extract"],
         store=paths("{model}").linear_states_store,
@@ -15,11 +20,6 @@ rule extract_linear:
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
-    resources:
-        **planned("extract_linear", gpu=1),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("extract_linear"),
     shell:
         "streamline --log {log} extract-linear --model {input.model} --data {input.data} --scores {input.scores}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
@@ -36,18 +36,22 @@ rule linear:
     output:
         model=directory(paths("{model}").init("linear")),
         log=paths("{model}").estimate_log("linear"),
+    log:
+        paths("{model}").log("linear"),
+    threads: torch_threads()
+    resources:
+        **planned("linear"),
     params:
         version=VERSIONS["linear"],
         ridge=config["linear"]["ridge"],
         objective=config["linear"]["objective"],
-        cosine=["--epochs", config["linear"]["epochs"], "--lr", config["linear"]["lr"], "--seed", config["seed"]]
-        if config["linear"]["objective"] == "cosine" else [],  # lstsq: a change of these reruns nothing
+        cosine=(
+            ["--epochs", config["linear"]["epochs"], "--lr", config["linear"]["lr"], "--seed", config["seed"]]
+            if config["linear"]["objective"] == "cosine"
+            else []
+        ),
+        # lstsq: a change of these reruns nothing
         dtype=config["dtype"],
-    resources:
-        **planned("linear"),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("linear"),
     shell:
         "streamline --log {log} linear --model {input.model} --store {input.states} --scores {input.scores}"
         " --out {output.model} --log-json {output.log} --ridge {params.ridge} --dtype {params.dtype}"

@@ -8,6 +8,11 @@ rule extract_pairs:
         scores=lambda w: scores_input(w.model, w.n, scores_name(kept_of(w.pairs))),
     output:
         manifest=paths("{model}").pairs("{pairs}"),
+    log:
+        paths("{model}").log("extract_{pairs}"),
+    threads: torch_threads()
+    resources:
+        **planned("extract_pairs", gpu=1),
     params:
         version=VERSIONS["extract"],
         store=paths("{model}").pairs_store("{pairs}"),
@@ -15,11 +20,6 @@ rule extract_pairs:
         dtype=config["dtype"],
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
-    resources:
-        **planned("extract_pairs", gpu=1),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("extract_{pairs}"),
     shell:
         "streamline --log {log} extract-pairs --model {input.model} --data {input.data} --scores {input.scores}"
         " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"

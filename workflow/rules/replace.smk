@@ -6,17 +6,17 @@ rule replace:
         scores=lambda w: scores_input(w.model, w.n, scores_name(parse_replacement(w.net)[1])),
     output:
         directory(paths("{model}").init("{net}")),
+    log:
+        paths("{model}").log("replace_{net}"),
+    threads: torch_threads()
+    resources:
+        **planned("replace"),
     params:
         version=VERSIONS["replace"],
         net=lambda w: parse_replacement(w.net)[0],
         layers=lambda w: max(1, parse_replacement(w.net)[1]),
         dtype=config["dtype"],
         seed=config["seed"],
-    resources:
-        **planned("replace"),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("replace_{net}"),
     shell:
         "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {params.net}"
         " --layers {params.layers} --out {output} --dtype {params.dtype} --seed {params.seed}"

@@ -7,15 +7,15 @@ checkpoint score:
     output:
         scores=paths("{model}").scores("{scores}"),
         plot=paths("{model}").scores_plot("{scores}"),
+    log:
+        paths("{model}").log("{scores}"),
+    threads: torch_threads()
+    resources:
+        **planned("score"),
     params:
         version=VERSIONS["score"],
         span=lambda w: int(w.n) + kept_of(w.scores),  # n layers removed, k kept
         metric=config["metric"],
-    resources:
-        **planned("score"),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("{scores}"),
     shell:
         "streamline --log {log} score --store {input.calibration} --n {wildcards.n} --span {params.span}"
         " --metric {params.metric} --out {output.scores} --plot {output.plot}"

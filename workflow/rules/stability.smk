@@ -6,13 +6,13 @@ rule stability:
         block=block_of,
     output:
         paths("{model}").stability("{variant}"),
+    log:
+        paths("{model}").log("stability_{variant}"),
+    resources:
+        **planned("stability"),
     params:
         version=VERSIONS["stability"],
         metric="acc",
-    resources:
-        **planned("stability"),
-    log:
-        paths("{model}").log("stability_{variant}"),
     shell:
         "streamline --log {log} stability --before {input.before} --after {input.after} --metric {params.metric}"
         " --out {output} > /dev/null"

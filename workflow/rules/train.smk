@@ -1,6 +1,8 @@
 # Training the replacement network (streamline train). The checkpoint dir is not an output: it must
 # survive a killed job so that training resumes.
-TRAINED = dict(model=directory(paths("{model}").trained_model("{variant}")), log=paths("{model}").train_log("{variant}"))
+TRAINED = dict(
+    model=directory(paths("{model}").trained_model("{variant}")), log=paths("{model}").train_log("{variant}")
+)
 
 
 # MSE: the network alone, on (h_b, h_b+n+k) pairs from the pair store, or computed online by the frozen
@@ -11,18 +13,18 @@ rule train_mse:
         block=block_of,  # a separate entry: while the score checkpoint reruns, only it waits
     output:
         **TRAINED,
+    log:
+        paths("{model}").log("train_{variant}"),
+    wildcard_constraints:
+        variant=variant_pattern(NETWORK_ALONE_LOSSES, staged=False),
+    threads: torch_threads()
+    resources:
+        **planned("train_mse", gpu=1),
     params:
         version=VERSIONS["train"],
         pairs=lambda w, input: ["--pairs", input.pairs] if "pairs" in input.keys() else [],  # the store's manifest
         checkpoint=paths("{model}").checkpoint("{variant}"),
         flags=workflow_flags(config, "mse"),  # every key that changes the weights: a change reruns training
-    wildcard_constraints:
-        variant=variant_pattern(NETWORK_ALONE_LOSSES, staged=False),
-    resources:
-        **planned("train_mse", gpu=1),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("train_{variant}"),
     shell:
         "streamline --log {log} train --loss mse --init {input.init} --data {input.data} --teacher {input.model}"
         " {params.pairs:q} --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint}"
@@ -38,6 +40,13 @@ rule train_end_to_end:
         block=block_of,  # a separate entry: while the score checkpoint reruns, only it waits
     output:
         **TRAINED,
+    log:
+        paths("{model}").log("train_{variant}"),
+    wildcard_constraints:
+        variant=variant_pattern(WHOLE_MODEL_LOSSES),
+    threads: torch_threads()
+    resources:
+        **planned("train_end_to_end", gpu=config["llm"]["num_processes"]),
     params:
         version=VERSIONS["train"],
         accelerate_config=accelerate_config(),
@@ -45,13 +54,6 @@ rule train_end_to_end:
         checkpoint=paths("{model}").checkpoint("{variant}"),
         loss=lambda w: Variant.parse(w.variant).loss,
         flags=lambda w: workflow_flags(config, Variant.parse(w.variant).loss),
-    wildcard_constraints:
-        variant=variant_pattern(WHOLE_MODEL_LOSSES),
-    resources:
-        **planned("train_end_to_end", gpu=config["llm"]["num_processes"]),
-    threads: torch_threads()
-    log:
-        paths("{model}").log("train_{variant}"),
     shell:
         "streamline launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
         " --mixed-precision {params.mixed_precision} --"
