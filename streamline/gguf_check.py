@@ -283,12 +283,15 @@ def gguf_check(
     ids, mask = load_split(Path(data_dir), split)
     seq_len = int(ids.shape[1])
     where = f"{data_dir} ({split})"
-    reader = gguf.GGUFReader(str(gguf_file))
-    check_data_fits(reader, gguf_file, ids, where)
     t0 = time.perf_counter()
+    # loaded first: a file llama.cpp cannot load is one line and set aside there (gguf's own reader would raise)
     scorer = load_gguf(gguf_file, seq_len, logits_all=True, threads=threads, extra_buffers=extra_buffers)
-    ppl = gguf_perplexity(scorer, ids, mask, where)
-    scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
+    try:
+        reader = gguf.GGUFReader(str(gguf_file))
+        check_data_fits(reader, gguf_file, ids, where)  # before any token reaches llama.cpp
+        ppl = gguf_perplexity(scorer, ids, mask, where)
+    finally:
+        scorer.close()  # now, not in __del__ at interpreter exit, where llama-cpp-python's cleanup can raise
     facts: dict[str, Any] = dict(
         gguf=str(gguf_file),
         file_type=int(reader.fields["general.file_type"].contents()),
