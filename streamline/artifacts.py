@@ -366,6 +366,14 @@ class Throughput(Record):
                     raise ValueError(
                         f"{kind} {name} {stated.get(kind)} is not what its measurements give ({ratio:.6g})"
                     )
+        if self.spread is not None:  # the noise verdict is its spread's and load's: an edit cannot hide it
+            from .timing import noise
+
+            if any(not 0 <= s < math.inf for s in self.spread.values()) or (self.load is not None and self.load < 0):
+                raise ValueError(f"spread {self.spread} or load {self.load} is out of range")
+            verdict = noise(self.spread, self.load, getattr(self, "threads", None), self.cores)
+            if self.noise != verdict:
+                raise ValueError(f"noise {self.noise!r} is not what its spread and load give ({verdict!r})")
 
 
 @dataclass(frozen=True)

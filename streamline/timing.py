@@ -48,7 +48,8 @@ def time_phases(phases: dict[str, Callable], models: dict, repeats: int, threads
         best[phase], spreads = best_alternating(fn, models, repeats)
         spread[phase] = max(spreads.values())
     load = max((x for x in (before, load_average()) if x is not None), default=None)
-    return Timed(best, spread, load, cores(), noise(spread, load, threads))
+    n = cores()
+    return Timed(best, spread, load, n, noise(spread, load, threads, n))
 
 
 def cores() -> int:
@@ -67,12 +68,13 @@ def load_average() -> float | None:
         return None
 
 
-def noise(spread: dict[str, float], load: float | None, threads: int | None) -> str | None:
+def noise(spread: dict[str, float], load: float | None, threads: int | None, cores: int | None) -> str | None:
     """Why a speedup measured with this spread (per phase, the larger of the two models') and load cannot be
     trusted, or None. `threads`: the CPU threads the measurement ran (None on a GPU, where the load of the
     host matters little). The load counts the measurement's own threads: beyond them, half the machine's
-    cores busy with other work means the models were timed on a shared machine."""
+    `cores` busy with other work means the models were timed on a shared machine. A function of the record's
+    own fields, so a reader recomputes it (artifacts.Throughput)."""
     reasons = [f"{phase} repeats spread by {100 * s:.0f}%" for phase, s in spread.items() if s > SPREAD_LIMIT]
-    if threads is not None and load is not None and load > threads + 0.5 * cores():
-        reasons.append(f"load average {load:.1f} on {cores()} cores while {threads} threads measured")
+    if threads is not None and load is not None and cores and load > threads + 0.5 * cores:
+        reasons.append(f"load average {load:.1f} on {cores} cores while {threads} threads measured")
     return "; ".join(reasons) or None
