@@ -47,3 +47,8 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4, help="blocks per forward pass")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--writers", type=positive_int, default=2, help="threads writing chunks while the next batch runs")
+
+
+def extraction_options(a: argparse.Namespace) -> dict:
+    """The keyword arguments add_extraction_arguments gave every extraction (all but its paths and count)."""
+    return {key: getattr(a, key) for key in ("dtype", "codec", "level", "batch_size", "device", "writers", "manifest")}

@@ -242,17 +242,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
+    from .arguments import extraction_options
+
     extract_hidden_states(
         a.model,
         a.data,
         a.out,
         split="calib",
         num_samples=a.num_samples,
-        dtype=a.dtype,
-        codec=a.codec,
-        level=a.level,
-        batch_size=a.batch_size,
-        device=a.device,
-        writers=a.writers,
-        manifest=a.manifest,
+        **extraction_options(a),
     )

@@ -316,19 +316,15 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_extract(a: argparse.Namespace) -> None:
+    from .arguments import extraction_options
+
     extract_linear_states(
         a.model,
         a.data,
         a.scores,
         a.out,
         num_samples=a.num_samples,
-        dtype=a.dtype,
-        codec=a.codec,
-        level=a.level,
-        batch_size=a.batch_size,
-        device=a.device,
-        writers=a.writers,
-        manifest=a.manifest,
+        **extraction_options(a),
     )
 
 
