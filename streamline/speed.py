@@ -98,9 +98,9 @@ def measure_speedup(
     input_ids: np.ndarray,
     batch_size: int,
     *,
-    decode_steps: int = 32,
-    prompt_tokens: int = 32,
-    repeats: int = 3,
+    decode_steps: int = timing.DECODE_STEPS,
+    prompt_tokens: int = timing.PROMPT_TOKENS,
+    repeats: int = timing.REPEATS,
 ) -> Speed:
     """Prefill and decode tokens/s of both models and their ratios, measured and ideal."""
     t_start = time.perf_counter()

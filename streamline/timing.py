@@ -16,6 +16,15 @@ from typing import Callable
 SPREAD_LIMIT = 0.15  # one model's repeats differ by more than 15%: the timing is not repeatable
 
 
+# The speed protocol of both engines (speed.py, gguf_check.py), which the plan (plan.py) times too: per model, a
+# prefill of SPEED_BATCH blocks (llama.cpp: one) and DECODE_STEPS greedy steps after a PROMPT_TOKENS prompt, each
+# a warm-up and then REPEATS timed runs.
+SPEED_BATCH = 4
+DECODE_STEPS = 32
+PROMPT_TOKENS = 32
+REPEATS = 3
+
+
 def best_alternating(fn: Callable, models: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
     """(min over `repeats` of fn(model), max/min - 1 of those repeats) per model, the models taking turns."""
     for m in models.values():
