@@ -187,7 +187,7 @@ def run_lm_eval(
     from .eval_tasks import load_tasks
 
     with tempfile.TemporaryDirectory(prefix="streamline-tasks-") as scratch:
-        tm, top, leaves = load_tasks(tasks, data_dir, Path(scratch))
+        tm, top, leaves = load_tasks(tasks, data_dir, Path(scratch), limit)
         lm = make_lm(model, tokenizer, batch_size, scorer)
         res = lm_eval.simple_evaluate(
             model=lm, tasks=top, task_manager=tm, limit=limit, device=device, log_samples=True

@@ -281,6 +281,24 @@ def test_gsm8k_and_mmlu_prompts_are_stock(fake_cache, fake_data, user_dir, tmp_p
     check_generative_and_mmlu_prompts(fake_cache, fake_data, user_dir, tmp_path, monkeypatch)
 
 
+def test_a_limit_reads_only_its_rows_and_asks_the_same_questions(fake_data, tmp_path):
+    """At `limit: k` only the first k rows of each evaluated split are handed to lm-eval, and every task builds
+    exactly the requests (few-shot examples included) it builds from the whole split."""
+    k = 3
+    names = [*PAPER_TASKS, "gsm8k", "mmlu"]
+    _, _, whole = load_tasks(names, fake_data, tmp_path / "whole")
+    _, _, cut = load_tasks(names, fake_data, tmp_path / "cut", limit=k)
+    longer = 0
+    for name in names:
+        for leaf in list(whole[name])[:3]:
+            rows = len(whole[name][leaf].eval_docs)
+            assert len(cut[name][leaf].eval_docs) == min(k, rows), leaf
+            assert _requests(cut[name][leaf], k) == _requests(whole[name][leaf], k), leaf
+            longer += rows > k
+    assert longer >= len(PAPER_TASKS)  # the cut did cut: every paper task's fake split is longer than k
+    assert not list(fake_data.rglob("rows"))  # the cut rows live in the run's scratch dir, not the data dir
+
+
 def test_gsm8k_without_its_train_split_is_refused_in_one_line(tmp_path, fake_data, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a working dir with no resources/eval_data/user
     with pytest.raises(StreamlineError) as e:
