@@ -448,9 +448,7 @@ def load_tasks(tasks: list[str], data_dir: Path | None, scratch: Path, limit: in
     if data_dir is not None:
         check_task_names(tasks, data_dir=data_dir)
         # Index our YAMLs only (0.01 s, against 14 s for lm-eval's 14k bundled tasks).
-        tm = TaskManager(
-            include_path=str(write_task_yamls(tasks, data_dir, scratch, limit)), include_defaults=False
-        )
+        tm = TaskManager(include_path=str(write_task_yamls(tasks, data_dir, scratch, limit)), include_defaults=False)
     else:
         tm = TaskManager()
         unknown = [t for t in tasks if t not in tm.all_tasks]
