@@ -140,14 +140,16 @@ def direct_write_bandwidth(where: Path, gb: float) -> dict:
 
 def write_data(path: Path, seq_len: int, counts: dict[str, int], vocab: int) -> Path:
     """A prepared-data dir of random token blocks (a random model does not care what the text says)."""
+    from streamline.manifests import DataMeta
+
     rng = np.random.default_rng(0)
     path.mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():
         np.save(path / f"{split}_input_ids.npy", rng.integers(0, min(vocab, 256), size=(n, seq_len)).astype(np.int32))
         np.save(path / f"{split}_attention_mask.npy", np.ones((n, seq_len), dtype=np.uint8))
-    (path / "meta.json").write_text(
-        json.dumps({"source": "random", "seq_len": seq_len, "counts": counts, "pack": True, "seed": 0})
-    )
+    tokens = {split: n * seq_len for split, n in counts.items()}
+    # signed as prepare-data signs it: every stage that reads the dir checks its digest
+    DataMeta("random", seq_len, True, 0, dict(counts), tokens, dict(counts), vocab_size=vocab).write(path / "meta.json")
     return path
 
 
@@ -189,25 +191,21 @@ def middle_block(scored: Path, out: Path) -> list[int]:
     top = max(w.score for w in s.scores) + 1e-3
     windows = [WindowScore(start=w.start, end=w.end, score=top if w.start == mid else w.score) for w in s.scores]
     block = list(range(mid, mid + s.span))
-    out.write_text(
-        json.dumps(
-            BlockScores(
-                metric=s.metric,
-                higher_is_more_redundant=True,
-                n=s.n,
-                span=s.span,
-                num_layers=s.num_layers,
-                samples=s.samples,
-                tokens=s.tokens,
-                scores=windows,
-                best_start=mid,
-                best_score=top,
-                block=block,
-                removed_layers=block[1:],
-                layers_after=s.layers_after,
-            ).to_json()
-        )
-    )
+    BlockScores(
+        metric=s.metric,
+        higher_is_more_redundant=True,
+        n=s.n,
+        span=s.span,
+        num_layers=s.num_layers,
+        samples=s.samples,
+        tokens=s.tokens,
+        scores=windows,
+        best_start=mid,
+        best_score=top,
+        block=block,
+        removed_layers=block[1:],
+        layers_after=s.layers_after,
+    ).write(out)  # signed, as the score stage signs it: the stages after it check the digest
     return block
 
 
