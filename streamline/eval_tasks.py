@@ -439,6 +439,17 @@ def leaf_names(name: str) -> list[str]:
     return [f"{name}_{s}" for s in mmlu_subjects()] if task and task.subjects else [name]
 
 
+def split_rows(tasks: list[str], data_dir: Path) -> dict[str, int]:
+    """Rows of each subject's evaluated split, for the offline tasks made of subjects (lm-eval task name: rows)."""
+    out = {}
+    for name in tasks:
+        task = OFFLINE_TASKS[name]
+        for subject in mmlu_subjects() if task.subjects else []:
+            with open(split_file(data_dir, name, task.split, subject)) as f:
+                out[f"{name}_{subject}"] = sum(1 for _ in f)
+    return out
+
+
 def load_tasks(tasks: list[str], data_dir: Path | None, scratch: Path, limit: int | None = None):
     """(TaskManager, [Task or Group, one per name], {name: {lm-eval task name: Task}}): offline tasks from
     `data_dir` (a task made of subjects is a group of its subjects' tasks), or lm-eval's stock tasks (hub).

@@ -104,9 +104,10 @@ def _question(lm, task, name: str, s: dict) -> Question:
     )
 
 
-def _task_samples(lm, leaves: dict, samples: dict[str, list[dict]]) -> dict[str, Question]:
+def _task_samples(lm, leaves: dict, samples: dict[str, list[dict]], rows_of: dict[str, int]) -> dict[str, Question]:
     """A task's questions by doc id; a task made of subjects numbers its questions across the subjects (each
-    subject's whole split takes the ids after the previous one's), so ids do not depend on the limit."""
+    subject's whole split takes the ids after the previous one's), so ids do not depend on the limit.
+    `rows_of`: a subject's whole split, where lm-eval was handed only its first rows."""
     out, offset = {}, 0
     for leaf, task in leaves.items():
         rows = samples[leaf]
@@ -118,7 +119,7 @@ def _task_samples(lm, leaves: dict, samples: dict[str, list[dict]]) -> dict[str,
                 if s.get("filter", "none") == headline
             }
         )
-        offset += len(task.eval_docs)
+        offset += rows_of.get(leaf, len(task.eval_docs))
     return out
 
 
@@ -184,17 +185,18 @@ def run_lm_eval(
     """lm-eval on a loaded model: (per-task results, per-question samples, lm-eval version)."""
     import lm_eval
 
-    from .eval_tasks import load_tasks
+    from .eval_tasks import load_tasks, split_rows
 
     with tempfile.TemporaryDirectory(prefix="streamline-tasks-") as scratch:
         tm, top, leaves = load_tasks(tasks, data_dir, Path(scratch), limit)
+        rows_of = split_rows(tasks, data_dir) if data_dir is not None else {}
         lm = make_lm(model, tokenizer, batch_size, scorer)
         res = lm_eval.simple_evaluate(
             model=lm, tasks=top, task_manager=tm, limit=limit, device=device, log_samples=True
         )
     results, samples = {}, {}
     for name, tasks_of in leaves.items():
-        samples[name] = _task_samples(lm, tasks_of, res["samples"])
+        samples[name] = _task_samples(lm, tasks_of, res["samples"], rows_of)
         generative = any(t.OUTPUT_TYPE == "generate_until" for t in tasks_of.values())
         r = res.get("groups", {}).get(name) or res["results"][name]  # a group's size-weighted mean, as stock
         results[name] = _scores(r, len(samples[name]), generative)
