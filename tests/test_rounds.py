@@ -3,6 +3,7 @@ before it made. The workflow runs on a copy of the shared tiny workflow (its cal
 
 import json
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from streamline import config as streamline_config
 from streamline.artifacts import read_scores
 from streamline.errors import StreamlineError
 from streamline.layout import Paths, Variant, round_sizes, variants
+from streamline.plan import plan_for_config
 from streamline.rounds import in_original, spans
 
 # --- names and the split -------------------------------------------------------------------------------------
@@ -156,6 +158,11 @@ def test_trained_rounds_train_on_their_share_of_the_blocks(rounds_dir):
     proc = snakemake(workdir, "-n", "-p", *args)  # -p: the commands, with each round's share of the 16 blocks
     commands = [line for line in proc.stdout.splitlines() if " train --loss mse " in line or "extract-pairs" in line]
     assert len(commands) == 4 and all(" --num-samples 8 " in c or " --train-samples 8 " in c for c in commands)
+    # `streamline plan` lists the same round jobs as the workflow runs
+    overrides = {"network": ["transformer"], "layer_intervals": 3, "prune": {"rounds": 2}}
+    plan = plan_for_config(workdir / "config.yaml", overrides=overrides, device="cpu", root=workdir)
+    rounds = Counter(j.rule for j in plan.jobs if j.rule.startswith("round_"))
+    assert rounds == {k: v for k, v in planned_rules(workdir, *args).items() if k.startswith("round_")}
 
 
 @pytest.mark.slow
