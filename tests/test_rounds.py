@@ -145,21 +145,27 @@ def test_a_change_to_round_two_only_reruns_round_two(rounds_dir):
     }
 
 
-def test_trained_rounds_train_on_their_share_of_the_blocks(rounds_dir):
+@pytest.mark.parametrize("loss", ["mse", "kd"])
+def test_trained_rounds_train_on_their_share_of_the_blocks(rounds_dir, loss):
+    """16 training blocks: each of 2 rounds trains on 8 (kd too, whose llm.max_train_samples, 128, is more than
+    there are)."""
     workdir, _ = rounds_dir
-    args = ("--config", "network=[transformer]", "layer_intervals=3", "prune={rounds: 2}")
+    args = ("--config", "network=[transformer]", f"loss={loss}", "layer_intervals=3", "prune={rounds: 2}")
     outputs = planned_outputs(workdir, *args)
     assert {
-        "results/tiny/rounds2/transformer-mse/n2/pairs.json",
-        "results/tiny/rounds2/transformer-mse/n2/model",
-        "results/tiny/rounds2/transformer-mse/n2+1/model",
-        "results/tiny/n3/transformer-mse-r2/eval.json",
+        f"results/tiny/rounds2/transformer-{loss}/n2/model",
+        f"results/tiny/rounds2/transformer-{loss}/n2+1/model",
+        f"results/tiny/n3/transformer-{loss}-r2/eval.json",
     } <= outputs
+    assert ("results/tiny/rounds2/transformer-mse/n2/pairs.json" in outputs) == (loss == "mse")
     proc = snakemake(workdir, "-n", "-p", *args)  # -p: the commands, with each round's share of the 16 blocks
-    commands = [line for line in proc.stdout.splitlines() if " train --loss mse " in line or "extract-pairs" in line]
-    assert len(commands) == 4 and all(" --num-samples 8 " in c or " --train-samples 8 " in c for c in commands)
+    commands = [
+        line for line in proc.stdout.splitlines() if f" train --loss {loss} " in line or "extract-pairs" in line
+    ]
+    assert len(commands) == (4 if loss == "mse" else 2)
+    assert all(" --num-samples 8 " in c or " --train-samples 8 " in c for c in commands)
     # `streamline plan` lists the same round jobs as the workflow runs
-    overrides = {"network": ["transformer"], "layer_intervals": 3, "prune": {"rounds": 2}}
+    overrides = {"network": ["transformer"], "loss": loss, "layer_intervals": 3, "prune": {"rounds": 2}}
     plan = plan_for_config(workdir / "config.yaml", overrides=overrides, device="cpu", root=workdir)
     rounds = Counter(j.rule for j in plan.jobs if j.rule.startswith("round_"))
     assert rounds == {k: v for k, v in planned_rules(workdir, *args).items() if k.startswith("round_")}

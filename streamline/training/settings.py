@@ -157,11 +157,11 @@ def config_value(config: dict, key: str):
 
 
 def train_budget(config: dict, loss: str) -> int:
-    """The training blocks a one-block run of `loss` trains on: the whole-model losses' llm.max_train_samples (or
-    every block), MSE's every block (its pair store holds train_num_data pairs). Pruning in rounds splits it."""
-    if loss in WHOLE_MODEL_LOSSES:
-        return config["llm"]["max_train_samples"] or config["train_num_data"]
-    return config["train_num_data"]
+    """The training blocks a one-block run of `loss` trains on: the whole-model losses' first
+    llm.max_train_samples (at most every block), MSE's every block (its pair store holds train_num_data pairs).
+    Pruning in rounds splits it."""
+    blocks = config["train_num_data"]
+    return min(config["llm"]["max_train_samples"] or blocks, blocks) if loss in WHOLE_MODEL_LOSSES else blocks
 
 
 def workflow_flags(config: dict, loss: str, train_samples: int | None = None) -> list[str]:
@@ -176,7 +176,7 @@ def workflow_flags(config: dict, loss: str, train_samples: int | None = None) ->
         if loss not in f.metadata["losses"] or not f.metadata["rerun"]:
             continue
         if f.name == "train_samples":  # the whole-model losses' token budget (MSE trains on all stored pairs)
-            value = train_budget(config, loss)
+            value = config["llm"]["max_train_samples"] or config["train_num_data"]
         elif f.metadata["key"]:
             value = config_value(config, f.metadata["key"])
         else:
