@@ -123,7 +123,7 @@ def test_plain_removal_in_two_rounds_removes_what_each_round_scored(rounds_dir):
     write_config(workdir, with_changes(config, {"network": ["none"], "layer_intervals": 3, "prune": {"rounds": 2}}))
     final = "results/tiny/rounds2/none/n2+1/init"
     assert Paths("tiny", 3).model_out(Variant.parse("none-r2")) == final
-    snakemake(workdir, final)
+    snakemake(workdir)  # through evaluation and the report
     one, two = workdir / "results/tiny/rounds2/none/n2", workdir / "results/tiny/rounds2/none/n2+1"
     assert json.loads((one / "scores.json").read_text())["num_layers"] == 6  # round 1 scored the original
     assert json.loads((two / "scores.json").read_text())["num_layers"] == 4  # round 2 the model round 1 made
@@ -134,6 +134,11 @@ def test_plain_removal_in_two_rounds_removes_what_each_round_scored(rounds_dir):
     for j, i in enumerate(alive):  # every layer left is the original's layer it should be, bit for bit
         assert pruned[j].keys() == original[i].keys()
         assert all(torch.equal(pruned[j][k], original[i][k]) for k in pruned[j]), (j, i)
+    # the report: the variant's n is the rounds' sum, each round's removed layers in the original numbering
+    row = next(r for r in json.loads((workdir / "results/summary.json").read_text())["rows"] if r["n"])
+    assert (row["variant"], row["n"], row["layers"], row["block"]) == ("none-r2", 3, 3, None)
+    assert sorted(x for r in row["rounds"] for x in r["removed"]) == sorted(set(range(6)) - set(alive))
+    assert "| tiny | 3 | none-r2 | 2 | 1 |" in (workdir / "results/summary.md").read_text()
 
 
 def test_a_change_to_round_two_only_reruns_round_two(rounds_dir):
