@@ -1,8 +1,11 @@
 """Held-out quality of pruned variants next to the original: perplexity and mean per-token KL(original || pruned)
 on the validation blocks, with what each variant cost (training tokens, wall time, peak RSS of its training).
 
-Run after the workflow, from its working dir; variants are model dirs relative to results/{model}/n{n}/:
+Run after the workflow, from its working dir; variants are model dirs relative to results/{model}/n{n}/, or
+variant names (a variant pruned in rounds, transformer-mse-r3, is its last round's model, its cost the rounds' sum):
     python benchmarks/quality.py --variants none/init transformer-mse/model transformerx2-mse/model ...
+    python benchmarks/quality.py --n 12 --variants transformer-mse transformer-mse-r3
+The intervals are 95%, a bootstrap over the held-out blocks (as the report's).
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ import numpy as np
 from streamline import data
 from streamline.artifacts import EstimateLog, TrainLog
 from streamline.evaluate import load_for_eval, score_blocks
-from streamline.layout import Paths
+from streamline.layout import Paths, Variant
 from streamline.pruned import count_params
+from streamline.stats import block_ratio_interval
 
 
-def cost(model_dir: Path) -> dict:
-    """What the variant's training (or estimate) recorded: tokens, seconds, peak RSS."""
-    train_log, estimate_log = model_dir.parent / "train_log.json", model_dir.parent / "estimate_log.json"
-    if train_log.is_file():
-        t = TrainLog.load(train_log, "train log")
-        return {"tokens": t.train_tokens, "seconds": t.seconds, "rss": t.peak_rss_mb, "kept": t.kept}
+def cost(model_dir: Path, rounds: list[Path] = ()) -> dict:
+    """What the variant's training (or estimate) recorded: tokens, seconds, peak RSS; for a variant pruned in
+    rounds (`rounds`: their train logs), the rounds' tokens and seconds summed."""
+    logs = [TrainLog.load(f, "train log") for f in rounds or [model_dir.parent / "train_log.json"] if f.is_file()]
+    estimate_log = model_dir.parent / "estimate_log.json"
+    if logs:
+        return {
+            "tokens": sum(t.train_tokens for t in logs),
+            "seconds": sum(t.seconds for t in logs),
+            "rss": max(t.peak_rss_mb for t in logs),
+            "kept": "/".join(t.kept for t in logs),
+        }
     if estimate_log.is_file():
         e = EstimateLog.load(estimate_log, "estimate log")
         return {"tokens": e.tokens, "seconds": e.seconds, "rss": None, "kept": "-"}
@@ -45,7 +55,8 @@ def main() -> None:
     base = score_blocks(original, ids, mask, args.batch_size)
     print(f"held-out: {len(ids)} blocks of {ids.shape[1]} tokens ({base['tokens']} predicted tokens)\n")
     print(
-        "| variant | layers | params | val perplexity | KL to original | train tokens | wall time | peak RSS | kept |"
+        "| variant | layers | params | val perplexity [95%] | KL to original [95%] | train tokens | wall time "
+        "| peak RSS | kept |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     print(
@@ -53,18 +64,25 @@ def main() -> None:
         f"{base['perplexity']:.2f} | 0 | – | – | – | – |"
     )
     for variant in args.variants:
-        path = Path(paths.base) / variant
+        path, rounds = Path(paths.base) / variant, []
+        if "/" not in variant:  # a variant's name
+            v = Variant.parse(variant)
+            path = Path(paths.model_out(v))
+            rounds = [Path(r.train_log) for r in paths.rounds(v)] if v.rounds > 1 else []
         if not path.exists():
             print(f"| {variant} | (missing) | | | | | | | |")
             continue
         model = load_for_eval(path, "cpu")
         r = score_blocks(model, ids, mask, args.batch_size, original=original)
-        c = cost(path)
+        c = cost(path, rounds)
+        ppl = block_ratio_interval(r["nll_per_block"], r["tokens_per_block"], transform=np.exp)
+        kl = block_ratio_interval(r["kl_per_block"], r["tokens_per_block"])
         fmt = lambda v, f: "–" if v is None else f.format(v)  # noqa: E731
         print(
             f"| {variant.split('/')[0]} | {model.config.num_hidden_layers} | {count_params(model) / 1e6:.1f}M | "
-            f"{r['perplexity']:.2f} | {r['kl']:.3f} | {fmt(c['tokens'], '{:,}')} | {fmt(c['seconds'], '{:.0f} s')} | "
-            f"{fmt(c['rss'], '{:.0f} MB')} | {c['kept']} |"
+            f"{r['perplexity']:.2f} [{ppl[0]:.1f}, {ppl[1]:.1f}] | {r['kl']:.3f} [{kl[0]:.3f}, {kl[1]:.3f}] | "
+            f"{fmt(c['tokens'], '{:,}')} | {fmt(c['seconds'], '{:.0f} s')} | {fmt(c['rss'], '{:.0f} MB')} | "
+            f"{c['kept']} |"
         )
 
 

@@ -633,9 +633,18 @@ class BaselineFiles(Record):
 
 
 @dataclass(frozen=True)
+class RoundFiles(Record):
+    """One round of a variant pruned in rounds, in the report manifest: its block scores and its train log."""
+
+    scores: str
+    train_log: str | None = None
+
+
+@dataclass(frozen=True)
 class VariantFiles(Record):
     """A variant's files in the report manifest: its log is train_log.json (trained), estimate_log.json (linear)
-    or none (plain removal), as the rule declares it."""
+    or none (plain removal), as the rule declares it; a variant pruned in rounds names every round's files (its
+    train_log is the last round's)."""
 
     name: str
     eval: str
@@ -644,6 +653,7 @@ class VariantFiles(Record):
     train_log: str | None = None
     estimate_log: str | None = None
     gguf: str | None = None
+    rounds: list[RoundFiles] | None = None
 
     def __post_init__(self) -> None:
         if self.train_log and self.estimate_log:
@@ -675,6 +685,20 @@ class TrainFacts(Record):
 
 
 Interval = list[float]  # [low, high], 95%
+
+
+@dataclass(frozen=True)
+class RoundFacts(Record):
+    """One round of a variant pruned in rounds, in the ORIGINAL model's layer numbering (rounds.py)."""
+
+    round: int
+    n: Count  # layers this round removed
+    block: list[Count]  # the layers its block spanned (not consecutive when an earlier round removed some inside)
+    removed: list[Count]
+    score: float  # the block's score in the model the round pruned
+    metric: str
+    layers: Count  # layers after the round
+    train_tokens: Count | None
 
 
 @dataclass(frozen=True)
@@ -726,6 +750,7 @@ class Row(Record):
     # why the speedups above are noise (timing.py: the repeats' spread, the machine's load), None if nothing says so
     speed_noise: str | None = field(default=None, kw_only=True)
     speed_llamacpp_noise: str | None = field(default=None, kw_only=True)
+    rounds: list[RoundFacts] | None = field(default=None, kw_only=True)  # prune.rounds: each round's block
 
     @property
     def pruned(self) -> bool:
@@ -752,3 +777,11 @@ class Summary(Record):
     within_noise: list[str]
     warnings: list[str]
     plots: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """As written before prune.rounds existed for the rows pruned in one block: `rounds` only where there are."""
+        out = super().to_json()
+        for row in out["rows"]:
+            if row["rounds"] is None:
+                del row["rounds"]
+        return out

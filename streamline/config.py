@@ -154,6 +154,47 @@ def check_replacement_layers(config: dict) -> None:
         )
 
 
+def rounds_values(config: dict) -> list[int]:
+    """prune.rounds: the round counts asked for (1: one block)."""
+    return _values(config["prune"]["rounds"])
+
+
+def _training_blocks(config: dict) -> int:
+    """The fewest training blocks any configured loss trains on (settings.train_budget), to split over rounds."""
+    from .training.settings import train_budget
+
+    return min(train_budget(config, loss) for loss in _values(config["loss"]))
+
+
+def check_rounds(config: dict) -> None:
+    """prune.rounds against n and the training blocks (the model's depth: check_model): each round removes at
+    least one layer and trains on at least one block, and some configured variant can be pruned in rounds."""
+    r = max(rounds_values(config))
+    if r == 1:
+        return
+    from .layout import NETWORKS
+
+    nets = _values(config["network"])
+    if not any(NETWORKS[net].rounds for net in nets):
+        allowed = [n for n, net in NETWORKS.items() if net.rounds]
+        raise StreamlineError(
+            f"prune.rounds: {r} works with network {' or '.join(allowed)}; {', '.join(nets)} cannot be pruned "
+            f"in rounds (allowed with network {', '.join(nets)}: 1)"
+        )
+    n = min(n_values(config))
+    if r > n:
+        raise StreamlineError(
+            f"prune.rounds: {r} is more than layer_intervals {n}: every round removes at least one layer "
+            f"(allowed: 1..{n})"
+        )
+    blocks = _training_blocks(config)
+    if r > blocks:
+        raise StreamlineError(
+            f"prune.rounds: {r} rounds cannot share {blocks} training blocks (train_num_data, "
+            f"llm.max_train_samples): every round trains on at least one (allowed: 1..{blocks})"
+        )
+
+
 def check_eval(config: dict) -> None:
     """eval.tasks defaults to the paper's seven (streamline/eval_tasks.py, the one list); offline, every
     task must be one the offline data has."""
@@ -223,6 +264,7 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     if config["min_lr"] > config["lr"]:
         raise StreamlineError(f"min_lr: {config['min_lr']} is above lr {config['lr']} (allowed: 0..lr)")
     check_replacement_layers(config)
+    check_rounds(config)
     seq_len, skip = config["data"]["seq_len"], config["train"]["skip_first_tokens"]
     if skip >= seq_len:
         raise StreamlineError(
@@ -289,6 +331,13 @@ def check_model(config: dict, model_dir: str | Path) -> None:
         raise StreamlineError(
             f"replacement_layers: {k} with layer_intervals {n} needs a block of {n + k} layers; "
             f"{Path(model_dir).name} has {layers} (allowed: n + k <= {layers})"
+        )
+    r, keep = max(rounds_values(config)), max(2, k)
+    if r > 1 and layers - n < keep:  # the last round's block (n_r + k layers) must fit the model before it
+        raise StreamlineError(
+            f"prune.rounds: {r} rounds of layer_intervals {n} would leave {Path(model_dir).name} "
+            f"{layers - n} of its {layers} layers; pruning in rounds leaves at least {keep} "
+            f"(allowed: prune.rounds 1, or layer_intervals up to {layers - keep})"
         )
 
 

@@ -8,6 +8,7 @@ MSE-trained network (init_from "mse"). Its name is built here and parsed back on
     transformerx2-llm            two kept layers (k = 2), next-token loss
     ffn-mse+kd                   distillation started from the MSE-trained ffn
     linear-kd                    the linear map, patched and trained by distillation, folded at export (k = 0)
+    transformer-mse-r3           n layers removed in 3 rounds, each a transformer-mse on the previous round's model
 
 Paths(model, n) names every file of the artifact contract. Its methods take names (a Variant's `.name`,
 `scores_name(k)`, ...) so that the workflow's rules can pass a wildcard ("{variant}") where a value will be
@@ -35,6 +36,8 @@ class Network:
     built_by: str  # the command that builds its init dir: replace | linear
     patch: bool = False  # k = 0, yet a loss trains it: a linear patch on the MLP output projection before the
     # block (streamline/patch.py), folded into it at export ({net}-{loss} is a plain model)
+    rounds: bool = False  # each round's model is a plain model of the family that the next round can score and
+    # replace again (prune.rounds); a custom network or a folded map is not (yet)
 
     @property
     def free(self) -> bool:
@@ -64,10 +67,10 @@ class Loss:
 NETWORKS: dict[str, Network] = {
     net.name: net
     for net in (
-        Network("transformer", kept="layers", custom=False, built_by="replace"),
+        Network("transformer", kept="layers", custom=False, built_by="replace", rounds=True),
         Network("ffn", kept="one", custom=True, built_by="replace"),
         Network("swiglu", kept="one", custom=True, built_by="replace"),
-        Network("none", kept="nothing", custom=False, built_by="replace"),
+        Network("none", kept="nothing", custom=False, built_by="replace", rounds=True),
         Network("linear", kept="nothing", custom=False, built_by="linear", patch=True),
     )
 }
@@ -93,12 +96,25 @@ def allowed_k(net: str, k: int) -> bool:
     return net in NETWORKS and NETWORKS[net].allows(k)
 
 
+def round_sizes(n: int, rounds: int) -> list[int]:
+    """n split into `rounds` parts as evenly as possible, the larger first: 12 in 3 -> [4, 4, 4], 10 in 3 ->
+    [4, 3, 3]. The layers each round removes, and (of a token budget) the blocks each round trains on."""
+    q, extra = divmod(n, rounds)
+    return [q + 1] * extra + [q] * (rounds - extra)
+
+
+def round_chain(sizes: list[int]) -> str:
+    """A round's directory key: the layers removed by it and every round before it, "4+4" (round 2 of 4 + 4)."""
+    return "+".join(map(str, sizes))
+
+
 @dataclass(frozen=True)
 class Variant:
     net: str
     k: int = 1  # transformer layers kept; 1 for ffn/swiglu; 0 for none/linear
     loss: str | None = None  # None for the training-free nets
     init_from: str = "inherit"
+    rounds: int = 1  # prune.rounds: n removed in this many blocks, each round healed before the next is scored
 
     def __post_init__(self) -> None:
         problem = None
@@ -114,6 +130,8 @@ class Variant:
             self.init_from == "mse" and not (self.loss and LOSS_TABLE[self.loss].stage_two)
         ):
             problem = f"a {self.loss} run cannot start from {self.init_from!r}"
+        elif self.rounds < 1 or (self.rounds > 1 and not self.roundable):
+            problem = f"{self.net} (started from {self.init_from}) cannot be pruned in {self.rounds} rounds"
         if problem:
             raise ValueError(f"not a variant: {problem}")
 
@@ -124,9 +142,20 @@ class Variant:
 
     @property
     def name(self) -> str:
+        rounds = f"-r{self.rounds}" if self.rounds > 1 else ""
         if self.loss is None:
-            return self.replacement
-        return f"{self.replacement}-{'mse+' if self.init_from == 'mse' else ''}{self.loss}"
+            return self.replacement + rounds
+        return f"{self.replacement}-{'mse+' if self.init_from == 'mse' else ''}{self.loss}{rounds}"
+
+    @property
+    def roundable(self) -> bool:
+        """Whether it can be pruned in rounds: a network whose rounds give plain models, from its own layers."""
+        return NETWORKS[self.net].rounds and self.init_from == "inherit"
+
+    @property
+    def one_round(self) -> Variant:
+        """What each round of a variant pruned in rounds makes (itself when it has one round)."""
+        return Variant(self.net, self.k, self.loss, self.init_from)
 
     @property
     def trained(self) -> bool:
@@ -145,6 +174,10 @@ class Variant:
 
     @classmethod
     def parse(cls, name: str) -> Variant:
+        m = re.fullmatch(rf"(?P<one>.+)-r(?P<rounds>{K_RE})", name)
+        if m:
+            v = cls.parse(m["one"])
+            return cls(v.net, v.k, v.loss, v.init_from, int(m["rounds"]))
         if name in UNTRAINED:
             return cls(name, 0)  # (a network with a patch is trained as {net}-{loss}, also k = 0)
         m = re.fullmatch(rf"(?P<replacement>{TRAINED_RE})-(?P<staged>mse\+)?(?P<loss>{'|'.join(LOSSES)})", name)
@@ -164,10 +197,19 @@ def parse_replacement(name: str) -> tuple[str, int]:
     return name, 0 if name in UNTRAINED else 1
 
 
-def variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str]) -> list[Variant]:
+def variants(
+    nets: list[str], ks: list[int], losses: list[str], starts: list[str], rounds: list[int] = (1,)
+) -> list[Variant]:
     """Every combination the config asks for, in config order, each once (k applies to transformer only;
     staged runs exist for the whole-model losses only). A training-free network gives its own variant, and a
-    patched one (linear) also one per loss."""
+    patched one (linear) also one per loss. Each variant that can be pruned in rounds comes once per round count
+    in `rounds` (prune.rounds); one that cannot stays one block."""
+    one = _one_block_variants(nets, ks, losses, starts)
+    out = [Variant(v.net, v.k, v.loss, v.init_from, r) if v.roundable else v for r in rounds for v in one]
+    return list(dict.fromkeys(out))
+
+
+def _one_block_variants(nets: list[str], ks: list[int], losses: list[str], starts: list[str]) -> list[Variant]:
     out = []
     for net in nets:
         row = NETWORKS[net]
@@ -227,9 +269,12 @@ SCORES_RE = rf"scores|scores_k(?:{K_RE})|removal_scores"
 PAIRS_RE = rf"pairs|pairs_k(?:{K_RE})"
 
 
-def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None, trained: bool = True) -> str:
+def variant_pattern(
+    losses: tuple[str, ...] = LOSSES, staged: bool | None = None, trained: bool = True, rounds: bool = False
+) -> str:
     """A regex (no groups) for the variant names of `losses`; staged: only (True) / never (False) mse+{loss}
-    (a second stage starts from the MSE-trained network: only the losses whose row allows it)."""
+    (a second stage starts from the MSE-trained network: only the losses whose row allows it); rounds: also the
+    names of variants pruned in rounds ({name}-r{r})."""
     prefix = {None: r"(?:mse\+)?", True: r"mse\+", False: ""}[staged]
     ends = [
         f"{prefix}{loss}" if LOSS_TABLE[loss].stage_two else loss
@@ -237,7 +282,11 @@ def variant_pattern(losses: tuple[str, ...] = LOSSES, staged: bool | None = None
         if LOSS_TABLE[loss].stage_two or staged is not True
     ]
     pattern = rf"(?:{TRAINED_RE})-(?:{'|'.join(ends)})"
-    return pattern if trained else rf"{'|'.join(UNTRAINED)}|{pattern}"
+    pattern = pattern if trained else rf"{'|'.join(UNTRAINED)}|{pattern}"
+    return rf"(?:{pattern})(?:-r(?:{K_RE}))?" if rounds else pattern
+
+
+CHAIN_RE = r"[1-9]\d*(?:\+[1-9]\d*)*"  # round_chain: "4", "4+4"
 
 
 @dataclass(frozen=True)
@@ -318,8 +367,22 @@ class Paths:
         return f"{self.base}/{name}/gguf.json"
 
     def model_out(self, variant: Variant) -> str:
-        """The variant's model dir: the init dir of a training-free variant, else the trained model."""
+        """The variant's model dir: the init dir of a training-free variant, else the trained model; for one
+        pruned in rounds, its last round's model."""
+        if variant.rounds > 1:
+            return self.last_round(variant).model_dir
         return self.init(variant.replacement) if not variant.trained else self.trained_model(variant.name)
+
+    def rounds(self, variant: Variant) -> list[RoundPaths]:
+        """The rounds of a variant pruned in rounds (n split by round_sizes), first to last."""
+        sizes = round_sizes(int(self.n), variant.rounds)
+        return [
+            RoundPaths(self.model, variant.rounds, variant.one_round.name, round_chain(sizes[: i + 1]))
+            for i in range(len(sizes))
+        ]
+
+    def last_round(self, variant: Variant) -> RoundPaths:
+        return self.rounds(variant)[-1]
 
     def trained_model(self, name: str) -> str:
         return f"{self.base}/{name}/model"
@@ -345,6 +408,85 @@ class Paths:
     def log(self, stage: str) -> str:
         """A stage's log under logs/{model}/n{n}/ (per-model stages: Paths(model, None))."""
         return f"logs/{self.model}/{stage}.log" if self.n is None else f"logs/{self.model}/n{self.n}/{stage}.log"
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    """One round of a variant pruned in rounds (prune.rounds = r > 1): results/{model}/rounds{r}/{variant}/n{chain}/,
+    where `variant` is what each round makes (transformer-mse) and `chain` the layers removed so far ("4+4": round
+    2, after a round that removed 4). Its input is the previous round's model (round 1's: the original). It holds
+    the round's block scores (from the previous model's calibration store), its replacement (init/), its pairs,
+    its model (model/, or init/ for plain removal) and, when a next round needs it, its model's calibration store.
+    The path names every choice behind the round, so a rerun that changes only later rounds keeps it."""
+
+    model: str
+    r: int | str
+    variant: str
+    chain: str
+
+    @property
+    def base(self) -> str:
+        return f"results/{self.model}/rounds{self.r}/{self.variant}/n{self.chain}"
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(x) for x in self.chain.split("+")]
+
+    @property
+    def index(self) -> int:
+        """1 for the first round."""
+        return len(self.sizes)
+
+    @property
+    def previous(self) -> RoundPaths | None:
+        """The round before (None for round 1, whose input is the original model)."""
+        chain = self.chain.rpartition("+")[0]
+        return RoundPaths(self.model, self.r, self.variant, chain) if chain else None
+
+    @property
+    def calibration(self) -> str:
+        """The calibration store's manifest of this round's model (read by the next round's scoring)."""
+        return f"{self.base}/calibration.json"
+
+    @property
+    def calibration_store(self) -> str:
+        return f"{self.base}/calibration.zarr"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.base}/scores.json"
+
+    @property
+    def scores_plot(self) -> str:
+        return f"{self.base}/scores.png"
+
+    @property
+    def init(self) -> str:
+        return f"{self.base}/init"
+
+    @property
+    def pairs(self) -> str:
+        return f"{self.base}/pairs.json"
+
+    @property
+    def pairs_store(self) -> str:
+        return f"{self.base}/pairs.zarr"
+
+    @property
+    def model_dir(self) -> str:
+        """The round's model: the trained model, or the init dir of plain removal."""
+        return self.init if self.variant in UNTRAINED else f"{self.base}/model"
+
+    @property
+    def train_log(self) -> str:
+        return f"{self.base}/train_log.json"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.base}/checkpoint"
+
+    def log(self, stage: str) -> str:
+        return f"logs/{self.model}/rounds{self.r}/{self.variant}/n{self.chain}/{stage}.log"
 
 
 CACHE = "resources/cache"  # wheels, GGUF extracts, source hashes

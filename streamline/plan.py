@@ -913,26 +913,30 @@ class Planner:
             job("prepare_data", c["data"]["name"], p0.data_dir(c["data"]["name"])),
             job("extract_calibration", name, p0.calibration_store),
         ]
+        one = [v for v in vs if v.rounds == 1]  # pruned in one block; the others, round by round (_rounds)
         for n in n_values(c):
             p = Paths(name, n)
-            for sname in sorted({scores_name(v.k) for v in vs}, key=kept_of):
+            for sname in sorted({scores_name(v.k) for v in one}, key=kept_of):
                 jobs.append(job("score", f"n{n} {sname}", p.scores(sname), n, sname))
             if c["pairs"]["mode"] == "store":
-                for k in sorted({v.k for v in vs if v.stored_pairs}):
+                for k in sorted({v.k for v in one if v.stored_pairs}):
                     jobs.append(
                         job("extract_pairs", f"n{n} {pairs_name(k)}", p.pairs_store(pairs_name(k)), n, pairs_name(k))
                     )
-            for r in dict.fromkeys(v.replacement for v in vs if v.net != "linear"):
+            for r in dict.fromkeys(v.replacement for v in one if v.net != "linear"):
                 jobs.append(job("replace", f"n{n} {r}", p.init(r), n, r))
-            if any(v.net == "linear" for v in vs):
+            if any(v.net == "linear" for v in one):
                 jobs += [
                     job("extract_linear", f"n{n}", p.linear_states_store, n),
                     job("linear", f"n{n}", p.init("linear"), n),
                 ]
-            for v in vs:
+            for v in one:
                 if v.trained:
                     rule = "train_mse" if v.loss == "mse" else "train_end_to_end"
                     jobs.append(job(rule, f"n{n} {v.name}", p.trained_model(v.name), n, v.name))
+            for v in vs:
+                if v.rounds > 1:
+                    jobs += self._rounds(p, v)
         if c["eval"]["offline"] and not c["eval"].get("data"):
             jobs.append(job("fetch_eval_data", "", EVAL_DATA))
         jobs.append(job("evaluate_baseline", name, p0.baseline_eval))
@@ -955,6 +959,30 @@ class Planner:
         jobs.append(job("report", "", SUMMARY["json"]))
         return jobs
 
+    def _rounds(self, p: Paths, v: Variant) -> list[Job]:
+        """The jobs of a variant pruned in rounds (rounds.smk), each planned as its one-block counterpart for the
+        round's block size, on the original's shapes (an upper bound: every round prunes a smaller model)."""
+        one, jobs = v.one_round, []
+        rounds = p.rounds(v)
+        for i, rp in enumerate(rounds):
+            n, label = rp.sizes[-1], f"{v.name} round {rp.index}"
+
+            def job(rule, out, stage, key, n=n, label=label):
+                return Job(rule, label, out, self.need(stage, n, key))
+
+            jobs += [
+                job("round_score", rp.scores, "score", scores_name(one.k)),
+                job("round_replace", rp.init, "replace", one.replacement),
+            ]
+            if one.stored_pairs and self.c["pairs"]["mode"] == "store":
+                jobs.append(job("round_pairs", rp.pairs_store, "extract_pairs", pairs_name(one.k)))
+            if one.trained:
+                rule = "train_mse" if one.loss == "mse" else "train_end_to_end"
+                jobs.append(job(f"round_{rule}", rp.model_dir, rule, one.name))
+            if i + 1 < len(rounds):  # the states of its model, for the next round's scores
+                jobs.append(job("round_calibration", rp.calibration_store, "extract_calibration", None))
+        return jobs
+
 
 def _variants(config: dict) -> list[Variant]:
     from .layout import variants
@@ -964,6 +992,7 @@ def _variants(config: dict) -> list[Variant]:
         _as_list(config["replacement_layers"]),
         _as_list(config["loss"]),
         _as_list(config["train"]["init_from"]),
+        _as_list(config["prune"]["rounds"]),
     )
 
 

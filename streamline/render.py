@@ -11,6 +11,7 @@ from . import stats
 from .artifacts import Row, VariantRow
 from .eval_tasks import TASK_LABELS
 from .plots import Collected, fmt_params
+from .rounds import spans
 
 # ---------------------------------------------------------------- words
 
@@ -192,7 +193,7 @@ def sections(summary: Collected) -> list[tuple[str, list[str], list[list[str]], 
                 r.net or "–",
                 r.loss or "–",
                 _num(r.replacement_layers, "d"),
-                "–" if not r.block else f"{r.block[0]}..{r.block[-1]}",
+                f"{len(r.rounds)} rounds" if r.rounds else "–" if not r.block else f"{r.block[0]}..{r.block[-1]}",
                 "–" if r.layers is None else str(r.layers),
                 fmt_params(r.params),
                 _num(r.params_removed_pct, ".1f"),
@@ -211,6 +212,30 @@ def sections(summary: Collected) -> list[tuple[str, list[str], list[list[str]], 
         "",
     )
     out = [main, acc, delta, cost, stab]
+    rounds = [(r, x) for r in pruned for x in r.rounds or []]
+    if rounds:
+        out.append(
+            (
+                "Rounds (prune.rounds)",
+                key + ["round", "removed", "block", "removed layers", "score", "layers after", "train tokens"],
+                [
+                    _head(r)
+                    + [
+                        str(x.round),
+                        str(x.n),
+                        spans(x.block),
+                        spans(x.removed),
+                        f"{x.score:.4f} {x.metric}",
+                        str(x.layers),
+                        fmt_params(x.train_tokens),
+                    ]
+                    for r, x in rounds
+                ],
+                "Each round scored the model the round before it made (round 1: the original) and replaced its best "
+                "block; block and removed layers are in the ORIGINAL model's numbering (a block spans layers that "
+                "earlier rounds left, so it need not be consecutive there), the score in the model the round pruned.",
+            )
+        )
     engine = [r for r in rows if r.gguf_ppl is not None]
     if engine:
 

@@ -32,6 +32,7 @@ from .artifacts import (
     Evaluation,
     LlamaCppCheck,
     ReportManifest,
+    RoundFacts,
     Row,
     Samples,
     Stability,
@@ -48,6 +49,7 @@ from .errors import StreamlineError
 from .layout import PLOTS
 from .plots import Collected, Curve, plot_accuracy, plot_block_scores, plot_pareto, plot_training
 from .render import html_page, markdown, noise_lines, warning_lines
+from .rounds import in_original
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,7 @@ def _training(spec: VariantFiles) -> tuple[TrainFacts | None, TrainLog | None]:
     """(the row's training facts, its train log) from its train_log.json or estimate_log.json, if it has one."""
     if spec.train_log:
         tl = TrainLog.load(spec.train_log, "train log")
-        return TrainFacts(
-            kind="trained",
-            tokens=tl.train_tokens,
-            seconds=tl.seconds,
-            total_steps=tl.total_steps,
-            initial_val_loss=tl.initial_val_loss,
-            best_val_loss=tl.best_val_loss,
-            best_step=tl.best_step,
-            kept=tl.kept,
-            warnings=list(tl.warnings),
-        ), tl
+        return _train_facts([tl]), tl
     if spec.estimate_log:
         el = EstimateLog.load(spec.estimate_log, "estimate log")
         return TrainFacts(
@@ -94,6 +86,30 @@ def _training(spec: VariantFiles) -> tuple[TrainFacts | None, TrainLog | None]:
             warnings=[],
         ), None
     return None, None
+
+
+def _train_facts(logs: list[TrainLog]) -> TrainFacts:
+    """One training, or the rounds' trainings together: tokens, time and steps summed; the validation is the last
+    round's (each round validates the model it trains, so only one round's figures compare)."""
+    last = logs[-1]
+    return TrainFacts(
+        kind="trained",
+        tokens=sum(tl.train_tokens for tl in logs),
+        seconds=sum(tl.seconds for tl in logs),
+        total_steps=sum(tl.total_steps for tl in logs),
+        initial_val_loss=last.initial_val_loss,
+        best_val_loss=last.best_val_loss,
+        best_step=last.best_step,
+        kept=last.kept,
+        warnings=[w for tl in logs for w in tl.warnings],
+    )
+
+
+def _rounds(spec: VariantFiles) -> tuple[list[RoundFacts], list[TrainLog]]:
+    """Each round of a variant pruned in rounds (original layer numbering), and the rounds' train logs."""
+    logs = [TrainLog.load(r.train_log, "train log") if r.train_log else None for r in spec.rounds]
+    facts = in_original([read_scores(r.scores) for r in spec.rounds], logs)
+    return facts, [tl for tl in logs if tl]
 
 
 def _accuracy(ev: Evaluation, correct: dict) -> dict[str, Any]:
@@ -174,7 +190,10 @@ def _variant_row(
     base_ev: Evaluation,
     base_correct: dict,
     train: TrainFacts | None,
+    rounds: list[RoundFacts] | None = None,
 ) -> VariantRow:
+    """`rounds`: a variant pruned in rounds, whose model dir records its last round only (n and block of that
+    round, in the numbering of the model it pruned): its n is the rounds' sum, its blocks are in `rounds`."""
     info = ev.streamline
     if info is None:
         raise StreamlineError(f"{spec.eval}: evaluates a model dir without streamline.json, not a pruned variant")
@@ -183,15 +202,16 @@ def _variant_row(
     ppl = ev.perplexity.value if ev.perplexity else None
     kl, speed = ev.kl_to_original, ev.speed
     tokens_per_block = ev.perplexity.tokens_per_block if ev.perplexity else []
+    n = sum(r.n for r in rounds) if rounds else info.n
     return VariantRow(
         model=base.model,
-        n=info.n,
+        n=n,
         variant=spec.name,
-        label=f"n={info.n} {spec.name}",
+        label=f"n={n} {spec.name}",
         net=info.net,
         loss=info.loss,
         replacement_layers=info.replacement_layers,  # k kept in the block's place: 0 for none and linear
-        block=info.block,
+        block=None if rounds else info.block,
         layers=ev.num_hidden_layers or info.num_hidden_layers,
         params=params,
         params_removed_pct=(100.0 * (1 - params / src_params)) if params and src_params else None,
@@ -230,6 +250,7 @@ def _variant_row(
         warnings=train.warnings if train else [],
         limit=ev.limit,
         **_llamacpp(spec.gguf),
+        rounds=rounds,
     )
 
 
@@ -271,11 +292,19 @@ def collect(manifest: ReportManifest) -> Collected:
                 f"on {tasks} (limit {base_ev.limit}); evaluate both the same way"
             )
         correct = _correct(samples, tasks, spec.samples)
-        train, train_log = _training(spec)
-        row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train)
+        if spec.rounds:
+            rounds, logs = _rounds(spec)
+            train = _train_facts(logs) if logs else None
+        else:
+            rounds = None
+            train, train_log = _training(spec)
+            logs = [train_log] if train_log else []
+        row = _variant_row(spec, ev, st, correct, base, base_ev, base_correct, train, rounds)
         rows.append(row)
-        if train_log and (train_log.steps or train_log.val):
-            curves.append(Curve(row.label, train_log.steps, train_log.val, train_log.loss, train_log.select))
+        for i, tl in enumerate(logs, 1):
+            if tl.steps or tl.val:
+                label = f"{row.label} round {i}" if rounds else row.label
+                curves.append(Curve(label, tl.steps, tl.val, tl.loss, tl.select))
     block_scores = [read_scores(s) for s in manifest.scores]
     return Collected(tasks, rows, block_scores, curves)
 

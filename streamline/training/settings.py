@@ -156,11 +156,23 @@ def config_value(config: dict, key: str):
     return config
 
 
-def workflow_flags(config: dict, loss: str) -> list[str]:
+def train_budget(config: dict, loss: str) -> int:
+    """The training blocks a one-block run of `loss` trains on: the whole-model losses' first
+    llm.max_train_samples (at most every block), MSE's every block (its pair store holds train_num_data pairs).
+    Pruning in rounds splits it."""
+    blocks = config["train_num_data"]
+    return min(config["llm"]["max_train_samples"] or blocks, blocks) if loss in WHOLE_MODEL_LOSSES else blocks
+
+
+def workflow_flags(config: dict, loss: str, train_samples: int | None = None) -> list[str]:
     """`streamline train` flags from a validated config: every setting of `loss` that changes the trained weights
-    (the workflow passes them as params, so a change reruns training)."""
+    (the workflow passes them as params, so a change reruns training). `train_samples`: a round's share of the
+    training blocks (prune.rounds), for every loss."""
     flags = []
     for f in fields(TrainSettings):
+        if f.name == "train_samples" and train_samples is not None:
+            flags += ["--train-samples", str(train_samples)]
+            continue
         if loss not in f.metadata["losses"] or not f.metadata["rerun"]:
             continue
         if f.name == "train_samples":  # the whole-model losses' token budget (MSE trains on all stored pairs)

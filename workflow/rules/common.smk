@@ -7,6 +7,7 @@ from pathlib import Path
 from streamline.config import resolve_accelerate_config
 from streamline.download import model_slug
 from streamline.layout import PAIRS_RE, PLOTS, PLOTS_DIR, REPLACED_RE, SCORES_RE, SUMMARY, Paths, Variant, kept_of
+from streamline.layout import CHAIN_RE, K_RE, RoundPaths, round_sizes
 from streamline.layout import CACHE, EVAL_DATA, FETCH_EVAL_LOG, REPORT_LOG, SOURCE_IDENTITY, VALIDATED_CONFIG
 from streamline.layout import (
     WHOLE_MODEL_LOSSES,
@@ -19,7 +20,7 @@ from streamline.layout import (
 from streamline.layout import variants as layout_variants
 from streamline.errors import StreamlineError
 from streamline.plan import check_jobs, model_fields, planner_for
-from streamline.training.settings import workflow_flags
+from streamline.training.settings import train_budget, workflow_flags
 from streamline.versions import VERSIONS
 from streamline.weights import source_identity
 
@@ -82,8 +83,12 @@ def scores_input(m, n, name):
 def block_of(w):
     """The scores that picked a variant's block, as an input of each job working on the variant; each is
     then a direct dependent of the `score` checkpoint, and Snakemake's re-evaluation after it (which reaches
-    direct dependents only) cuts off the whole chain, not just its first rule."""
-    return scores_input(w.model, w.n, scores_name(Variant.parse(w.variant).k))
+    direct dependents only) cuts off the whole chain, not just its first rule. (For a variant pruned in rounds:
+    its last round's scores.)"""
+    v = Variant.parse(w.variant)
+    if v.rounds > 1:
+        return paths(w.model, w.n).last_round(v).scores
+    return scores_input(w.model, w.n, scores_name(v.k))
 
 
 def layer_intervals():
@@ -96,12 +101,13 @@ def as_list(value):
 
 
 def variants():
-    """The config's variants (layout.variants): each net x k x loss x start, in config order."""
+    """The config's variants (layout.variants): each net x k x loss x start x rounds, in config order."""
     return layout_variants(
         as_list(config["network"]),
         as_list(config["replacement_layers"]),
         as_list(config["loss"]),
         as_list(config["train"]["init_from"]),
+        as_list(config["prune"]["rounds"]),
     )
 
 
@@ -163,7 +169,21 @@ def shapes_known():
     return model_fields(config["model_name"], model_dir()) is not None
 
 
+ROUND_RULES = {  # a round's job is planned as its one-block counterpart's (on the original's shapes: an upper bound)
+    "round_calibration": "extract_calibration",
+    "round_score": "score",
+    "round_replace": "replace",
+    "round_pairs": "extract_pairs",
+    "round_train_mse": "train_mse",
+    "round_train_end_to_end": "train_end_to_end",
+}
+
+
 def job_need(rule, wildcards):
+    if "chain" in wildcards.keys():
+        stage, v = ROUND_RULES.get(rule, rule), Variant.parse(wildcards.variant)
+        name = {"score": scores_name(v.k), "replace": v.replacement, "extract_pairs": pairs_name(v.k)}
+        return planner().need(stage, round_of(wildcards).sizes[-1], name.get(stage, v.name))
     n = int(wildcards.n) if "n" in wildcards.keys() else None
     name = next((wildcards[k] for k in ("variant", "net", "scores", "pairs") if k in wildcards.keys()), None)
     return planner().need(rule, n, name)
@@ -219,6 +239,40 @@ def train_inputs(w):
     return inputs
 
 
+# --- pruning in rounds (rounds.smk): round i starts from round i-1's model, round 1 from the original -----------
+
+
+def round_of(w):
+    return RoundPaths(w.model, w.r, w.variant, w.chain)
+
+
+def round_start(w):
+    """The model a round prunes: the previous round's, or the original for round 1."""
+    previous = round_of(w).previous
+    return previous.model_dir if previous else model_dir(w.model)
+
+
+def round_start_calibration(w):
+    """The calibration store of the model a round prunes (its block scores are computed from it)."""
+    previous = round_of(w).previous
+    return previous.calibration if previous else paths(w.model).calibration
+
+
+def round_blocks(w):
+    """The round's share of the training blocks: the rounds together train on what one block's run would."""
+    v = Variant.parse(w.variant)
+    return round_sizes(train_budget(config, v.loss or "mse"), int(w.r))[round_of(w).index - 1]
+
+
+def round_train_inputs(w):
+    """As train_inputs, for a round: its replacement, the model it prunes (the teacher), and its pairs."""
+    v, rp = Variant.parse(w.variant), round_of(w)
+    inputs = {"init": rp.init, "data": data_dir(w.model), "model": round_start(w)}
+    if v.stored_pairs and config["pairs"]["mode"] == "store":
+        inputs["pairs"] = rp.pairs
+    return inputs
+
+
 def eval_inputs(model_path, m):
     inputs = {"model": model_path, "data": data_dir(m)}
     if eval_data_dir():
@@ -241,12 +295,20 @@ def report_manifest():
                     "eval": p.eval(v.name),
                     "samples": p.samples(v.name),
                     "stability": p.stability(v.name),
-                    "train_log": p.train_log(v.name) if v.trained else None,
+                    "train_log": (
+                        (p.last_round(v).train_log if v.rounds > 1 else p.train_log(v.name)) if v.trained else None
+                    ),
                     "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
                     "gguf": p.gguf_check(v.name) if gguf else None,
                 }
             )
-    scores = sorted({paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants()})
+            if v.rounds > 1:  # each round's block scores and training, for the report's rounds table
+                rows[-1]["rounds"] = [
+                    {"scores": rp.scores, "train_log": rp.train_log if v.trained else None} for rp in p.rounds(v)
+                ]
+    scores = sorted(
+        {paths(n=n).scores(scores_name(v.k)) for n in layer_intervals() for v in variants() if v.rounds == 1}
+    )
     return {
         "baseline": {
             "name": model(),
@@ -270,7 +332,9 @@ def report_inputs(wildcards):
                 if row.get(kind)
             }
         )
-    names = sorted({(n, scores_name(v.k)) for n in layer_intervals() for v in variants()})
+        for j, rnd in enumerate(row.get("rounds", [])):
+            inputs.update({f"row{i}_round{j}_{kind}": path for kind, path in rnd.items() if path})
+    names = sorted({(n, scores_name(v.k)) for n in layer_intervals() for v in variants() if v.rounds == 1})
     for i, (n, name) in enumerate(names):
         inputs[f"scores{i}"] = scores_input(model(), n, name)
     return inputs

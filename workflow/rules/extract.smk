@@ -1,6 +1,17 @@
 # The store itself is not a declared output: Snakemake would delete a killed job's outputs,
 # and the chunks already written are what makes extraction resumable. The manifest is written
 # last, once every chunk exists.
+EXTRACT_OPTIONS = (  # what every extraction passes on (calibration, pairs, the linear estimate's states)
+    " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
+    " --dtype {params.dtype} --codec {params.codec} --level {params.level}"
+    " --batch-size {config[extract][batch_size]} --device {config[extract][device]}"
+    " --writers {config[extract][writers]}"
+)
+EXTRACT_CALIBRATION = (
+    "streamline --log {log} extract-calibration --model {input.model} --data {input.data}" + EXTRACT_OPTIONS
+)
+
+
 rule extract_calibration:
     input:
         model=lambda w: model_dir(w.model),
@@ -23,8 +34,4 @@ rule extract_calibration:
         # n, k and seq_len against the model's own config, now that it is on disk (not a param: changing n must
         # not rerun the extraction, which does not depend on it)
         f"streamline --log {{log}} check-config {VALIDATED_CONFIG} --model-dir {{input.model}} && "
-        "streamline --log {log} extract-calibration --model {input.model} --data {input.data}"
-        " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
-        " --dtype {params.dtype} --codec {params.codec} --level {params.level}"
-        " --batch-size {config[extract][batch_size]} --device {config[extract][device]}"
-        " --writers {config[extract][writers]}"
+        + EXTRACT_CALIBRATION

@@ -22,10 +22,7 @@ rule extract_linear:
         level=config["zarr"]["level"],
     shell:
         "streamline --log {log} extract-linear --model {input.model} --data {input.data} --scores {input.scores}"
-        " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
-        " --dtype {params.dtype} --codec {params.codec} --level {params.level}"
-        " --batch-size {config[extract][batch_size]} --device {config[extract][device]}"
-        " --writers {config[extract][writers]}"
+        + EXTRACT_OPTIONS
 
 
 rule linear:

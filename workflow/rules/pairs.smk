@@ -1,6 +1,12 @@
 # Pair stores for MSE training: (h_b, h_b+n+k) of the best block of n+k layers (pairs.zarr for k = 1,
 # pairs_k{k}.zarr otherwise). Like calibration, the store is not a declared output (a killed job keeps
 # its chunks); the manifest is written last.
+EXTRACT_PAIRS = (
+    "streamline --log {log} extract-pairs --model {input.model} --data {input.data} --scores {input.scores}"
+    + EXTRACT_OPTIONS
+)
+
+
 rule extract_pairs:
     input:
         model=lambda w: model_dir(w.model),
@@ -21,8 +27,4 @@ rule extract_pairs:
         codec=config["zarr"]["codec"],
         level=config["zarr"]["level"],
     shell:
-        "streamline --log {log} extract-pairs --model {input.model} --data {input.data} --scores {input.scores}"
-        " --out {params.store} --manifest {output.manifest} --num-samples {params.num_samples}"
-        " --dtype {params.dtype} --codec {params.codec} --level {params.level}"
-        " --batch-size {config[extract][batch_size]} --device {config[extract][device]}"
-        " --writers {config[extract][writers]}"
+        EXTRACT_PAIRS

@@ -1,5 +1,11 @@
 # The untrained replaced model: the best block of n+k layers keeps its first k (transformer, or
 # transformerx{k}), or holds one ffn/swiglu network; none drops the best window of n layers.
+REPLACE = (
+    "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {params.net}"
+    " --layers {params.layers} --out {output} --dtype {params.dtype} --seed {params.seed}"
+)
+
+
 rule replace:
     input:
         model=lambda w: model_dir(w.model),
@@ -18,5 +24,4 @@ rule replace:
         dtype=config["dtype"],
         seed=config["seed"],
     shell:
-        "streamline --log {log} replace --model {input.model} --scores {input.scores} --net {params.net}"
-        " --layers {params.layers} --out {output} --dtype {params.dtype} --seed {params.seed}"
+        REPLACE

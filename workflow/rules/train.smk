@@ -3,6 +3,18 @@
 TRAINED = dict(
     model=directory(paths("{model}").trained_model("{variant}")), log=paths("{model}").train_log("{variant}")
 )
+TRAIN_MSE = (
+    "streamline --log {log} train --loss mse --init {input.init} --data {input.data} --teacher {input.model}"
+    " {params.pairs:q} --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint}"
+    " {params.flags:q} --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
+)
+TRAIN_END_TO_END = (
+    "streamline launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
+    " --mixed-precision {params.mixed_precision} --"
+    " --log {log} train --loss {params.loss} --init {input.init} --data {input.data} --teacher {input.model}"
+    " --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint} {params.flags:q}"
+    " --checkpoint-every {config[train][checkpoint_every]}"
+)
 
 
 # MSE: the network alone, on (h_b, h_b+n+k) pairs from the pair store, or computed online by the frozen
@@ -26,9 +38,7 @@ rule train_mse:
         checkpoint=paths("{model}").checkpoint("{variant}"),
         flags=workflow_flags(config, "mse"),  # every key that changes the weights: a change reruns training
     shell:
-        "streamline --log {log} train --loss mse --init {input.init} --data {input.data} --teacher {input.model}"
-        " {params.pairs:q} --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint}"
-        " {params.flags:q} --checkpoint-every {config[train][checkpoint_every]} --device {config[train][device]}"
+        TRAIN_MSE
 
 
 # The whole replaced model, only the network trainable: next-token loss (llm) or distillation from the
@@ -55,8 +65,4 @@ rule train_end_to_end:
         loss=lambda w: Variant.parse(w.variant).loss,
         flags=lambda w: workflow_flags(config, Variant.parse(w.variant).loss),
     shell:
-        "streamline launch --config {params.accelerate_config:q} --num-processes {resources.gpu}"
-        " --mixed-precision {params.mixed_precision} --"
-        " --log {log} train --loss {params.loss} --init {input.init} --data {input.data} --teacher {input.model}"
-        " --out {output.model} --log-json {output.log} --checkpoint-dir {params.checkpoint} {params.flags:q}"
-        " --checkpoint-every {config[train][checkpoint_every]}"
+        TRAIN_END_TO_END
