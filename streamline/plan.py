@@ -194,6 +194,17 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _rates_ok(cached: dict) -> bool:
+    """Every rate the cache holds is a positive finite number (an edited or NaN cache is ignored, never divided by)."""
+
+    def ok(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    flops = cached.get("matmul_flops", {})
+    rates = [v for k, v in cached.items() if k in CPU_DEFAULTS and k != "matmul_flops"]
+    return isinstance(flops, dict) and all(ok(v) for v in [*flops.values(), *rates])
+
+
 def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> Throughput:
     """This machine's CPU figures: cached by `streamline plan --measure`, else the documented defaults."""
     figures, source = (
@@ -204,7 +215,7 @@ def cpu_throughput(dtype: str, cache: str | Path | None = THROUGHPUT_CACHE) -> T
         cached = json.loads(Path(cache).read_text()) if cache else None
     except (OSError, ValueError):
         cached = None
-    if isinstance(cached, dict) and cached.get("cpus") == _cpus():
+    if isinstance(cached, dict) and cached.get("cpus") == _cpus() and _rates_ok(cached):
         figures.update({k: v for k, v in cached.items() if k in figures})
         source = f"measured on this machine ({_cpus()} cores; {cache})"
     matmul = figures["matmul_flops"].get(dtype, CPU_DEFAULTS["matmul_flops"][dtype])

@@ -430,3 +430,20 @@ def test_a_stage_started_with_too_little_free_ram_stops_before_writing(tiny_llam
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and line.startswith("streamline replace: error: needs ") and "0.10 GB is available" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", [{"memory": float("nan")}, {"disk_write": 0}, {"matmul_flops": {"float32": -1.0}}])
+def test_a_corrupt_throughput_cache_falls_back_to_the_defaults(tmp_path, bad):
+    """`plan --measure`'s cache edited to NaN, zero or a negative rate: the plan keeps the documented defaults
+    (a NaN rate would make every time NaN, and Slurm's runtime request with it)."""
+    good = {"cpus": plan._cpus(), "matmul_flops": {"float32": 2e11}, "memory": 2e10, "disk_write": 2e9}
+    cache = tmp_path / "throughput.json"
+    cache.write_text(json.dumps(good))
+    assert plan.cpu_throughput("float32", cache).memory == 2e10
+    cache.write_text(json.dumps({**good, **bad}))
+    tp = plan.cpu_throughput("float32", cache)
+    assert (tp.flops, tp.memory, tp.disk_write) == (
+        plan.CPU_DEFAULTS["matmul_flops"]["float32"],
+        plan.CPU_DEFAULTS["memory"],
+        plan.CPU_DEFAULTS["disk_write"],
+    )
