@@ -184,6 +184,8 @@ def middle_block(scored: Path, out: Path) -> list[int]:
     alike block is always the last, after which nothing trains through; a trained model's (the paper's) lies
     inside, and the backward pass crosses the layers after it. Training is timed on that shape: the window scores
     are shifted so that the middle window is the best (the file's own check then holds)."""
+    from dataclasses import replace
+
     from streamline.artifacts import BlockScores, WindowScore
 
     s = BlockScores.load(scored, "block scores")
@@ -191,21 +193,8 @@ def middle_block(scored: Path, out: Path) -> list[int]:
     top = max(w.score for w in s.scores) + 1e-3
     windows = [WindowScore(start=w.start, end=w.end, score=top if w.start == mid else w.score) for w in s.scores]
     block = list(range(mid, mid + s.span))
-    BlockScores(
-        metric=s.metric,
-        higher_is_more_redundant=True,
-        n=s.n,
-        span=s.span,
-        num_layers=s.num_layers,
-        samples=s.samples,
-        tokens=s.tokens,
-        scores=windows,
-        best_start=mid,
-        best_score=top,
-        block=block,
-        removed_layers=block[1:],
-        layers_after=s.layers_after,
-    ).write(out)  # signed, as the score stage signs it: the stages after it check the digest
+    # signed, as the score stage signs it: the stages after it check the digest
+    replace(s, scores=windows, best_start=mid, best_score=top, block=block, removed_layers=block[1:]).write(out)
     return block
 
 
