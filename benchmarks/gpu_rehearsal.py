@@ -182,19 +182,24 @@ def sync(device: str) -> None:
 def middle_block(scored: Path, out: Path) -> list[int]:
     """A scores file whose best block is the middle one. A random model's residual stream only grows, so its most
     alike block is always the last, after which nothing trains through; a trained model's (the paper's) lies
-    inside, and the backward pass crosses the layers after it. Training is timed on that shape: the window scores
-    are shifted so that the middle window is the best (the file's own check then holds)."""
+    inside, and the backward pass crosses the layers after it. Training is timed on that shape."""
+    s = json.loads(Path(scored).read_text())
+    return block_at(scored, out, (s["num_layers"] - s["span"]) // 2)
+
+
+def block_at(scored: Path, out: Path, start: int) -> list[int]:
+    """A scores file whose best block starts at `start`: the window scores are shifted so that it is the best
+    (the file's own check then holds), signed as the score stage signs it (the stages after it check the digest)."""
     from dataclasses import replace
 
     from streamline.artifacts import BlockScores, WindowScore
 
     s = BlockScores.load(scored, "block scores")
-    mid = (s.num_layers - s.span) // 2
     top = max(w.score for w in s.scores) + 1e-3
-    windows = [WindowScore(start=w.start, end=w.end, score=top if w.start == mid else w.score) for w in s.scores]
-    block = list(range(mid, mid + s.span))
-    # signed, as the score stage signs it: the stages after it check the digest
-    replace(s, scores=windows, best_start=mid, best_score=top, block=block, removed_layers=block[1:]).write(out)
+    windows = [WindowScore(start=w.start, end=w.end, score=top if w.start == start else w.score) for w in s.scores]
+    block = list(range(start, start + s.span))
+    removed = block[1:] if s.span == s.n + 1 else block  # as the score stage records it
+    replace(s, scores=windows, best_start=start, best_score=top, block=block, removed_layers=removed).write(out)
     return block
 
 

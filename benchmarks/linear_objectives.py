@@ -1,12 +1,14 @@
-"""network: linear, lstsq against ReplaceMe's cosine objective, measured in one run on the same states.
+"""network: linear, its objectives (lstsq, balanced, ReplaceMe's cosine), measured in one run on the same states.
 
 From the workflow's working dir of a default run (its model, its data, its calibration store; read only), into a
 scratch dir: the removal scores (windows of n), the estimate's states for the calibration blocks, then one folded
 model per objective, each scored on the held-out val blocks (perplexity, KL to the original) and on the offline
 lm-eval tasks at --limit questions each. The cosine rows are ReplaceMe's settings (Adam lr 1e-4, 10 epochs,
-1024-token batches) from the least-squares map, and, with --extra, more steps at a larger lr.
+1024-token batches) from the least-squares map, and, with --extra, more steps at a larger lr; the balanced rows are
+the least squares with the outlier tokens held to each --shares of the fit.
 
-    python benchmarks/linear_objectives.py --workdir /path/to/run [--n 8] [--limit 20] [--extra 1e-3:50]
+    python benchmarks/linear_objectives.py --workdir /path/to/run [--n 8] [--limit 20] [--extra 1e-3:50] \
+        [--shares 0.5 0.3] [--start 4]      # --start: the block at that layer instead of the best window
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--limit", type=int, default=20, help="questions per task")
     p.add_argument("--extra", nargs="*", default=["1e-3:50"], help="more cosine rows, as lr:epochs")
+    p.add_argument("--shares", nargs="*", type=float, default=[0.5], help="balanced rows: the outliers' shares")
+    p.add_argument("--start", type=int, help="the block's first layer (default: the scores' best window)")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()
     from streamline.linear import estimate_linear, extract_linear_states
@@ -47,10 +51,18 @@ def main() -> None:
     scores = scratch / f"{scores_name(0)}.json"
     if not scores.is_file():
         score(work / paths.calibration_store, args.n, scores, None, span=args.n)  # the store dir: read only
-    states = scratch / "linear_states.json"
+    if args.start is not None:
+        from gpu_rehearsal import block_at
+
+        moved = scratch / f"{scores_name(0)}_at{args.start}.json"
+        block_at(scores, moved, args.start)
+        scores = moved
+    states = scratch / f"linear_states_{json.loads(scores.read_text())['best_start']}.json"
     if not states.is_file():
-        extract_linear_states(model, data_dir, scores, scratch / "linear_states.zarr", manifest=states, device="cpu")
-    rows = [("lstsq", {"objective": "lstsq"}), ("cosine (ReplaceMe: lr 1e-4, 10 epochs)", {"objective": "cosine"})]
+        extract_linear_states(model, data_dir, scores, states.with_suffix(".zarr"), manifest=states, device="cpu")
+    rows = [("lstsq", {"objective": "lstsq"})]
+    rows += [(f"balanced (outlier share {x:g})", {"objective": "balanced", "outlier_share": x}) for x in args.shares]
+    rows.append(("cosine (ReplaceMe: lr 1e-4, 10 epochs)", {"objective": "cosine"}))
     for spec in args.extra:
         lr, epochs = spec.split(":")
         rows.append(
@@ -65,9 +77,13 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     offline = work / EVAL_DATA
     results = []
-    for i, (name, kwargs) in enumerate(rows):
-        out = scratch / f"model{i}"
-        log_json = scratch / f"estimate{i}.json"
+    for name, kwargs in rows:
+        row = (
+            "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+            + f"-at{json.loads(scores.read_text())['best_start']}"
+        )
+        out = scratch / f"model-{row}"  # a rerun with the same scratch reuses the rows it has
+        log_json = scratch / f"estimate-{row}.json"
         if not log_json.is_file():
             estimate_linear(model, states, scores, out, log_json=log_json, **kwargs)
         est = json.loads(log_json.read_text())
@@ -85,6 +101,7 @@ def main() -> None:
                     k: est[k]
                     for k in (
                         "objective",
+                        "outlier_tokens",
                         "steps",
                         "relative_residual",
                         "relative_residual_of_identity",

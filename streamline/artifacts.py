@@ -246,8 +246,8 @@ class EstimateLog(Record):
     block: list[int]
     ridge: float
     tokens: Count
-    objective: str  # linear.objective: lstsq | cosine
-    steps: Count  # Adam steps of the cosine estimate (0: lstsq)
+    objective: str  # linear.objective: lstsq | balanced | cosine
+    steps: Count  # Adam steps of the cosine estimate (0: lstsq, balanced)
     relative_residual: float  # ||R - M T||^2 / ||R||^2: what lstsq minimises
     relative_residual_of_identity: float
     cosine_distance: float  # mean over tokens of 1 - cos(m T, r): what cosine minimises
@@ -255,6 +255,8 @@ class EstimateLog(Record):
     extract_seconds: float
     estimate_seconds: float
     seconds: float  # extraction + estimate + fold: the whole training-free recipe
+    outlier_tokens: Count = 0  # tokens with |r| > 10x their sample's median (the attention sink)
+    outlier_share: float | None = None  # balanced: their share of the fit
 
 
 # ---------------------------------------------------------------- evaluation

@@ -21,7 +21,7 @@ VERSIONS: dict[str, int] = {
     "extract": 1,  # hidden states into Zarr: calibration, pairs and the linear estimate's states
     "score": 1,  # block scores
     "replace": 1,  # the untrained replaced model
-    "linear": 2,  # the folded map (2: the estimate log records objective, steps and cosine distances)
+    "linear": 3,  # the folded map (2: the estimate log records objective, steps and cosine distances; 3: its outlier tokens)
     "train": 1,  # every loss, and the export of the trained model
     "fetch-eval-data": 1,  # the offline tasks' rows
     "evaluate": 2,  # lm-eval, perplexity, KL, speed (2: samples carry nchar for the acc_norm check)

@@ -25,6 +25,7 @@ from streamline.linear import (
     relative_residual,
     solve,
     store_states,
+    system,
 )
 from streamline.pruned import count_params
 from streamline.replace import replace
@@ -39,6 +40,13 @@ def removal_scores(path, n=2, best=2, num_layers=6):
 @pytest.fixture(params=["llama", "opt"])
 def family_dir(request, tiny_llama_dir, tiny_opt_dir):
     return tiny_llama_dir if request.param == "llama" else tiny_opt_dir
+
+
+def plain_system(store: HiddenStore) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M^T M, M^T R) over every real token of the store."""
+    outliers, others = normal_equations(store)
+    total = outliers + others
+    return total.mtm, total.mtr
 
 
 def test_the_estimate_recovers_a_known_map(tmp_path):
@@ -65,7 +73,9 @@ def test_the_estimate_recovers_a_known_map(tmp_path):
             garbage = target + 1000.0 * (mask[:, None] == 0)
             store.write_range(2, 0, garbage.astype(np.float32)[None])  # ...and are skipped
         store.finish_sample(i, mask)
-    mtm, mtr, rr, tokens = normal_equations(HiddenStore(tmp_path / "s.zarr"))
+    outliers, others = normal_equations(HiddenStore(tmp_path / "s.zarr"))
+    total = outliers + others
+    mtm, mtr, rr, tokens = total.mtm, total.mtr, total.rr, total.tokens
     found = solve(mtm, mtr)
     assert tokens == n * (t - 5)
     assert float(torch.linalg.norm(found - torch.from_numpy(t0)) / np.linalg.norm(t0)) < 1e-4
@@ -103,13 +113,60 @@ def synthetic_store(
     return HiddenStore(path)
 
 
+def sink_store(path: Path, sink: float) -> HiddenStore:
+    """States whose first token of every sample has a `sink` x larger target (an attention sink), and whose
+    targets are a known map of M plus noise, so that no map fits both kinds of token exactly."""
+    rng = np.random.default_rng(1)
+    k, n, t, h = 3, 8, 32, 12
+    t0 = rng.normal(size=(h, h))
+    store = HiddenStore.create_or_resume(
+        path,
+        shape=(k, n, t, h),
+        dtype="float32",
+        codec="none",
+        level=3,
+        attrs={"fingerprint": "x", "layers": [0, 1, 2]},
+    )
+    for i in range(n):
+        y, m = rng.normal(size=(t, h)), rng.normal(size=(t, h))
+        r = m @ t0 + rng.normal(size=(t, h))
+        r[0] = sink * (m[0] @ rng.normal(size=(h, h)))
+        for state, value in enumerate((y, m, y + r)):
+            store.write_range(state, i, value.astype(np.float32)[None])
+        store.finish_sample(i, np.ones(t, dtype=np.uint8))
+    return store
+
+
+def test_the_balanced_estimate_is_weighted_least_squares(tmp_path):
+    """`linear.objective: balanced` solves the least squares in which the sink tokens (found by norm) and the
+    others each hold their share of ||R||^2, checked against numpy's least squares on rows scaled by the square
+    roots of those weights; with no outlier it is plain least squares."""
+    store = sink_store(tmp_path / "s.zarr", sink=100.0)
+    outliers, others = normal_equations(store)
+    assert (outliers.tokens, others.tokens) == (8, 8 * 31)
+    found = solve(*system(outliers, others, "balanced", 0.3))
+    m, r, weight = [], [], []
+    for i in range(store.num_samples):
+        y, mi, target = (np.asarray(store.read(k, i), dtype=np.float64) for k in range(3))
+        m.append(mi)
+        r.append(target - y)
+        weight += [0.3 / outliers.rr] + [0.7 / others.rr] * (len(mi) - 1)
+    m, r, root = np.concatenate(m), np.concatenate(r), np.sqrt(np.array(weight))[:, None]
+    expected = np.linalg.lstsq(m * root, r * root, rcond=None)[0]
+    assert np.abs(found.numpy() - expected).max() < 1e-8 * np.abs(expected).max()
+    plain = np.linalg.lstsq(m, r, rcond=None)[0]
+    assert np.abs(plain - expected).max() > 0.1 * np.abs(expected).max()  # the weighting moved the fit
+    calm_outliers, calm = normal_equations(sink_store(tmp_path / "calm.zarr", sink=1.0))
+    assert calm_outliers.tokens == 0
+    assert torch.equal(solve(*system(calm_outliers, calm, "balanced", 0.3)), solve(calm.mtm, calm.mtr))
+
+
 def test_the_cosine_estimate_finds_a_map_that_least_squares_cannot(tmp_path):
     """Targets Y + s_t M T0 with a positive scale s_t per token (the norms of real hidden states vary by 100x): the
     cosine objective's minimum is 0 at T = c T0, which least squares misses (the large tokens dominate its fit)."""
     t0 = np.eye(16) + 0.5 * np.random.default_rng(1).normal(size=(16, 16))
     store = synthetic_store(tmp_path / "s.zarr", t0, token_scale=1.5)
-    mtm, mtr, _, _ = normal_equations(store)
-    lstsq = solve(mtm, mtr)
+    lstsq = solve(*plain_system(store))
     found, steps = cosine_estimate(store, lstsq, epochs=40, lr=1e-2, block=[2, 3])
     assert steps == 40 * 2  # 24 samples of 64 tokens: batches of 16 samples (1024 tokens) and of 8
     assert cosine_distance(store, found) < 0.2 * cosine_distance(store, lstsq)
@@ -138,8 +195,7 @@ def test_the_cosine_estimate_agrees_with_an_independent_minimiser(tmp_path):
         dp = -(r / (pn * rn) - cos * p / pn**2) / len(m)
         return float((1 - cos).mean()), (m.T @ dp).ravel()
 
-    mtm, mtr, _, _ = normal_equations(store)
-    start = solve(mtm, mtr)
+    start = solve(*plain_system(store))
     best = minimize(
         objective, start.numpy().ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-10}
     )
@@ -208,8 +264,7 @@ def test_folded_model_equals_remove_block_and_apply_t(family_dir, tmp_path):
     # by hand: the original model, layer i-1's MLP output multiplied by T, layers i..i+n-1 skipped
     original = AutoModelForCausalLM.from_pretrained(family_dir).eval()
     adapter = get_adapter(original.config.model_type)
-    mtm, mtr, _, _ = normal_equations(HiddenStore(tmp_path / "states.zarr"))
-    t = solve(mtm, mtr).float()
+    t = solve(*plain_system(HiddenStore(tmp_path / "states.zarr"))).float()
     _, mlp = adapter.mlp_sublayer(adapter.layers(original)[block[0] - 1])
     mlp.register_forward_hook(lambda module, args, out: out @ t)
     ids = torch.randint(4, 250, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -275,7 +330,10 @@ def test_the_cosine_objective_on_tiny_model_states(tiny_llama_dir, tmp_path, cap
         != 0
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "streamline linear: error: linear.objective: unknown objective 'l1' (allowed: lstsq, cosine)"
+    assert (
+        err[-1]
+        == "streamline linear: error: linear.objective: unknown objective 'l1' (allowed: lstsq, balanced, cosine)"
+    )
     assert not (tmp_path / "l1").exists()
 
 
@@ -315,3 +373,32 @@ def test_the_store_must_match_the_block(tiny_llama_dir, tmp_path):
             tmp_path / "out",
             log_json=tmp_path / "l.json",
         )
+
+
+def test_the_balanced_objective_on_tiny_model_states(tiny_llama_dir, tmp_path):
+    """`linear --objective balanced` end to end: a plain folded model, the log records the outlier tokens and
+    their share; a share outside (0, 1) is one line naming linear.outlier_share, in the config and the command."""
+    from streamline.config import validate
+
+    data = make_data_dir(tmp_path / "data", num=6, seq_len=16)
+    scores = removal_scores(tmp_path / "s.json")
+    extract_linear_states(tiny_llama_dir, data, scores, tmp_path / "states.zarr", device="cpu")
+    run = lambda share, out: estimate_linear(  # noqa: E731
+        tiny_llama_dir,
+        tmp_path / "states.zarr",
+        scores,
+        tmp_path / out,
+        log_json=tmp_path / f"{out}.json",
+        objective="balanced",
+        outlier_share=share,
+    )
+    stats = run(0.5, "balanced")
+    assert (stats.objective, stats.outlier_share, stats.steps) == ("balanced", 0.5, 0)
+    assert 0 <= stats.outlier_tokens < stats.tokens
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "balanced").config.num_hidden_layers == 4
+    with pytest.raises(StreamlineError, match=r"^linear.outlier_share: 1.0 is not strictly between 0 and 1$"):
+        run(1.0, "bad")
+    assert not (tmp_path / "bad").exists()
+    config = yaml.safe_load(Path("config.yaml").read_text())
+    with pytest.raises(StreamlineError, match=r"^linear.outlier_share: 1.5 is"):
+        validate({**config, "linear": {"objective": "balanced", "outlier_share": 1.5}})

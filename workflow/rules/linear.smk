@@ -1,5 +1,5 @@
 # network: linear (training-free, ReplaceMe): Y and M of layer i-1 and h_{i+n} for the calibration blocks go
-# to a store (resumable, like every store), then the map is estimated (linear.objective: lstsq or cosine), folded
+# to a store (resumable, like every store), then the map is estimated (linear.objective: lstsq, balanced or cosine), folded
 # into layer i-1's MLP output projection, and the block removed. The block: the best window of n that starts after layer 0.
 rule extract_linear:
     input:
@@ -42,14 +42,20 @@ rule linear:
         version=VERSIONS["linear"],
         ridge=config["linear"]["ridge"],
         objective=config["linear"]["objective"],
-        cosine=(
-            ["--epochs", config["linear"]["epochs"], "--lr", config["linear"]["lr"], "--seed", config["seed"]]
-            if config["linear"]["objective"] == "cosine"
-            else []
-        ),
-        # lstsq: a change of these reruns nothing
+        options={
+            "cosine": [
+                "--epochs",
+                config["linear"]["epochs"],
+                "--lr",
+                config["linear"]["lr"],
+                "--seed",
+                config["seed"],
+            ],
+            "balanced": ["--outlier-share", config["linear"]["outlier_share"]],
+        }.get(config["linear"]["objective"], []),
+        # only the objective's own options: a change of another's reruns nothing
         dtype=config["dtype"],
     shell:
         "streamline --log {log} linear --model {input.model} --store {input.states} --scores {input.scores}"
         " --out {output.model} --log-json {output.log} --ridge {params.ridge} --dtype {params.dtype}"
-        " --objective {params.objective} {params.cosine}"
+        " --objective {params.objective} {params.options}"
