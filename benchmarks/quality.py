@@ -25,9 +25,10 @@ from streamline.stats import block_ratio_interval
 
 def cost(model_dir: Path, rounds: list[Path] = ()) -> dict:
     """What the variant's training (or estimate) recorded: tokens, seconds, peak RSS; for a variant pruned in
-    rounds (`rounds`: their train logs), the rounds' tokens and seconds summed."""
-    logs = [TrainLog.load(f, "train log") for f in rounds or [model_dir.parent / "train_log.json"] if f.is_file()]
-    estimate_log = model_dir.parent / "estimate_log.json"
+    rounds (`rounds`: their dirs), the rounds' seconds summed, and their training tokens summed (a linear map's
+    calibration tokens are the same blocks in every round: counted once)."""
+    dirs = rounds or [model_dir.parent]
+    logs = [TrainLog.load(d / "train_log.json", "train log") for d in dirs if (d / "train_log.json").is_file()]
     if logs:
         return {
             "tokens": sum(t.train_tokens for t in logs),
@@ -35,9 +36,10 @@ def cost(model_dir: Path, rounds: list[Path] = ()) -> dict:
             "rss": max(t.peak_rss_mb for t in logs),
             "kept": "/".join(t.kept for t in logs),
         }
-    if estimate_log.is_file():
-        e = EstimateLog.load(estimate_log, "estimate log")
-        return {"tokens": e.tokens, "seconds": e.seconds, "rss": None, "kept": "-"}
+    estimate_logs = [d / "estimate_log.json" for d in dirs]
+    if all(f.is_file() for f in estimate_logs):
+        estimates = [EstimateLog.load(f, "estimate log") for f in estimate_logs]
+        return {"tokens": estimates[0].tokens, "seconds": sum(e.seconds for e in estimates), "rss": None, "kept": "-"}
     return {"tokens": None, "seconds": None, "rss": None, "kept": "-"}
 
 
@@ -68,7 +70,7 @@ def main() -> None:
         if "/" not in variant:  # a variant's name
             v = Variant.parse(variant)
             path = Path(paths.model_out(v))
-            rounds = [Path(r.train_log) for r in paths.rounds(v)] if v.rounds > 1 else []
+            rounds = [Path(r.base) for r in paths.rounds(v)] if v.rounds > 1 else []
         if not path.exists():
             print(f"| {variant} | (missing) | | | | | | | |")
             continue

@@ -37,7 +37,7 @@ class Network:
     patch: bool = False  # k = 0, yet a loss trains it: a linear patch on the MLP output projection before the
     # block (streamline/patch.py), folded into it at export ({net}-{loss} is a plain model)
     rounds: bool = False  # each round's model is a plain model of the family that the next round can score and
-    # replace again (prune.rounds); a custom network or a folded map is not (yet)
+    # replace again (prune.rounds); a custom network is not (yet), nor a trained linear patch (linear-{loss})
 
     @property
     def free(self) -> bool:
@@ -71,7 +71,7 @@ NETWORKS: dict[str, Network] = {
         Network("ffn", kept="one", custom=True, built_by="replace"),
         Network("swiglu", kept="one", custom=True, built_by="replace"),
         Network("none", kept="nothing", custom=False, built_by="replace", rounds=True),
-        Network("linear", kept="nothing", custom=False, built_by="linear", patch=True),
+        Network("linear", kept="nothing", custom=False, built_by="linear", patch=True, rounds=True),
     )
 }
 
@@ -150,7 +150,8 @@ class Variant:
     @property
     def roundable(self) -> bool:
         """Whether it can be pruned in rounds: a network whose rounds give plain models, from its own layers."""
-        return NETWORKS[self.net].rounds and self.init_from == "inherit"
+        net = NETWORKS[self.net]
+        return net.rounds and self.init_from == "inherit" and not (net.patch and self.loss)
 
     @property
     def one_round(self) -> Variant:
@@ -471,6 +472,19 @@ class RoundPaths:
     @property
     def pairs_store(self) -> str:
         return f"{self.base}/pairs.zarr"
+
+    @property
+    def linear_states(self) -> str:
+        """network: linear: the states its estimate reads (the manifest), from the model the round prunes."""
+        return f"{self.base}/linear_states.json"
+
+    @property
+    def linear_states_store(self) -> str:
+        return f"{self.base}/linear_states.zarr"
+
+    @property
+    def estimate_log(self) -> str:
+        return f"{self.base}/estimate_log.json"
 
     @property
     def model_dir(self) -> str:

@@ -37,7 +37,18 @@ from pathlib import Path
 from .adapters import get_adapter
 from .adapters.base import Sizes
 from .errors import StreamlineError
-from .layout import CACHE, EVAL_DATA, SUMMARY, Paths, Variant, kept_of, pairs_name, parse_replacement, scores_name
+from .layout import (
+    CACHE,
+    EVAL_DATA,
+    NETWORKS,
+    SUMMARY,
+    Paths,
+    Variant,
+    kept_of,
+    pairs_name,
+    parse_replacement,
+    scores_name,
+)
 
 GB, MB = 1e9, 1e6  # Snakemake's mem_mb and disk_mb are megabytes (mem_mib are 2**20)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -981,10 +992,14 @@ class Planner:
             def job(rule, out, stage, key, n=n, label=label):
                 return Job(rule, label, out, self.need(stage, n, key))
 
-            jobs += [
-                job("round_score", rp.scores, "score", scores_name(one.k)),
-                job("round_replace", rp.init, "replace", one.replacement),
-            ]
+            jobs.append(job("round_score", rp.scores, "score", scores_name(one.k)))
+            if NETWORKS[one.net].built_by == "linear":
+                jobs += [
+                    job("round_extract_linear", rp.linear_states_store, "extract_linear", None),
+                    job("round_linear", rp.init, "linear", None),
+                ]
+            else:
+                jobs.append(job("round_replace", rp.init, "replace", one.replacement))
             if one.stored_pairs and self.c["pairs"]["mode"] == "store":
                 jobs.append(job("round_pairs", rp.pairs_store, "extract_pairs", pairs_name(one.k)))
             if one.trained:

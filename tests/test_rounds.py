@@ -37,7 +37,8 @@ def test_a_variant_pruned_in_rounds_is_named_and_found_by_its_rounds():
 
 def test_rounds_apply_to_the_variants_that_can_be_pruned_in_rounds():
     names = [v.name for v in variants(["transformer", "linear", "none"], [1], ["mse"], ["inherit"], [1, 3])]
-    assert names == ["transformer-mse", "linear", "linear-mse", "none", "transformer-mse-r3", "none-r3"]
+    # a trained linear patch (linear-mse) stays one block: its rounds are not built
+    assert names == ["transformer-mse", "linear", "linear-mse", "none", "transformer-mse-r3", "linear-r3", "none-r3"]
 
 
 # --- bad input: one line naming prune.rounds ---------------------------------------------------------------------
@@ -49,7 +50,10 @@ def test_rounds_apply_to_the_variants_that_can_be_pruned_in_rounds():
         ({"prune": {"rounds": 0}}, "prune.rounds: 0 is not valid: expected an integer >= 1"),
         ({"prune": {"rounds": 9}}, "prune.rounds: 9 is more than layer_intervals 8"),
         ({"prune": {"rounds": [1, 3]}, "layer_intervals": [2, 8]}, "prune.rounds: 3 is more than layer_intervals 2"),
-        ({"prune": {"rounds": 2}, "network": "linear"}, "prune.rounds: 2 works with network transformer or none"),
+        (
+            {"prune": {"rounds": 2}, "network": "ffn"},
+            "prune.rounds: 2 works with network transformer or none or linear",
+        ),
         ({"prune": {"rounds": 4}, "train_num_data": 3}, "prune.rounds: 4 rounds cannot share 3 training blocks"),
     ],
 )
@@ -139,6 +143,33 @@ def test_plain_removal_in_two_rounds_removes_what_each_round_scored(rounds_dir):
     assert (row["variant"], row["n"], row["layers"], row["block"]) == ("none-r2", 3, 3, None)
     assert sorted(x for r in row["rounds"] for x in r["removed"]) == sorted(set(range(6)) - set(alive))
     assert "| tiny | 3 | none-r2 | 2 | 1 |" in (workdir / "results/summary.md").read_text()
+
+
+def test_the_linear_map_in_two_rounds(rounds_dir):
+    """network: linear in rounds: each round estimates its map on the model the round before made (its states,
+    its block scores) and folds it; the layers left are the original's, bit for bit, but for the MLP output
+    projections the maps were folded into; the report tells both rounds."""
+    workdir, config = rounds_dir
+    write_config(workdir, with_changes(config, {"network": ["linear"], "layer_intervals": 3, "prune": {"rounds": 2}}))
+    final = "results/tiny/rounds2/linear/n2+1/init"
+    assert Paths("tiny", 3).model_out(Variant.parse("linear-r2")) == final
+    snakemake(workdir)
+    one, two = workdir / "results/tiny/rounds2/linear/n2", workdir / "results/tiny/rounds2/linear/n2+1"
+    assert json.loads((two / "scores.json").read_text())["num_layers"] == 4  # round 2 scored round 1's model
+    for d in (one, two):
+        log = json.loads((d / "estimate_log.json").read_text())
+        assert log["objective"] == "balanced" and log["block"] == json.loads((d / "scores.json").read_text())["block"]
+    original, pruned = _layers(workdir / "resources/models/tiny"), _layers(workdir / final)
+    alive = _alive_after([one, two], 6)
+    assert len(pruned) == len(alive) == 6 - 3
+    changed = set()
+    for j, i in enumerate(alive):
+        assert pruned[j].keys() == original[i].keys()
+        changed |= {(j, k) for k in pruned[j] if not torch.equal(pruned[j][k], original[i][k])}
+    assert changed and {k for _, k in changed} == {"mlp.down_proj.weight"}  # the folded maps, nothing else
+    row = next(r for r in json.loads((workdir / "results/summary.json").read_text())["rows"] if r["n"])
+    assert (row["variant"], row["n"], row["layers"]) == ("linear-r2", 3, 3)
+    assert sorted(x for r in row["rounds"] for x in r["removed"]) == sorted(set(range(6)) - set(alive))
 
 
 def test_a_change_to_round_two_only_reruns_round_two(rounds_dir):

@@ -298,7 +298,10 @@ def report_manifest():
                     "train_log": (
                         (p.last_round(v).train_log if v.rounds > 1 else p.train_log(v.name)) if v.trained else None
                     ),
-                    "estimate_log": p.estimate_log(v.name) if v.net == "linear" and not v.trained else None,
+                    # (a linear variant in rounds: each round's estimate is in its round's dir; none sums them)
+                    "estimate_log": (
+                        p.estimate_log(v.name) if v.net == "linear" and not v.trained and v.rounds == 1 else None
+                    ),
                     "gguf": p.gguf_check(v.name) if gguf else None,
                 }
             )

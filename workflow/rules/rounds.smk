@@ -1,11 +1,12 @@
 # Pruning in rounds (prune.rounds = r > 1): n layers removed as r smaller blocks (layout.round_sizes). Each round
 # is the one-block pipeline run on the model the previous round made (round 1: the original): its block scores
-# from that model's calibration store, its replacement, its pairs (MSE), and its training on its share of the
+# from that model's calibration store, its replacement (linear: its folded map), its pairs (MSE), and its training on its share of the
 # training blocks, healing toward that model (the teacher of kd, the source of the MSE pairs). Every round is a
 # directory of its own (layout.RoundPaths: results/{model}/rounds{r}/{variant}/n{chain}/); the last round's model
 # is the variant {variant}-r{r}, which evaluate, stability, report and the GGUF export read like any other.
 ROUND = RoundPaths("{model}", "{r}", "{variant}", "{chain}")
 ONE_ROUND = dict(variant=variant_pattern(trained=False))  # what each round makes: no -r{r} inside a round
+REPLACED_ROUND = dict(variant=rf"(?!linear\b)(?:{variant_pattern(trained=False)})")  # init/ by replace, not by linear
 
 
 # The hidden states of a round's model, for the next round's scores (never asked for after the last round).
@@ -65,7 +66,7 @@ rule round_replace:
     log:
         ROUND.log("replace"),
     wildcard_constraints:
-        **ONE_ROUND,
+        **REPLACED_ROUND,
     threads: torch_threads()
     resources:
         **planned("replace"),
@@ -102,6 +103,54 @@ rule round_pairs:
         level=config["zarr"]["level"],
     shell:
         EXTRACT_PAIRS
+
+
+# network: linear, a round of it: the estimate's states from the model the round prunes, then the map folded into it.
+rule round_extract_linear:
+    input:
+        model=round_start,
+        data=lambda w: data_dir(w.model),
+        scores=ROUND.scores,
+    output:
+        manifest=ROUND.linear_states,
+    log:
+        ROUND.log("extract_linear"),
+    wildcard_constraints:
+        variant="linear",
+    threads: torch_threads()
+    resources:
+        **planned("extract_linear", gpu=1),
+    params:
+        version=VERSIONS["extract"],
+        store=ROUND.linear_states_store,
+        num_samples=config["cosine_num_data"],
+        dtype=config["dtype"],
+        codec=config["zarr"]["codec"],
+        level=config["zarr"]["level"],
+    shell:
+        EXTRACT_LINEAR
+
+
+rule round_linear:
+    input:
+        model=round_start,
+        states=ROUND.linear_states,
+        scores=ROUND.scores,
+    output:
+        model=directory(ROUND.init),
+        log=ROUND.estimate_log,
+    log:
+        ROUND.log("linear"),
+    wildcard_constraints:
+        variant="linear",
+    threads: torch_threads()
+    resources:
+        **planned("linear"),
+    params:
+        **LINEAR_PARAMS,
+        version=VERSIONS["linear"],
+    shell:
+        LINEAR
 
 
 ROUND_TRAINED = dict(model=directory(f"{ROUND.base}/model"), log=ROUND.train_log)
