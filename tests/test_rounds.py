@@ -145,6 +145,7 @@ def test_plain_removal_in_two_rounds_removes_what_each_round_scored(rounds_dir):
     assert "| tiny | 3 | none-r2 | 2 | 1 |" in (workdir / "results/summary.md").read_text()
 
 
+@pytest.mark.slow  # ~2.5 min: two rounds of extraction and estimate, then evaluation and the report
 def test_the_linear_map_in_two_rounds(rounds_dir):
     """network: linear in rounds: each round estimates its map on the model the round before made (its states,
     its block scores) and folds it; the layers left are the original's, bit for bit, but for the MLP output
