@@ -113,7 +113,7 @@ def synthetic_store(
     return HiddenStore(path)
 
 
-def sink_store(path: Path, sink: float) -> HiddenStore:
+def sink_store(path: Path, sink: float, nan: bool = False) -> HiddenStore:
     """States whose first token of every sample has a `sink` x larger target (an attention sink), and whose
     targets are a known map of M plus noise, so that no map fits both kinds of token exactly."""
     rng = np.random.default_rng(1)
@@ -131,6 +131,8 @@ def sink_store(path: Path, sink: float) -> HiddenStore:
         y, m = rng.normal(size=(t, h)), rng.normal(size=(t, h))
         r = m @ t0 + rng.normal(size=(t, h))
         r[0] = sink * (m[0] @ rng.normal(size=(h, h)))
+        if nan and i == 3:
+            y[5, 2] = np.nan  # as an overflowed float16 extraction stores it
         for state, value in enumerate((y, m, y + r)):
             store.write_range(state, i, value.astype(np.float32)[None])
         store.finish_sample(i, np.ones(t, dtype=np.uint8))
@@ -375,6 +377,16 @@ def test_the_store_must_match_the_block(tiny_llama_dir, tmp_path):
         )
 
 
+def test_a_nan_state_under_balanced_stops_in_one_line_not_a_map(tmp_path):
+    """A NaN in the stored states cannot hide in the balanced weighting (its norm compares false to every
+    threshold): the sums go NaN and the solve stops in one line, as under lstsq."""
+    store = sink_store(tmp_path / "s.zarr", sink=100.0, nan=True)
+    with pytest.raises(
+        StreamlineError, match=r"^linear: the map on layer 1.s MLP output .* the stored hidden states are not finite"
+    ):
+        solve(*system(*normal_equations(store), "balanced", 0.5), block=[2, 3])
+
+
 def test_the_balanced_objective_on_tiny_model_states(tiny_llama_dir, tmp_path):
     """`linear --objective balanced` end to end: a plain folded model, the log records the outlier tokens and
     their share; a share outside (0, 1) is one line naming linear.outlier_share, in the config and the command."""
@@ -398,6 +410,8 @@ def test_the_balanced_objective_on_tiny_model_states(tiny_llama_dir, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "balanced").config.num_hidden_layers == 4
     with pytest.raises(StreamlineError, match=r"^linear.outlier_share: 1.0 is not strictly between 0 and 1$"):
         run(1.0, "bad")
+    with pytest.raises(StreamlineError, match=r"^linear.outlier_share: nan is not strictly between 0 and 1$"):
+        run(float("nan"), "bad")
     assert not (tmp_path / "bad").exists()
     config = yaml.safe_load(Path("config.yaml").read_text())
     with pytest.raises(StreamlineError, match=r"^linear.outlier_share: 1.5 is"):
